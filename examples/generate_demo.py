@@ -1,0 +1,361 @@
+#!/usr/bin/env python3
+"""Writes SYNTHETIC FinOps FOCUS files for the demo, the tests and the benchmarks.
+
+Every figure here is made up by a seeded random generator: it is not anyone's
+bill. The data covers aws, azure (in EUR), gcp, oci, openai and anthropic with
+teams, AI models, token and request counts, 65 days up to yesterday (plus
+hourly AI rows through the last complete hour), one anomalous day, and
+current-month spend sized so that the demo budgets sit where the demo wants
+them: ``ai-platform`` just past its 80% warning and ``data-platform`` over
+its limit.
+
+    python examples/generate_demo.py --out examples/data            # the demo
+    python examples/generate_demo.py --out /tmp/big --series 100000  # benchmarks
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+HEADER = [
+    "BillingAccountId",
+    "BillingAccountName",
+    "BillingCurrency",
+    "BilledCost",
+    "EffectiveCost",
+    "ChargeCategory",
+    "ChargeDescription",
+    "ChargePeriodStart",
+    "ChargePeriodEnd",
+    "ProviderName",
+    "ServiceName",
+    "SubAccountId",
+    "SubAccountName",
+    "Tags",
+    "ConsumedQuantity",
+    "ConsumedUnit",
+    "x_Model",
+    "x_TokenType",
+]
+
+# provider: (FOCUS ProviderName, currency, timestamp style, accounts, services)
+CLOUDS = {
+    "aws": (
+        "AWS",
+        "USD",
+        "%Y-%m-%dT%H:%M:%SZ",
+        [("111111111111", "prod"), ("222222222222", "staging")],
+        ["Amazon Elastic Compute Cloud", "Amazon Simple Storage Service", "AWS Lambda", "Amazon RDS"],
+    ),
+    "azure": (
+        "Microsoft",
+        "EUR",
+        "%Y-%m-%d %H:%M:%S",
+        [("sub-0001", "Production"), ("sub-0002", "Analytics")],
+        ["Virtual Machines", "Storage", "Azure Cosmos DB"],
+    ),
+    "gcp": (
+        "Google Cloud",
+        "USD",
+        "%Y-%m-%dT%H:%M:%S.000Z",
+        [("acme-prod", "Acme Prod"), ("acme-data", "Acme Data")],
+        ["Compute Engine", "BigQuery", "Cloud Storage"],
+    ),
+    "oci": (
+        "Oracle",
+        "USD",
+        "%Y-%m-%dT%H:%MZ",
+        [("ocid1.tenancy.oc1..demo", "acme")],
+        ["Compute", "Object Storage", "Database"],
+    ),
+}
+TEAMS = ["search", "payments", "data", None]  # None: untagged → unallocated
+
+# provider: (ProviderName, service, projects, models with $/1M input, output)
+AI = {
+    "openai": (
+        "OpenAI",
+        "chat",
+        [("proj_search", "Search"), ("proj_ml", "ML Platform")],
+        [("gpt-4o", 2.50, 10.00), ("gpt-4o-mini", 0.15, 0.60)],
+    ),
+    "anthropic": (
+        "Anthropic",
+        "messages",
+        [("wrkspc_ml", "ML Platform"), ("wrkspc_support", "Support bots")],
+        [("claude-sonnet-4-5", 3.00, 15.00), ("claude-haiku-4-5", 1.00, 5.00)],
+    ),
+}
+AI_TEAM = {"proj_search": "search", "proj_ml": "ml-platform", "wrkspc_ml": "ml-platform", "wrkspc_support": None}
+
+AI_BUDGET_RATIO = 0.82  # of the ai-platform budget: past the 80% warning, under the limit
+DATA_BUDGET_RATIO = 1.10  # of the data-platform budget: exceeded
+AI_BUDGET_USD = 5000.0
+DATA_BUDGET_USD = 3000.0
+
+
+@dataclass
+class Row:
+    values: dict[str, str]
+    day: dt.date
+    team: str | None
+    provider: str
+    usd: float  # cost in USD, for sizing budgets
+
+
+def _ts(t: dt.datetime, fmt: str) -> str:
+    return t.strftime(fmt)
+
+
+def generate(
+    out: Path,
+    now: dt.datetime | None = None,
+    days: int = 65,
+    series: int | None = None,
+    seed: int = 42,
+    eur_rate: float = 1.08,
+) -> dict[str, int]:
+    """Write the files into ``out``; return row counts per file."""
+    now = now or dt.datetime.now(dt.UTC)
+    rnd = random.Random(seed)
+    today = now.date()
+    yesterday = today - dt.timedelta(days=1)
+    first = yesterday - dt.timedelta(days=days - 1)
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+
+    # --- clouds: one row per day per series (the anomaly: yesterday, aws Lambda, team search)
+    combos = []
+    for prov, (_, _, _, accounts, services) in CLOUDS.items():
+        for acct in accounts:
+            for svc in services:
+                for team in TEAMS:
+                    combos.append((prov, acct, svc, team))
+    if series:
+        base = combos
+        combos = []
+        i = 0
+        while len(combos) < series:
+            prov, acct, svc, team = base[i % len(base)]
+            combos.append((prov, acct, f"{svc} #{i // len(base)}" if i >= len(base) else svc, team))
+            i += 1
+    rows: list[Row] = []
+    for prov, (acct_id, acct_name), svc, team in combos:
+        pname, cur, fmt, _, _ = CLOUDS[prov]
+        level = rnd.uniform(5, 120)
+        for d in range(days):
+            day = first + dt.timedelta(days=d)
+            cost = level * rnd.uniform(0.85, 1.15) * (0.8 if day.weekday() >= 5 else 1.0)
+            if day == yesterday and prov == "aws" and svc == "AWS Lambda" and team == "search" and not series:
+                cost = level * 9  # the anomalous day: a misconfigured Lambda
+            start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+            tags = json.dumps({"team": team}) if team else ""
+            if team == "payments" and prov == "azure":
+                tags = json.dumps({" Team ": team, "env": "prod"})  # key case and spaces vary in real exports
+            rows.append(
+                Row(
+                    {
+                        "BillingAccountId": acct_id,
+                        "BillingAccountName": acct_name,
+                        "BillingCurrency": cur,
+                        "BilledCost": f"{cost:.4f}",
+                        "EffectiveCost": f"{cost * 0.93:.4f}",
+                        "ChargeCategory": rnd.choice(["Usage", "usage", "USAGE"]),
+                        "ChargeDescription": f"{svc} usage",
+                        "ChargePeriodStart": _ts(start, fmt),
+                        "ChargePeriodEnd": _ts(start + dt.timedelta(days=1), fmt),
+                        "ProviderName": pname,
+                        "ServiceName": svc,
+                        "SubAccountId": acct_id,
+                        "SubAccountName": acct_name,
+                        "Tags": tags or rnd.choice(["", "NULL", "{}"]),
+                        "ConsumedQuantity": "NULL",
+                        "ConsumedUnit": "",
+                        "x_Model": "",
+                        "x_TokenType": "",
+                    },
+                    day,
+                    team,
+                    prov,
+                    cost * (eur_rate if cur == "EUR" else 1.0),
+                )
+            )
+        if not series and team == "payments" and prov == "aws":
+            # a credit: negative cost
+            day = first + dt.timedelta(days=days // 2)
+            start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+            rows.append(
+                Row(
+                    {
+                        **rows[-1].values,
+                        "BilledCost": "-25.00",
+                        "EffectiveCost": "-25.00",
+                        "ChargeCategory": "Credit",
+                        "ChargePeriodStart": _ts(start, fmt),
+                        "ChargePeriodEnd": _ts(start + dt.timedelta(days=1), fmt),
+                    },
+                    day,
+                    team,
+                    prov,
+                    -25.0,
+                )
+            )
+
+    # --- AI: daily rows, then hourly rows for yesterday and today through the last complete hour
+    ai_rows: list[Row] = []
+    last_hour = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
+    hourly_from = dt.datetime.combine(yesterday, dt.time(), tzinfo=dt.UTC)
+    for prov, (pname, svc, projects, models) in AI.items():
+        for proj_id, proj_name in projects:
+            for model, p_in, p_out in models:
+                tokens_per_hour = rnd.uniform(2e5, 2e6)
+                periods: list[tuple[dt.datetime, dt.timedelta]] = []
+                for d in range(days - 1):
+                    day = first + dt.timedelta(days=d)
+                    periods.append((dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC), dt.timedelta(days=1)))
+                t = hourly_from
+                while t <= last_hour:
+                    periods.append((t, dt.timedelta(hours=1)))
+                    t += dt.timedelta(hours=1)
+                for start, length in periods:
+                    hours = length.total_seconds() / 3600
+                    tin = int(tokens_per_hour * hours * rnd.uniform(0.8, 1.2))
+                    tout = tin // 4
+                    tcache = tin // 3
+                    for tt, n, price in (
+                        ("input", tin, p_in),
+                        ("output", tout, p_out),
+                        ("cache_read", tcache, p_in / 10),
+                    ):
+                        cost = n * price / 1e6
+                        ai_rows.append(
+                            Row(
+                                {
+                                    "BillingAccountId": f"org-{prov}",
+                                    "BillingAccountName": f"{pname} organisation",
+                                    "BillingCurrency": "USD",
+                                    "BilledCost": f"{cost:.6f}",
+                                    "EffectiveCost": f"{cost:.6f}",
+                                    "ChargeCategory": "Usage",
+                                    "ChargeDescription": f"{model}, {tt}",
+                                    "ChargePeriodStart": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                    "ChargePeriodEnd": (start + length).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                    "ProviderName": pname,
+                                    "ServiceName": svc,
+                                    "SubAccountId": proj_id,
+                                    "SubAccountName": proj_name,
+                                    "Tags": "",
+                                    "ConsumedQuantity": str(n),
+                                    "ConsumedUnit": "Tokens",
+                                    "x_Model": model,
+                                    "x_TokenType": tt,
+                                },
+                                start.date(),
+                                AI_TEAM[proj_id],
+                                prov,
+                                cost,
+                            )
+                        )
+                    ai_rows.append(
+                        Row(
+                            {
+                                **ai_rows[-1].values,
+                                "BilledCost": "0",
+                                "EffectiveCost": "0",
+                                "ChargeDescription": f"{model}, requests",
+                                "ConsumedQuantity": str(max(tin // 2000, 1)),
+                                "ConsumedUnit": "Requests",
+                                "x_TokenType": "",
+                            },
+                            start.date(),
+                            AI_TEAM[proj_id],
+                            prov,
+                            0.0,
+                        )
+                    )
+
+    if not series:
+        month_start = today.replace(day=1)
+        # size this month's spend to the demo budgets (see demo-config.yml)
+        _scale(
+            [r for r in ai_rows if r.day >= month_start and r.team == "ml-platform"],
+            AI_BUDGET_RATIO * AI_BUDGET_USD,
+        )
+        _scale(
+            [r for r in rows if r.day >= month_start and r.team == "data"],
+            DATA_BUDGET_RATIO * DATA_BUDGET_USD,
+        )
+
+    by_file: dict[str, list[Row]] = {}
+    for r in rows + ai_rows:
+        by_file.setdefault(r.provider, []).append(r)
+    for prov, prov_rows in by_file.items():
+        path = out / f"{prov}-focus.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=HEADER)
+            w.writeheader()
+            for r in prov_rows:
+                w.writerow(r.values)
+        os.replace(tmp, path)
+        counts[path.name] = len(prov_rows)
+    (out / "SYNTHETIC-DATA.txt").write_text(
+        "Every file here is SYNTHETIC demo data written by examples/generate_demo.py. It is not a real bill.\n"
+    )
+    # the AI providers' files also as Parquet, as the AWS and Azure FOCUS exports write them
+    for prov in AI:
+        csv_path = out / f"{prov}-focus.csv"
+        _to_parquet(csv_path, out / f"{prov}-focus.parquet")
+        csv_path.unlink()
+        counts[f"{prov}-focus.parquet"] = counts.pop(csv_path.name)
+    return counts
+
+
+def _scale(rows: list[Row], target: float) -> None:
+    total = sum(r.usd for r in rows)
+    if total <= 0:
+        return
+    k = target / total
+    for r in rows:
+        for col in ("BilledCost", "EffectiveCost"):
+            r.values[col] = f"{float(r.values[col]) * k:.6f}"
+        r.usd *= k
+
+
+def _to_parquet(src: Path, dst: Path) -> None:
+    import duckdb
+
+    con = duckdb.connect()
+    tmp = dst.with_suffix(".parquet.tmp")
+    con.execute(
+        "COPY (SELECT * REPLACE (CAST(BilledCost AS DOUBLE) AS BilledCost, "
+        "CAST(EffectiveCost AS DOUBLE) AS EffectiveCost, "
+        "CAST(ChargePeriodStart AS TIMESTAMPTZ) AS ChargePeriodStart, "
+        "CAST(ChargePeriodEnd AS TIMESTAMPTZ) AS ChargePeriodEnd) "
+        f"FROM read_csv('{src}', all_varchar = true, header = true)) TO '{tmp}' (FORMAT parquet)"
+    )
+    con.close()
+    os.replace(tmp, dst)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="examples/data", help="directory to write into")
+    ap.add_argument("--days", type=int, default=65)
+    ap.add_argument("--series", type=int, default=None, help="number of cloud series (benchmarks)")
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args()
+    counts = generate(Path(args.out), days=args.days, series=args.series, seed=args.seed)
+    for name, n in sorted(counts.items()):
+        print(f"wrote {n:>9} rows  {Path(args.out) / name}")
+
+
+if __name__ == "__main__":
+    main()

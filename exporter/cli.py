@@ -1,0 +1,235 @@
+"""Command line: ``run``, ``check``, ``once`` and ``config-schema``.
+
+Flags follow the exporter conventions (``--config.file``, ``--web.listen-address``,
+``--web.config.file``, ``--log.level``, ``--log.format``). Exit codes: 0 ok,
+1 a source failed (``check``/``once``), 2 bad configuration or flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from exporter import __version__
+from exporter.config import Config, ConfigError, json_schema, load_config, parse_listen_address, redacted
+
+log = logging.getLogger("exporter")
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += " " + self.formatException(record.exc_info).replace("\n", " | ")
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        return f"time={ts} level={record.levelname.lower()} logger={record.name} msg={_quote(msg)}"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += " " + self.formatException(record.exc_info)
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        return json.dumps({"time": ts, "level": record.levelname.lower(), "logger": record.name, "msg": msg})
+
+
+def _quote(s: str) -> str:
+    if s and not any(c in s for c in ' "=\n\t\\'):
+        return s
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper()))
+    # SDKs log request details (headers included) at debug: keep them at warning whatever our level
+    for noisy in ("botocore", "boto3", "urllib3", "azure", "oci", "google", "httpx", "httpcore", "openai", "anthropic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config.file", dest="config_file", default="spend-exporter.yml", help="YAML configuration file"
+    )
+    common.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
+    common.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
+    ap = argparse.ArgumentParser(prog="spend-exporter", description="Prometheus exporter for cloud and AI API spend.")
+    ap.add_argument("--version", action="version", version=f"spend-exporter {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", parents=[common], help="serve /metrics, refreshing sources in the background")
+    run.add_argument("--web.listen-address", dest="listen_address", default=None, help="overrides listen_address")
+    run.add_argument("--web.config.file", dest="web_config_file", default=None, help="exporter-toolkit web config")
+    sub.add_parser("check", parents=[common], help="validate, fetch each source once, print a table")
+    once = sub.add_parser("once", parents=[common], help="one refresh; write the exposition")
+    once.add_argument("--output", default=None, help="file to write atomically (default: stdout)")
+    sub.add_parser("config-schema", help="print the configuration's JSON Schema")
+    return ap
+
+
+def _load(path: str) -> tuple[Config, dict[str, Any]]:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"error: invalid configuration {path}:", file=sys.stderr)
+        for line in e.errors:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "config-schema":
+        print(json_schema())
+        return 0
+    setup_logging("warning" if args.log_level == "warn" else args.log_level, args.log_format)
+    config, raw = _load(args.config_file)
+    try:
+        if args.command == "run":
+            return cmd_run(config, raw, args)
+        if args.command == "check":
+            return cmd_check(config)
+        if args.command == "once":
+            return cmd_once(config, args.output)
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_CONFIG
+
+
+def _build(config: Config) -> Any:
+    from exporter.app import build_app
+
+    try:
+        return build_app(config)
+    except OSError as e:
+        print(f"error: cache_path {config.cache_path}: {e.strerror or e}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_run(config: Config, raw: dict[str, Any], args: argparse.Namespace) -> int:
+    from exporter.web import WebConfigError, serve
+
+    address = args.listen_address or config.listen_address
+    try:
+        host, port = parse_listen_address(address)
+    except ValueError as e:
+        print(f"error: --web.listen-address: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    app = _build(config)
+    try:
+        server = serve(app, host, port, args.web_config_file, redacted(raw))
+    except WebConfigError as e:
+        print(f"error: --web.config.file: {e}", file=sys.stderr)
+        app.close()
+        return EXIT_CONFIG
+    except OSError as e:
+        print(f"error: cannot listen on {address}: {e.strerror or e}", file=sys.stderr)
+        app.close()
+        return EXIT_CONFIG
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    app.scheduler.start()
+    t = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    t.start()
+    scheme = "https" if server.web.config.tls else "http"
+    log.info(
+        "spend-exporter %s listening on %s://%s:%d with %d sources",
+        __version__,
+        scheme,
+        host,
+        server.port,
+        len(config.sources),
+    )
+    stop.wait()
+    log.info("shutting down")
+    server.shutdown()
+    app.close()
+    return 0
+
+
+def cmd_check(config: Config) -> int:
+    app = _build(config)
+    try:
+        outcomes = app.refresh_all()
+        rows = [("SOURCE", "STATUS", "RECORDS", "MONTH-TO-DATE USD", "DURATION")]
+        for o in outcomes:
+            rows.append(
+                (
+                    o.source,
+                    "ok" if o.ok else "FAILED",
+                    str(o.records),
+                    f"{app.month_to_date(o.source):,.2f}",
+                    f"{o.duration:.2f}s",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        for r in rows:
+            print("  ".join(c.ljust(widths[i]) if i in (0, 1) else c.rjust(widths[i]) for i, c in enumerate(r)))
+        for o in outcomes:
+            if not o.ok:
+                print(f"{o.source}: {o.error}", file=sys.stderr)
+        return 0 if all(o.ok for o in outcomes) else EXIT_FAILED
+    finally:
+        app.close()
+
+
+def cmd_once(config: Config, output: str | None) -> int:
+    app = _build(config)
+    try:
+        outcomes = app.refresh_all()
+        data = app.snapshot.text
+        if output:
+            write_atomic(Path(output), data)
+        else:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        failed = [o for o in outcomes if not o.ok]
+        for o in failed:
+            print(f"{o.source}: {o.error}", file=sys.stderr)
+        return EXIT_FAILED if failed else 0
+    finally:
+        app.close()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write next to the target and rename, so node_exporter never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""AWS Cost Explorer source (``boto3`` client ``ce``).
+
+One refresh asks ``GetCostAndUsage`` for the window at DAILY granularity,
+grouped by ``SERVICE`` and the team tag (Cost Explorer allows two GroupBy
+keys), once for the whole payer view or, with ``group_by_account``, once per
+linked account found with ``GetDimensionValues``. Amazon Bedrock is then
+broken down by usage type so that ``model`` can be filled, and
+``GetCostForecast`` gives the rest of the month. Every Cost Explorer request
+costs $0.01; each one goes through ``ProviderContext.api_call`` so that it is
+counted and held to ``max_api_cost_usd_per_day``.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from exporter.config import AwsSource
+from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, ProviderForecast
+from exporter.providers.base import ProviderContext, SourceError, Throttled
+
+PROVIDER = "aws"
+CE_REQUEST_COST_USD = 0.01
+ACCOUNT_CACHE = dt.timedelta(days=1)
+MAX_PAGES = 1000  # a runaway NextPageToken loop is a bug on one side or the other; stop it
+BEDROCK_SERVICE = "Amazon Bedrock"
+THROTTLE_CODES = frozenset(
+    {"LimitExceededException", "ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
+)
+FORECAST_METRIC = {
+    "UnblendedCost": "UNBLENDED_COST",
+    "AmortizedCost": "AMORTIZED_COST",
+    "NetUnblendedCost": "NET_UNBLENDED_COST",
+    "NetAmortizedCost": "NET_AMORTIZED_COST",
+}
+
+# -- Bedrock model names ------------------------------------------------------------------
+
+# Usage types name the model between a region prefix and the token kind, e.g.
+# ``USE1-Claude3.5Sonnet-input-tokens`` or ``USW2-NovaLite-cache-read-input-token-count``.
+_BEDROCK_TOKEN_USAGE = re.compile(
+    r"^(?:(?-i:[A-Z]{2,4}\d?)-)?(?P<model>.+?)-(?:batch-)?(?:cache-(?:read|write)-)?(?:input|output)-tokens?(?:-count)?(?:-.*)?$",
+    re.IGNORECASE,
+)
+# Anthropic and other Marketplace models bill as their own service: "Claude 3.5 Sonnet (Amazon Bedrock Edition)".
+_BEDROCK_EDITION = re.compile(r"^(?P<model>.+?)\s*\(Amazon Bedrock Edition\)$", re.IGNORECASE)
+# Bedrock model ids are "<vendor>.<model>"; the vendor is not in the usage type.
+BEDROCK_VENDORS = (
+    ("claude", "anthropic"),
+    ("titan", "amazon"),
+    ("nova", "amazon"),
+    ("llama", "meta"),
+    ("mistral", "mistral"),
+    ("mixtral", "mistral"),
+    ("pixtral", "mistral"),
+    ("command", "cohere"),
+    ("embed", "cohere"),
+    ("rerank", "cohere"),
+    ("jamba", "ai21"),
+    ("j2", "ai21"),
+    ("deepseek", "deepseek"),
+    ("stable", "stability"),
+    ("sd3", "stability"),
+    ("palmyra", "writer"),
+    ("qwen", "qwen"),
+    ("gpt-oss", "openai"),
+)
+
+
+def _kebab(name: str) -> str:
+    """``Claude3.5Sonnet`` → ``claude-3-5-sonnet``; ``Llama3-70B-Instruct`` → ``llama-3-70b-instruct``."""
+    s = re.sub(r"(?<=[a-z])(?=[0-9])|(?<=[a-z])(?=[A-Z])|(?<=[0-9])(?=[A-Z][a-z])", "-", name.strip())
+    s = re.sub(r"[\s._:/]+", "-", s).lower()
+    return re.sub(r"-{2,}", "-", s).strip("-")
+
+
+def _with_vendor(model: str) -> str:
+    for prefix, vendor in BEDROCK_VENDORS:
+        if model.startswith(prefix):
+            return f"{vendor}.{model}"
+    return model
+
+
+def bedrock_model(usage_type: str) -> str:
+    """The model a Bedrock usage type names, as ``vendor.model``, or "" when it names none.
+
+    ``USE1-Claude3.5Sonnet-input-tokens`` → ``anthropic.claude-3-5-sonnet``.
+    """
+    m = _BEDROCK_TOKEN_USAGE.match(usage_type.strip())
+    if not m:
+        return ""
+    return _with_vendor(_kebab(m.group("model")))
+
+
+def bedrock_edition_model(service_name: str) -> str:
+    """``Claude 3.5 Sonnet (Amazon Bedrock Edition)`` → ``anthropic.claude-3-5-sonnet``; else ""."""
+    m = _BEDROCK_EDITION.match(service_name.strip())
+    return _with_vendor(_kebab(m.group("model"))) if m else ""
+
+
+# -- the provider ---------------------------------------------------------------------------
+
+_Key = tuple[dt.date, str, str, str | None, str, str]  # day, account, service, team tag, model, currency
+
+
+class AwsProvider:
+    """AWS Cost Explorer: daily cost by service and team tag, per account when asked, plus the forecast."""
+
+    def __init__(self, config: AwsSource, ctx: ProviderContext, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.cfg = config
+        self.ctx = ctx
+        self._sleep = sleep
+        self._session = boto3.Session(profile_name=config.profile, region_name=config.region)
+        self._own_account: str | None = config.account_id
+        self._accounts: list[tuple[str, str]] | None = None  # (id, name) of linked accounts
+        self._accounts_at: dt.datetime | None = None
+        self._accounts_from: dt.date | None = None
+
+    def close(self) -> None:
+        pass
+
+    # -- clients ------------------------------------------------------------------------------
+    def _clients(self) -> tuple[Any, Any]:
+        # read_timeout follows the time left in this refresh; retries are ours, so each request is counted
+        timeout = max(min(self.cfg.timeout, self.ctx.remaining_seconds(self.cfg.timeout)), 1.0)
+        botocfg = BotoConfig(
+            connect_timeout=min(timeout, 10.0),
+            read_timeout=timeout,
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            user_agent_extra="spend-exporter",
+        )
+        creds = self._session.get_credentials()
+        if creds is None:
+            raise SourceError(
+                "no AWS credentials found (environment, shared config/credentials file, SSO, container or instance role)"
+            )
+        frozen = creds.get_frozen_credentials()
+        self.ctx.register_secret(frozen.secret_key)
+        self.ctx.register_secret(frozen.token)
+        ce = self._session.client("ce", endpoint_url=self.cfg.endpoint_url, config=botocfg)
+        sts = self._session.client("sts", endpoint_url=self.cfg.endpoint_url, config=botocfg)
+        return ce, sts
+
+    # -- calls ------------------------------------------------------------------------------------
+    def _call(self, operation: str, method: Callable[..., Any], cost_usd: float, **params: Any) -> dict[str, Any]:
+        """One request through the context, retried with backoff while Cost Explorer throttles."""
+        attempt = 0
+        while True:
+            try:
+                with self.ctx.api_call(operation, cost_usd=cost_usd):
+                    try:
+                        response = method(**params)
+                    except ClientError as e:
+                        err = e.response.get("Error", {})
+                        code = str(err.get("Code") or "")
+                        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                        if code in THROTTLE_CODES:
+                            raise Throttled(f"{operation}: throttled by AWS ({code})") from None
+                        message = str(err.get("Message") or "").strip()
+                        raise SourceError(
+                            f"{operation} failed: HTTP {status} {code}{': ' + message if message else ''}"
+                        ) from None
+                    except BotoCoreError as e:
+                        raise SourceError(f"{operation} failed: {e.__class__.__name__}: {e}") from None
+            except Throttled as e:
+                if attempt >= self.cfg.throttle_retries:
+                    raise Throttled(f"{e} on {attempt + 1} attempts in a row; giving up for this refresh") from None
+                wait = min(self.cfg.throttle_backoff * 2**attempt, self.cfg.throttle_max_wait)
+                if wait >= self.ctx.remaining_seconds(self.cfg.timeout):
+                    raise Throttled(f"{e}; no time left in this refresh to wait {wait:g}s", retry_after=wait) from None
+                self.ctx.log.info("%s throttled; retrying in %.2fs", operation, wait)
+                self._sleep(wait)
+                attempt += 1
+                continue
+            if not isinstance(response, dict):
+                raise SourceError(f"{operation}: unexpected response type {type(response).__name__}")
+            return response
+
+    def _paged(self, operation: str, method: Callable[..., Any], items_key: str, **params: Any) -> list[dict[str, Any]]:
+        """All pages of a paid Cost Explorer call, following NextPageToken by hand."""
+        pages: list[dict[str, Any]] = []
+        token: str | None = None
+        seen: set[str] = set()
+        while True:
+            req = dict(params)
+            if token:
+                req["NextPageToken"] = token
+            page = self._call(operation, method, CE_REQUEST_COST_USD, **req)
+            if not isinstance(page.get(items_key), list):
+                raise SourceError(f"{operation}: malformed response (no {items_key} list)")
+            pages.append(page)
+            token = page.get("NextPageToken") or None
+            if token is None:
+                return pages
+            if token in seen or len(pages) >= MAX_PAGES:
+                raise SourceError(f"{operation}: pagination does not end (page {len(pages)})")
+            seen.add(token)
+
+    # -- accounts -----------------------------------------------------------------------------
+    def _caller_account(self, sts: Any) -> str:
+        if self._own_account is None:
+            resp = self._call("GetCallerIdentity", sts.get_caller_identity, 0.0)
+            account = resp.get("Account")
+            if not isinstance(account, str) or not account:
+                raise SourceError("GetCallerIdentity: malformed response (no Account)")
+            self._own_account = account
+        return self._own_account
+
+    def _linked_accounts(self, ce: Any, window: FetchWindow, period: dict[str, str]) -> list[tuple[str, str]]:
+        fresh = (
+            self._accounts is not None
+            and self._accounts_at is not None
+            and self._accounts_from is not None
+            and window.now - self._accounts_at < ACCOUNT_CACHE
+            and self._accounts_from <= window.start
+        )
+        if fresh and self._accounts is not None:
+            return self._accounts
+        pages = self._paged(
+            "GetDimensionValues",
+            ce.get_dimension_values,
+            "DimensionValues",
+            TimePeriod=period,
+            Dimension="LINKED_ACCOUNT",
+            Context="COST_AND_USAGE",
+        )
+        accounts: dict[str, str] = {}
+        for page in pages:
+            for v in page["DimensionValues"]:
+                value = v.get("Value") if isinstance(v, dict) else None
+                if not isinstance(value, str) or not value:
+                    raise SourceError("GetDimensionValues: malformed response (a value without Value)")
+                attrs = v.get("Attributes") or {}
+                accounts[value] = str(attrs.get("description") or "") if isinstance(attrs, dict) else ""
+        self._accounts = sorted(accounts.items())
+        self._accounts_at = window.now
+        self._accounts_from = window.start
+        return self._accounts
+
+    # -- filters --------------------------------------------------------------------------------
+    def _filter(self, account: str | None, *extra: dict[str, Any]) -> dict[str, Any] | None:
+        parts: list[dict[str, Any]] = list(extra)
+        if account is not None:
+            parts.append({"Dimensions": {"Key": "LINKED_ACCOUNT", "Values": [account]}})
+        if not self.cfg.include_credits:
+            parts.append({"Not": {"Dimensions": {"Key": "RECORD_TYPE", "Values": ["Credit", "Refund"]}}})
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else {"And": parts}
+
+    # -- cost and usage --------------------------------------------------------------------------
+    def _groups(
+        self, ce: Any, period: dict[str, str], group_by: list[dict[str, str]], flt: dict[str, Any] | None
+    ) -> list[tuple[dt.date, list[str], Decimal, str]]:
+        params: dict[str, Any] = {
+            "TimePeriod": period,
+            "Granularity": "DAILY",
+            "Metrics": [self.cfg.cost_metric],
+            "GroupBy": group_by,
+        }
+        if flt is not None:
+            params["Filter"] = flt
+        out = []
+        for page in self._paged("GetCostAndUsage", ce.get_cost_and_usage, "ResultsByTime", **params):
+            for result in page["ResultsByTime"]:
+                try:
+                    day = dt.date.fromisoformat(result["TimePeriod"]["Start"][:10])
+                    groups = result.get("Groups") or []
+                    for g in groups:
+                        keys = g["Keys"]
+                        metric = g["Metrics"][self.cfg.cost_metric]
+                        amount = Decimal(str(metric["Amount"]))
+                        unit = str(metric.get("Unit") or "")
+                        if not isinstance(keys, list) or len(keys) != len(group_by) or not amount.is_finite():
+                            raise ValueError("bad group")
+                        out.append((day, [str(k) for k in keys], amount, unit))
+                except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError) as e:
+                    raise SourceError(f"GetCostAndUsage: malformed result in response ({e.__class__.__name__})") from None
+        return out
+
+    def _team(self, tag_key: str) -> str | None:
+        prefix = f"{self.cfg.team_tag_key}$"
+        value = tag_key[len(prefix) :] if tag_key.startswith(prefix) else tag_key.partition("$")[2]
+        return value or None
+
+    def fetch(self, window: FetchWindow) -> FetchResult:
+        days = window.days()
+        if not days:
+            return FetchResult(days=[])
+        ce, sts = self._clients()
+        period = {"Start": window.start.isoformat(), "End": (window.end + dt.timedelta(days=1)).isoformat()}
+        names: dict[str, str] = {}
+        if self.cfg.group_by_account:
+            accounts = self._linked_accounts(ce, window, period)
+            names = {a: n for a, n in accounts if n}
+            targets: list[tuple[str, str | None]] = [(a, a) for a, _ in accounts]
+        else:
+            targets = [(self._caller_account(sts), None)]
+
+        tag = {"Type": "TAG", "Key": self.cfg.team_tag_key}
+        totals: dict[_Key, Decimal] = defaultdict(Decimal)
+        newest: dt.date | None = None
+        for account_id, acct_filter in targets:
+            rows = self._groups(ce, period, [{"Type": "DIMENSION", "Key": "SERVICE"}, tag], self._filter(acct_filter))
+            bedrock = self.cfg.bedrock_models and any(keys[0] == BEDROCK_SERVICE for _, keys, _, _ in rows)
+            for day, (service, tag_value), amount, unit in rows:
+                if not window.start <= day <= window.end or (bedrock and service == BEDROCK_SERVICE):
+                    continue
+                model = bedrock_edition_model(service)
+                totals[(day, account_id, service, self._team(tag_value), model, unit)] += amount
+                newest = day if newest is None or day > newest else newest
+            if bedrock:
+                only_bedrock = {"Dimensions": {"Key": "SERVICE", "Values": [BEDROCK_SERVICE]}}
+                by_usage = self._groups(
+                    ce, period, [{"Type": "DIMENSION", "Key": "USAGE_TYPE"}, tag], self._filter(acct_filter, only_bedrock)
+                )
+                for day, (usage_type, tag_value), amount, unit in by_usage:
+                    if not window.start <= day <= window.end:
+                        continue
+                    key = (day, account_id, BEDROCK_SERVICE, self._team(tag_value), bedrock_model(usage_type), unit)
+                    totals[key] += amount
+                    newest = day if newest is None or day > newest else newest
+
+        costs = [
+            CostRecord(
+                day=day,
+                provider=PROVIDER,
+                account_id=account,
+                service_name=service,
+                amount=float(amount),
+                currency=unit or "USD",
+                team_tag=team,
+                model=model,
+            )
+            for (day, account, service, team, model, unit), amount in sorted(
+                totals.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or "", kv[0][4], kv[0][5])
+            )
+        ]
+        forecasts = self._forecasts(ce, window, targets) if self.cfg.forecast else None
+        data_through = None
+        if newest is not None:
+            end = dt.datetime.combine(newest + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+            data_through = min(end, window.now)
+        return FetchResult(
+            days=days,
+            costs=costs,
+            accounts=[AccountInfo(PROVIDER, a, n) for a, n in sorted(names.items())],
+            forecasts=forecasts,
+            data_through=data_through,
+        )
+
+    # -- forecast -------------------------------------------------------------------------------
+    def _forecasts(self, ce: Any, window: FetchWindow, targets: list[tuple[str, str | None]]) -> list[ProviderForecast]:
+        # From tomorrow: today is already in month-to-date (partially), and Cost Explorer
+        # rejects a forecast that starts in the past.
+        today = window.now.astimezone(dt.UTC).date()
+        start = today + dt.timedelta(days=1)
+        month_end = today.replace(day=calendar.monthrange(today.year, today.month)[1]) + dt.timedelta(days=1)
+        if start >= month_end:
+            return [ProviderForecast(PROVIDER, account_id, 0.0) for account_id, _ in targets]
+        out = []
+        for account_id, acct_filter in targets:
+            params: dict[str, Any] = {
+                "TimePeriod": {"Start": start.isoformat(), "End": month_end.isoformat()},
+                "Metric": FORECAST_METRIC[self.cfg.cost_metric],
+                "Granularity": "MONTHLY",
+            }
+            flt = self._filter(acct_filter)
+            if flt is not None:
+                params["Filter"] = flt
+            try:
+                resp = self._call("GetCostForecast", ce.get_cost_forecast, CE_REQUEST_COST_USD, **params)
+            except SourceError as e:
+                if "DataUnavailableException" in str(e):
+                    # too little history to forecast (a new account): no forecast, not a failed refresh
+                    self.ctx.log.info("no Cost Explorer forecast for account %s: %s", account_id, e)
+                    continue
+                raise
+            try:
+                total = resp["Total"]
+                amount = Decimal(str(total["Amount"]))
+                unit = str(total.get("Unit") or "USD")
+                if not amount.is_finite():
+                    raise ValueError("not finite")
+            except (KeyError, TypeError, ValueError, InvalidOperation) as e:
+                raise SourceError(f"GetCostForecast: malformed response ({e.__class__.__name__})") from None
+            out.append(ProviderForecast(PROVIDER, account_id, float(amount), unit))
+        return out

@@ -1,0 +1,259 @@
+"""OCI Usage API: daily cost by service and the team tag.
+
+One ``UsageapiClient.request_summarized_usages`` query (``POST
+/20200107/usage``) per refresh, DAILY granularity, ``queryType`` COST, grouped
+by ``service``, ``compartmentName`` and ``tenantName`` and by the configured
+defined tag, paged with ``opc-next-page``. Compartments are summed away (they
+are not a label); the tenancy name feeds ``spend_account_info``.
+
+Two gaps in the API are handled explicitly:
+
+* ``computedAmount`` may be null (usage not yet rated). Such an item is passed
+  on with a NaN amount, so the engine skips it and counts it under
+  ``not_a_number``; it is never read as zero.
+* ``currency`` may be null or blank in grouped results. The configured
+  ``currency`` (the subscription's currency) is used then; without it the item
+  keeps a blank currency and the engine skips it and counts it under
+  ``no_rate_BLANK``. A blank is never read as USD.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+from collections import defaultdict
+from typing import Any
+
+import oci
+
+from exporter.config import OciSource
+from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow
+from exporter.providers.base import ProviderContext, SourceError, Throttled
+
+PROVIDER = "oci"
+OPERATION = "RequestSummarizedUsages"
+GROUP_BY = ["service", "compartmentName", "tenantName"]
+MAX_PAGES = 10_000  # a runaway opc-next-page loop is a bug, not data
+UNKNOWN_SERVICE = "unknown"
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+
+class OciProvider:
+    """Daily cost from the OCI Usage API through the ``oci`` SDK.
+
+    Authentication is the SDK's config file (``config_file`` + ``profile``) or
+    instance principals (``auth: instance_principal``); ``service_endpoint``
+    replaces the regional endpoint.
+    """
+
+    def __init__(self, config: OciSource, ctx: ProviderContext) -> None:
+        self.cfg = config
+        self.ctx = ctx
+        self._auth: tuple[dict[str, Any], Any] | None = None
+
+    # -- clients ----------------------------------------------------------------------------
+    def _credentials(self) -> tuple[dict[str, Any], Any]:
+        """The SDK config dict and signer (None: the client signs with the config's API key)."""
+        if self._auth is not None:
+            return self._auth
+        if self.cfg.auth == "instance_principal":
+            try:
+                signer = oci.auth.signers.InstancePrincipalsSecurityTokenSigner()
+            except Exception as e:
+                raise SourceError(f"OCI instance principal authentication failed: {e.__class__.__name__}: {e}") from None
+            region = self.cfg.region or getattr(signer, "region", None)
+            self._auth = ({"region": region} if region else {}, signer)
+            return self._auth
+        path = os.path.expanduser(self.cfg.config_file)
+        try:
+            sdk_config: dict[str, Any] = oci.config.from_file(path, self.cfg.profile)
+        except oci.exceptions.ConfigFileNotFound:
+            raise SourceError(f"OCI config file {path} not found") from None
+        except oci.exceptions.ProfileNotFound:
+            raise SourceError(f"profile {self.cfg.profile!r} not found in OCI config file {path}") from None
+        except (oci.exceptions.ClientError, ValueError, OSError) as e:
+            raise SourceError(f"cannot read OCI config file {path}: {e.__class__.__name__}: {e}") from None
+        for secret in ("pass_phrase", "key_content"):
+            self.ctx.register_secret(sdk_config.get(secret))
+        if self.cfg.region:
+            sdk_config["region"] = self.cfg.region
+        try:
+            oci.config.validate_config(sdk_config)
+        except oci.exceptions.InvalidConfig as e:
+            raise SourceError(f"invalid OCI config file {path} [{self.cfg.profile}]: {e}") from None
+        self._auth = (sdk_config, None)
+        return self._auth
+
+    def _retry_strategy(self, budget: float) -> Any:
+        # The operation is not retried by default; retry throttles (429), 5xx and
+        # timeouts a bounded number of times, within the refresh's time budget.
+        return oci.retry.RetryStrategyBuilder(
+            max_attempts_check=True,
+            max_attempts=self.cfg.retry_max_attempts,
+            total_elapsed_time_check=True,
+            total_elapsed_time_seconds=max(budget, 1.0),
+            service_error_check=True,
+            service_error_retry_config={429: []},
+            service_error_retry_on_any_5xx=True,
+            retry_base_sleep_time_seconds=self.cfg.retry_base_delay,
+            retry_max_wait_between_calls_seconds=self.cfg.retry_max_delay,
+            backoff_type=oci.retry.BACKOFF_FULL_JITTER_EQUAL_ON_THROTTLE_VALUE,
+        ).get_retry_strategy()
+
+    def _client(self, read_timeout: float) -> Any:
+        sdk_config, signer = self._credentials()
+        kwargs: dict[str, Any] = {
+            "timeout": (min(10.0, read_timeout), read_timeout),
+            # the scheduler already backs off a failing source; a breaker would only hide the error
+            "circuit_breaker_strategy": oci.circuit_breaker.NoCircuitBreakerStrategy(),
+        }
+        if signer is not None:
+            kwargs["signer"] = signer
+        if self.cfg.service_endpoint:
+            kwargs["service_endpoint"] = self.cfg.service_endpoint
+        try:
+            return oci.usage_api.UsageapiClient(sdk_config, **kwargs)
+        except Exception as e:
+            raise SourceError(f"cannot create the OCI Usage API client: {e.__class__.__name__}: {e}") from None
+
+    # -- fetching ---------------------------------------------------------------------------
+    def fetch(self, window: FetchWindow) -> FetchResult:
+        budget = self.ctx.remaining_seconds(self.cfg.timeout)
+        client = self._client(budget)
+        retry_strategy = self._retry_strategy(budget)
+        team_tag = self.cfg.team_tag
+        details = oci.usage_api.models.RequestSummarizedUsagesDetails(
+            tenant_id=self.cfg.tenancy_id,
+            time_usage_started=_midnight(window.start),
+            time_usage_ended=_midnight(window.end + dt.timedelta(days=1)),  # exclusive
+            granularity="DAILY",
+            query_type="COST",
+            group_by=list(GROUP_BY),
+            group_by_tag=[oci.usage_api.models.Tag(namespace=team_tag.namespace, key=team_tag.key)] if team_tag else None,
+        )
+        items: list[Any] = []
+        page: str | None = None
+        for _ in range(MAX_PAGES):
+            with self.ctx.api_call(OPERATION):
+                response = self._request(client, details, page, retry_strategy)
+            data = response.data
+            page_items = getattr(data, "items", None)
+            if not isinstance(page_items, list):
+                raise SourceError(f"OCI Usage API returned an unexpected body: no items list (page {page or 'first'})")
+            items.extend(page_items)
+            page = response.next_page
+            if not page:
+                break
+        else:
+            raise SourceError(f"OCI Usage API returned more than {MAX_PAGES} pages; giving up")
+        return self._result(window, items)
+
+    def _request(self, client: Any, details: Any, page: str | None, retry_strategy: Any) -> Any:
+        try:
+            return client.request_summarized_usages(details, page=page, retry_strategy=retry_strategy)
+        except oci.exceptions.ServiceError as e:
+            where = f"(opc-request-id {e.request_id})" if e.request_id else ""
+            if e.status == 429:
+                retry_after = _float((e.headers or {}).get("retry-after"))
+                raise Throttled(
+                    f"OCI Usage API throttled the request (429 {e.code}) after {self.cfg.retry_max_attempts} attempts {where}",
+                    retry_after=retry_after,
+                ) from None
+            raise SourceError(f"OCI Usage API error {e.status} {e.code}: {e.message} {where}".rstrip()) from None
+        except (oci.exceptions.RequestException, oci.exceptions.ConnectTimeout) as e:
+            raise SourceError(f"OCI Usage API request failed: {e.__class__.__name__}: {_first_line(e)}") from None
+        except ValueError as e:
+            raise SourceError(f"OCI Usage API returned a malformed body: {e}") from None
+        except Exception as e:
+            raise SourceError(f"OCI Usage API call failed: {e.__class__.__name__}: {_first_line(e)}") from None
+
+    def _result(self, window: FetchWindow, items: list[Any]) -> FetchResult:
+        account = self.cfg.tenancy_id
+        sums: dict[tuple[dt.date, str, str | None, str], float] = defaultdict(float)
+        unrated: list[CostRecord] = []
+        names: set[str] = set()
+        blank_currency = 0
+        data_through: dt.datetime | None = None
+        fallback_currency = (self.cfg.currency or "").upper()
+        for item in items:
+            started = getattr(item, "time_usage_started", None)
+            if not isinstance(started, dt.datetime):
+                raise SourceError("OCI Usage API returned an item without timeUsageStarted")
+            if getattr(item, "is_forecast", False):
+                continue
+            day = (started if started.tzinfo else started.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).date()
+            service = (item.service or "").strip() or UNKNOWN_SERVICE
+            team = self._team(item.tags)
+            if item.tenant_name:
+                names.add(item.tenant_name)
+            currency = (item.currency or "").strip().upper()
+            if not currency:
+                blank_currency += 1
+                currency = fallback_currency
+            amount = item.computed_amount
+            if amount is None:
+                unrated.append(CostRecord(day, PROVIDER, account, service, math.nan, currency, team))
+                continue
+            if not isinstance(amount, int | float):
+                raise SourceError(f"OCI Usage API returned a non-numeric computedAmount {amount!r}")
+            sums[(day, service, team, currency)] += float(amount)
+            ended = getattr(item, "time_usage_ended", None)
+            if isinstance(ended, dt.datetime) and (data_through is None or ended > data_through):
+                data_through = ended
+        if unrated:
+            self.ctx.log.warning(
+                "source %s: %d OCI usage items have no computedAmount (not rated yet); skipped",
+                self.ctx.source_name,
+                len(unrated),
+            )
+        if blank_currency and not fallback_currency:
+            self.ctx.log.warning(
+                "source %s: %d OCI usage items have a blank currency; set `currency` on the source to your "
+                "subscription's currency, until then they are skipped",
+                self.ctx.source_name,
+                blank_currency,
+            )
+        costs = [
+            CostRecord(day, PROVIDER, account, service, amount, currency, team)
+            for (day, service, team, currency), amount in sorted(sums.items(), key=lambda kv: _sort_key(kv[0]))
+        ]
+        costs.extend(unrated)
+        accounts = [AccountInfo(PROVIDER, account, sorted(names)[0])] if names else []
+        return FetchResult(days=window.days(), costs=costs, accounts=accounts, data_through=data_through)
+
+    def _team(self, tags: Any) -> str | None:
+        wanted = self.cfg.team_tag
+        if wanted is None or not tags:
+            return None
+        for tag in tags:
+            # defined-tag namespaces and keys are case-insensitive in OCI
+            if (tag.namespace or "").casefold() == wanted.namespace.casefold() and (
+                tag.key or ""
+            ).casefold() == wanted.key.casefold():
+                value = (tag.value or "").strip()
+                return value or None
+        return None
+
+    def close(self) -> None:
+        self._auth = None
+
+
+def _sort_key(key: tuple[dt.date, str, str | None, str]) -> tuple[dt.date, str, str, str]:
+    day, service, team, currency = key
+    return (day, service, team or "", currency)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else ""

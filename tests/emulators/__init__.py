@@ -1,0 +1,1 @@
+"""Local HTTP emulators of the billing APIs, all driven by ``dataset.py``."""

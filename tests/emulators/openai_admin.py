@@ -1,0 +1,331 @@
+"""Emulator of OpenAI's organization Admin API: costs, usage and projects.
+
+Speaks the wire format of ``GET /v1/organization/costs``,
+``/v1/organization/usage/{completions,embeddings,images,...}`` and
+``/v1/organization/projects`` as the ``openai`` SDK's admin client sends and
+parses it (``openai/types/admin/organization/usage_*``): unix-second
+``start_time``/``end_time``, ``bucket_width``, ``group_by`` (the SDK sends
+``group_by[]=…``; the plain repeated form is accepted too), bucket ``limit``
+and the ``page`` cursor, ``Authorization: Bearer <admin key>``. Buckets are
+aligned to UTC and returned up to ``now`` (today's bucket is partial); the
+usage and costs come from ``ai_dataset.AIDataset``.
+
+Throttling is a 429 with ``retry-after`` (whole seconds, as HTTP says) and
+``retry-after-ms``, which the OpenAI SDKs read first.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import math
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from tests.emulators.ai_dataset import AICostRow, AIDataset, AIUsageRow
+from tests.emulators.server import Emulator, Fault, Request, Response
+
+WIDTHS = {"1m": 60, "1h": 3600, "1d": 86400}
+USAGE_LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}  # (default, max) buckets per page
+COSTS_LIMITS = (7, 180)
+
+USAGE_GROUP_BY = {
+    "completions": {"project_id", "user_id", "api_key_id", "model", "batch", "service_tier", "api_source"},
+    "embeddings": {"project_id", "user_id", "api_key_id", "model"},
+    "moderations": {"project_id", "user_id", "api_key_id", "model"},
+    "images": {"project_id", "user_id", "api_key_id", "model", "size", "source"},
+    "audio_speeches": {"project_id", "user_id", "api_key_id", "model"},
+    "audio_transcriptions": {"project_id", "user_id", "api_key_id", "model"},
+}
+COSTS_GROUP_BY = {"project_id", "user_id", "line_item", "api_key_id", "api_source"}
+
+DEFAULT_ADMIN_KEY = "sk-admin-EMULATOR0123456789abcdefTESTKEY"
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _error(status: int, message: str, type_: str, code: str | None = None, param: str | None = None) -> Response:
+    return Response(status, {"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def encode_page(ts: int) -> str:
+    return "page_" + base64.urlsafe_b64encode(str(ts).encode()).decode().rstrip("=")
+
+
+def decode_page(token: str) -> int:
+    if not token.startswith("page_"):
+        raise BadRequest(f"Invalid page cursor: {token!r}", "page")
+    raw = token[5:]
+    try:
+        return int(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode())
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(f"Invalid page cursor: {token!r}", "page") from None
+
+
+class OpenAIAdminEmulator(Emulator):
+    """``/v1/organization/*`` of the OpenAI Admin API, driven by an ``AIDataset``.
+
+    ``page_size_cap`` makes pages hold fewer buckets than ``limit`` asks for
+    (the API may do so), to exercise pagination with short windows;
+    ``legacy_usage_fields`` leaves out ``input_uncached_tokens`` and
+    ``input_cache_write_tokens``, as older responses did.
+    """
+
+    name = "openai-admin"
+
+    def __init__(
+        self,
+        dataset: AIDataset,
+        admin_key: str = DEFAULT_ADMIN_KEY,
+        *,
+        page_size_cap: int | None = None,
+        legacy_usage_fields: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.admin_key = admin_key
+        self.page_size_cap = page_size_cap
+        self.legacy_usage_fields = legacy_usage_fields
+
+    @property
+    def dataset(self) -> AIDataset:
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, ds: AIDataset) -> None:
+        """Swap the data served (e.g. for ``runaway(ds)``) while the emulator runs."""
+        costs: dict[dt.date, list[AICostRow]] = defaultdict(list)
+        for c in ds.costs("openai"):
+            costs[c.day].append(c)
+        self._costs_by_day = costs
+        self._dataset = ds
+
+    # -- protocol --------------------------------------------------------------------
+    def throttle_response(self, fault: Fault) -> Response:
+        return Response(
+            429,
+            {
+                "error": {
+                    "message": "Rate limit reached for organization usage API requests. Please try again later.",
+                    "type": "requests",
+                    "param": None,
+                    "code": "rate_limit_exceeded",
+                }
+            },
+            {"retry-after": str(math.ceil(fault.retry_after)), "retry-after-ms": str(int(fault.retry_after * 1000))},
+        )
+
+    def handle(self, request: Request) -> Response:
+        auth = request.headers.get("authorization", "")
+        if auth != f"Bearer {self.admin_key}":
+            presented = auth.removeprefix("Bearer ")
+            # Deliberately worse than the real API (which masks the key): echo it in full, so that
+            # tests prove the exporter never shows a key an API put into an error message.
+            return _error(401, f"Incorrect API key provided: {presented}.", "invalid_request_error", "invalid_api_key")
+        if request.method != "GET":
+            return _error(405, f"Method {request.method} not allowed", "invalid_request_error")
+        try:
+            path = request.path
+            if path == "/v1/organization/costs":
+                return Response(200, self._costs(request))
+            if path.startswith("/v1/organization/usage/"):
+                endpoint = path.rsplit("/", 1)[1]
+                if endpoint not in USAGE_GROUP_BY:
+                    return _error(404, f"Unknown usage endpoint {endpoint!r}", "invalid_request_error")
+                return Response(200, self._usage(request, endpoint))
+            if path == "/v1/organization/projects":
+                return Response(200, self._projects(request))
+        except BadRequest as e:
+            return _error(400, str(e), "invalid_request_error", param=e.param)
+        return _error(404, f"Invalid URL (GET {request.path})", "invalid_request_error")
+
+    # -- buckets ---------------------------------------------------------------------
+    def _window(self, request: Request, widths: tuple[str, ...], limits: tuple[int, int]) -> tuple[list[int], int, bool]:
+        """Bucket starts for this page, the bucket width in seconds, and whether more pages follow."""
+        raw_start = request.q("start_time")
+        if raw_start is None:
+            raise BadRequest("Missing required parameter: 'start_time'.", "start_time")
+        try:
+            start = int(raw_start)
+            end_raw = request.q("end_time")
+            end = int(end_raw) if end_raw is not None else None
+            limit_raw = request.q("limit")
+            limit = int(limit_raw) if limit_raw is not None else limits[0]
+        except ValueError:
+            raise BadRequest("start_time, end_time and limit must be integers.") from None
+        bw = request.q("bucket_width", "1d") or "1d"
+        if bw not in widths:
+            raise BadRequest(f"Invalid bucket_width {bw!r}: expected one of {', '.join(widths)}.", "bucket_width")
+        if not 1 <= limit <= limits[1]:
+            raise BadRequest(f"limit must be between 1 and {limits[1]} for bucket_width={bw}.", "limit")
+        width = WIDTHS[bw]
+        now = int(self.dataset.now.timestamp())
+        stop = now if end is None else min(end, now)
+        first = start - start % width
+        page = request.q("page")
+        if page:
+            first = decode_page(page)
+        n = min(limit, self.page_size_cap or limit)
+        starts: list[int] = []
+        b = first
+        while b < stop and len(starts) < n:
+            starts.append(b)
+            b += width
+        return starts, width, b < stop
+
+    @staticmethod
+    def _page(buckets: list[dict[str, Any]], next_start: int | None) -> dict[str, Any]:
+        return {
+            "object": "page",
+            "data": buckets,
+            "has_more": next_start is not None,
+            "next_page": encode_page(next_start) if next_start is not None else None,
+        }
+
+    @staticmethod
+    def _group_by(request: Request, allowed: set[str]) -> list[str]:
+        fields = request.qlist("group_by")
+        for f in fields:
+            if f not in allowed:
+                raise BadRequest(f"Invalid group_by value {f!r}: expected any of {', '.join(sorted(allowed))}.", "group_by")
+        return fields
+
+    # -- costs -----------------------------------------------------------------------
+    def _costs(self, request: Request) -> dict[str, Any]:
+        group_by = self._group_by(request, COSTS_GROUP_BY)
+        project_ids = set(request.qlist("project_ids"))
+        starts, width, more = self._window(request, ("1d",), COSTS_LIMITS)
+        buckets = []
+        for s in starts:
+            day = dt.datetime.fromtimestamp(s, dt.UTC).date()
+            groups: dict[tuple[Any, ...], list[AICostRow]] = defaultdict(list)
+            for c in self._costs_by_day.get(day, ()):
+                if project_ids and c.account_id not in project_ids:
+                    continue
+                values = {"project_id": c.account_id, "line_item": c.line_item}
+                groups[tuple(values.get(f) for f in group_by)].append(c)
+            results = []
+            for key, rows in groups.items():
+                g = dict(zip(group_by, key, strict=True))
+                amount = sum((r.amount for r in rows), Decimal(0))
+                result: dict[str, Any] = {
+                    "object": "organization.costs.result",
+                    "amount": {"value": float(amount), "currency": "usd"},
+                    "line_item": g.get("line_item"),
+                    "project_id": g.get("project_id"),
+                    "api_key_id": None,
+                    "user_id": None,
+                    "api_source": None,
+                }
+                if "line_item" in g:
+                    result["quantity"] = float(sum(r.quantity for r in rows))
+                    result["quantity_unit"] = "tokens" if rows[0].model else None
+                results.append(result)
+            buckets.append({"object": "bucket", "start_time": s, "end_time": s + width, "results": results})
+        return self._page(buckets, starts[-1] + width if more and starts else None)
+
+    # -- usage -----------------------------------------------------------------------
+    def _usage(self, request: Request, endpoint: str) -> dict[str, Any]:
+        group_by = self._group_by(request, USAGE_GROUP_BY[endpoint])
+        filters = {
+            "project_id": set(request.qlist("project_ids")),
+            "api_key_id": set(request.qlist("api_key_ids")),
+            "model": set(request.qlist("models")),
+        }
+        bw = request.q("bucket_width", "1d") or "1d"
+        starts, width, more = self._window(request, tuple(WIDTHS), USAGE_LIMITS.get(bw, USAGE_LIMITS["1d"]))
+        buckets = []
+        for s in starts:
+            b_start = dt.datetime.fromtimestamp(s, dt.UTC)
+            rows = self.dataset.rows_between("openai", endpoint, b_start, b_start + dt.timedelta(seconds=width))
+            groups: dict[tuple[Any, ...], list[AIUsageRow]] = defaultdict(list)
+            for r in rows:
+                values: dict[str, Any] = {"project_id": r.account_id, "api_key_id": r.api_key_id, "model": r.model}
+                if any(want and values[f] not in want for f, want in filters.items()):
+                    continue
+                groups[tuple(values.get(f) for f in group_by)].append(r)
+            results = [self._usage_result(endpoint, dict(zip(group_by, k, strict=True)), rs) for k, rs in groups.items()]
+            buckets.append({"object": "bucket", "start_time": s, "end_time": s + width, "results": results})
+        return self._page(buckets, starts[-1] + width if more and starts else None)
+
+    def _usage_result(self, endpoint: str, g: dict[str, Any], rows: list[AIUsageRow]) -> dict[str, Any]:
+        uncached = sum(r.input for r in rows)
+        cached = sum(r.cache_read for r in rows)
+        cache_write = sum(r.cache_write for r in rows)
+        requests = sum(r.requests for r in rows)
+        ids = {
+            "project_id": g.get("project_id"),
+            "user_id": g.get("user_id"),
+            "api_key_id": g.get("api_key_id"),
+            "model": g.get("model"),
+        }
+        if endpoint == "completions":
+            result: dict[str, Any] = {
+                "object": "organization.usage.completions.result",
+                # includes cached and cache-write tokens (openai SDK 3.x field docs)
+                "input_tokens": uncached + cached + cache_write,
+                "output_tokens": sum(r.output for r in rows),
+                "input_cached_tokens": cached,
+                "input_audio_tokens": 0,
+                "output_audio_tokens": 0,
+                "num_model_requests": requests,
+                **ids,
+                "batch": g.get("batch"),
+                "service_tier": g.get("service_tier"),
+                "api_source": g.get("api_source"),
+            }
+            if not self.legacy_usage_fields:
+                result["input_uncached_tokens"] = uncached
+                result["input_cache_write_tokens"] = cache_write
+            return result
+        if endpoint in ("embeddings", "moderations"):
+            return {
+                "object": f"organization.usage.{endpoint}.result",
+                "input_tokens": uncached,
+                "num_model_requests": requests,
+                **ids,
+            }
+        raise BadRequest(f"the dataset has no {endpoint} usage")  # images/audio: no rows, never reached
+
+    # -- projects --------------------------------------------------------------------
+    def _projects(self, request: Request) -> dict[str, Any]:
+        try:
+            limit = int(request.q("limit") or 20)
+        except ValueError:
+            raise BadRequest("limit must be an integer.", "limit") from None
+        if not 1 <= limit <= 100:
+            raise BadRequest("limit must be between 1 and 100.", "limit")
+        include_archived = (request.q("include_archived") or "false").lower() == "true"
+        created = int((self.dataset.now - dt.timedelta(days=400)).timestamp())
+        projects = [
+            {
+                "id": a.id,
+                "object": "organization.project",
+                "name": a.name,
+                "created_at": created + i * 86400,
+                "archived_at": created + 200 * 86400 if a.archived else None,
+                "status": "archived" if a.archived else "active",
+            }
+            for i, a in enumerate(self.dataset.accounts["openai"])
+            if include_archived or not a.archived
+        ]
+        after = request.q("after")
+        if after:
+            ids = [p["id"] for p in projects]
+            if after not in ids:
+                raise BadRequest(f"No such project: {after!r}", "after")
+            projects = projects[ids.index(after) + 1 :]
+        n = min(limit, self.page_size_cap or limit)
+        page = projects[:n]
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(projects) > n,
+        }
