@@ -55,6 +55,11 @@ def format_value(v: float) -> str:
     if sep:
         exp_i = int(exp)
         return f"{mantissa}e{'+' if exp_i >= 0 else '-'}{abs(exp_i):02d}"
+    dot = s.find(".")
+    if v > 0 and dot > 6:
+        # Go switches to exponents from 1e6 on; prometheus_client's floatToGoString does the same
+        digits = f"{s[0]}.{s[1:dot]}{s[dot + 1 :]}".rstrip("0.")
+        return f"{digits}e+{dot - 1:02d}"
     return s
 
 

@@ -190,6 +190,12 @@ class OpenAISource(SourceBase):
     usage_endpoints: list[Literal["completions", "embeddings", "images", "audio_speeches", "audio_transcriptions"]] = [
         "completions"
     ]
+    request_timeout: Duration = 60.0
+    """Timeout of one HTTP request (bounded by what is left of ``timeout``)."""
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 3
+    """Retries of a throttled (429) request that says when to retry."""
+    max_retry_wait: Duration = 60.0
+    """Longest ``retry-after`` honoured; a longer one fails the refresh as throttled."""
 
 
 class AnthropicSource(SourceBase):
@@ -197,14 +203,44 @@ class AnthropicSource(SourceBase):
     interval: Duration = 900.0
     admin_key_env: NonEmptyStr = "ANTHROPIC_ADMIN_KEY"
     base_url: str | None = None
+    request_timeout: Duration = 60.0
+    """Timeout of one HTTP request (bounded by what is left of ``timeout``)."""
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 3
+    """Retries of a throttled (429) request that says when to retry."""
+    max_retry_wait: Duration = 60.0
+    """Longest ``retry-after`` honoured; a longer one fails the refresh as throttled."""
+
+
+SqlName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)]
 
 
 class FocusSource(SourceBase):
+    """FOCUS exports: local files through DuckDB, or (``engine: athena``) a table in S3 queried by Athena."""
+
     type: Literal["focus"]
     interval: Duration = 3600.0
-    paths: Annotated[list[NonEmptyStr], Field(min_length=1)]
+    paths: list[NonEmptyStr] = []
     cost_column: Literal["BilledCost", "EffectiveCost"] = "BilledCost"
-    engine: Literal["duckdb"] = "duckdb"
+    engine: Literal["duckdb", "athena"] = "duckdb"
+    database: SqlName | None = None
+    table: SqlName | None = None
+    workgroup: NonEmptyStr = "primary"
+    output_location: str | None = None
+    """s3://bucket/prefix/ for query results; not needed when the workgroup sets one."""
+    region: NonEmptyStr = "us-east-1"
+    endpoint_url: str | None = None
+    partition_column: SqlName | None = "billing_period"
+    """Partition holding the billing month as YYYY-MM (AWS Data Exports' layout); null to scan the whole table."""
+    poll_interval: Duration = 1.0
+    """Wait between two GetQueryExecution polls."""
+
+    @model_validator(mode="after")
+    def _engine_keys(self) -> FocusSource:
+        if self.engine == "duckdb" and not self.paths:
+            raise ValueError("paths: needed with engine duckdb (a list of files or globs)")
+        if self.engine == "athena" and (not self.database or not self.table):
+            raise ValueError("database and table: needed with engine athena")
+        return self
 
 
 SourceConfig = Annotated[
@@ -225,7 +261,11 @@ SOURCE_TYPES: dict[str, type[SourceBase]] = {
 # --------------------------------------------------------------------------- the rest
 
 MATCH_FIELDS = ("provider", "account_id", "service_name", "team", "model")
-StrOrList = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
+StrOrList = Annotated[
+    list[str],
+    BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+]
 
 
 class RuleMatch(_Model):
@@ -295,20 +335,6 @@ class Config(_Model):
     def _listen(cls, v: str) -> str:
         parse_listen_address(v)
         return v
-
-    @model_validator(mode="after")
-    def _unique(self) -> Config:
-        seen: set[str] = set()
-        for s in self.sources:
-            if s.name in seen:
-                raise ValueError(f"duplicate source name {s.name!r}")
-            seen.add(s.name)
-        names: set[str] = set()
-        for b in self.budgets:
-            if b.name in names:
-                raise ValueError(f"duplicate budget name {b.name!r}")
-            names.add(b.name)
-        return self
 
 
 def parse_listen_address(v: str) -> tuple[str, int]:
@@ -389,6 +415,9 @@ def _describe(err: Any, data: Any) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix) :]
+    if loc and loc[-1] == "[key]":  # pydantic's marker for a mapping key that failed, not its value
+        loc = loc[:-1]
+        msg = f"invalid key: {msg}"
     if typ == "extra_forbidden":
         return f"{_path(loc)}: unknown key"
     if typ == "missing":
@@ -403,6 +432,22 @@ def _describe(err: Any, data: Any) -> str:
     return f"{_path(loc)}: {msg}"
 
 
+def _duplicates(data: dict[str, Any], errors: list[str]) -> None:
+    """Duplicate source and budget names, checked on the raw tree so that the error names its key."""
+    for key, what in (("sources", "source"), ("budgets", "budget")):
+        items = data.get(key)
+        if not isinstance(items, list):
+            continue
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str):
+                continue
+            if name in seen:
+                errors.append(f"{key}[{i}].name: duplicate {what} name {name!r}")
+            seen.add(name)
+
+
 def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
     """Validate a parsed YAML document; raise ``ConfigError`` with every problem."""
     env = dict(os.environ) if env is None else env
@@ -412,12 +457,13 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
         raise ConfigError(["(root): the configuration must be a mapping"])
     errors: list[str] = []
     data = _interpolate(data, (), env, errors)
+    cfg: Config | None = None
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
         errors.extend(_describe(err, data) for err in e.errors(include_url=False))
-        raise ConfigError(errors) from None
-    if errors:
+    _duplicates(data, errors)
+    if errors or cfg is None:
         raise ConfigError(errors)
     return cfg
 
@@ -446,6 +492,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> tuple[Co
 
 _SECRET_KEY = re.compile(r"(secret|password|passwd|token|api_?key|private|credential_?value|auth_?header)", re.I)
 REDACTED = "<redacted>"
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)([^/@\s]*)@")
 
 
 def redacted(raw: dict[str, Any]) -> dict[str, Any]:
@@ -458,6 +505,9 @@ def redacted(raw: dict[str, Any]) -> dict[str, Any]:
             return [walk(v, key) for v in node]
         if isinstance(node, str) and _SECRET_KEY.search(key) and not key.endswith("_env"):
             return node if _ENV_RE.fullmatch(node) else REDACTED
+        if isinstance(node, str) and "@" in node:
+            # a password in a URL (https://user:pass@proxy) is a secret whatever the key's name
+            return _URL_PASSWORD.sub(lambda m: m[0] if _ENV_RE.fullmatch(m[2]) else f"{m[1]}{REDACTED}@", node)
         return node
 
     out: dict[str, Any] = walk(copy.deepcopy(raw))

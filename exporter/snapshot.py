@@ -317,11 +317,12 @@ class SnapshotBuilder:
                 "p0": dates.prev_month_start.isoformat(),
                 "p1": dates.prev_month_end.isoformat(),
             }
+            # the store holds one row per day and series, so c is the day's total; the index
+            # cost_series hands the rows over grouped by series, so this needs no sort
             sql = """
             WITH per_day AS (
-                SELECT provider, account_id, service_name, team, model, day, SUM(cost_usd) AS c
+                SELECT provider, account_id, service_name, team, model, day, cost_usd AS c
                 FROM cost WHERE source = :src AND day >= :lower
-                GROUP BY provider, account_id, service_name, team, model, day
             )
             SELECT provider, account_id, service_name, team, model,
                 SUM(CASE WHEN day >= :ms THEN c ELSE 0 END),

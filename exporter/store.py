@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS cost (
     service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL, cost_usd REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cost_source_day ON cost (source, day);
+-- covers the snapshot's aggregation: rows come out grouped by series, no sort (8x faster at 100k series)
+CREATE INDEX IF NOT EXISTS cost_series ON cost (source, provider, account_id, service_name, team, model, day, cost_usd);
 CREATE TABLE IF NOT EXISTS usage (
     source TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
     service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL,
@@ -113,6 +115,24 @@ class StoreError(Exception):
     pass
 
 
+def _merge_cost_duplicates(conn: sqlite3.Connection) -> None:
+    """A cache written before one-row-per-day-and-series: merge its duplicate rows once."""
+    cols = "source, day, provider, account_id, service_name, team, model"
+    dup = conn.execute(f"SELECT 1 FROM cost GROUP BY {cols} HAVING COUNT(*) > 1 LIMIT 1").fetchone()
+    if not dup:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(f"CREATE TEMP TABLE merged AS SELECT {cols}, SUM(cost_usd) FROM cost GROUP BY {cols}")
+        conn.execute("DELETE FROM cost")
+        conn.execute("INSERT INTO cost SELECT * FROM merged")
+        conn.execute("DROP TABLE merged")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 class Store:
     """SQLite cache shared by the scheduler's workers (one connection, one lock)."""
 
@@ -148,7 +168,10 @@ class Store:
             ok = conn.execute("PRAGMA quick_check").fetchone()
             if not ok or ok[0] != "ok":
                 raise StoreError(f"integrity check failed: {ok[0] if ok else 'no answer'}")
+            had_series_index = conn.execute("SELECT 1 FROM sqlite_master WHERE name='cost_series'").fetchone()
             conn.executescript(_SCHEMA)
+            if not had_series_index:
+                _merge_cost_duplicates(conn)
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -175,17 +198,23 @@ class Store:
             else:
                 self._conn.execute("COMMIT")
 
-    def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    def query(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
+        # a mapping binds :named parameters; tuple() of it would bind its keys positionally
+        args: tuple[Any, ...] | dict[str, Any] = dict(params) if isinstance(params, Mapping) else tuple(params)
         with self._lock:
-            return self._conn.execute(sql, tuple(params)).fetchall()
+            return self._conn.execute(sql, args).fetchall()
 
     # -- data -------------------------------------------------------------------
     def replace(self, source: str, rep: Replacement, state: SourceState) -> None:
         """Replace exactly the days ``rep.start``..``rep.end`` of ``source`` and save its state."""
         s, e = rep.start.isoformat(), rep.end.isoformat()
         with self.transaction() as c:
+            # one row per day and series (the snapshot's aggregation relies on it): sum what normalises alike
+            costs: dict[tuple[Any, ...], float] = {}
+            for r in rep.costs:
+                costs[r[:6]] = costs.get(r[:6], 0.0) + r[6]
             c.execute("DELETE FROM cost WHERE source=? AND day BETWEEN ? AND ?", (source, s, e))
-            c.executemany("INSERT INTO cost VALUES (?,?,?,?,?,?,?,?)", [(source, *r) for r in rep.costs])
+            c.executemany("INSERT INTO cost VALUES (?,?,?,?,?,?,?,?)", [(source, *k, v) for k, v in costs.items()])
             c.execute("DELETE FROM usage WHERE source=? AND day BETWEEN ? AND ?", (source, s, e))
             c.executemany("INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [(source, *r) for r in rep.usage])
             if rep.hourly is not None:

@@ -282,6 +282,8 @@ class Server(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     server: Server
     protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes; with Nagle on, a small (gzip) body waits ~40 ms for the delayed ACK
+    disable_nagle_algorithm = True
     server_version = f"spend-exporter/{__version__}"
     sys_version = ""
 

@@ -18,7 +18,15 @@ def table() -> PriceTable:
 
 def test_bundled_file_is_dated_and_complete(table: PriceTable) -> None:
     dt.date.fromisoformat(table.checked)  # "checked:" is a real date
-    for model in ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-5", "claude-sonnet-4", "claude-haiku-4-5", "claude-opus-4-1"):
+    for model in (
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-4.1",
+        "gpt-5",
+        "claude-sonnet-4",
+        "claude-haiku-4-5",
+        "claude-opus-4-1",
+    ):
         assert table.price_per_million(model, "input") is not None, model
         assert table.price_per_million(model, "output") is not None, model
         assert table.price_per_million(model, "cache_read") is not None, model

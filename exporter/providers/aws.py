@@ -142,7 +142,8 @@ class AwsProvider:
         creds = self._session.get_credentials()
         if creds is None:
             raise SourceError(
-                "no AWS credentials found (environment, shared config/credentials file, SSO, container or instance role)"
+                "no AWS credentials found (environment, shared config and credentials files, SSO, container or "
+                "instance role)"
             )
         frozen = creds.get_frozen_credentials()
         self.ctx.register_secret(frozen.secret_key)
@@ -173,9 +174,9 @@ class AwsProvider:
                     except BotoCoreError as e:
                         raise SourceError(f"{operation} failed: {e.__class__.__name__}: {e}") from None
             except Throttled as e:
-                if attempt >= self.cfg.throttle_retries:
-                    raise Throttled(f"{e} on {attempt + 1} attempts in a row; giving up for this refresh") from None
                 wait = min(self.cfg.throttle_backoff * 2**attempt, self.cfg.throttle_max_wait)
+                if attempt >= self.cfg.throttle_retries:
+                    raise Throttled(f"{e} on {attempt + 1} attempts in a row", retry_after=wait) from None
                 if wait >= self.ctx.remaining_seconds(self.cfg.timeout):
                     raise Throttled(f"{e}; no time left in this refresh to wait {wait:g}s", retry_after=wait) from None
                 self.ctx.log.info("%s throttled; retrying in %.2fs", operation, wait)
@@ -285,7 +286,9 @@ class AwsProvider:
                             raise ValueError("bad group")
                         out.append((day, [str(k) for k in keys], amount, unit))
                 except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError) as e:
-                    raise SourceError(f"GetCostAndUsage: malformed result in response ({e.__class__.__name__})") from None
+                    raise SourceError(
+                        f"GetCostAndUsage: malformed result in response ({e.__class__.__name__})"
+                    ) from None
         return out
 
     def _team(self, tag_key: str) -> str | None:
@@ -322,7 +325,10 @@ class AwsProvider:
             if bedrock:
                 only_bedrock = {"Dimensions": {"Key": "SERVICE", "Values": [BEDROCK_SERVICE]}}
                 by_usage = self._groups(
-                    ce, period, [{"Type": "DIMENSION", "Key": "USAGE_TYPE"}, tag], self._filter(acct_filter, only_bedrock)
+                    ce,
+                    period,
+                    [{"Type": "DIMENSION", "Key": "USAGE_TYPE"}, tag],
+                    self._filter(acct_filter, only_bedrock),
                 )
                 for day, (usage_type, tag_value), amount, unit in by_usage:
                     if not window.start <= day <= window.end:

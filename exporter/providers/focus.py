@@ -96,9 +96,15 @@ class FocusProvider:
         self.ctx = ctx
         self._tag_cache: dict[str, str | None] = {}
         self._keys = [k.strip().lower() for k in ctx.team_tag_keys]
+        self._athena: Any = None
+        if config.engine == "athena":
+            from exporter.providers.focus_athena import AthenaFocus  # imports boto3: only when configured
+
+            self._athena = AthenaFocus(config, ctx)
 
     def close(self) -> None:
-        pass
+        if self._athena is not None:
+            self._athena.close()
 
     def files(self) -> list[str]:
         out: set[str] = set()
@@ -128,6 +134,9 @@ class FocusProvider:
         return team
 
     def fetch(self, window: FetchWindow) -> FetchResult:
+        if self._athena is not None:
+            result: FetchResult = self._athena.fetch(window)
+            return result
         import duckdb
 
         files = self.files()
@@ -136,6 +145,7 @@ class FocusProvider:
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone='UTC'")
+            con.execute("SET enable_progress_bar = false")  # it would write to the exporter's terminal
             self._create_view(con, files)
             with self.ctx.api_call("read_files"):
                 return self._query(con, window)
@@ -171,9 +181,10 @@ class FocusProvider:
             return f"NULLIF(NULLIF(TRIM({c}), ''), 'NULL')"
 
         cost_col = self.config.cost_column
+        # a table, not a view: the files are parsed once, not once per query below (5 queries)
         con.execute(
             f"""
-            CREATE TEMP VIEW focus AS
+            CREATE TEMP TABLE focus AS
             SELECT
                 TRY_CAST({clean("ChargePeriodStart")} AS TIMESTAMPTZ) AS ts,
                 TRY_CAST({clean("ChargePeriodEnd")} AS TIMESTAMPTZ) AS te,

@@ -64,7 +64,9 @@ class OciProvider:
             try:
                 signer = oci.auth.signers.InstancePrincipalsSecurityTokenSigner()
             except Exception as e:
-                raise SourceError(f"OCI instance principal authentication failed: {e.__class__.__name__}: {e}") from None
+                raise SourceError(
+                    f"OCI instance principal authentication failed: {e.__class__.__name__}: {e}"
+                ) from None
             region = self.cfg.region or getattr(signer, "region", None)
             self._auth = ({"region": region} if region else {}, signer)
             return self._auth
@@ -133,17 +135,20 @@ class OciProvider:
             granularity="DAILY",
             query_type="COST",
             group_by=list(GROUP_BY),
-            group_by_tag=[oci.usage_api.models.Tag(namespace=team_tag.namespace, key=team_tag.key)] if team_tag else None,
+            group_by_tag=[oci.usage_api.models.Tag(namespace=team_tag.namespace, key=team_tag.key)]
+            if team_tag
+            else None,
         )
         items: list[Any] = []
         page: str | None = None
         for _ in range(MAX_PAGES):
             with self.ctx.api_call(OPERATION):
                 response = self._request(client, details, page, retry_strategy)
-            data = response.data
-            page_items = getattr(data, "items", None)
-            if not isinstance(page_items, list):
-                raise SourceError(f"OCI Usage API returned an unexpected body: no items list (page {page or 'first'})")
+                page_items = getattr(response.data, "items", None)
+                if not isinstance(page_items, list):
+                    raise SourceError("OCI Usage API returned an unexpected body: no list of items")
+                if not all(isinstance(getattr(i, "time_usage_started", None), dt.datetime) for i in page_items):
+                    raise SourceError("OCI Usage API returned an unexpected body: an item without timeUsageStarted")
             items.extend(page_items)
             page = response.next_page
             if not page:
@@ -159,13 +164,14 @@ class OciProvider:
             where = f"(opc-request-id {e.request_id})" if e.request_id else ""
             if e.status == 429:
                 retry_after = _float((e.headers or {}).get("retry-after"))
+                attempts = self.cfg.retry_max_attempts
                 raise Throttled(
-                    f"OCI Usage API throttled the request (429 {e.code}) after {self.cfg.retry_max_attempts} attempts {where}",
+                    f"OCI Usage API throttled the request (429 {e.code}) after {attempts} attempts {where}".rstrip(),
                     retry_after=retry_after,
                 ) from None
             raise SourceError(f"OCI Usage API error {e.status} {e.code}: {e.message} {where}".rstrip()) from None
         except (oci.exceptions.RequestException, oci.exceptions.ConnectTimeout) as e:
-            raise SourceError(f"OCI Usage API request failed: {e.__class__.__name__}: {_first_line(e)}") from None
+            raise SourceError(f"OCI Usage API request failed: {_transport_error(e)}") from None
         except ValueError as e:
             raise SourceError(f"OCI Usage API returned a malformed body: {e}") from None
         except Exception as e:
@@ -182,7 +188,7 @@ class OciProvider:
         for item in items:
             started = getattr(item, "time_usage_started", None)
             if not isinstance(started, dt.datetime):
-                raise SourceError("OCI Usage API returned an item without timeUsageStarted")
+                raise SourceError("OCI Usage API returned an unexpected body: an item without timeUsageStarted")
             if getattr(item, "is_forecast", False):
                 continue
             day = (started if started.tzinfo else started.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).date()
@@ -199,7 +205,7 @@ class OciProvider:
                 unrated.append(CostRecord(day, PROVIDER, account, service, math.nan, currency, team))
                 continue
             if not isinstance(amount, int | float):
-                raise SourceError(f"OCI Usage API returned a non-numeric computedAmount {amount!r}")
+                raise SourceError(f"OCI Usage API returned an unexpected body: computedAmount {amount!r}")
             sums[(day, service, team, currency)] += float(amount)
             ended = getattr(item, "time_usage_ended", None)
             if isinstance(ended, dt.datetime) and (data_through is None or ended > data_through):
@@ -252,6 +258,18 @@ def _float(value: Any) -> float | None:
         return float(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def _transport_error(e: BaseException) -> str:
+    """A short reason for a failed request; the SDK wraps the ``requests`` exception in its own."""
+    inner = e.args[0] if e.args and isinstance(e.args[0], BaseException) else e
+    # the SDK raises its vendored copy of requests' exceptions: compare by name
+    names = {cls.__name__ for cls in type(inner).__mro__}
+    if names & {"Timeout", "ReadTimeout", "ConnectTimeout", "BaseConnectTimeout"}:
+        return "timed out"
+    if "ConnectionError" in names:
+        return "connection failed"
+    return f"{inner.__class__.__name__}: {_first_line(inner)}"
 
 
 def _first_line(e: BaseException) -> str:

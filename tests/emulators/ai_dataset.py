@@ -29,6 +29,12 @@ from decimal import Decimal
 UTC = dt.UTC
 MILLION = Decimal(1_000_000)
 
+# OpenAI projects, Anthropic workspaces, and the models they use (as the usage APIs name them)
+SEARCH, PAYMENTS, LABS, SANDBOX = "proj_SEARCHa1b2c3", "proj_PAYMENTSd4e5", "proj_LABSf6g7h8", "proj_SANDBOXk2m4"
+RESEARCH, SUPPORT, SCRATCH = "wrkspc_01RESEARCHxyz", "wrkspc_01SUPPORTabc", "wrkspc_01SCRATCHqq"
+GPT4O, GPT4O_MINI, EMBED = "gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18", "text-embedding-3-small"
+SONNET, OPUS, HAIKU = "claude-sonnet-4-20250514", "claude-opus-4-1-20250805", "claude-3-5-haiku-20241022"
+
 
 @dataclass(frozen=True)
 class AIAccount:
@@ -56,14 +62,17 @@ class AIAccount:
 
 ACCOUNTS: dict[str, list[AIAccount]] = {
     "openai": [
-        AIAccount("openai", "proj_SEARCHa1b2c3", "Search", team_rule="search"),
-        AIAccount("openai", "proj_PAYMENTSd4e5", "Payments", team_rule="payments"),
-        AIAccount("openai", "proj_LABSf6g7h8", "Labs"),  # no rule: unallocated
+        AIAccount("openai", SEARCH, "Search", team_rule="search"),
+        AIAccount("openai", PAYMENTS, "Payments", team_rule="payments"),
+        AIAccount("openai", LABS, "Labs", team_rule="ml-platform"),
+        AIAccount("openai", SANDBOX, "Sandbox"),  # no rule: unallocated
         AIAccount("openai", "proj_OLDz9", "Old prototype", team_rule="search", archived=True),
     ],
     "anthropic": [
-        AIAccount("anthropic", "wrkspc_01RESEARCHxyz", "Research", tags={"team": "research"}),
-        AIAccount("anthropic", "wrkspc_01SUPPORTabc", "Support", team_rule="support"),
+        # the tag wins over the rule
+        AIAccount("anthropic", RESEARCH, "Research", team_rule="not-this-one", tags={"team": "research"}),
+        AIAccount("anthropic", SUPPORT, "Support", team_rule="support"),
+        AIAccount("anthropic", SCRATCH, "Scratch"),  # no tag, no rule: unallocated
         AIAccount("anthropic", None, "Default Workspace", team_rule="platform"),
     ],
 }
@@ -73,25 +82,25 @@ UNPRICED_MODEL = "ft:gpt-4o-mini-2024-07-18:acme:payments:8kQx2"
 
 # What the providers bill, USD per 1M tokens. Anthropic bills 5-minute and 1-hour cache writes apart.
 BILLING_PRICES: dict[str, dict[str, Decimal]] = {
-    "gpt-4o-2024-08-06": {"input": Decimal("2.50"), "cache_read": Decimal("1.25"), "output": Decimal("10.00")},
-    "gpt-4o-mini-2024-07-18": {"input": Decimal("0.15"), "cache_read": Decimal("0.075"), "output": Decimal("0.60")},
+    GPT4O: {"input": Decimal("2.50"), "cache_read": Decimal("1.25"), "output": Decimal("10.00")},
+    GPT4O_MINI: {"input": Decimal("0.15"), "cache_read": Decimal("0.075"), "output": Decimal("0.60")},
     UNPRICED_MODEL: {"input": Decimal("0.30"), "cache_read": Decimal("0.15"), "output": Decimal("1.20")},
-    "text-embedding-3-small": {"input": Decimal("0.02")},
-    "claude-sonnet-4-20250514": {
+    EMBED: {"input": Decimal("0.02")},
+    SONNET: {
         "input": Decimal("3.00"),
         "cache_read": Decimal("0.30"),
         "cache_write_5m": Decimal("3.75"),
         "cache_write_1h": Decimal("6.00"),
         "output": Decimal("15.00"),
     },
-    "claude-opus-4-1-20250805": {
+    OPUS: {
         "input": Decimal("15.00"),
         "cache_read": Decimal("1.50"),
         "cache_write_5m": Decimal("18.75"),
         "cache_write_1h": Decimal("30.00"),
         "output": Decimal("75.00"),
     },
-    "claude-3-5-haiku-20241022": {
+    HAIKU: {
         "input": Decimal("0.80"),
         "cache_read": Decimal("0.08"),
         "cache_write_5m": Decimal("1.00"),
@@ -118,20 +127,25 @@ class Stream:
     requests: int = 0  # OpenAI reports model requests; Anthropic's usage report has no request count
 
 
+# provider, account, API key, model, endpoint, and mean tokens per hour:
+# input (uncached), output, cache_read, cache_write_5m, cache_write_1h, model requests
+_S = Stream
 STREAMS: list[Stream] = [
-    Stream("openai", "proj_SEARCHa1b2c3", "key_srch_A1", "gpt-4o-2024-08-06", "completions", 120_000, 30_000, 40_000, requests=60),
-    Stream("openai", "proj_SEARCHa1b2c3", "key_srch_B2", "gpt-4o-mini-2024-07-18", "completions", 400_000, 80_000, 100_000, requests=300),
-    Stream("openai", "proj_SEARCHa1b2c3", "key_srch_A1", "text-embedding-3-small", "embeddings", 900_000, requests=200),
-    Stream("openai", "proj_PAYMENTSd4e5", "key_pay_C3", "gpt-4o-mini-2024-07-18", "completions", 150_000, 40_000, 20_000, requests=120),
-    Stream("openai", "proj_PAYMENTSd4e5", "key_pay_C3", UNPRICED_MODEL, "completions", 50_000, 10_000, 5_000, requests=40),
-    Stream("openai", "proj_LABSf6g7h8", "key_labs_D4", "gpt-4o-2024-08-06", "completions", 80_000, 20_000, 10_000, requests=30),
-    Stream("openai", "proj_LABSf6g7h8", "key_labs_E5", "gpt-4o-2024-08-06", "completions", 20_000, 5_000, 5_000, requests=10),
-    Stream("anthropic", "wrkspc_01RESEARCHxyz", "apikey_01R1", "claude-sonnet-4-20250514", "messages", 90_000, 25_000, 200_000, 20_000, 5_000),
-    Stream("anthropic", "wrkspc_01RESEARCHxyz", "apikey_01R2", "claude-opus-4-1-20250805", "messages", 10_000, 3_000, 30_000, 2_000, 1_000),
-    Stream("anthropic", "wrkspc_01SUPPORTabc", "apikey_01S1", "claude-3-5-haiku-20241022", "messages", 300_000, 60_000, 100_000, 30_000),
-    Stream("anthropic", "wrkspc_01SUPPORTabc", "apikey_01S1", "claude-sonnet-4-20250514", "messages", 40_000, 10_000, 50_000, 8_000),
-    Stream("anthropic", None, "apikey_01D1", "claude-sonnet-4-20250514", "messages", 30_000, 8_000, 20_000, 4_000, 2_000),
-]
+    _S("openai", SEARCH, "key_srch_A1", GPT4O, "completions", 120_000, 30_000, 40_000, 0, 0, 60),
+    _S("openai", SEARCH, "key_srch_B2", GPT4O_MINI, "completions", 400_000, 80_000, 100_000, 0, 0, 300),
+    _S("openai", SEARCH, "key_srch_A1", EMBED, "embeddings", 900_000, 0, 0, 0, 0, 200),
+    _S("openai", PAYMENTS, "key_pay_C3", GPT4O_MINI, "completions", 150_000, 40_000, 20_000, 0, 0, 120),
+    _S("openai", PAYMENTS, "key_pay_C3", UNPRICED_MODEL, "completions", 50_000, 10_000, 5_000, 0, 0, 40),
+    _S("openai", LABS, "key_labs_D4", GPT4O, "completions", 80_000, 20_000, 10_000, 0, 0, 30),
+    _S("openai", LABS, "key_labs_E5", GPT4O, "completions", 20_000, 5_000, 5_000, 0, 0, 10),
+    _S("openai", SANDBOX, "key_sbx_F6", GPT4O_MINI, "completions", 30_000, 6_000, 0, 0, 0, 25),
+    _S("anthropic", RESEARCH, "apikey_01R1", SONNET, "messages", 90_000, 25_000, 200_000, 20_000, 5_000),
+    _S("anthropic", RESEARCH, "apikey_01R2", OPUS, "messages", 10_000, 3_000, 30_000, 2_000, 1_000),
+    _S("anthropic", SUPPORT, "apikey_01S1", HAIKU, "messages", 300_000, 60_000, 100_000, 30_000),
+    _S("anthropic", SUPPORT, "apikey_01S1", SONNET, "messages", 40_000, 10_000, 50_000, 8_000),
+    _S("anthropic", SCRATCH, "apikey_01Q1", HAIKU, "messages", 20_000, 5_000),
+    _S("anthropic", None, "apikey_01D1", SONNET, "messages", 30_000, 8_000, 20_000, 4_000, 2_000),
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -162,7 +176,12 @@ class AIUsageRow:
     @property
     def tokens(self) -> dict[str, int]:
         """By the exporter's token types."""
-        return {"input": self.input, "output": self.output, "cache_read": self.cache_read, "cache_write": self.cache_write}
+        return {
+            "input": self.input,
+            "output": self.output,
+            "cache_read": self.cache_read,
+            "cache_write": self.cache_write,
+        }
 
     def scaled(self, factor: int) -> AIUsageRow:
         return dataclasses.replace(
@@ -408,11 +427,31 @@ def build_ai_dataset(now: dt.datetime, days: int = 70, seed: int = 11) -> AIData
         day = start + dt.timedelta(days=d)
         calls = 40 + rnd.randrange(60)
         extra.append(
-            AICostRow(day, "openai", "proj_SEARCHa1b2c3", "web_search", "", "", Decimal(calls) / 100, "web search tool calls", calls)
+            AICostRow(
+                day,
+                "openai",
+                SEARCH,
+                "web_search",
+                "",
+                "",
+                Decimal(calls) / 100,
+                "web search tool calls",
+                calls,
+            )
         )
         searches = 10 + rnd.randrange(30)
         extra.append(
-            AICostRow(day, "anthropic", "wrkspc_01RESEARCHxyz", "web_search", "", "", Decimal(searches) / 100, "Web Search", searches)
+            AICostRow(
+                day,
+                "anthropic",
+                RESEARCH,
+                "web_search",
+                "",
+                "",
+                Decimal(searches) / 100,
+                "Web Search",
+                searches,
+            )
         )
     return AIDataset(now=now, start=start, usage=usage, extra_costs=extra)
 
@@ -423,8 +462,8 @@ RUNAWAY_FACTOR = 40
 def runaway(
     ds: AIDataset,
     provider: str = "openai",
-    account_id: str | None = "proj_LABSf6g7h8",
-    model: str = "gpt-4o-2024-08-06",
+    account_id: str | None = LABS,
+    model: str = GPT4O,
     factor: int = RUNAWAY_FACTOR,
 ) -> AIDataset:
     """The burn scenario: ``account_id``'s usage of ``model`` is ``factor``× in the last complete hour.
@@ -434,7 +473,9 @@ def runaway(
     """
     hour = ds.last_complete_hour
     usage = [
-        r.scaled(factor) if (r.hour == hour and r.provider == provider and r.account_id == account_id and r.model == model) else r
+        r.scaled(factor)
+        if (r.hour == hour and r.provider == provider and r.account_id == account_id and r.model == model)
+        else r
         for r in ds.usage
     ]
     if usage == ds.usage:

@@ -77,6 +77,7 @@ class CostExplorerData:
         self.page_size = page_size
         self.tag_keys = tag_keys
         self.names = {r.account_id: r.account_name for r in self.rows}
+        self._cache: dict[str, tuple[list[tuple[dt.date, dt.date, Any]], str, list[Any]]] = {}
 
     # -- row attributes -----------------------------------------------------------------------
     @staticmethod
@@ -202,9 +203,16 @@ class CostExplorerData:
         if len({(g["Type"], g["Key"]) for g in group_by}) != len(group_by):
             raise _validation("GroupBy keys must be distinct")
         rows = self._filtered(body, start, end)
+        buckets = self._buckets(granularity, start, end)
+        by_bucket: dict[dt.date, list[CloudRow]] = defaultdict(list)
+        for r in rows:
+            for b_start, b_end in buckets:
+                if b_start <= r.day < b_end:
+                    by_bucket[b_start].append(r)
+                    break
         items: list[tuple[dt.date, dt.date, Any]] = []
-        for b_start, b_end in self._buckets(granularity, start, end):
-            in_bucket = [r for r in rows if b_start <= r.day < b_end]
+        for b_start, b_end in buckets:
+            in_bucket = by_bucket.get(b_start, [])
             if not group_by:
                 total = sum((r.amount for r in in_bucket), Decimal(0))
                 items.append((b_start, b_end, ("total", total)))
@@ -223,7 +231,10 @@ class CostExplorerData:
         return items, granularity, metrics
 
     def cost_and_usage(self, body: dict[str, Any]) -> dict[str, Any]:
-        items, _granularity, metrics = self._group_items(body)
+        digest = self._digest(body)
+        if digest not in self._cache:  # pages of one query are computed once
+            self._cache[digest] = self._group_items(body)
+        items, _granularity, metrics = self._cache[digest]
         offset = self._offset(body)
         page = items[offset : offset + self.page_size]
         currency = "USD"
@@ -453,7 +464,9 @@ class AwsCostExplorerEmulator(Emulator):
         action = (form.get("Action") or [""])[0]
         request_id = str(uuid.uuid4())
         if self._auth_error(request):
-            return self._sts_error("InvalidClientTokenId", "The security token included in the request is invalid.", 403)
+            return self._sts_error(
+                "InvalidClientTokenId", "The security token included in the request is invalid.", 403
+            )
         if action != "GetCallerIdentity" or (form.get("Version") or [""])[0] != "2011-06-15":
             return self._sts_error("InvalidAction", f"Could not find operation {action} for version", 400)
         xml = (

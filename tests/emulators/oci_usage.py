@@ -158,7 +158,9 @@ class OciUsageEmulator(Emulator):
         if body["tenantId"] not in self.tenancies:
             return _error(404, "NotAuthorizedOrNotFound", "Authorization failed or requested resource not found.")
         if body["granularity"] != "DAILY":
-            return _error(400, "InvalidParameter", f"The emulator serves DAILY granularity only, not {body['granularity']}.")
+            return _error(
+                400, "InvalidParameter", f"The emulator serves DAILY granularity only, not {body['granularity']}."
+            )
         if body.get("queryType", "USAGE") != "COST":
             return _error(400, "InvalidParameter", "The emulator serves queryType COST only.")
         try:
@@ -257,7 +259,9 @@ class OciUsageEmulator(Emulator):
         """Verify the OCI HTTP signature (draft-cavage, rsa-sha256) as the service does."""
         auth = request.headers.get("authorization", "")
         if not auth.startswith("Signature "):
-            return _error(401, "NotAuthenticated", "The required information to complete authentication was not provided.")
+            return _error(
+                401, "NotAuthenticated", "The required information to complete authentication was not provided."
+            )
         if self._public_key is None:
             return None
         params: dict[str, str] = {}

@@ -145,7 +145,9 @@ class OpenAIAdminEmulator(Emulator):
         return _error(404, f"Invalid URL (GET {request.path})", "invalid_request_error")
 
     # -- buckets ---------------------------------------------------------------------
-    def _window(self, request: Request, widths: tuple[str, ...], limits: tuple[int, int]) -> tuple[list[int], int, bool]:
+    def _window(
+        self, request: Request, widths: tuple[str, ...], limits: tuple[int, int]
+    ) -> tuple[list[int], int, bool]:
         """Bucket starts for this page, the bucket width in seconds, and whether more pages follow."""
         raw_start = request.q("start_time")
         if raw_start is None:
@@ -192,7 +194,9 @@ class OpenAIAdminEmulator(Emulator):
         fields = request.qlist("group_by")
         for f in fields:
             if f not in allowed:
-                raise BadRequest(f"Invalid group_by value {f!r}: expected any of {', '.join(sorted(allowed))}.", "group_by")
+                raise BadRequest(
+                    f"Invalid group_by value {f!r}: expected any of {', '.join(sorted(allowed))}.", "group_by"
+                )
         return fields
 
     # -- costs -----------------------------------------------------------------------
@@ -249,7 +253,9 @@ class OpenAIAdminEmulator(Emulator):
                 if any(want and values[f] not in want for f, want in filters.items()):
                     continue
                 groups[tuple(values.get(f) for f in group_by)].append(r)
-            results = [self._usage_result(endpoint, dict(zip(group_by, k, strict=True)), rs) for k, rs in groups.items()]
+            results = [
+                self._usage_result(endpoint, dict(zip(group_by, k, strict=True)), rs) for k, rs in groups.items()
+            ]
             buckets.append({"object": "bucket", "start_time": s, "end_time": s + width, "results": results})
         return self._page(buckets, starts[-1] + width if more and starts else None)
 

@@ -1,0 +1,102 @@
+"""Benchmark 3: peak RSS of ``spend-exporter run`` serving 100k series; start -> /-/ready on a warm cache."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.common import PY, ROOT, free_port, save, scale_data
+
+SDK_MODULES = ("boto3", "botocore", "azure", "oci", "google.cloud", "openai", "anthropic")
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _get(port: int, path: str, gzip: bool = False) -> int:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request("GET", path, headers={"Accept-Encoding": "gzip"} if gzip else {})
+    r = c.getresponse()
+    r.read()
+    c.close()
+    return r.status
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="python -m bench.run memory")
+    ap.add_argument("--series", type=int, default=100000)
+    ap.add_argument("--starts", type=int, default=3, help="restarts measured for time to ready")
+    ap.add_argument("--scrapes", type=int, default=50)
+    args = ap.parse_args(argv)
+    data = scale_data(args.series)
+    cfg = yaml.safe_load((data / "config.yml").read_text())
+    exe = str(Path(PY).parent / "spend-exporter")
+    ready_s: list[float] = []
+    peak_kb = idle_kb = 0
+    for i in range(args.starts):
+        port = free_port()
+        cfg["listen_address"] = f"127.0.0.1:{port}"
+        path = data / "config-run.yml"
+        path.write_text(yaml.safe_dump(cfg))
+        t = time.perf_counter()
+        proc = subprocess.Popen([exe, "run", "--config.file", str(path)], cwd=ROOT, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    if _get(port, "/-/ready") == 200:
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("spend-exporter run did not become ready")
+                time.sleep(0.01)
+            ready_s.append(time.perf_counter() - t)
+            if i == 0:
+                idle_kb = _status_kb(proc.pid, "VmRSS")
+                for j in range(args.scrapes):
+                    _get(port, "/metrics", gzip=j % 2 == 1)
+                _get(port, "/status")
+                peak_kb = _status_kb(proc.pid, "VmHWM")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    # which SDKs a process with this config imports (focus only: none of them)
+    probe = (
+        "import sys, yaml; from exporter.app import build_app; from exporter.config import parse_config; "
+        f"a = build_app(parse_config(yaml.safe_load(open({str(data / 'config.yml')!r})))); a.close(); "
+        f"print([m for m in {SDK_MODULES!r} if m in sys.modules])"
+    )
+    sdks = json.loads(
+        subprocess.run([PY, "-c", probe], capture_output=True, text=True, cwd=ROOT).stdout.replace("'", '"')
+    )
+    meta = json.loads((data / "meta.json").read_text())
+    out = {
+        "series": meta["series"],
+        "peak_rss_mb": peak_kb / 1024,
+        "rss_after_ready_mb": idle_kb / 1024,
+        "scrapes_before_peak": args.scrapes,
+        "ready_s": ready_s,
+        "ready_median_s": sorted(ready_s)[len(ready_s) // 2],
+        "sdk_modules_imported": sdks,
+    }
+    print(
+        f"  {meta['series']} series: peak RSS {out['peak_rss_mb']:.0f} MB "
+        f"(after ready {out['rss_after_ready_mb']:.0f} MB, "
+        f"{args.scrapes} scrapes); start -> /-/ready {', '.join(f'{s:.2f}' for s in ready_s)} s; "
+        f"SDKs imported: {sdks or 'none'}",
+        flush=True,
+    )
+    save("memory", out)
+    return out

@@ -1,0 +1,438 @@
+"""Anthropic: organization costs and token usage through the Admin API.
+
+Calls, all through the ``anthropic`` SDK's client (``client.get`` for the
+reports, which the SDK does not wrap), with the admin key in ``x-api-key``
+and ``anthropic-version: 2023-06-01``:
+
+- ``GET /v1/organizations/cost_report``, daily buckets grouped by
+  ``workspace_id`` and ``description``: amounts are decimal strings in
+  **cents** (converted to USD here); ``model`` and ``token_type`` come with
+  the description grouping; ``cost_type`` names non-token costs
+  (``web_search``, ``code_execution``, …), which become their own
+  ``service_name`` with no model.
+- ``GET /v1/organizations/usage_report/messages``, daily buckets grouped by
+  ``model``, ``workspace_id`` and ``api_key_id``, and hourly buckets of the
+  last 24 complete hours, whose newest one the runaway-burn detector prices.
+- ``client.organization.workspaces.list``: workspace names (and tags: a tag
+  named by ``attribution.team_tag_keys`` is the team tag) for
+  ``spend_account_info`` and team rules.
+
+``account_id`` is the workspace id; the reports give a null workspace for the
+organization's default workspace, exported as ``account_id="default"``.
+Token usage is the Messages API's (``service_name="messages"``):
+``uncached_input_tokens`` → input, ``cache_read_input_tokens`` → cache_read,
+``cache_creation.ephemeral_5m_input_tokens`` + ``ephemeral_1h_input_tokens``
+→ cache_write, ``output_tokens`` → output. The usage report has no request
+count, so ``requests`` is 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import email.utils
+import functools
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar, cast
+
+import anthropic
+
+from exporter.config import AnthropicSource
+from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, HourlyUsage, UsageRecord
+from exporter.providers.base import ProviderContext, SourceError, Throttled
+
+PROVIDER = "anthropic"
+API_VERSION = "2023-06-01"
+DEFAULT_WORKSPACE = "default"
+DEFAULT_WORKSPACE_NAME = "Default Workspace"
+SERVICE = "messages"
+UTC = dt.UTC
+COST_PAGE_LIMIT = 31  # buckets per page: the API's maxima
+USAGE_DAILY_PAGE_LIMIT = 31
+MAX_PAGES = 1000
+HOURLY_HOURS = 24  # hourly buckets kept: the last complete hour is priced; series of the last day stay visible
+COST_TYPE_SERVICE = {"tokens": SERVICE}  # other cost types (web_search, code_execution, ...) keep their name
+
+T = TypeVar("T")
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """The server's retry hint: ``retry-after-ms``, else ``retry-after`` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if not ra:
+        return None
+    try:
+        return max(float(ra), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(ra)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - dt.datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def rfc3339(t: dt.datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: Any) -> dt.datetime:
+    if not isinstance(value, str):
+        raise TypeError("timestamp is not a string")
+    t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC)
+
+
+def cents_to_usd(amount: Any) -> float:
+    """The cost report's amount (cents, as a decimal string) in USD."""
+    if not isinstance(amount, str | int | float) or isinstance(amount, bool):
+        raise TypeError("amount is not a decimal string")
+    try:
+        value = Decimal(str(amount))
+    except InvalidOperation:
+        raise ValueError(f"amount {amount!r} is not a decimal") from None
+    if not value.is_finite():
+        raise ValueError(f"amount {amount!r} is not finite")
+    return float(value / 100)
+
+
+def usage_tokens(r: Mapping[str, Any]) -> dict[str, int]:
+    """Token counts of one messages usage result, by the exporter's token types."""
+    creation = r.get("cache_creation")
+    if isinstance(creation, Mapping):
+        cache_write = int(creation.get("ephemeral_5m_input_tokens") or 0) + int(
+            creation.get("ephemeral_1h_input_tokens") or 0
+        )
+    else:  # responses from before the TTL split
+        cache_write = int(r.get("cache_creation_input_tokens") or 0)
+    return {
+        "input": int(r["uncached_input_tokens"]),
+        "output": int(r["output_tokens"]),
+        "cache_read": int(r.get("cache_read_input_tokens") or 0),
+        "cache_write": cache_write,
+    }
+
+
+@contextlib.contextmanager
+def _shape(operation: str) -> Iterator[None]:
+    """Around code reading a report's JSON: a missing or mistyped field is a SourceError."""
+    try:
+        yield
+    except (AttributeError, TypeError, KeyError, ValueError):
+        raise SourceError(f"{operation}: unexpected response shape from the Anthropic API") from None
+
+
+def _checked_report(operation: str, body: Any) -> dict[str, Any]:
+    """A bucketed report page, with the fields pagination and parsing rely on checked."""
+    with _shape(operation):
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise TypeError
+        if not isinstance(body.get("has_more"), bool):
+            raise TypeError
+        for bucket in body["data"]:
+            parse_time(bucket["starting_at"])
+            parse_time(bucket["ending_at"])
+            if not isinstance(bucket["results"], list) or not all(isinstance(r, dict) for r in bucket["results"]):
+                raise TypeError
+    return cast(dict[str, Any], body)
+
+
+def _checked_list(page: Any) -> Any:
+    """A page of the workspaces listing whose items all have an id and a name."""
+    with _shape("workspaces"):
+        for w in page.data:
+            if not isinstance(w.id, str) or not w.id or not isinstance(w.name, str | None):
+                raise TypeError
+    return page
+
+
+def _next_list(page: Any) -> Any:
+    return _checked_list(page.get_next_page())
+
+
+class AnthropicProvider:
+    """Anthropic Admin API: costs by workspace and model, tokens, and the last complete hour."""
+
+    def __init__(self, config: AnthropicSource, ctx: ProviderContext) -> None:
+        self.cfg = config
+        self.ctx = ctx
+        self._client: anthropic.Anthropic | None = None
+
+    # -- client ----------------------------------------------------------------------
+    def _get_client(self) -> anthropic.Anthropic:
+        if self._client is None:
+            key = os.environ.get(self.cfg.admin_key_env, "").strip()
+            if not key:
+                raise SourceError(
+                    f"environment variable {self.cfg.admin_key_env} (admin_key_env) is not set: "
+                    "it must hold an Anthropic admin API key (sk-ant-admin...)"
+                )
+            self.ctx.register_secret(key)
+            # The Admin API documents the key in x-api-key. Passing it as api_key too stops the SDK
+            # from looking for credentials in the environment and on disk; the Authorization header
+            # that api_key would add is omitted. Default headers are never logged (per-request ones are).
+            headers = {"x-api-key": key, "anthropic-version": API_VERSION, "Authorization": anthropic.omit}
+            self._client = anthropic.Anthropic(
+                api_key=key,
+                base_url=self.cfg.base_url,
+                max_retries=0,  # 429s are retried below, honouring retry-after; errors fail the refresh
+                timeout=self.cfg.request_timeout,
+                default_headers=cast(Mapping[str, str], headers),
+            )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _timeout(self) -> float:
+        return min(self.cfg.request_timeout, self.ctx.remaining_seconds(self.cfg.request_timeout))
+
+    # -- calls -----------------------------------------------------------------------
+    def _error(self, operation: str, e: Exception) -> SourceError:
+        if isinstance(e, anthropic.APIStatusError):
+            body: Any = e.body if isinstance(e.body, dict) else {}
+            if isinstance(body.get("error"), dict):
+                body = body["error"]
+            kind = body.get("type") or ""
+            detail = body.get("message") or ""
+            text = f"{operation}: HTTP {e.status_code}"
+            text += (f" {kind}" if kind else "") + (f": {detail}" if detail else "")
+            if isinstance(e, anthropic.AuthenticationError):
+                text += f" (check the admin key in {self.cfg.admin_key_env})"
+            elif isinstance(e, anthropic.PermissionDeniedError):
+                text += " (the Usage and Cost API needs an admin key, sk-ant-admin...)"
+        elif isinstance(e, anthropic.APITimeoutError):
+            text = f"{operation}: request timed out after {self._timeout():.1f}s"
+        elif isinstance(e, anthropic.APIConnectionError):
+            cause = e.__cause__ or e.__context__
+            text = f"{operation}: cannot connect to the Anthropic API" + (
+                f" ({cause.__class__.__name__})" if cause else ""
+            )
+        elif isinstance(e, ValueError):
+            text = f"{operation}: response is not valid JSON"
+        else:
+            text = f"{operation}: {e.__class__.__name__}: {e}"
+        return SourceError(self.ctx.scrub(text[:500]))
+
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        """One API request: counted, 429 retried after ``retry-after`` (bounded), errors → SourceError."""
+        attempt = 0
+        while True:
+            try:
+                with self.ctx.api_call(operation):
+                    try:
+                        return fn()
+                    except anthropic.RateLimitError as e:
+                        hint = retry_after_seconds(getattr(e.response, "headers", None))
+                        raise Throttled(
+                            f"{operation}: throttled by the Anthropic API (HTTP 429)", retry_after=hint
+                        ) from None
+                    except (anthropic.AnthropicError, ValueError) as e:
+                        raise self._error(operation, e) from None
+            except Throttled as t:
+                wait = t.retry_after
+                if (
+                    wait is None
+                    or attempt >= self.cfg.max_retries
+                    or wait > self.cfg.max_retry_wait
+                    or wait >= self.ctx.remaining_seconds(self.cfg.timeout)
+                ):
+                    raise
+                attempt += 1
+                self.ctx.log.info(
+                    "%s: throttled, retrying in %.2fs (retry %d of %d)", operation, wait, attempt, self.cfg.max_retries
+                )
+                time.sleep(wait)
+
+    def _report(self, operation: str, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every page of a bucketed report, following ``next_page`` while ``has_more``."""
+        client = self._get_client()
+        seen: set[str] = set()
+        query = dict(params)
+        for _ in range(MAX_PAGES):
+            page = self._call(operation, functools.partial(self._get_report, client, operation, path, dict(query)))
+            yield page
+            if not page["has_more"]:
+                return
+            token = page.get("next_page")
+            if not isinstance(token, str) or not token or token in seen:
+                raise SourceError(f"{operation}: has_more is set but next_page is missing or repeated")
+            seen.add(token)
+            query["page"] = token
+        raise SourceError(f"{operation}: more than {MAX_PAGES} pages")
+
+    def _get_report(
+        self, client: anthropic.Anthropic, operation: str, path: str, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        body = client.get(path, cast_to=object, options={"params": params, "timeout": self._timeout()})
+        return _checked_report(operation, body)
+
+    # -- the reports ------------------------------------------------------------------
+    def _workspaces(self) -> tuple[list[AccountInfo], dict[str, str]]:
+        """Account infos and the team tag of each workspace that has one."""
+        workspaces = self._get_client().organization.workspaces
+
+        def first() -> Any:
+            return _checked_list(workspaces.list(limit=100, include_archived=True, timeout=self._timeout()))
+
+        page = self._call("workspaces", first)
+        infos = [AccountInfo(PROVIDER, DEFAULT_WORKSPACE, DEFAULT_WORKSPACE_NAME)]
+        tags: dict[str, str] = {}
+        for _ in range(MAX_PAGES):
+            for w in page.data:
+                infos.append(AccountInfo(PROVIDER, w.id, w.name or w.id))
+                labels = getattr(w, "tags", None)
+                if not isinstance(labels, dict):
+                    continue  # absent from older responses
+                for key in self.ctx.team_tag_keys:
+                    value = labels.get(key)
+                    if value:
+                        tags[w.id] = str(value)
+                        break
+            if not page.has_next_page():
+                return infos, tags
+            page = self._call("workspaces", functools.partial(_next_list, page))
+        raise SourceError(f"workspaces: more than {MAX_PAGES} pages")
+
+    def _costs(
+        self, window: FetchWindow, starting: str, ending: str, tags: dict[str, str]
+    ) -> tuple[list[CostRecord], dt.datetime | None]:
+        params = {
+            "starting_at": starting,
+            "ending_at": ending,
+            "bucket_width": "1d",
+            "group_by": ["workspace_id", "description"],
+            "limit": COST_PAGE_LIMIT,
+        }
+        amounts: dict[tuple[dt.date, str, str, str, str], float] = defaultdict(float)
+        newest: dt.datetime | None = None
+        for page in self._report("cost_report", "/v1/organizations/cost_report", params):
+            with _shape("cost_report"):
+                for bucket in page["data"]:
+                    day = parse_time(bucket["starting_at"]).date()
+                    if bucket["results"]:
+                        end = parse_time(bucket["ending_at"])
+                        newest = end if newest is None else max(newest, end)
+                    if not window.start <= day <= window.end:
+                        continue
+                    for r in bucket["results"]:
+                        cost_type = r.get("cost_type") or "tokens"
+                        service = COST_TYPE_SERVICE.get(cost_type, str(cost_type))
+                        account = r.get("workspace_id") or DEFAULT_WORKSPACE
+                        currency = str(r.get("currency") or "USD").upper()
+                        model = str(r.get("model") or "")
+                        amounts[(day, account, service, model, currency)] += cents_to_usd(r["amount"])
+        records = [
+            CostRecord(
+                day=d,
+                provider=PROVIDER,
+                account_id=a,
+                service_name=s,
+                amount=v,
+                currency=c,
+                team_tag=tags.get(a),
+                model=m,
+            )
+            for (d, a, s, m, c), v in sorted(amounts.items())
+        ]
+        return records, newest
+
+    def _usage(
+        self, starting: str, ending: str, bucket_width: str, limit: int
+    ) -> Iterator[tuple[dt.datetime, dt.datetime, str, str, dict[str, int]]]:
+        """(bucket start, bucket end, account, model, tokens) per result, across pages."""
+        operation = "usage_report_messages" + ("_hourly" if bucket_width == "1h" else "")
+        params = {
+            "starting_at": starting,
+            "ending_at": ending,
+            "bucket_width": bucket_width,
+            "group_by": ["model", "workspace_id", "api_key_id"],
+            "limit": limit,
+        }
+        for page in self._report(operation, "/v1/organizations/usage_report/messages", params):
+            rows = []
+            with _shape(operation):
+                for bucket in page["data"]:
+                    start, end = parse_time(bucket["starting_at"]), parse_time(bucket["ending_at"])
+                    for r in bucket["results"]:
+                        account = r.get("workspace_id") or DEFAULT_WORKSPACE
+                        rows.append((start, end, str(account), str(r.get("model") or ""), usage_tokens(r)))
+            yield from rows
+
+    def fetch(self, window: FetchWindow) -> FetchResult:
+        starting = rfc3339(dt.datetime.combine(window.start, dt.time(), UTC))
+        ending = rfc3339(dt.datetime.combine(window.end + dt.timedelta(days=1), dt.time(), UTC))
+        through = window.last_complete_hour + dt.timedelta(hours=1)  # a partial hour is never claimed as held
+        accounts, tags = self._workspaces()
+        costs, newest = self._costs(window, starting, ending, tags)
+
+        daily: dict[tuple[dt.date, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for b_start, b_end, account, model, tokens in self._usage(starting, ending, "1d", USAGE_DAILY_PAGE_LIMIT):
+            newest = b_end if newest is None else max(newest, b_end)
+            day = b_start.date()
+            if window.start <= day <= window.end:
+                _add(daily[(day, account, model)], tokens)
+        h_start = through - dt.timedelta(hours=HOURLY_HOURS)
+        hourly: dict[tuple[dt.datetime, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for b_start, b_end, account, model, tokens in self._usage(
+            rfc3339(h_start), rfc3339(through), "1h", HOURLY_HOURS
+        ):
+            if h_start <= b_start < through:
+                newest = b_end if newest is None else max(newest, b_end)
+                _add(hourly[(b_start, account, model)], tokens)
+
+        usage = [
+            UsageRecord(
+                day=day,
+                provider=PROVIDER,
+                account_id=account,
+                service_name=SERVICE,
+                model=model,
+                tokens=dict(tokens),
+                team_tag=tags.get(account),
+            )
+            for (day, account, model), tokens in sorted(daily.items())
+        ]
+        hourly_records = [
+            HourlyUsage(
+                hour_start=b_start,
+                provider=PROVIDER,
+                account_id=account,
+                service_name=SERVICE,
+                model=model,
+                tokens=dict(tokens),
+                team_tag=tags.get(account),
+            )
+            for (b_start, account, model), tokens in sorted(hourly.items())
+        ]
+        return FetchResult(
+            days=window.days(),
+            costs=costs,
+            usage=usage,
+            hourly=hourly_records,
+            accounts=accounts,
+            data_through=min(newest, through) if newest is not None else None,
+        )
+
+
+def _add(into: dict[str, int], tokens: dict[str, int]) -> None:
+    for k, v in tokens.items():
+        into[k] += v

@@ -1,0 +1,543 @@
+"""Azure Cost Management source (``azure-mgmt-costmanagement`` + ``azure-identity``).
+
+For each configured scope one refresh posts a ``query.usage`` (Custom time
+period, Daily granularity, cost summed, grouped by ``ServiceName`` and the
+team ``TagKey``), follows ``nextLink`` by posting the same query again with
+its ``$skiptoken``, breaks Azure OpenAI down by meter to fill ``model``, and
+asks ``forecast.usage`` for the rest of the month. Columns are read by name.
+
+Cost Management is free but rate limited per scope and per tenant. A 429
+carries ``x-ms-ratelimit-microsoft.costmanagement-*-retry-after`` headers and
+no ``Retry-After``; the SDK's own retries are switched off and this module
+honours those headers itself, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import functools
+import ipaddress
+import os
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    DecodeError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.rest import HttpRequest
+from azure.mgmt.costmanagement import CostManagementClient
+from azure.mgmt.costmanagement.models import (
+    ForecastAggregation,
+    ForecastDataset,
+    ForecastDefinition,
+    ForecastTimePeriod,
+    QueryAggregation,
+    QueryComparisonExpression,
+    QueryDataset,
+    QueryDefinition,
+    QueryFilter,
+    QueryGrouping,
+    QueryTimePeriod,
+)
+
+from exporter import __version__
+from exporter.config import AzureSource
+from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, ProviderForecast
+from exporter.providers.base import ProviderContext, SourceError, Throttled
+
+PROVIDER = "azure"
+CLIENT_TYPE = "spend-exporter"
+"""Sent as the ``ClientType`` header: Cost Management keeps a rate-limit bucket per client type."""
+ARM_SCOPE = "https://management.azure.com/.default"
+SUBSCRIPTIONS_API_VERSION = "2022-12-01"
+NAME_CACHE = dt.timedelta(days=1)
+MAX_PAGES = 1000
+RETRY_AFTER_HEADER = re.compile(r"^x-ms-ratelimit-microsoft\.costmanagement-[a-z0-9-]+-retry-after$", re.IGNORECASE)
+AZURE_OPENAI_SERVICES = frozenset({"Azure OpenAI", "Azure OpenAI Service", "Foundry Models", "Cognitive Services"})
+_SUBSCRIPTION = re.compile(r"^/?subscriptions/(?P<id>[^/]+)", re.IGNORECASE)
+
+# -- Azure OpenAI model names --------------------------------------------------------------
+
+_MODEL_FAMILY = re.compile(
+    r"^(gpt|chatgpt|o\d|text-embedding|text-davinci|davinci|babbage|ada|dall-?e|whisper|tts|sora|codex|"
+    r"computer-use|model-router|phi|llama|mistral|deepseek|grok)",
+    re.IGNORECASE,
+)
+# Meter words that come after the model name: direction, deployment type, unit.
+_METER_WORDS = frozenset(
+    (  # noqa: SIM905
+        "inp input in outp output out opt cached cchd cache cd rsn reasoning glbl global gl regional rgnl regnl "
+        "dz datazone data zone batch bt tokens token tkns 1k 1m ft finetune fine tuned training trng hosting "
+        "hours hour hr images image img characters chars audio aud realtime rt standard std hd provisioned ptu "
+        "developer dev"
+    ).split()
+)
+
+
+def openai_model(meter: str) -> str:
+    """The model an Azure OpenAI meter names, or "" when it names none.
+
+    ``gpt-4o-0806-Inp-glbl Tokens`` → ``gpt-4o``; ``gpt-35-turbo-16k Output Tokens`` → ``gpt-35-turbo-16k``;
+    ``text-embedding-3-large Tokens`` → ``text-embedding-3-large``.
+    """
+    name = meter.strip()
+    if not _MODEL_FAMILY.match(name):
+        return ""
+    parts: list[str] = []
+    for tok in re.split(r"[\s_-]+", name.lower()):
+        if not tok:
+            continue
+        if tok in _METER_WORDS or re.fullmatch(r"\d{4}", tok) or not re.fullmatch(r"[a-z0-9.]+", tok):
+            break  # a version (MMDD or YYYY), a meter word or a size like 1024*1024: the name is over
+        parts.append(tok)
+    return "-".join(parts)
+
+
+def scope_account(scope: str) -> str:
+    """The subscription id of a subscription or resource-group scope; other scopes stand for themselves."""
+    m = _SUBSCRIPTION.match(scope.strip())
+    return m.group("id").lower() if m else "/" + scope.strip().strip("/")
+
+
+def _usage_date(value: Any) -> dt.date:
+    if isinstance(value, bool):
+        raise ValueError("boolean date")
+    if isinstance(value, int | float):
+        value = str(int(value))
+    s = str(value).strip()
+    if re.fullmatch(r"\d{8}", s):
+        return dt.date(int(s[:4]), int(s[4:6]), int(s[6:]))
+    return dt.date.fromisoformat(s[:10])
+
+
+def _credential(kind: str) -> Any:
+    from azure.identity import (
+        AzureCliCredential,
+        DefaultAzureCredential,
+        EnvironmentCredential,
+        ManagedIdentityCredential,
+        WorkloadIdentityCredential,
+    )
+
+    if kind == "cli":
+        return AzureCliCredential(process_timeout=30)
+    if kind == "environment":
+        return EnvironmentCredential()
+    if kind == "managed_identity":
+        # a user-assigned identity is named by AZURE_CLIENT_ID, as DefaultAzureCredential reads it
+        return ManagedIdentityCredential(client_id=os.environ.get("AZURE_CLIENT_ID") or None)
+    if kind == "workload_identity":
+        return WorkloadIdentityCredential()
+    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+
+
+def _loopback_http(url: str | None) -> bool:
+    """A plain-http base_url on this host (a local proxy or emulator) may carry the bearer token."""
+    if not url:
+        return False
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Table:
+    """A Cost Management result read by column name."""
+
+    def __init__(self, operation: str, result: Any) -> None:
+        props = getattr(result, "properties", None) if result is not None else None
+        if result is None:  # 204 No Content: nothing in this scope and period
+            self.columns: dict[str, int] = {}
+            self.rows: list[list[Any]] = []
+            self.next_link: str | None = None
+            return
+        columns = getattr(props, "columns", None)
+        rows = getattr(props, "rows", None)
+        if props is None or not isinstance(columns, list) or not isinstance(rows, list):
+            raise SourceError(f"{operation}: malformed response (no properties.columns/rows)")
+        names = [getattr(c, "name", None) for c in columns]
+        if not all(isinstance(n, str) for n in names):
+            raise SourceError(f"{operation}: malformed response (a column without a name)")
+        self.columns = {str(n).lower(): i for i, n in enumerate(names)}
+        for r in rows:
+            if not isinstance(r, list) or len(r) != len(names):
+                raise SourceError(f"{operation}: malformed response (a row does not match the columns)")
+        self.rows = rows
+        link = getattr(props, "next_link", None)
+        self.next_link = link if isinstance(link, str) and link else None
+
+    def index(self, operation: str, *names: str) -> int:
+        for n in names:
+            if n.lower() in self.columns:
+                return self.columns[n.lower()]
+        raise SourceError(f"{operation}: response has no {' or '.join(names)} column")
+
+    def maybe(self, *names: str) -> int | None:
+        for n in names:
+            if n.lower() in self.columns:
+                return self.columns[n.lower()]
+        return None
+
+
+def _skiptoken(operation: str, next_link: str) -> str:
+    values = {k.lower(): v for k, v in parse_qs(urlsplit(next_link).query).items()}
+    token = (values.get("$skiptoken") or values.get("skiptoken") or [""])[0]
+    if not token:
+        raise SourceError(f"{operation}: nextLink has no $skiptoken")
+    return token
+
+
+_Key = tuple[dt.date, str, str, str | None, str, str]  # day, account, service, team tag, model, currency
+
+
+class AzureProvider:
+    """Azure Cost Management: daily cost per scope by service and team tag, plus the scope's forecast."""
+
+    def __init__(self, config: AzureSource, ctx: ProviderContext, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.cfg = config
+        self.ctx = ctx
+        self._sleep = sleep
+        self._credential = _credential(config.credential)
+        self._client = CostManagementClient(
+            self._credential,
+            base_url=config.base_url or None,
+            retry_total=0,  # 429s are ours to honour (see _call); other failures fail the refresh
+            user_agent=f"spend-exporter/{__version__}",
+        )
+        self._insecure_ok = _loopback_http(config.base_url)
+        self._names: dict[str, tuple[str, dt.datetime]] = {}
+
+    def close(self) -> None:
+        self._client.close()
+        close = getattr(self._credential, "close", None)
+        if callable(close):
+            close()
+
+    # -- calls --------------------------------------------------------------------------------
+    def _options(self) -> dict[str, Any]:
+        timeout = max(min(self.cfg.timeout, self.ctx.remaining_seconds(self.cfg.timeout)), 1.0)
+        opts: dict[str, Any] = {
+            "headers": {"ClientType": CLIENT_TYPE},
+            "connection_timeout": min(timeout, 10.0),
+            "read_timeout": timeout,
+        }
+        if self._insecure_ok:
+            opts["enforce_https"] = False
+        return opts
+
+    @staticmethod
+    def _retry_after(headers: Any) -> float | None:
+        waits = []
+        for name, value in (headers or {}).items():
+            if RETRY_AFTER_HEADER.match(name) or name.lower() == "retry-after":
+                try:
+                    waits.append(float(value))
+                except (TypeError, ValueError):
+                    continue
+        return max(waits) if waits else None
+
+    def _call(self, operation: str, fn: Callable[[], Any]) -> Any:
+        """One request through the context; 429s are retried after the wait the service names."""
+        attempt = 0
+        while True:
+            try:
+                with self.ctx.api_call(operation):
+                    try:
+                        return fn()
+                    except ClientAuthenticationError as e:
+                        status = getattr(e, "status_code", None)
+                        where = f"HTTP {status}" if status else f"credential {self.cfg.credential!r}"
+                        raise SourceError(f"{operation}: authentication failed ({where}): {_first_line(e)}") from None
+                    except DecodeError:
+                        raise SourceError(f"{operation}: malformed response (not JSON)") from None
+                    except HttpResponseError as e:
+                        status = e.status_code
+                        if status == 429:
+                            headers = getattr(e.response, "headers", None) or {}
+                            raise Throttled(
+                                f"{operation}: throttled by Cost Management (429)",
+                                retry_after=self._retry_after(headers),
+                            ) from None
+                        raise SourceError(f"{operation} failed: HTTP {status}: {_first_line(e)}") from None
+                    except (ServiceRequestError, ServiceResponseError) as e:
+                        raise SourceError(f"{operation} failed: {e.__class__.__name__}: {_first_line(e)}") from None
+                    except AzureError as e:
+                        raise SourceError(f"{operation} failed: {e.__class__.__name__}: {_first_line(e)}") from None
+                    except (ValueError, TypeError) as e:
+                        raise SourceError(f"{operation}: malformed response ({e.__class__.__name__})") from None
+            except Throttled as e:
+                wait = e.retry_after if e.retry_after is not None else self.cfg.throttle_backoff * 2**attempt
+                if attempt >= self.cfg.throttle_retries:
+                    raise Throttled(f"{e} on {attempt + 1} attempts in a row", retry_after=wait) from None
+                if wait > self.cfg.throttle_max_wait or wait >= self.ctx.remaining_seconds(self.cfg.timeout):
+                    raise Throttled(
+                        f"{e}; asked to wait {wait:g}s, more than this refresh can", retry_after=wait
+                    ) from None
+                self.ctx.log.info("%s throttled; retrying in %.2fs", operation, wait)
+                self._sleep(wait)
+                attempt += 1
+
+    def _pages(self, operation: str, run: Callable[[dict[str, str]], Any]) -> list[_Table]:
+        """Every page of a query: the same body posted again with each nextLink's $skiptoken."""
+        tables: list[_Table] = []
+        params: dict[str, str] = {}
+        seen: set[str] = set()
+        while True:
+            page_params = dict(params)
+            table = _Table(operation, self._call(operation, functools.partial(run, page_params)))
+            tables.append(table)
+            if table.next_link is None:
+                return tables
+            token = _skiptoken(operation, table.next_link)
+            if token in seen or len(tables) >= MAX_PAGES:
+                raise SourceError(f"{operation}: pagination does not end (page {len(tables)})")
+            seen.add(token)
+            params = {"$skiptoken": token}
+
+    def _register_token(self) -> None:
+        """Get a token up front: a credential problem gets a clear message, and the token is scrubbed from errors."""
+        try:
+            token = self._credential.get_token(ARM_SCOPE)
+        except ClientAuthenticationError as e:  # CredentialUnavailableError included
+            raise SourceError(
+                f"Azure credential {self.cfg.credential!r} could not get a token: {_first_line(e)}"
+            ) from None
+        self.ctx.register_secret(token.token)
+
+    # -- queries --------------------------------------------------------------------------------
+    def _query(
+        self, scope: str, window: FetchWindow, group: QueryGrouping, service: str | None = None
+    ) -> list[tuple[dt.date, str, str | None, Decimal, str]]:
+        """Rows of (day, group value, team tag, amount, currency) for one scope."""
+        col = self.cfg.cost_column
+        dataset = QueryDataset(
+            granularity="Daily",
+            aggregation={col: QueryAggregation(name=col, function="Sum")},
+            grouping=[group, QueryGrouping(type="TagKey", name=self.cfg.team_tag_key)],
+        )
+        if service is not None:
+            dataset.filter = QueryFilter(
+                dimensions=QueryComparisonExpression(name="ServiceName", operator="In", values_property=[service])
+            )
+        definition = QueryDefinition(
+            type=self.cfg.cost_type,
+            timeframe="Custom",
+            time_period=QueryTimePeriod(
+                from_property=dt.datetime.combine(window.start, dt.time(), tzinfo=dt.UTC),
+                to=dt.datetime.combine(window.end, dt.time(23, 59, 59), tzinfo=dt.UTC),
+            ),
+            dataset=dataset,
+        )
+        op = "query.usage"
+        path = scope.strip().strip("/")
+
+        def run(params: dict[str, str]) -> Any:
+            return self._client.query.usage(path, definition, params=params, **self._options())
+
+        out = []
+        for t in self._pages(op, run):
+            if not t.rows:
+                continue
+            i_cost = t.index(op, col, "PreTaxCost", "Cost")
+            i_date = t.index(op, "UsageDate")
+            i_cur = t.index(op, "Currency", "BillingCurrency", "BillingCurrencyCode")
+            i_group = t.index(op, group.name)
+            i_tagkey, i_tagval = t.maybe("TagKey"), t.maybe("TagValue")
+            i_tagcol = t.maybe(self.cfg.team_tag_key) if i_tagval is None else None
+            if i_tagval is None and i_tagcol is None:
+                raise SourceError(f"{op}: response has no TagValue column")
+            for r in t.rows:
+                try:
+                    day = _usage_date(r[i_date])
+                    amount = Decimal(str(r[i_cost]))
+                    if not amount.is_finite():
+                        raise ValueError("not finite")
+                    currency = str(r[i_cur] or "").strip()
+                    if not currency:
+                        raise ValueError("no currency")
+                except (ValueError, TypeError, InvalidOperation) as e:
+                    raise SourceError(f"{op}: malformed row ({e})") from None
+                if i_tagval is not None:
+                    key = str(r[i_tagkey] or "") if i_tagkey is not None else self.cfg.team_tag_key
+                    value = r[i_tagval]
+                    team = str(value) if value and key.lower() == self.cfg.team_tag_key.lower() else None
+                else:
+                    assert i_tagcol is not None
+                    team = str(r[i_tagcol]) if r[i_tagcol] else None
+                out.append((day, str(r[i_group] or ""), team, amount, currency))
+        return out
+
+    def _forecast(self, scope: str, window: FetchWindow) -> tuple[Decimal, str] | None:
+        """What is still to come this month in the scope, and its currency ("" if no day remains); None: no forecast."""
+        today = window.now.astimezone(dt.UTC).date()
+        start = today + dt.timedelta(days=1)
+        last = today.replace(day=calendar.monthrange(today.year, today.month)[1])
+        if start > last:
+            return Decimal(0), ""
+        col = self.cfg.cost_column
+        definition = ForecastDefinition(
+            type=self.cfg.cost_type,
+            timeframe="Custom",
+            time_period=ForecastTimePeriod(
+                from_property=dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC),
+                to=dt.datetime.combine(last, dt.time(23, 59, 59), tzinfo=dt.UTC),
+            ),
+            dataset=ForecastDataset(
+                granularity="Daily", aggregation={col: ForecastAggregation(name=col, function="Sum")}
+            ),
+            include_actual_cost=False,
+            include_fresh_partial_cost=False,
+        )
+        op = "forecast.usage"
+        path = scope.strip().strip("/")
+
+        def run(params: dict[str, str]) -> Any:
+            return self._client.forecast.usage(path, definition, params=params, **self._options())
+
+        total = Decimal(0)
+        currencies: set[str] = set()
+        for t in self._pages(op, run):
+            if not t.rows:
+                continue
+            i_cost = t.index(op, col, "PreTaxCost", "Cost")
+            i_date = t.index(op, "UsageDate")
+            i_cur = t.index(op, "Currency", "BillingCurrency", "BillingCurrencyCode")
+            i_status = t.maybe("CostStatus")
+            for r in t.rows:
+                try:
+                    day = _usage_date(r[i_date])
+                    amount = Decimal(str(r[i_cost]))
+                    if not amount.is_finite():
+                        raise ValueError("not finite")
+                except (ValueError, TypeError, InvalidOperation) as e:
+                    raise SourceError(f"{op}: malformed row ({e})") from None
+                if i_status is not None and str(r[i_status]).lower() != "forecast":
+                    continue
+                if start <= day <= last:
+                    total += amount
+                    currencies.add(str(r[i_cur] or "").strip())
+        if not currencies:
+            return None  # too little history: Cost Management forecasts nothing
+        if len(currencies) > 1 or "" in currencies:
+            raise SourceError(f"{op}: forecast for {scope} is not in one currency ({sorted(currencies)})")
+        return total, currencies.pop()
+
+    def _subscription_name(self, subscription: str, now: dt.datetime) -> str | None:
+        cached = self._names.get(subscription)
+        if cached is not None and now - cached[1] < NAME_CACHE:
+            return cached[0]
+        request = HttpRequest(
+            "GET", f"/subscriptions/{subscription}", params={"api-version": SUBSCRIPTIONS_API_VERSION}
+        )
+        try:
+            response = self._call("subscriptions.get", lambda: self._client.send_request(request, **self._options()))
+            if response.status_code != 200:
+                raise SourceError(f"subscriptions.get: HTTP {response.status_code}")
+            name = response.json().get("displayName")
+        except (SourceError, ValueError, AttributeError) as e:
+            # a name is a label, not data: without Microsoft.Resources/subscriptions/read the costs still count
+            self.ctx.log.warning("no display name for subscription %s: %s", subscription, e)
+            return cached[0] if cached else None
+        if not isinstance(name, str) or not name:
+            return None
+        self._names[subscription] = (name, now)
+        return name
+
+    # -- fetch --------------------------------------------------------------------------------
+    def fetch(self, window: FetchWindow) -> FetchResult:
+        days = window.days()
+        if not days:
+            return FetchResult(days=[])
+        self._register_token()
+        totals: dict[_Key, Decimal] = defaultdict(Decimal)
+        newest: dt.date | None = None
+        accounts: dict[str, str] = {}
+        forecasts: dict[str, list[tuple[Decimal, str]]] = defaultdict(list)
+        for scope in self.cfg.scopes:
+            account = scope_account(scope)
+            rows = self._query(scope, window, QueryGrouping(type="Dimension", name="ServiceName"))
+            ai = set()
+            if self.cfg.openai_models:
+                ai = {svc for _, svc, _, _, _ in rows if svc in AZURE_OPENAI_SERVICES}
+            detailed = [
+                (svc, self._query(scope, window, QueryGrouping(type="Dimension", name="Meter"), svc))
+                for svc in sorted(ai)
+            ]
+            for day, service, team, amount, currency in rows:
+                if window.start <= day <= window.end and service not in ai:
+                    totals[(day, account, service, team, "", currency)] += amount
+                    newest = day if newest is None or day > newest else newest
+            for service, meter_rows in detailed:
+                for day, meter, team, amount, currency in meter_rows:
+                    if window.start <= day <= window.end:
+                        totals[(day, account, service, team, openai_model(meter), currency)] += amount
+                        newest = day if newest is None or day > newest else newest
+            m = _SUBSCRIPTION.match(scope.strip())
+            if m:
+                name = self._subscription_name(m.group("id"), window.now)
+                if name:
+                    accounts[account] = name
+            if self.cfg.forecast:
+                forecast = self._forecast(scope, window)
+                if forecast is not None:
+                    forecasts[account].append(forecast)
+
+        provider_forecasts = None
+        if self.cfg.forecast:
+            provider_forecasts = []
+            for account, parts in sorted(forecasts.items()):
+                currencies = {c for _, c in parts if c}
+                if len(currencies) > 1:
+                    raise SourceError(f"forecast.usage: scopes of {account} forecast in several currencies")
+                # no day left: zero, in the currency the account's costs came in
+                seen = sorted({k[5] for k in totals if k[1] == account})
+                currency = currencies.pop() if currencies else (seen[0] if len(seen) == 1 else "USD")
+                total = sum((a for a, _ in parts), Decimal(0))
+                provider_forecasts.append(ProviderForecast(PROVIDER, account, float(total), currency))
+        costs = [
+            CostRecord(
+                day=day,
+                provider=PROVIDER,
+                account_id=account,
+                service_name=service,
+                amount=float(amount),
+                currency=currency,
+                team_tag=team,
+                model=model,
+            )
+            for (day, account, service, team, model, currency), amount in sorted(
+                totals.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or "", kv[0][4], kv[0][5])
+            )
+        ]
+        data_through = None
+        if newest is not None:
+            data_through = min(dt.datetime.combine(newest + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC), window.now)
+        return FetchResult(
+            days=days,
+            costs=costs,
+            accounts=[AccountInfo(PROVIDER, a, n) for a, n in sorted(accounts.items())],
+            forecasts=provider_forecasts,
+            data_through=data_through,
+        )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "message", None) or e).strip()
+    return text.splitlines()[0][:500] if text else e.__class__.__name__

@@ -1,0 +1,293 @@
+"""The focus source's Athena engine (``engine: athena``): the FOCUS aggregation as one Athena query over S3.
+
+For organisations whose FOCUS / CUR 2.0 exports are too big for one machine.
+The table is the one AWS Data Exports (or a Glue crawler) defines over the
+export: lower-case FOCUS column names, ``tags`` a ``map(varchar, varchar)``
+and a ``billing_period`` partition (``YYYY-MM``). One refresh runs one query:
+
+- ``WHERE`` names the partitions of the refresh window (the billing months it
+  touches), so Athena reads only those, and the charge period bounds;
+- ``StartQueryExecution``, then ``GetQueryExecution`` polled until the query
+  ends, then every page of ``GetQueryResults``; every request is counted;
+- what Athena bills, ``DataScannedInBytes`` × $5 per TB (rounded up to a
+  megabyte, 10 MB minimum per query), is counted in
+  ``spend_exporter_api_cost_usd_total`` under the operation ``DataScanned``.
+
+It fills costs, the team tag and account names. AI token usage and hourly
+buckets are not read from Athena (use the DuckDB engine or the AI sources).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from exporter.config import FocusSource
+from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow
+from exporter.providers.base import ProviderContext, SourceError, Throttled
+
+USD_PER_TB = 5.0
+MIN_BILLED_BYTES = 10 * 1024 * 1024
+PAGE_SIZE = 1000  # GetQueryResults' maximum
+THROTTLE_CODES = {"ThrottlingException", "TooManyRequestsException", "Throttling"}
+DONE_STATES = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+
+def scan_cost_usd(data_scanned_bytes: int) -> float:
+    """What Athena bills for one query: $5 per TB, each query rounded up to a MB, at least 10 MB."""
+    if data_scanned_bytes <= 0:
+        return 0.0
+    mb = 1024 * 1024
+    billed = max(math.ceil(data_scanned_bytes / mb) * mb, MIN_BILLED_BYTES)
+    return billed / 1024**4 * USD_PER_TB
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def billing_periods(window: FetchWindow) -> list[str]:
+    """The ``YYYY-MM`` partitions the window's days fall in."""
+    out: list[str] = []
+    d = window.start.replace(day=1)
+    while d <= window.end:
+        out.append(f"{d:%Y-%m}")
+        d = (d + dt.timedelta(days=32)).replace(day=1)
+    return out
+
+
+def build_query(config: FocusSource, window: FetchWindow, team_tag_keys: list[str]) -> str:
+    """The aggregation of ``FocusProvider`` (cost by UTC day, provider, account, service, team tag) in Athena SQL."""
+    lo = dt.datetime.combine(window.start, dt.time())
+    hi = dt.datetime.combine(window.end + dt.timedelta(days=1), dt.time())
+    cost = config.cost_column.lower()
+    team = (
+        "COALESCE(" + ", ".join(f"element_at(tags, {_sql_str(k)})" for k in team_tag_keys) + ")"
+        if team_tag_keys
+        else "CAST(NULL AS varchar)"
+    )
+    where = [
+        f"chargeperiodstart >= TIMESTAMP {_sql_str(f'{lo:%Y-%m-%d %H:%M:%S}')}",
+        f"chargeperiodstart < TIMESTAMP {_sql_str(f'{hi:%Y-%m-%d %H:%M:%S}')}",
+        f"{cost} IS NOT NULL",
+    ]
+    if config.partition_column:
+        parts = ", ".join(_sql_str(p) for p in billing_periods(window))
+        where.insert(0, f"{config.partition_column} IN ({parts})")
+    return (
+        "SELECT CAST(date_trunc('day', chargeperiodstart) AS date) AS day, "
+        "COALESCE(providername, '') AS provider, "
+        "COALESCE(subaccountid, billingaccountid, '') AS account_id, "
+        "COALESCE(servicename, '') AS service_name, "
+        f"{team} AS team_tag, "
+        "UPPER(COALESCE(billingcurrency, '')) AS currency, "
+        f"CAST(SUM({cost}) AS varchar) AS amount, "
+        "MAX(COALESCE(subaccountname, billingaccountname)) AS account_name, "
+        "MAX(chargeperiodend) AS period_end "
+        f'FROM "{config.database}"."{config.table}" '
+        f"WHERE {' AND '.join(where)} "
+        "GROUP BY 1, 2, 3, 4, 5, 6"
+    )
+
+
+class AthenaFocus:
+    """Runs the focus source's aggregation on Athena (boto3 client ``athena``)."""
+
+    COLUMNS = ("day", "provider", "account_id", "service_name", "team_tag", "currency", "amount", "account_name")
+
+    def __init__(self, config: FocusSource, ctx: ProviderContext, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.cfg = config
+        self.ctx = ctx
+        self._sleep = sleep
+        self._session = boto3.Session(region_name=config.region)
+
+    def close(self) -> None:
+        pass
+
+    def _client(self) -> Any:
+        timeout = max(min(self.cfg.timeout, self.ctx.remaining_seconds(self.cfg.timeout)), 1.0)
+        botocfg = BotoConfig(
+            connect_timeout=min(timeout, 10.0),
+            read_timeout=min(timeout, 60.0),
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            user_agent_extra="spend-exporter",
+        )
+        creds = self._session.get_credentials()
+        if creds is None:
+            raise SourceError("no AWS credentials found (environment, shared config/credentials file, SSO or role)")
+        frozen = creds.get_frozen_credentials()
+        self.ctx.register_secret(frozen.secret_key)
+        self.ctx.register_secret(frozen.token)
+        return self._session.client("athena", endpoint_url=self.cfg.endpoint_url, config=botocfg)
+
+    def _call(self, operation: str, method: Callable[..., Any], **params: Any) -> dict[str, Any]:
+        with self.ctx.api_call(operation):
+            try:
+                response = method(**params)
+            except ClientError as e:
+                err = e.response.get("Error", {})
+                code = str(err.get("Code") or "")
+                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                message = str(err.get("Message") or "").strip()
+                if code in THROTTLE_CODES or "rate exceeded" in message.lower():
+                    raise Throttled(f"Athena {operation}: throttled ({code})") from None
+                raise SourceError(
+                    f"Athena {operation} failed: HTTP {status} {code}{': ' + message if message else ''}"
+                ) from None
+            except BotoCoreError as e:
+                raise SourceError(f"Athena {operation} failed: {e.__class__.__name__}: {e}") from None
+        if not isinstance(response, dict):
+            raise SourceError(f"Athena {operation}: unexpected response type {type(response).__name__}")
+        return response
+
+    def fetch(self, window: FetchWindow) -> FetchResult:
+        client = self._client()
+        query = build_query(self.cfg, window, self.ctx.team_tag_keys)
+        # the scan is billed after the fact: check the cap against the minimum a query costs
+        self.ctx.check_cap(scan_cost_usd(1))
+        params: dict[str, Any] = {
+            "QueryString": query,
+            "QueryExecutionContext": {"Database": self.cfg.database},
+            "WorkGroup": self.cfg.workgroup,
+        }
+        if self.cfg.output_location:
+            params["ResultConfiguration"] = {"OutputLocation": self.cfg.output_location}
+        started = self._call("StartQueryExecution", client.start_query_execution, **params)
+        qid = started.get("QueryExecutionId")
+        if not isinstance(qid, str) or not qid:
+            raise SourceError("Athena StartQueryExecution: no QueryExecutionId in the response")
+        execution = self._wait(client, qid)
+        stats = execution.get("Statistics") or {}
+        scanned = int(stats.get("DataScannedInBytes") or 0)
+        self.ctx.record_call("DataScanned", "success", scan_cost_usd(scanned))
+        self.ctx.log.info(
+            "source %s: Athena query %s scanned %d bytes ($%.6f)",
+            self.ctx.source_name,
+            qid,
+            scanned,
+            scan_cost_usd(scanned),
+        )
+        return self._results(client, qid, window)
+
+    def _wait(self, client: Any, qid: str) -> dict[str, Any]:
+        while True:
+            resp = self._call("GetQueryExecution", client.get_query_execution, QueryExecutionId=qid)
+            execution = resp.get("QueryExecution")
+            if not isinstance(execution, dict):
+                raise SourceError("Athena GetQueryExecution: malformed response (no QueryExecution)")
+            status = execution.get("Status") or {}
+            state = str(status.get("State") or "")
+            if state == "SUCCEEDED":
+                return execution
+            if state in DONE_STATES:
+                reason = str(status.get("StateChangeReason") or "no reason given")
+                stats = execution.get("Statistics") or {}
+                # a failed query is still billed for what it scanned
+                self.ctx.record_call("DataScanned", "error", scan_cost_usd(int(stats.get("DataScannedInBytes") or 0)))
+                raise SourceError(f"Athena query {qid} {state.lower()}: {reason}")
+            if self.ctx.remaining_seconds(self.cfg.timeout) <= self.cfg.poll_interval:
+                try:
+                    self._call("StopQueryExecution", client.stop_query_execution, QueryExecutionId=qid)
+                except SourceError:
+                    pass
+                raise SourceError(f"Athena query {qid} still {state or 'pending'} when the refresh timed out")
+            self._sleep(self.cfg.poll_interval)
+
+    def _results(self, client: Any, qid: str, window: FetchWindow) -> FetchResult:
+        costs: list[CostRecord] = []
+        accounts: dict[tuple[str, str], str] = {}
+        through: dt.datetime | None = None
+        token: str | None = None
+        seen: set[str] = set()
+        first = True
+        index: dict[str, int] = {}
+        while True:
+            req: dict[str, Any] = {"QueryExecutionId": qid, "MaxResults": PAGE_SIZE}
+            if token:
+                req["NextToken"] = token
+            page = self._call("GetQueryResults", client.get_query_results, **req)
+            rs = page.get("ResultSet")
+            if not isinstance(rs, dict) or not isinstance(rs.get("Rows"), list):
+                raise SourceError("Athena GetQueryResults: malformed response (no ResultSet.Rows)")
+            rows = rs["Rows"]
+            if first:
+                names = [
+                    str(c.get("Name") or "").lower() for c in rs.get("ResultSetMetadata", {}).get("ColumnInfo", [])
+                ]
+                index = {n: i for i, n in enumerate(names)}
+                missing = [c for c in (*self.COLUMNS, "period_end") if c not in index]
+                if missing:
+                    raise SourceError(f"Athena GetQueryResults: result has no column {missing[0]!r}")
+                # the first row of a SELECT's first page is the header
+                if rows and [_value(d) for d in rows[0].get("Data", [])] == names:
+                    rows = rows[1:]
+                first = False
+            for row in rows:
+                v = [_value(d) for d in row.get("Data", [])]
+                if len(v) < len(index):
+                    raise SourceError("Athena GetQueryResults: a row has fewer values than columns")
+                rec, end = self._record(v, index)
+                costs.append(rec)
+                name = v[index["account_name"]]
+                if name and rec.account_id:
+                    accounts[(rec.provider, rec.account_id)] = name
+                if end is not None and (through is None or end > through):
+                    through = end
+            token = page.get("NextToken")
+            if not token:
+                break
+            if token in seen:
+                raise SourceError("Athena GetQueryResults: NextToken repeats; giving up")
+            seen.add(token)
+        return FetchResult(
+            days=window.days(),
+            costs=costs,
+            accounts=[AccountInfo(p, a, n) for (p, a), n in sorted(accounts.items())],
+            data_through=min(through, window.now) if through is not None else None,
+        )
+
+    @staticmethod
+    def _record(v: list[str | None], index: dict[str, int]) -> tuple[CostRecord, dt.datetime | None]:
+        from exporter.providers.focus import normalise_provider
+
+        try:
+            day = dt.date.fromisoformat(str(v[index["day"]])[:10])
+            amount = float(Decimal(str(v[index["amount"]])))
+        except (ValueError, InvalidOperation):
+            raise SourceError(
+                f"Athena GetQueryResults: unparsable day or amount ({v[index['day']]!r}, {v[index['amount']]!r})"
+            ) from None
+        end: dt.datetime | None = None
+        raw_end = v[index["period_end"]]
+        if raw_end:
+            try:
+                end = dt.datetime.fromisoformat(raw_end.replace(" UTC", "").replace("Z", "+00:00"))
+            except ValueError:
+                end = None
+            if end is not None and end.tzinfo is None:
+                end = end.replace(tzinfo=dt.UTC)
+        team = v[index["team_tag"]]
+        rec = CostRecord(
+            day=day,
+            provider=normalise_provider(v[index["provider"]]),
+            account_id=v[index["account_id"]] or "",
+            service_name=v[index["service_name"]] or "",
+            amount=amount,
+            currency=v[index["currency"]] or "",
+            team_tag=team.strip() if team and team.strip() else None,
+        )
+        return rec, end
+
+
+def _value(datum: dict[str, Any]) -> str | None:
+    """A cell of GetQueryResults: ``{"VarCharValue": "..."}``, or ``{}`` for NULL."""
+    value = datum.get("VarCharValue")
+    return None if value is None else str(value)

@@ -1,0 +1,385 @@
+"""GCP billing export in BigQuery: daily cost by project, service, team label and AI model.
+
+One parameterised GoogleSQL query per refresh over the standard usage cost
+export table (``gcp_billing_export_v1_*``), through ``google-cloud-bigquery``:
+
+1. a dry run (``jobs.query`` with ``dryRun``, free) that tells how many bytes
+   the query will scan, so that the source's ``max_api_cost_usd_per_day`` is
+   checked before anything is billed;
+2. the query (``jobs.query``), then ``jobs.get`` for its statistics, then one
+   ``jobs.getQueryResults`` per further page of rows.
+
+The query's real cost, ``totalBytesBilled`` × ``price_usd_per_tib``, is
+counted against the ``jobs.query`` call once known. It sums ``cost`` plus the
+credits (``UNNEST(credits)``) by UTC day of ``usage_start_time``, project,
+``service.description``, team label (resource label, else project label),
+currency and, for AI services, the SKU, whose model name goes to ``model``
+(see ``model_from_sku``). ``_PARTITIONTIME`` bounds the scan: the export is
+partitioned by export time, so partitions from ``partition_margin_days``
+before the first day fetched are read.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import requests
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
+from google.auth import exceptions as auth_exceptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery
+from google.cloud.bigquery.retry import DEFAULT_RETRY
+
+from exporter.config import GcpBigQuerySource
+from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow
+from exporter.providers.base import ProviderContext, SourceError, Throttled
+
+PROVIDER = "gcp"
+TIB = 1 << 40
+MIB = 1 << 20
+MIN_BILLED_BYTES = 10 * MIB  # on-demand minimum per table referenced
+PAGE_SIZE = 10_000
+AI_SERVICES = ("Vertex AI", "Gemini API")
+THROTTLE_REASONS = {"rateLimitExceeded", "quotaExceeded"}
+T = TypeVar("T")
+
+QUERY = """
+WITH usage AS (
+  SELECT
+    DATE(usage_start_time) AS day,
+    COALESCE(project.id, billing_account_id) AS account_id,
+    project.name AS account_name,
+    service.description AS service_name,
+    COALESCE(
+      (SELECT l.value FROM UNNEST(labels) AS l WHERE l.key = @team_key LIMIT 1),
+      (SELECT pl.value FROM UNNEST(project.labels) AS pl WHERE pl.key = @team_key LIMIT 1)
+    ) AS team,
+    IF(service.description IN UNNEST(@ai_services), sku.description, '') AS sku,
+    currency,
+    cost,
+    IFNULL((SELECT SUM(c.amount) FROM UNNEST(credits) AS c), 0) AS credits,
+    usage_end_time
+  FROM `{table}`
+  WHERE _PARTITIONTIME >= @partition_start
+    AND usage_start_time >= @start_time
+    AND usage_start_time < @end_time
+)
+SELECT
+  day,
+  account_id,
+  ANY_VALUE(account_name) AS account_name,
+  service_name,
+  team,
+  sku,
+  currency,
+  SUM(cost) AS cost,
+  SUM(credits) AS credits,
+  MAX(usage_end_time) AS usage_end
+FROM usage
+GROUP BY day, account_id, service_name, team, sku, currency
+ORDER BY day, account_id, service_name, team, sku, currency
+"""
+
+# -- model names from SKU descriptions -------------------------------------------------------
+_FAMILIES = ("gemini", "gemma", "claude", "llama", "mistral", "mixtral", "codestral", "jamba", "imagen", "veo")
+_VARIANTS = {
+    "pro",
+    "flash",
+    "lite",
+    "ultra",
+    "nano",
+    "haiku",
+    "sonnet",
+    "opus",
+    "instant",
+    "large",
+    "medium",
+    "small",
+    "nemo",
+    "instruct",
+    "vision",
+    "fast",
+    "maverick",
+    "scout",
+}
+_TOKEN = re.compile(r"[A-Za-z]+|\d+(?:\.\d+)*[A-Za-z]?")
+_VERSION = re.compile(r"\d+(?:\.\d+)*[A-Za-z]?")
+
+
+def model_from_sku(description: str | None) -> str:
+    """The model a Vertex AI / Gemini API SKU description names, else "".
+
+    The first model family word (Gemini, Gemma, Claude, Llama, Mistral,
+    Mixtral, Codestral, Jamba, Imagen, Veo) and the version numbers, sizes and
+    variant words right after it, lower-cased and joined with "-":
+    "Gemini 1.5 Pro Text Input - Predictions" → "gemini-1.5-pro",
+    "Gemini 2.0 Flash Lite Input Tokens" → "gemini-2.0-flash-lite",
+    "Llama 3.1 405B Instruct ..." → "llama-3.1-405b-instruct". Claude versions
+    use "-" as Anthropic's model ids do: "Claude 3.5 Sonnet ..." →
+    "claude-3-5-sonnet". A family word with nothing after it names no model.
+    """
+    if not description:
+        return ""
+    tokens = _TOKEN.findall(description)
+    for i, tok in enumerate(tokens):
+        family = tok.lower()
+        if family not in _FAMILIES:
+            continue
+        parts = [family]
+        for nxt in tokens[i + 1 :]:
+            low = nxt.lower()
+            if _VERSION.fullmatch(low):
+                parts.append(low.replace(".", "-") if family == "claude" else low)
+            elif low in _VARIANTS:
+                parts.append(low)
+            else:
+                break
+        return "-".join(parts) if len(parts) > 1 else ""
+    return ""
+
+
+def billable_bytes(processed: int) -> int:
+    """On-demand billing of ``processed`` bytes: rounded up to 1 MiB, at least 10 MiB (one table)."""
+    if processed <= 0:
+        return 0
+    return max(-(-processed // MIB) * MIB, MIN_BILLED_BYTES)
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+
+class GcpBigQueryProvider:
+    """Daily GCP cost from the Cloud Billing export in BigQuery.
+
+    Credentials are Google's Application Default Credentials, or
+    ``AnonymousCredentials`` with ``credentials: anonymous`` (emulators).
+    """
+
+    def __init__(self, config: GcpBigQuerySource, ctx: ProviderContext) -> None:
+        self.cfg = config
+        self.ctx = ctx
+        self.project = config.project or config.table.rsplit(".", 2)[0]
+        self._client: Any = None
+
+    def _bq(self) -> Any:
+        if self._client is None:
+            options = {"api_endpoint": self.cfg.api_endpoint} if self.cfg.api_endpoint else None
+            credentials = AnonymousCredentials() if self.cfg.credentials == "anonymous" else None  # type: ignore[no-untyped-call]
+            try:
+                self._client = bigquery.Client(
+                    project=self.project,
+                    credentials=credentials,
+                    client_options=options,
+                    location=self.cfg.location,
+                )
+            except auth_exceptions.DefaultCredentialsError as e:
+                raise SourceError(f"no Google credentials found (Application Default Credentials): {e}") from None
+            except Exception as e:
+                raise SourceError(f"cannot create the BigQuery client: {e.__class__.__name__}: {e}") from None
+        return self._client
+
+    def _retry(self, budget: float) -> Retry:
+        # bigquery's own predicate (rateLimitExceeded, backendError, 5xx, connection errors), bounded by config
+        retry: Retry = DEFAULT_RETRY.with_timeout(min(self.cfg.retry_deadline, budget)).with_delay(
+            initial=self.cfg.retry_base_delay, maximum=self.cfg.retry_max_delay
+        )
+        return retry
+
+    def _params(self, window: FetchWindow) -> list[Any]:
+        start = _midnight(window.start)
+        return [
+            bigquery.ScalarQueryParameter("start_time", "TIMESTAMP", start),
+            bigquery.ScalarQueryParameter("end_time", "TIMESTAMP", _midnight(window.end + dt.timedelta(days=1))),
+            bigquery.ScalarQueryParameter(
+                "partition_start", "TIMESTAMP", start - dt.timedelta(days=self.cfg.partition_margin_days)
+            ),
+            bigquery.ScalarQueryParameter("team_key", "STRING", self.cfg.team_label_key),
+            bigquery.ArrayQueryParameter("ai_services", "STRING", list(AI_SERVICES)),
+        ]
+
+    def cost_of(self, billed_bytes: int) -> float:
+        return billed_bytes / TIB * self.cfg.price_usd_per_tib
+
+    # -- fetching ---------------------------------------------------------------------------
+    def fetch(self, window: FetchWindow) -> FetchResult:
+        client = self._bq()
+        budget = self.ctx.remaining_seconds(self.cfg.timeout)
+        retry = self._retry(budget)
+        sql = QUERY.format(table=self.cfg.table)
+        params = self._params(window)
+
+        def run(config: Any) -> Any:
+            return client.query(
+                sql,
+                job_config=config,
+                project=self.project,
+                location=self.cfg.location,
+                api_method="QUERY",
+                retry=retry,
+                job_retry=None,
+                timeout=budget,
+            )
+
+        with self.ctx.api_call("jobs.query.dryRun"):
+            dry = self._call("dry run", lambda: run(bigquery.QueryJobConfig(dry_run=True, query_parameters=params)))
+            estimated_bytes = billable_bytes(int(dry.total_bytes_processed or 0))
+        self.ctx.check_cap(self.cost_of(estimated_bytes))
+
+        config = bigquery.QueryJobConfig(query_parameters=params)
+        if self.cfg.maximum_bytes_billed is not None:
+            config.maximum_bytes_billed = self.cfg.maximum_bytes_billed
+        job: Any = None
+        status = "error"
+        try:
+            job = self._call("query", lambda: run(config))
+            status = "success"
+        except Throttled:
+            status = "throttled"
+            raise
+        finally:
+            if job is None:  # not run, not billed
+                self.ctx.record_call("jobs.query", status, 0.0)
+        try:
+            with self.ctx.api_call("jobs.get"):
+                rows = self._call(
+                    "waiting for the query", lambda: job.result(page_size=PAGE_SIZE, retry=retry, timeout=budget)
+                )
+        finally:
+            # the query ran: charge what BigQuery billed, or the dry run's estimate if jobs.get failed
+            self.ctx.record_call("jobs.query", "success", self.cost_of(_bytes_billed(job, estimated_bytes)))
+        return self._read(window, rows)
+
+    def _read(self, window: FetchWindow, rows: Any) -> FetchResult:
+        total = rows.total_rows
+        if total is None:
+            raise SourceError("BigQuery returned no result set for the billing query")
+        received: list[Any] = []
+        if total > 0:
+            pages = iter(rows.pages)
+
+            def next_page() -> list[Any] | None:
+                page = next(pages, None)
+                return None if page is None else list(page)  # rows are parsed here, inside the call
+
+            # the first page came with the jobs.query (or the wait's getQueryResults) response;
+            # each further page is one jobs.getQueryResults call
+            page = self._call("reading results", next_page)
+            while page is not None:
+                received.extend(page)
+                if rows.next_page_token is None:
+                    break
+                with self.ctx.api_call("jobs.getQueryResults"):
+                    page = self._call("reading results", next_page)
+        if len(received) != total:
+            raise SourceError(f"BigQuery returned {len(received)} of {total} result rows")
+        return self._result(window, received)
+
+    def _result(self, window: FetchWindow, rows: list[Any]) -> FetchResult:
+        sums: dict[tuple[dt.date, str, str, str | None, str, str], float] = defaultdict(float)
+        names: dict[str, str] = {}
+        data_through: dt.datetime | None = None
+        try:
+            for row in rows:
+                day = row["day"]
+                if not isinstance(day, dt.date):
+                    raise SourceError(f"BigQuery returned a row without a day: {day!r}")
+                account = row["account_id"] or ""
+                service = row["service_name"] or "unknown"
+                team = row["team"] or None
+                currency = (row["currency"] or "").strip().upper()
+                model = model_from_sku(row["sku"])
+                amount = float(row["cost"] or 0.0) + float(row["credits"] or 0.0)
+                sums[(day, account, service, team, model, currency)] += amount
+                if row["account_name"]:
+                    names[account] = row["account_name"]
+                end = row["usage_end"]
+                if isinstance(end, dt.datetime) and (data_through is None or end > data_through):
+                    data_through = end
+        except (KeyError, TypeError, ValueError) as e:
+            raise SourceError(f"BigQuery returned rows of an unexpected shape: {e.__class__.__name__}: {e}") from None
+        costs = [
+            CostRecord(day, PROVIDER, account, service, amount, currency, team, model)
+            for (day, account, service, team, model, currency), amount in sorted(
+                sums.items(), key=lambda kv: tuple("" if x is None else str(x) for x in kv[0])
+            )
+        ]
+        accounts = [AccountInfo(PROVIDER, a, n) for a, n in sorted(names.items())]
+        return FetchResult(days=window.days(), costs=costs, accounts=accounts, data_through=data_through)
+
+    # -- errors -----------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except SourceError:
+            raise
+        except gexc.RetryError as e:
+            cause = e.cause
+            if isinstance(cause, gexc.GoogleAPICallError) and _throttled(cause):
+                raise Throttled(
+                    f"BigQuery {what}: throttled ({_reason(cause)}), retried for {self.cfg.retry_deadline:g}s"
+                ) from None
+            detail = _describe(cause) if isinstance(cause, BaseException) else str(e)
+            raise SourceError(f"BigQuery {what}: gave up retrying: {detail}") from None
+        except gexc.GoogleAPICallError as e:
+            if _throttled(e):
+                raise Throttled(f"BigQuery {what}: throttled ({_reason(e)})") from None
+            raise SourceError(f"BigQuery {what}: {_describe(e)}") from None
+        except requests.exceptions.JSONDecodeError as e:
+            raise SourceError(f"BigQuery {what}: malformed response: {e}") from None
+        except (concurrent.futures.TimeoutError, requests.exceptions.Timeout):
+            raise SourceError(f"BigQuery {what}: timed out") from None
+        except requests.exceptions.RequestException as e:
+            raise SourceError(f"BigQuery {what}: request failed: {e.__class__.__name__}") from None
+        except auth_exceptions.GoogleAuthError as e:
+            raise SourceError(f"BigQuery {what}: authentication failed: {e}") from None
+        except ValueError as e:  # the body was not JSON
+            raise SourceError(f"BigQuery {what}: malformed response: {e}") from None
+        except (KeyError, TypeError, AttributeError) as e:
+            raise SourceError(
+                f"BigQuery {what}: response of an unexpected shape: {e.__class__.__name__}: {e}"
+            ) from None
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            finally:
+                self._client = None
+
+
+def _bytes_billed(job: Any, fallback: int) -> int:
+    try:
+        billed = job.total_bytes_billed
+    except Exception:  # statistics of an unexpected shape
+        billed = None
+    return int(billed) if billed is not None else fallback
+
+
+def _reason(e: gexc.GoogleAPICallError) -> str:
+    for err in e.errors or []:
+        if isinstance(err, dict) and err.get("reason"):
+            return str(err["reason"])
+    return str(e.code or "")
+
+
+def _throttled(e: gexc.GoogleAPICallError) -> bool:
+    return isinstance(e, gexc.TooManyRequests) or _reason(e) in THROTTLE_REASONS
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, gexc.GoogleAPICallError):
+        # e.message, not str(e): a failed job's exception carries the query text in its debug message
+        message = (e.message or "").strip().splitlines()
+        reason = _reason(e)
+        head = f"{e.code} {reason}" if reason != str(e.code) else str(e.code)
+        return f"{head}: {message[0] if message else ''}".strip()
+    if isinstance(e, requests.exceptions.Timeout | concurrent.futures.TimeoutError):
+        return "timed out"
+    return f"{e.__class__.__name__}: {e}"

@@ -1,0 +1,479 @@
+"""OpenAI: organization costs and token usage through the Admin API.
+
+Calls, all through the ``openai`` SDK's admin client
+(``client.admin.organization``), authenticated with an admin key:
+
+- ``usage.costs`` (``GET /v1/organization/costs``), daily buckets grouped by
+  ``project_id`` and ``line_item``: what was billed, in USD. A line item is
+  ``"<model>, <token type>"`` (``"gpt-4o-2024-08-06, input"``) or a named
+  product (``"web search tool calls"``); the model and the API family
+  (``service_name``) come from it.
+- ``usage.completions`` (and ``embeddings``, ``images``, ``audio_speeches``,
+  ``audio_transcriptions`` when listed in ``usage_endpoints``), daily buckets
+  grouped by ``model``, ``project_id`` and ``api_key_id``: tokens and model
+  requests per day; and hourly buckets (``bucket_width=1h``) of the last 24
+  complete hours, whose newest one the runaway-burn detector prices.
+- ``projects.list``: project names for ``spend_account_info`` and team rules.
+
+``account_id`` is the project id. Tokens: ``input`` is uncached input
+(``input_uncached_tokens``; for older responses without it,
+``input_tokens`` − ``input_cached_tokens`` − ``input_cache_write_tokens``, as
+``input_tokens`` counts cached and cache-write tokens), ``cache_read`` is
+``input_cached_tokens``, ``cache_write`` is ``input_cache_write_tokens`` and
+``output`` is ``output_tokens``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import email.utils
+import functools
+import os
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import openai
+
+from exporter.config import OpenAISource
+from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, HourlyUsage, UsageRecord
+from exporter.providers.base import ProviderContext, SourceError, Throttled
+
+PROVIDER = "openai"
+UTC = dt.UTC
+DAY = 86400
+# Buckets per page: the API's maxima (costs: 180 days; usage: 31 days or 168 hours).
+COSTS_PAGE_LIMIT = 180
+USAGE_DAILY_PAGE_LIMIT = 31
+MAX_PAGES = 1000
+HOURLY_HOURS = 24  # hourly buckets kept: the last complete hour is priced; series of the last day stay visible
+
+# The exporter's service_name for each usage endpoint: the API family.
+ENDPOINT_SERVICE = {
+    "completions": "chat",
+    "embeddings": "embeddings",
+    "moderations": "moderations",
+    "images": "images",
+    "audio_speeches": "audio",
+    "audio_transcriptions": "audio",
+}
+# Products billed without a model, by a word in their line item.
+_PRODUCT_SERVICE = (
+    ("web search", "web_search"),
+    ("file search", "file_search"),
+    ("code interpreter", "code_interpreter"),
+    ("vector store", "vector_stores"),
+    ("container", "containers"),
+    ("training", "fine_tuning"),
+    ("fine-tuning", "fine_tuning"),
+    ("fine tuning", "fine_tuning"),
+)
+_MODEL_ID = re.compile(r"^(?:ft:)?[a-z0-9][a-z0-9._:/-]*$", re.IGNORECASE)  # fine-tuned suffixes have capitals
+
+T = TypeVar("T")
+
+
+def service_for_model(model: str) -> str:
+    """The API family a model is used through, as the usage endpoints split it."""
+    m = model.lower()
+    if m.startswith("ft:"):
+        m = m[3:]
+    if "embedding" in m:
+        return "embeddings"
+    if "moderation" in m:
+        return "moderations"
+    if m.startswith(("dall-e", "gpt-image")):
+        return "images"
+    if m.startswith(("whisper", "tts")) or "transcribe" in m or m.endswith("-tts") or "-tts-" in m:
+        return "audio"
+    return "chat"
+
+
+def token_type_of(kind: str) -> str | None:
+    """``input``/``output``/``cache_read``/``cache_write`` from a line item's token part, else None."""
+    k = re.sub(r"[_\s]+", " ", kind.strip().lower())
+    if not k:
+        return None
+    if "cache" in k:
+        return "cache_write" if "write" in k else "cache_read"
+    if "output" in k or "completion" in k:
+        return "output"
+    if "input" in k or "prompt" in k:
+        return "input"
+    return None
+
+
+def parse_line_item(line_item: str | None) -> tuple[str, str | None, str]:
+    """``(model, token_type, service_name)`` of a costs line item.
+
+    ``"gpt-4o-2024-08-06, input"`` → ``("gpt-4o-2024-08-06", "input", "chat")``;
+    ``"web search tool calls"`` → ``("", None, "web_search")``.
+    """
+    if not line_item or not line_item.strip():
+        return "", None, "other"
+    head, sep, tail = line_item.rpartition(",")
+    name, kind = (head.strip(), tail) if sep else (line_item.strip(), "")
+    if _MODEL_ID.match(name) and any(c.isdigit() for c in name):
+        return name, token_type_of(kind), service_for_model(name)
+    lowered = line_item.lower()
+    for word, service in _PRODUCT_SERVICE:
+        if word in lowered:
+            return "", None, service
+    return "", None, re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "other"
+
+
+def completion_tokens(r: Any) -> dict[str, int]:
+    """Token counts of one completions usage result, by the exporter's token types."""
+    cached = int(r.input_cached_tokens or 0)
+    cache_write = int(getattr(r, "input_cache_write_tokens", None) or 0)
+    uncached = getattr(r, "input_uncached_tokens", None)
+    if uncached is None:
+        # input_tokens counts cached and cache-write tokens too
+        uncached = max(int(r.input_tokens) - cached - cache_write, 0)
+    return {"input": int(uncached), "output": int(r.output_tokens), "cache_read": cached, "cache_write": cache_write}
+
+
+def usage_tokens(endpoint: str, r: Any) -> dict[str, int]:
+    if endpoint == "completions":
+        return completion_tokens(r)
+    if endpoint in ("embeddings", "moderations"):
+        return {"input": int(r.input_tokens)}
+    return {}  # images are counted in images, audio in characters/seconds: requests only
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """The server's retry hint: ``retry-after-ms``, else ``retry-after`` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if not ra:
+        return None
+    try:
+        return max(float(ra), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(ra)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - dt.datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def _epoch(day: dt.date) -> int:
+    return int(dt.datetime.combine(day, dt.time(), UTC).timestamp())
+
+
+class OpenAIProvider:
+    """OpenAI Admin API: costs by project and model, tokens and requests, and the last complete hour."""
+
+    def __init__(self, config: OpenAISource, ctx: ProviderContext) -> None:
+        self.cfg = config
+        self.ctx = ctx
+        self._client: openai.OpenAI | None = None
+
+    # -- client ----------------------------------------------------------------------
+    def _get_client(self) -> openai.OpenAI:
+        if self._client is None:
+            key = os.environ.get(self.cfg.admin_key_env, "").strip()
+            if not key:
+                raise SourceError(
+                    f"environment variable {self.cfg.admin_key_env} (admin_key_env) is not set: "
+                    "it must hold an OpenAI admin API key"
+                )
+            self.ctx.register_secret(key)
+            self._client = openai.OpenAI(
+                admin_api_key=key,
+                # The admin endpoints authenticate with the admin key only; a fixed non-secret value
+                # keeps the SDK from picking up an unrelated OPENAI_API_KEY from the environment.
+                api_key="unused-admin-endpoints-only",
+                base_url=self.cfg.base_url,
+                max_retries=0,  # 429s are retried below, honouring retry-after; errors fail the refresh
+                timeout=self.cfg.request_timeout,
+            )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _timeout(self) -> float:
+        return min(self.cfg.request_timeout, self.ctx.remaining_seconds(self.cfg.request_timeout))
+
+    # -- calls -----------------------------------------------------------------------
+    def _error(self, operation: str, e: Exception) -> SourceError:
+        if isinstance(e, openai.APIStatusError):
+            body = e.body if isinstance(e.body, dict) else {}
+            detail = body.get("message") or ""
+            kind = body.get("code") or body.get("type") or ""
+            text = f"{operation}: HTTP {e.status_code}"
+            text += (f" {kind}" if kind else "") + (f": {detail}" if detail else "")
+            if isinstance(e, openai.AuthenticationError):
+                text += f" (check the admin key in {self.cfg.admin_key_env})"
+            elif isinstance(e, openai.PermissionDeniedError):
+                text += " (the key needs the organization Owner role: use an admin key)"
+        elif isinstance(e, openai.APITimeoutError):
+            text = f"{operation}: request timed out after {self._timeout():.1f}s"
+        elif isinstance(e, openai.APIConnectionError):
+            cause = e.__cause__ or e.__context__
+            text = f"{operation}: cannot connect to the OpenAI API" + (
+                f" ({cause.__class__.__name__})" if cause else ""
+            )
+        elif isinstance(e, ValueError):
+            text = f"{operation}: response is not valid JSON"
+        else:
+            text = f"{operation}: {e.__class__.__name__}: {e}"
+        return SourceError(self.ctx.scrub(text[:500]))
+
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        """One API request: counted, 429 retried after ``retry-after`` (bounded), errors → SourceError."""
+        attempt = 0
+        while True:
+            try:
+                with self.ctx.api_call(operation):
+                    try:
+                        return fn()
+                    except openai.RateLimitError as e:
+                        hint = retry_after_seconds(getattr(e.response, "headers", None))
+                        raise Throttled(
+                            f"{operation}: throttled by the OpenAI API (HTTP 429)", retry_after=hint
+                        ) from None
+                    except (openai.OpenAIError, ValueError) as e:
+                        raise self._error(operation, e) from None
+            except Throttled as t:
+                wait = t.retry_after
+                if (
+                    wait is None
+                    or attempt >= self.cfg.max_retries
+                    or wait > self.cfg.max_retry_wait
+                    or wait >= self.ctx.remaining_seconds(self.cfg.timeout)
+                ):
+                    raise
+                attempt += 1
+                self.ctx.log.info(
+                    "%s: throttled, retrying in %.2fs (retry %d of %d)", operation, wait, attempt, self.cfg.max_retries
+                )
+                time.sleep(wait)
+
+    def _pages(self, operation: str, request: Callable[[str | None], Any]) -> Iterator[Any]:
+        """Every page of a bucketed report, following ``next_page`` while ``has_more``."""
+        token: str | None = None
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            page = self._call(operation, functools.partial(_checked_page, operation, request, token))
+            yield page
+            if not page.has_more:
+                return
+            token = page.next_page
+            if not token or token in seen:
+                raise SourceError(f"{operation}: has_more is set but next_page is missing or repeated")
+            seen.add(token)
+        raise SourceError(f"{operation}: more than {MAX_PAGES} pages")
+
+    # -- the reports ------------------------------------------------------------------
+    def _projects(self, client: openai.OpenAI) -> list[AccountInfo]:
+        projects = client.admin.organization.projects
+
+        def first() -> Any:
+            return _checked_list("projects", projects.list(limit=100, include_archived=True, timeout=self._timeout()))
+
+        page = self._call("projects", first)
+        out: list[AccountInfo] = []
+        for _ in range(MAX_PAGES):
+            out.extend(AccountInfo(PROVIDER, p.id, p.name or p.id) for p in page.data)
+            if not page.has_next_page():
+                return out
+            page = self._call("projects", functools.partial(_next_list, "projects", page))
+        raise SourceError(f"projects: more than {MAX_PAGES} pages")
+
+    def _costs(self, client: openai.OpenAI, start: int, end: int, window: FetchWindow) -> tuple[list[CostRecord], int]:
+        usage = client.admin.organization.usage
+        amounts: dict[tuple[dt.date, str, str, str, str], float] = defaultdict(float)
+        newest = 0
+
+        def request(page: str | None) -> Any:
+            return usage.costs(
+                start_time=start,
+                end_time=end,
+                bucket_width="1d",
+                group_by=["project_id", "line_item"],
+                limit=COSTS_PAGE_LIMIT,
+                page=page if page else openai.omit,
+                timeout=self._timeout(),
+            )
+
+        for page in self._pages("costs", request):
+            with _shape("costs"):
+                for bucket in page.data:
+                    day = dt.datetime.fromtimestamp(bucket.start_time, UTC).date()
+                    if bucket.results:
+                        newest = max(newest, int(bucket.end_time))
+                    if not window.start <= day <= window.end:
+                        continue
+                    for r in bucket.results:
+                        if r.amount is None or r.amount.value is None:
+                            continue
+                        currency = (r.amount.currency or "usd").upper()
+                        model, _token_type, service = parse_line_item(r.line_item)
+                        account = r.project_id or "default"
+                        amounts[(day, account, service, model, currency)] += float(r.amount.value)
+        records = [
+            CostRecord(day=d, provider=PROVIDER, account_id=a, service_name=s, amount=v, currency=c, model=m)
+            for (d, a, s, m, c), v in sorted(amounts.items())
+        ]
+        return records, newest
+
+    def _usage(
+        self, client: openai.OpenAI, endpoint: str, start: int, end: int, bucket_width: str, limit: int
+    ) -> Iterator[tuple[int, int, str, str, dict[str, int], int]]:
+        """(bucket start, bucket end, account, model, tokens, requests) per result, across pages."""
+        method = getattr(client.admin.organization.usage, endpoint)
+        operation = f"usage_{endpoint}" + ("_hourly" if bucket_width == "1h" else "")
+
+        def request(page: str | None) -> Any:
+            return method(
+                start_time=start,
+                end_time=end,
+                bucket_width=bucket_width,
+                group_by=["model", "project_id", "api_key_id"],
+                limit=limit,
+                page=page if page else openai.omit,
+                timeout=self._timeout(),
+            )
+
+        for page in self._pages(operation, request):
+            rows = []
+            with _shape(operation):
+                for bucket in page.data:
+                    for r in bucket.results:
+                        rows.append(
+                            (
+                                int(bucket.start_time),
+                                int(bucket.end_time),
+                                str(r.project_id or "default"),
+                                str(r.model or ""),
+                                usage_tokens(endpoint, r),
+                                int(getattr(r, "num_model_requests", 0) or 0),
+                            )
+                        )
+            yield from rows
+
+    def fetch(self, window: FetchWindow) -> FetchResult:
+        client = self._get_client()
+        start, end = _epoch(window.start), _epoch(window.end) + DAY
+        # the usage API is near-real-time; a partial hour is never claimed as held
+        through = int((window.last_complete_hour + dt.timedelta(hours=1)).timestamp())
+        accounts = self._projects(client)
+        costs, newest = self._costs(client, start, end, window)
+
+        daily: dict[tuple[dt.date, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        daily_requests: dict[tuple[dt.date, str, str, str], int] = defaultdict(int)
+        h_end = through
+        h_start = h_end - HOURLY_HOURS * 3600
+        hourly: dict[tuple[int, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        hourly_requests: dict[tuple[int, str, str, str], int] = defaultdict(int)
+        for endpoint in dict.fromkeys(self.cfg.usage_endpoints):
+            service = ENDPOINT_SERVICE[endpoint]
+            for b_start, b_end, account, model, tokens, requests in self._usage(
+                client, endpoint, start, end, "1d", USAGE_DAILY_PAGE_LIMIT
+            ):
+                day = dt.datetime.fromtimestamp(b_start, UTC).date()
+                newest = max(newest, b_end)
+                if not window.start <= day <= window.end:
+                    continue
+                key = (day, account, service, model)
+                _add(daily[key], tokens)
+                daily_requests[key] += requests
+            for b_start, b_end, account, model, tokens, requests in self._usage(
+                client, endpoint, h_start, h_end, "1h", HOURLY_HOURS
+            ):
+                if not h_start <= b_start < h_end:
+                    continue
+                newest = max(newest, b_end)
+                hkey = (b_start, account, service, model)
+                _add(hourly[hkey], tokens)
+                hourly_requests[hkey] += requests
+
+        usage = [
+            UsageRecord(
+                day=day,
+                provider=PROVIDER,
+                account_id=account,
+                service_name=service,
+                model=model,
+                tokens=dict(tokens),
+                requests=daily_requests[(day, account, service, model)],
+            )
+            for (day, account, service, model), tokens in sorted(daily.items())
+        ]
+        hourly_records = [
+            HourlyUsage(
+                hour_start=dt.datetime.fromtimestamp(b_start, UTC),
+                provider=PROVIDER,
+                account_id=account,
+                service_name=service,
+                model=model,
+                tokens=dict(tokens),
+                requests=hourly_requests[(b_start, account, service, model)],
+            )
+            for (b_start, account, service, model), tokens in sorted(hourly.items())
+        ]
+        return FetchResult(
+            days=window.days(),
+            costs=costs,
+            usage=usage,
+            hourly=hourly_records,
+            accounts=accounts,
+            data_through=dt.datetime.fromtimestamp(min(newest, through), UTC) if newest else None,
+        )
+
+
+def _add(into: dict[str, int], tokens: dict[str, int]) -> None:
+    for k, v in tokens.items():
+        into[k] += v
+
+
+@contextlib.contextmanager
+def _shape(operation: str) -> Iterator[None]:
+    """Around code reading the SDK's (unvalidated) response objects: a missing field is a SourceError."""
+    try:
+        yield
+    except (AttributeError, TypeError, KeyError, ValueError):
+        raise SourceError(f"{operation}: unexpected response shape from the OpenAI API") from None
+
+
+def _checked_list(operation: str, page: Any) -> Any:
+    """A page of a listing (projects) whose items all have an id and a name."""
+    with _shape(operation):
+        for item in page.data:
+            if not isinstance(item.id, str) or not item.id or not isinstance(item.name, str | None):
+                raise TypeError
+    return page
+
+
+def _next_list(operation: str, page: Any) -> Any:
+    return _checked_list(operation, page.get_next_page())
+
+
+def _checked_page(operation: str, request: Callable[[str | None], Any], token: str | None) -> Any:
+    """Request one page and check the fields pagination and parsing rely on."""
+    page = request(token)
+    with _shape(operation):
+        if not isinstance(page.data, list) or not isinstance(page.has_more, bool):
+            raise TypeError
+        for bucket in page.data:
+            int(bucket.start_time), int(bucket.end_time)
+            if not isinstance(bucket.results, list):
+                raise TypeError
+    return page

@@ -1,0 +1,875 @@
+#!/usr/bin/env python3
+"""Writes grafana/dashboards/*.json, the four spend-exporter dashboards.
+
+The JSON files are what Grafana provisions and what users import; this script
+is how they are kept consistent (one datasource variable, the same chained
+variables, USD units, stable uids). Edit here, then run it:
+
+    python grafana/build_dashboards.py           # rewrite the JSON files
+    python grafana/build_dashboards.py --check   # exit 1 if a file differs (CI)
+
+Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parent / "dashboards"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+TAGS = ["spend", "spend-exporter", "finops"]
+
+# Label filters for the chained variables.
+F = 'provider=~"$provider", team=~"$team", model=~"$model"'
+F_AI = F + ', model!=""'
+F_BUDGET = 'team=~"$team"'
+F_SOURCE = 'provider=~"$provider", source=~"$source"'
+
+USD = "currencyUSD"
+
+Panel = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def target(
+    expr: str, legend: str = "", *, instant: bool = False, table: bool = False, ref: str = "A"
+) -> dict[str, Any]:
+    t: dict[str, Any] = {"datasource": DS, "refId": ref, "expr": expr, "legendFormat": legend or "__auto"}
+    if instant or table:
+        t["instant"] = True
+        t["range"] = False
+    else:
+        t["instant"] = False
+        t["range"] = True
+    if table:
+        t["format"] = "table"
+    return t
+
+
+def _targets(exprs: list[tuple[str, str]], **kw: Any) -> list[dict[str, Any]]:
+    return [target(e, lg, ref=chr(ord("A") + i), **kw) for i, (e, lg) in enumerate(exprs)]
+
+
+def _base(kind: str, title: str, description: str, unit: str, targets: list[dict[str, Any]]) -> Panel:
+    return {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "targets": targets,
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+    }
+
+
+def stat(title: str, description: str, expr: str, unit: str = USD, decimals: int | None = 0) -> Panel:
+    p = _base("stat", title, description, unit, [target(expr, title, instant=True)])
+    p["fieldConfig"]["defaults"].update(
+        {
+            "color": {"mode": "fixed", "fixedColor": "blue"},
+            **({"decimals": decimals} if decimals is not None else {}),
+        }
+    )
+    p["options"] = {
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        "colorMode": "value",
+        "graphMode": "none",
+        "textMode": "value",
+        "justifyMode": "auto",
+        "orientation": "auto",
+    }
+    return p
+
+
+def timeseries(
+    title: str, description: str, exprs: list[tuple[str, str]], unit: str = USD, stack: bool = False
+) -> Panel:
+    p = _base("timeseries", title, description, unit, _targets(exprs))
+    p["fieldConfig"]["defaults"]["custom"] = {
+        "drawStyle": "line",
+        "lineWidth": 1,
+        "fillOpacity": 20 if stack else 0,
+        "showPoints": "never",
+        "spanNulls": True,
+        "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+    }
+    p["options"] = {
+        "legend": {
+            "displayMode": "table",
+            "placement": "right",
+            "calcs": ["lastNotNull"],
+            "sortBy": "Last *",
+            "sortDesc": True,
+        },
+        "tooltip": {"mode": "multi", "sort": "desc"},
+    }
+    return p
+
+
+def bargauge(
+    title: str,
+    description: str,
+    expr: str,
+    legend: str,
+    unit: str = USD,
+    thresholds: list[tuple[float | None, str]] | None = None,
+    max_: float | None = None,
+) -> Panel:
+    p = _base("bargauge", title, description, unit, [target(expr, legend, instant=True)])
+    d = p["fieldConfig"]["defaults"]
+    d["min"] = 0
+    if max_ is not None:
+        d["max"] = max_
+    steps = thresholds or [(None, "blue")]
+    d["thresholds"] = {"mode": "absolute", "steps": [{"value": v, "color": c} for v, c in steps]}
+    d["color"] = {"mode": "thresholds"}
+    p["options"] = {
+        "orientation": "horizontal",
+        "displayMode": "gradient",
+        "showUnfilled": True,
+        "valueMode": "color",
+        "namePlacement": "left",
+        "sizing": "auto",
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+    }
+    return p
+
+
+def table(
+    title: str,
+    description: str,
+    columns: list[tuple[str, str, str]],
+    hide: list[str] | None = None,
+    sort: str | None = None,
+) -> Panel:
+    """Instant queries merged on their labels; ``columns`` is (expr, column title, unit)."""
+    targets = [target(e, "", table=True, ref=chr(ord("A") + i)) for i, (e, _, _) in enumerate(columns)]
+    p = _base("table", title, description, columns[0][2], targets)
+    p["fieldConfig"]["overrides"] = [
+        {
+            "matcher": {"id": "byName", "options": f"Value #{chr(ord('A') + i)}" if len(columns) > 1 else "Value"},
+            "properties": [
+                {"id": "displayName", "value": name},
+                {"id": "unit", "value": unit},
+                *([{"id": "decimals", "value": 2}] if unit == USD else []),
+            ],
+        }
+        for i, (_, name, unit) in enumerate(columns)
+    ]
+    p["transformations"] = [
+        *([{"id": "merge", "options": {}}] if len(columns) > 1 else []),
+        {
+            "id": "organize",
+            "options": {"excludeByName": {k: True for k in ["Time", "job", "instance", *(hide or [])]}},
+        },
+    ]
+    p["options"] = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}}
+    if sort:
+        p["options"]["sortBy"] = [{"displayName": sort, "desc": True}]
+    return p
+
+
+def row(title: str) -> Panel:
+    return {"type": "row", "title": title, "collapsed": False, "panels": []}
+
+
+# --------------------------------------------------------------------------- variables
+
+
+def _datasource_var() -> dict[str, Any]:
+    return {
+        "name": "datasource",
+        "label": "Data source",
+        "type": "datasource",
+        "query": "prometheus",
+        "regex": "",
+        "current": {},
+        "hide": 0,
+        "includeAll": False,
+        "multi": False,
+        "refresh": 1,
+        "options": [],
+    }
+
+
+def _query_var(name: str, label: str, metric: str, selector: str = "") -> dict[str, Any]:
+    q = f"label_values({metric}{{{selector}}}, {name})" if selector else f"label_values({metric}, {name})"
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "definition": q,
+        "query": q,  # the classic string form, which every Grafana version reads
+        "refresh": 2,  # on time range change: new teams and models appear without a reload
+        "includeAll": True,
+        "allValue": ".*",
+        "multi": True,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [],
+        "regex": "",
+        "sort": 1,
+        "hide": 0,
+    }
+
+
+def spend_variables() -> list[dict[str, Any]]:
+    return [
+        _datasource_var(),
+        _query_var("provider", "Provider", "spend_cost_month_to_date_usd"),
+        _query_var("team", "Team", "spend_cost_month_to_date_usd", 'provider=~"$provider"'),
+        _query_var("model", "Model", "spend_ai_tokens_month_to_date", 'provider=~"$provider", team=~"$team"'),
+    ]
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def layout(items: list[tuple[Panel, int, int]]) -> list[Panel]:
+    """Place (panel, width, height) left to right, wrapping at 24 columns; rows span the width."""
+    out: list[Panel] = []
+    x = y = row_h = 0
+    for n, (panel, w, h) in enumerate(items, start=1):
+        if panel["type"] == "row":
+            if x:
+                y += row_h
+            x, row_h = 0, 0
+            panel["gridPos"] = {"x": 0, "y": y, "w": 24, "h": 1}
+            y += 1
+        else:
+            if x + w > 24:
+                x, y, row_h = 0, y + row_h, 0
+            panel["gridPos"] = {"x": x, "y": y, "w": w, "h": h}
+            x += w
+            row_h = max(row_h, h)
+        panel["id"] = n
+        out.append(panel)
+    return out
+
+
+def dashboard(
+    uid: str, title: str, description: str, variables: list[dict[str, Any]], panels: list[Panel]
+) -> dict[str, Any]:
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": TAGS,
+        "timezone": "utc",
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "5m",
+        "time": {"from": "now-7d", "to": "now"},
+        "timepicker": {},
+        "fiscalYearStartMonth": 0,
+        "liveNow": False,
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                }
+            ]
+        },
+        "links": [
+            {
+                "title": "Spend dashboards",
+                "type": "dashboards",
+                "tags": ["spend"],
+                "asDropdown": True,
+                "includeVars": True,
+                "keepTime": True,
+                "icon": "external link",
+                "targetBlank": False,
+                "tooltip": "",
+                "url": "",
+            }
+        ],
+        "templating": {"list": variables},
+        "panels": panels,
+    }
+
+
+# --------------------------------------------------------------------------- the dashboards
+
+BUDGET_STEPS: list[tuple[float | None, str]] = [(None, "green"), (0.8, "orange"), (1.0, "red")]
+
+
+def overview() -> dict[str, Any]:
+    anomaly = (
+        f"spend_cost_daily_usd{{{F}}}"
+        f" > spend_cost_daily_baseline_usd{{{F}}} + 3 * spend_cost_daily_baseline_stddev_usd{{{F}}}"
+        f"\nand spend_cost_daily_usd{{{F}}} > 1.5 * spend_cost_daily_baseline_usd{{{F}}}"
+    )
+    panels = [
+        (
+            stat(
+                "Month to date",
+                "Spend this UTC month through the newest data.",
+                f"sum(spend_cost_month_to_date_usd{{{F}}})",
+            ),
+            6,
+            4,
+        ),
+        (
+            stat(
+                "Forecast, month end",
+                "Month to date plus the remaining days at the mean of the last 7 complete days.",
+                f"sum(spend_cost_forecast_month_end_usd{{{F}}})",
+            ),
+            6,
+            4,
+        ),
+        (stat("Previous month", "The last complete UTC month.", f"sum(spend_cost_previous_month_usd{{{F}}})"), 6, 4),
+        (
+            stat("Newest complete day", "Spend on the newest complete UTC day.", f"sum(spend_cost_daily_usd{{{F}}})"),
+            6,
+            4,
+        ),
+        (row("Budgets"), 24, 1),
+        (
+            bargauge(
+                "Budget use",
+                "Month-to-date spend as a share of each budget's monthly limit.",
+                f"budget:spend_budget_used:ratio{{{F_BUDGET}}}",
+                "{{budget}}",
+                unit="percentunit",
+                thresholds=BUDGET_STEPS,
+                max_=1.2,
+            ),
+            8,
+            8,
+        ),
+        (
+            timeseries(
+                "Forecast against budget",
+                "Each budget's month-end forecast beside its limit.",
+                [
+                    (f"sum by (budget) (spend_budget_forecast_usd{{{F_BUDGET}}})", "{{budget}} forecast"),
+                    (f"sum by (budget) (spend_budget_limit_usd{{{F_BUDGET}}})", "{{budget}} limit"),
+                ],
+            ),
+            8,
+            8,
+        ),
+        (
+            table(
+                "Budgets",
+                "Spent, forecast and limit of every budget.",
+                [
+                    (f"spend_budget_spent_usd{{{F_BUDGET}}}", "Spent", USD),
+                    (f"spend_budget_forecast_usd{{{F_BUDGET}}}", "Forecast", USD),
+                    (f"spend_budget_limit_usd{{{F_BUDGET}}}", "Limit", USD),
+                    (f"budget:spend_budget_used:ratio{{{F_BUDGET}}}", "Used", "percentunit"),
+                ],
+                sort="Used",
+            ),
+            8,
+            8,
+        ),
+        (row("Where it goes"), 24, 1),
+        (
+            bargauge(
+                "Month to date by provider",
+                "Spend this month per provider.",
+                f"sum by (provider) (spend_cost_month_to_date_usd{{{F}}})",
+                "{{provider}}",
+            ),
+            8,
+            9,
+        ),
+        (
+            timeseries(
+                "Daily spend by provider",
+                "Spend on the newest complete day, as it was reported over time.",
+                [(f"sum by (provider) (spend_cost_daily_usd{{{F}}})", "{{provider}}")],
+                stack=True,
+            ),
+            16,
+            9,
+        ),
+        (
+            table(
+                "Top services, month to date",
+                "The ten services with the most spend this month.",
+                [
+                    (
+                        f"topk(10, sum by (provider, service_name) (spend_cost_month_to_date_usd{{{F}}}))",
+                        "Month to date",
+                        USD,
+                    )
+                ],
+                sort="Month to date",
+            ),
+            12,
+            9,
+        ),
+        (
+            table(
+                "Today's anomalies",
+                "Services whose newest day is more than 3 standard deviations and 1.5x above their 28-day mean "
+                "(SpendDailyAnomaly also needs $50 and an hour).",
+                [
+                    (anomaly, "Newest day", USD),
+                    (f"spend_cost_daily_baseline_usd{{{F}}} and ({anomaly})", "28-day mean", USD),
+                ],
+                hide=["model"],
+                sort="Newest day",
+            ),
+            12,
+            9,
+        ),
+    ]
+    return dashboard(
+        "spend-overview",
+        "Spend / Overview",
+        "What the organisation spends on cloud and AI APIs: month to date, forecast, budgets, providers, anomalies.",
+        spend_variables(),
+        layout(panels),
+    )
+
+
+def teams() -> dict[str, Any]:
+    panels = [
+        (
+            bargauge(
+                "Month to date by team",
+                "Spend this month attributed to each team (unallocated: no tag, no rule).",
+                f"sum by (team) (spend_cost_month_to_date_usd{{{F}}})",
+                "{{team}}",
+            ),
+            12,
+            9,
+        ),
+        (
+            bargauge(
+                "Budget use by team",
+                "Each budget's month-to-date spend as a share of its limit.",
+                f"budget:spend_budget_used:ratio{{{F_BUDGET}}}",
+                "{{budget}} ({{team}})",
+                unit="percentunit",
+                thresholds=BUDGET_STEPS,
+                max_=1.2,
+            ),
+            12,
+            9,
+        ),
+        (
+            table(
+                "Teams: this month and last",
+                "Month to date, month-end forecast and the last complete month per team.",
+                [
+                    (f"sum by (team) (spend_cost_month_to_date_usd{{{F}}})", "Month to date", USD),
+                    (f"sum by (team) (spend_cost_forecast_month_end_usd{{{F}}})", "Forecast", USD),
+                    (f"sum by (team) (spend_cost_previous_month_usd{{{F}}})", "Previous month", USD),
+                ],
+                sort="Month to date",
+            ),
+            12,
+            9,
+        ),
+        (
+            bargauge(
+                "Previous month by team",
+                "The last complete UTC month per team.",
+                f"sum by (team) (spend_cost_previous_month_usd{{{F}}})",
+                "{{team}}",
+            ),
+            12,
+            9,
+        ),
+        (
+            timeseries(
+                "Daily spend by team",
+                "Spend on the newest complete day per team, as reported over time.",
+                [(f"sum by (team) (spend_cost_daily_usd{{{F}}})", "{{team}}")],
+                stack=True,
+            ),
+            24,
+            9,
+        ),
+        (
+            table(
+                "Services by team, month to date",
+                "Each team's services, most expensive first.",
+                [
+                    (
+                        f"topk(50, sum by (team, provider, service_name) (spend_cost_month_to_date_usd{{{F}}}))",
+                        "Month to date",
+                        USD,
+                    )
+                ],
+                sort="Month to date",
+            ),
+            24,
+            10,
+        ),
+    ]
+    return dashboard(
+        "spend-teams",
+        "Spend / Teams",
+        "Spend per team: month to date, services, budget use and the previous month.",
+        spend_variables(),
+        layout(panels),
+    )
+
+
+def ai() -> dict[str, Any]:
+    by_project = f"sum by (provider, account_id, team) (spend_cost_month_to_date_usd{{{F_AI}}})"
+    panels = [
+        (
+            stat(
+                "AI spend, month to date",
+                "Spend this month on rows with a model.",
+                f"sum(spend_cost_month_to_date_usd{{{F_AI}}})",
+            ),
+            6,
+            4,
+        ),
+        (
+            stat(
+                "Last hour",
+                "Estimated cost of the last complete hour (usage x price table).",
+                f"sum(spend_ai_cost_last_hour_usd{{{F}}})",
+                decimals=2,
+            ),
+            6,
+            4,
+        ),
+        (
+            stat(
+                "Tokens, month to date",
+                "All token types.",
+                f"sum(spend_ai_tokens_month_to_date{{{F}}})",
+                unit="short",
+                decimals=None,
+            ),
+            6,
+            4,
+        ),
+        (
+            stat(
+                "Requests, month to date",
+                "Model requests this month.",
+                f"sum(spend_ai_requests_month_to_date{{{F}}})",
+                unit="short",
+                decimals=None,
+            ),
+            6,
+            4,
+        ),
+        (row("Cost"), 24, 1),
+        (
+            bargauge(
+                "Cost by model, month to date",
+                "Spend this month per model.",
+                f"sum by (provider, model) (spend_cost_month_to_date_usd{{{F_AI}}})",
+                "{{provider}} {{model}}",
+            ),
+            12,
+            9,
+        ),
+        (
+            table(
+                "Cost by project, month to date",
+                "Spend this month per project (OpenAI) or workspace (Anthropic), with its name where known.",
+                [
+                    (
+                        f"{by_project}\n* on (provider, account_id) group_left (account_name)"
+                        f" max by (provider, account_id, account_name) (spend_account_info)"
+                        f"\nor on (provider, account_id, team) {by_project}",
+                        "Month to date",
+                        USD,
+                    )
+                ],
+                sort="Month to date",
+            ),
+            12,
+            9,
+        ),
+        (
+            bargauge(
+                "Cost per 1M tokens",
+                "Month-to-date spend divided by month-to-date tokens (all types), per model.",
+                f"sum by (provider, model) (spend_cost_month_to_date_usd{{{F_AI}}})"
+                f"\n/ (sum by (provider, model) (spend_ai_tokens_month_to_date{{{F}}}) / 1e6)",
+                "{{provider}} {{model}}",
+            ),
+            12,
+            8,
+        ),
+        (
+            timeseries(
+                "Tokens by type",
+                "Tokens this month per token type (input, output, cache reads and writes).",
+                [(f"sum by (token_type) (spend_ai_tokens_month_to_date{{{F}}})", "{{token_type}}")],
+                unit="short",
+                stack=True,
+            ),
+            12,
+            8,
+        ),
+        (row("Burn: the runaway detector"), 24, 1),
+        (
+            timeseries(
+                "Last-hour cost by model",
+                "Estimated cost of the last complete hour per project and model.",
+                [
+                    (
+                        f"sum by (provider, account_id, model) (spend_ai_cost_last_hour_usd{{{F}}})",
+                        "{{provider}} {{account_id}} {{model}}",
+                    )
+                ],
+            ),
+            12,
+            9,
+        ),
+        (
+            timeseries(
+                "Last hour against hourly baseline",
+                "Last-hour cost divided by the 28-day daily mean / 24. SpendAIBurnRateHigh fires above 4 "
+                "(and $10 in the hour).",
+                [
+                    (
+                        f"spend_ai_cost_last_hour_usd{{{F}}}\n/ (spend_cost_daily_baseline_usd{{{F}}} / 24)",
+                        "{{provider}} {{account_id}} {{model}}",
+                    )
+                ],
+                unit="x",
+            ),
+            12,
+            9,
+        ),
+        (
+            table(
+                "Tokens by model and type, month to date",
+                "Tokens this month per model and token type.",
+                [(f"sum by (provider, model, token_type) (spend_ai_tokens_month_to_date{{{F}}})", "Tokens", "short")],
+                sort="Tokens",
+            ),
+            24,
+            9,
+        ),
+    ]
+    return dashboard(
+        "spend-ai",
+        "Spend / AI",
+        "AI API spend: cost by model and project, tokens by type, cost per 1M tokens, and the last-hour burn.",
+        spend_variables(),
+        layout(panels),
+    )
+
+
+def exporter() -> dict[str, Any]:
+    variables = [
+        _datasource_var(),
+        _query_var("provider", "Provider", "spend_exporter_source_up"),
+        _query_var("team", "Team", "spend_cost_month_to_date_usd", 'provider=~"$provider"'),
+        _query_var("model", "Model", "spend_ai_tokens_month_to_date", 'provider=~"$provider", team=~"$team"'),
+        _query_var("source", "Source", "spend_exporter_source_up", 'provider=~"$provider"'),
+    ]
+    up = stat(
+        "Sources up",
+        "1 if the source's last refresh succeeded.",
+        f"spend_exporter_source_up{{{F_SOURCE}}}",
+        unit="none",
+        decimals=0,
+    )
+    up["targets"][0]["legendFormat"] = "{{source}}"
+    up["fieldConfig"]["defaults"]["color"] = {"mode": "thresholds"}
+    up["fieldConfig"]["defaults"]["thresholds"] = {
+        "mode": "absolute",
+        "steps": [{"value": None, "color": "red"}, {"value": 1, "color": "green"}],
+    }
+    up["fieldConfig"]["defaults"]["mappings"] = [
+        {"type": "value", "options": {"0": {"text": "down", "color": "red"}, "1": {"text": "up", "color": "green"}}}
+    ]
+    up["options"]["textMode"] = "value_and_name"
+    up["options"]["colorMode"] = "background"
+    panels = [
+        (up, 8, 5),
+        (
+            stat(
+                "Unpriced AI tokens",
+                "Tokens this month of models missing from the price table "
+                "(not counted in the last-hour burn). Add them under pricing in the config.",
+                f"sum(spend_exporter_unpriced_tokens{{{F_SOURCE}}}) or vector(0)",
+                unit="short",
+                decimals=None,
+            ),
+            4,
+            5,
+        ),
+        (
+            stat(
+                "Series folded into __other__",
+                "Series over max_series_per_source, summed into __other__.",
+                'sum(spend_exporter_series_overflow{source=~"$source"})',
+                unit="short",
+                decimals=0,
+            ),
+            4,
+            5,
+        ),
+        (table("Build", "Exporter version.", [("spend_exporter_build_info", "Up", "none")]), 8, 5),
+        (row("Freshness"), 24, 1),
+        (
+            timeseries(
+                "Age of data",
+                "Time since the end of the newest billing bucket held. Billing APIs lag: "
+                "a day or more is normal for the clouds, an hour for the AI usage APIs.",
+                [(f"time() - spend_exporter_source_data_through_timestamp_seconds{{{F_SOURCE}}}", "{{source}}")],
+                unit="s",
+            ),
+            12,
+            8,
+        ),
+        (
+            timeseries(
+                "Since last successful refresh",
+                "SpendSourceDataStale fires past twice the interval (at least 12h).",
+                [
+                    (f"time() - spend_exporter_source_last_success_timestamp_seconds{{{F_SOURCE}}}", "{{source}}"),
+                    (f"spend_exporter_source_interval_seconds{{{F_SOURCE}}}", "{{source}} interval"),
+                ],
+                unit="s",
+            ),
+            12,
+            8,
+        ),
+        (
+            timeseries(
+                "Refresh duration",
+                "How long the last refresh of each source took.",
+                [(f"spend_exporter_source_refresh_duration_seconds{{{F_SOURCE}}}", "{{source}}")],
+                unit="s",
+            ),
+            12,
+            8,
+        ),
+        (
+            timeseries(
+                "Series exported by provider",
+                "Cost series per provider: the exporter's cardinality.",
+                [(f"count by (provider) (spend_cost_month_to_date_usd{{{F}}})", "{{provider}}")],
+                unit="short",
+            ),
+            12,
+            8,
+        ),
+        (row("Billing API calls"), 24, 1),
+        (
+            timeseries(
+                "API requests",
+                "Requests to the billing APIs per operation and status.",
+                [
+                    (
+                        "sum by (source, operation, status) "
+                        '(increase(spend_exporter_api_requests_total{source=~"$source"}[$__rate_interval]))',
+                        "{{source}} {{operation}} {{status}}",
+                    )
+                ],
+                unit="short",
+                stack=True,
+            ),
+            12,
+            8,
+        ),
+        (
+            table(
+                "API requests in range",
+                "Requests in the selected time range per operation and status.",
+                [
+                    (
+                        "sum by (source, operation, status) "
+                        '(increase(spend_exporter_api_requests_total{source=~"$source"}[$__range]))',
+                        "Requests",
+                        "short",
+                    )
+                ],
+                sort="Requests",
+            ),
+            12,
+            8,
+        ),
+        (
+            timeseries(
+                "API cost, trailing 24h",
+                "What the exporter's own paid calls cost over the last day "
+                "(Cost Explorer $0.01 a request; BigQuery by bytes). SpendExporterAPICostHigh fires over $0.50.",
+                [
+                    (
+                        'sum by (source) (increase(spend_exporter_api_cost_usd_total{source=~"$source"}[1d]))',
+                        "{{source}}",
+                    )
+                ],
+            ),
+            12,
+            8,
+        ),
+        (
+            stat(
+                "API cost in range",
+                "What the exporter's own paid calls cost in the selected time range.",
+                'sum(increase(spend_exporter_api_cost_usd_total{source=~"$source"}[$__range]))',
+                decimals=2,
+            ),
+            12,
+            8,
+        ),
+    ]
+    return dashboard(
+        "spend-exporter",
+        "Spend / Exporter",
+        "The exporter itself: source health, age of data, refresh duration, billing API requests and their cost.",
+        variables,
+        layout(panels),
+    )
+
+
+DASHBOARDS = {
+    "spend-overview.json": overview,
+    "spend-teams.json": teams,
+    "spend-ai.json": ai,
+    "spend-exporter.json": exporter,
+}
+
+
+def render(build: Any) -> str:
+    return json.dumps(build(), indent=2, sort_keys=False) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="exit 1 if a JSON file is not what this script writes")
+    args = ap.parse_args()
+    stale = []
+    for name, build in DASHBOARDS.items():
+        path = OUT / name
+        text = render(build)
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path))
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print("out of date (run python grafana/build_dashboards.py): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,530 @@
+"""End to end: the exporter on demo data, a real Prometheus with our rules, a real Alertmanager with our config.
+
+Alertmanager delivers to a local HTTP receiver that speaks for PagerDuty, Slack and the generic webhook. The
+test's copies of the configs differ from the shipped ones only in URLs, secret-file locations and intervals
+(asserted below), so what is tested is the shipped routing, grouping, inhibition, templates and rules.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import importlib.util
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from tests.e2e.stack import ROOT, Query, dashboard_queries, load_dashboards, substitute, tool
+
+pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
+WAIT = 60.0  # upper bound of every wait; the whole module normally takes well under a minute
+FOR = "3s"  # every alert's for:, shortened
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, fn: Callable[[], T | None], logs: list[Path] | None = None, timeout: float = WAIT) -> T:
+    """Poll ``fn`` until it returns something truthy; fail with the processes' logs after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            got = fn()
+            if got:
+                return got
+        except (OSError, ValueError, KeyError) as e:
+            last = e
+        time.sleep(0.2)
+    tails = "\n".join(
+        f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-25:]) for p in logs or []
+    )
+    pytest.fail(f"timed out waiting for {what} (last error: {last!r})\n{tails}")
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.load(r)
+
+
+def post_json(url: str, body: Any) -> None:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        r.read()
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+@dataclass
+class Notification:
+    kind: str  # pagerduty | slack | webhook
+    body: dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        return json.dumps(self.body)
+
+
+@dataclass
+class Receiver:
+    """Records what Alertmanager posts: /pagerduty (Events API v2), /slack (incoming webhook), /webhook."""
+
+    port: int
+    received: list[Notification] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> ThreadingHTTPServer:
+        rec = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with rec.lock:
+                    rec.received.append(Notification(self.path.strip("/").split("/")[0], body))
+                # PagerDuty answers 202 with a JSON body; Slack and webhooks 200
+                self.send_response(202 if self.path.startswith("/pagerduty") else 200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"status": "success", "message": "Event processed"}')
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    def find(self, kind: str, pred: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        with self.lock:
+            return [n.body for n in self.received if n.kind == kind and pred(n.body)]
+
+    def all(self) -> list[Notification]:
+        with self.lock:
+            return list(self.received)
+
+
+# --------------------------------------------------------------------------- config overrides
+
+# The only keys the test may change in the shipped configs.
+AM_OVERRIDABLE = {"url", "pagerduty_url", "slack_api_url_file", "routing_key_file"}
+AM_INTERVALS = {"group_wait", "group_interval", "repeat_interval"}
+
+
+def alertmanager_config(tmp: Path, receiver_port: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """The shipped alertmanager.yml with URLs, secret files and intervals pointed at this test."""
+    shipped = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())
+    cfg = copy.deepcopy(shipped)
+    base = f"http://127.0.0.1:{receiver_port}"
+    secrets = tmp / "secrets"
+    secrets.mkdir()
+    (secrets / "slack-webhook-url").write_text(f"{base}/slack")
+    cfg["global"]["slack_api_url_file"] = str(secrets / "slack-webhook-url")
+    cfg["global"]["pagerduty_url"] = f"{base}/pagerduty"
+    keys: dict[str, str] = {}  # routing key -> receiver name
+    for r in cfg["receivers"]:
+        for pd in r.get("pagerduty_configs", []):
+            name = Path(pd["routing_key_file"]).name
+            key = f"test-key-{r['name']}"
+            (secrets / name).write_text(key)
+            pd["routing_key_file"] = str(secrets / name)
+            keys[key] = r["name"]
+        for wh in r.get("webhook_configs", []):
+            wh["url"] = f"{base}/webhook/{r['name']}"
+    cfg["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
+    # the templates are found relative to the config file: copy them beside it
+    shutil.copytree(ROOT / "prometheus" / "alertmanager-templates", tmp / "alertmanager-templates")
+    return cfg, keys
+
+
+def _strip(node: Any, keys: set[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip(v, keys) for k, v in node.items() if k not in keys}
+    if isinstance(node, list):
+        return [_strip(v, keys) for v in node]
+    return node
+
+
+def rules_copy(src: Path, dst: Path) -> None:
+    """The shipped rules with every for: shortened, so the test need not wait 15 minutes."""
+    text = re.sub(r"(?m)^(\s+for: )\S+$", rf"\g<1>{FOR}", src.read_text())
+    dst.write_text(text)
+    a, b = yaml.safe_load(src.read_text()), yaml.safe_load(text)
+    assert _strip(a, {"for"}) == _strip(b, {"for"})
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+@dataclass
+class Stack:
+    exporter: str
+    prometheus: str
+    alertmanager: str
+    receiver: Receiver
+    routing_keys: dict[str, str]
+    logs: list[Path]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        url = f"{self.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        res = get_json(url)
+        assert res["status"] == "success", res
+        return list(res["data"]["result"])
+
+    def wait(self, what: str, fn: Callable[[], T | None]) -> T:
+        return wait_for(what, fn, self.logs)
+
+
+def _load_demo_generator() -> Any:
+    spec = importlib.util.spec_from_file_location("generate_demo", ROOT / "examples" / "generate_demo.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _exporter_argv() -> list[str]:
+    script = Path(sys.executable).with_name("spend-exporter")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from exporter.cli import main; sys.exit(main())"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    prometheus_bin = tool("prometheus")
+    alertmanager_bin = tool("prometheus-alertmanager", "alertmanager")
+    if not (ROOT / "exporter" / "cli.py").exists():
+        pytest.skip("the exporter's CLI does not exist yet")
+    tmp = tmp_path_factory.mktemp("stack")
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(name: str, argv: list[str], cwd: Path) -> None:
+        log = tmp / f"{name}.log"
+        logs.append(log)
+        with open(log, "wb") as out:
+            procs.append(subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT))
+
+    try:
+        # the exporter on the demo, exactly as `make run` does: relative paths from its working directory
+        work = tmp / "exporter"
+        _load_demo_generator().generate(work / "examples" / "data", now=dt.datetime.now(dt.UTC))
+        shutil.copy(ROOT / "examples" / "demo-config.yml", work / "demo-config.yml")
+        exp_port = free_port()
+        start(
+            "exporter",
+            [
+                *_exporter_argv(),
+                "run",
+                "--config.file",
+                "demo-config.yml",
+                "--web.listen-address",
+                f"127.0.0.1:{exp_port}",
+            ],
+            work,
+        )
+        exporter = f"http://127.0.0.1:{exp_port}"
+
+        receiver = Receiver(free_port())
+        servers.append(receiver.start())
+
+        # alertmanager with our config
+        am_dir = tmp / "alertmanager"
+        am_dir.mkdir()
+        am_cfg, keys = alertmanager_config(am_dir, receiver.port)
+        (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(am_cfg, sort_keys=False))
+        am_port = free_port()
+        start(
+            "alertmanager",
+            [
+                alertmanager_bin,
+                f"--config.file={am_dir / 'alertmanager.yml'}",
+                f"--storage.path={am_dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{am_port}",
+                "--cluster.listen-address=",  # no gossip port: a single instance on loopback only
+            ],
+            am_dir,
+        )
+        alertmanager = f"http://127.0.0.1:{am_port}"
+
+        # prometheus with our rules, evaluating and scraping every second
+        prom_dir = tmp / "prometheus"
+        (prom_dir / "rules").mkdir(parents=True)
+        for f in (ROOT / "prometheus" / "rules").glob("*.yml"):
+            rules_copy(f, prom_dir / "rules" / f.name)
+        prom_port = free_port()
+        prom_cfg = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": ["rules/*.yml"],
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+            "scrape_configs": [
+                {"job_name": "spend-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exp_port}"]}]}
+            ],
+        }
+        (prom_dir / "prometheus.yml").write_text(yaml.safe_dump(prom_cfg))
+        wait_for("the exporter to be ready", lambda: http_ok(f"{exporter}/-/ready"), logs)
+        start(
+            "prometheus",
+            [
+                prometheus_bin,
+                f"--config.file={prom_dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={prom_dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+                "--rules.alert.resend-delay=1s",
+            ],
+            prom_dir,
+        )
+        prometheus = f"http://127.0.0.1:{prom_port}"
+        wait_for("alertmanager to be ready", lambda: http_ok(f"{alertmanager}/-/ready"), logs)
+        wait_for("prometheus to be ready", lambda: http_ok(f"{prometheus}/-/ready"), logs)
+        yield Stack(exporter, prometheus, alertmanager, receiver, keys, logs)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for s in servers:
+            s.shutdown()
+
+
+# --------------------------------------------------------------------------- the test's own overrides
+
+
+def test_only_urls_secret_files_and_intervals_are_overridden(tmp_path: Path) -> None:
+    shipped = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())
+    cfg, _ = alertmanager_config(tmp_path, 1)
+    allowed = AM_OVERRIDABLE | AM_INTERVALS
+    assert _strip(cfg, allowed) == _strip(shipped, allowed)
+    assert cfg["inhibit_rules"] == shipped["inhibit_rules"]
+    assert cfg["route"]["group_by"] == shipped["route"]["group_by"]
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+def _pd_for(stack: Stack, receiver: str, alertname: str, budget: str) -> list[dict[str, Any]]:
+    def pred(b: dict[str, Any]) -> bool:
+        d = b["payload"]["custom_details"]
+        return bool(
+            stack.routing_keys.get(b["routing_key"]) == receiver
+            and b["event_action"] == "trigger"
+            and d["alertname"] == alertname
+            and d["budget"] == budget
+        )
+
+    return stack.receiver.find("pagerduty", pred)
+
+
+def _labels_of(detail: str) -> dict[str, str]:
+    return dict(pair.split("=", 1) for pair in detail.split())
+
+
+def test_budget_exceeded_pages_the_owning_team(stack: Stack) -> None:
+    # the demo sizes data-platform (team data) at 110% of its limit
+    events = stack.wait(
+        "SpendBudgetExceeded for data-platform at data-pager",
+        lambda: _pd_for(stack, "data-pager", "SpendBudgetExceeded", "data-platform"),
+    )
+    ev = events[0]
+    labels = _labels_of(ev["payload"]["custom_details"]["labels"])
+    assert labels == {
+        "alertname": "SpendBudgetExceeded",
+        "budget": "data-platform",
+        "team": "data",
+        "severity": "critical",
+        "job": "spend-exporter",
+        "instance": stack.exporter.removeprefix("http://"),
+    }
+    assert ev["payload"]["severity"] == "critical"
+    assert ev["payload"]["summary"] == (
+        "SpendBudgetExceeded data-platform (team data): A budget's month-to-date spend has reached its limit."
+    )
+    assert re.fullmatch(
+        r"Budget data-platform \(team data\) has spent \$3\d{3}\.\d\d this month, "
+        r"against its \$3000\.00 limit \(1\d\d%\)\.\n",
+        ev["payload"]["custom_details"]["alerts"],
+    ), ev["payload"]["custom_details"]["alerts"]
+    assert ev["links"][0]["href"].endswith("docs/runbook.md#spendbudgetexceeded")
+    # nobody else was paged for it
+    for n in stack.receiver.all():
+        if "data-platform" in n.text and "SpendBudgetExceeded" in n.text:
+            assert n.kind == "pagerduty" and stack.routing_keys[n.body["routing_key"]] == "data-pager"
+    # Alertmanager agrees on the route
+    groups = get_json(
+        f"{stack.alertmanager}/api/v2/alerts/groups?" + urllib.parse.urlencode({"receiver": "data-pager"})
+    )
+    assert any(a["labels"] == labels for g in groups for a in g["alerts"])
+
+
+def _slack(stack: Stack, channel: str, needle: str) -> list[dict[str, Any]]:
+    return stack.receiver.find("slack", lambda b: b.get("channel") == channel and needle in json.dumps(b))
+
+
+def test_budget_warning_reaches_the_teams_chat(stack: Stack) -> None:
+    # ai-platform (team ml-platform) sits just past its 80% warning
+    msgs = stack.wait(
+        "SpendBudgetWarning for ai-platform in #ml-platform-spend",
+        lambda: _slack(stack, "#ml-platform-spend", "SpendBudgetWarning ai-platform"),
+    )
+    att = msgs[0]["attachments"][0]
+    assert att["title"] == "[FIRING:1] SpendBudgetWarning ai-platform (team ml-platform)"
+    assert att["title_link"].endswith("docs/runbook.md#spendbudgetwarning")
+    assert re.fullmatch(
+        r"Budget ai-platform \(team ml-platform\) has spent \$4\d{3}\.\d\d this month"
+        r" of its \$5000\.00 limit \(8\d%\)\.\n",
+        att["text"],
+    ), att["text"]
+
+
+def test_daily_anomaly_reaches_the_teams_chat(stack: Stack) -> None:
+    # the demo's anomalous day: AWS Lambda of team search, yesterday
+    msgs = stack.wait(
+        "SpendDailyAnomaly in #search-spend",
+        lambda: _slack(stack, "#search-spend", "AWS Lambda on aws account"),
+    )
+    assert msgs[0]["attachments"][0]["title"].startswith("[FIRING:")
+    assert "SpendDailyAnomaly (team search)" in msgs[0]["attachments"][0]["title"]
+
+
+def test_exceeded_budget_raises_no_warning_of_its_own(stack: Stack) -> None:
+    stack.wait(
+        "SpendBudgetExceeded to fire",
+        lambda: stack.query('ALERTS{alertname="SpendBudgetExceeded", alertstate="firing", budget="data-platform"}'),
+    )
+    assert (
+        stack.query('ALERTS{alertname=~"SpendBudgetWarning|SpendBudgetForecastExceeded", budget="data-platform"}') == []
+    )
+
+
+def _alert(name: str, budget: str, team: str, severity: str) -> dict[str, Any]:
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "labels": {"alertname": name, "budget": budget, "team": team, "severity": severity, "job": "spend-exporter"},
+        "annotations": {
+            "summary": "A budget has passed its warning threshold.",
+            "description": f"Budget {budget} (team {team}) injected by the test.",
+            "runbook_url": "https://example.invalid/docs/runbook.md#spendbudgetwarning",
+        },
+        "startsAt": now.isoformat(),
+        "endsAt": (now + dt.timedelta(minutes=5)).isoformat(),
+    }
+
+
+def test_exceeded_inhibits_the_warning_for_the_same_budget(stack: Stack) -> None:
+    """A SpendBudgetWarning for data-platform, as a second Prometheus or exporter replica one refresh behind
+    would send it, is suppressed while SpendBudgetExceeded fires; the same warning for another budget of the
+    same team, sent with it, is delivered."""
+    stack.wait(
+        "SpendBudgetExceeded for data-platform at data-pager",
+        lambda: _pd_for(stack, "data-pager", "SpendBudgetExceeded", "data-platform"),
+    )
+    post_json(
+        f"{stack.alertmanager}/api/v2/alerts",
+        [
+            _alert("SpendBudgetWarning", "data-platform", "data", "warning"),
+            _alert("SpendBudgetWarning", "data-control", "data", "warning"),
+        ],
+    )
+    stack.wait("the control warning in #data-spend", lambda: _slack(stack, "#data-spend", "data-control"))
+
+    def state() -> list[dict[str, Any]]:
+        q = urllib.parse.urlencode(
+            [("filter", 'alertname="SpendBudgetWarning"'), ("filter", 'budget="data-platform"'), ("silenced", "true")]
+            + [("inhibited", "true"), ("active", "true")]
+        )
+        return list(get_json(f"{stack.alertmanager}/api/v2/alerts?{q}"))
+
+    (inhibited,) = stack.wait("the warning to be in Alertmanager", state)
+    assert inhibited["status"]["state"] == "suppressed"
+    assert inhibited["status"]["inhibitedBy"]
+    for n in stack.receiver.all():
+        assert not ("SpendBudgetWarning" in n.text and "data-platform" in n.text), f"delivered: {n.kind} {n.text}"
+
+
+def test_unrouted_team_reaches_the_generic_webhook(stack: Stack) -> None:
+    post_json(f"{stack.alertmanager}/api/v2/alerts", [_alert("SpendBudgetExceeded", "lab", "not-a-team", "critical")])
+    got = stack.wait(
+        "the generic webhook",
+        lambda: stack.receiver.find("webhook", lambda b: b["commonLabels"].get("team") == "not-a-team"),
+    )
+    assert got[0]["receiver"] == "spend-webhook"
+    assert got[0]["alerts"][0]["labels"]["budget"] == "lab"
+
+
+# --------------------------------------------------------------------------- dashboards
+
+QUERIES = dashboard_queries({"__rate_interval": "1m", "__range": "1m", "__interval": "1s"})
+
+
+@pytest.fixture(scope="module")
+def prometheus_has_history(stack: Stack) -> Stack:
+    """Enough scrapes and rule evaluations for rate()/increase() over a minute and for the recording rules."""
+    stack.wait(
+        "five scrapes and the recording rules",
+        lambda: (
+            stack.query('count_over_time(up{job="spend-exporter"}[1m]) >= 5')
+            and stack.query("count_over_time(budget:spend_budget_used:ratio[1m]) >= 3")
+        ),
+    )
+    return stack
+
+
+@pytest.mark.parametrize("q", QUERIES, ids=lambda q: q.id)
+def test_every_dashboard_query_returns_data(prometheus_has_history: Stack, q: Query) -> None:
+    result = prometheus_has_history.query(q.expr)
+    assert result, f"no data for {q.id}:\n{q.expr}"
+
+
+def _variable_queries() -> list[tuple[str, str, str]]:
+    out = []
+    for dash in load_dashboards().values():
+        for v in dash["templating"]["list"]:
+            if v["type"] == "query":
+                m = re.fullmatch(r"label_values\((.+), (\w+)\)", v["definition"])
+                assert m, v["definition"]
+                out.append((f"{dash['uid']}/{v['name']}", substitute(m.group(1)), m.group(2)))
+    return out
+
+
+@pytest.mark.parametrize(("var", "selector", "label"), _variable_queries(), ids=lambda x: x if "/" in x else None)
+def test_every_dashboard_variable_has_values(stack: Stack, var: str, selector: str, label: str) -> None:
+    url = f"{stack.prometheus}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": selector})
+    values = stack.wait(f"values of {var}", lambda: get_json(url)["data"])
+    assert values

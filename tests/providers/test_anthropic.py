@@ -1,0 +1,419 @@
+"""The Anthropic source: the real ``anthropic`` SDK against the Admin API emulator.
+
+Costs (reported in cents) are checked against the shared AI dataset to the
+cent, tokens to the token, per workspace, model, team and token type; then
+end to end through ``build_app`` into ``/metrics``, with the runaway hour.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.config import AnthropicSource, parse_config
+from exporter.model import TOKEN_TYPES, FetchResult, FetchWindow
+from exporter.pricing import PriceTable
+from exporter.providers.anthropic import AnthropicProvider, cents_to_usd, usage_tokens
+from exporter.providers.base import ProviderContext, SourceError, Throttled
+from tests.emulators.ai_dataset import (
+    HAIKU,
+    RESEARCH,
+    RUNAWAY_FACTOR,
+    SONNET,
+    SUPPORT,
+    AIDataset,
+    build_ai_dataset,
+    runaway,
+)
+from tests.emulators.anthropic_admin import DEFAULT_ADMIN_KEY, AnthropicAdminEmulator
+from tests.emulators.server import Fault
+
+NOW = dt.datetime(2026, 11, 22, 9, 41, 7, tzinfo=dt.UTC)
+MONTH_START = dt.date(2026, 11, 1)
+WINDOW = FetchWindow(start=dt.date(2026, 10, 1), end=NOW.date(), now=NOW)
+LAST_HOUR = WINDOW.last_complete_hour
+CENT = 0.005
+ENV = "ANTHROPIC_ADMIN_KEY_TEST"
+
+
+@pytest.fixture(scope="module")
+def ds() -> AIDataset:
+    return build_ai_dataset(NOW)
+
+
+@pytest.fixture
+def emu(ds: AIDataset) -> Iterator[AnthropicAdminEmulator]:
+    emulator = AnthropicAdminEmulator(ds)
+    with emulator:
+        yield emulator
+
+
+class Harness:
+    def __init__(self, emu: AnthropicAdminEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.emu = emu
+        self.calls: list[tuple[str, str, float]] = []
+        monkeypatch.setenv(ENV, DEFAULT_ADMIN_KEY)
+        # the SDK must not pick up credentials or endpoints of its own
+        for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "ANTHROPIC_PROFILE"):
+            monkeypatch.delenv(var, raising=False)
+
+    def provider(self, **cfg: Any) -> AnthropicProvider:
+        settings: dict[str, Any] = {
+            "name": "anthropic",
+            "type": "anthropic",
+            "admin_key_env": ENV,
+            "base_url": self.emu.url,
+            "request_timeout": "5s",
+        }
+        settings.update(cfg)
+        ctx = ProviderContext("anthropic", on_call=lambda op, status, cost: self.calls.append((op, status, cost)))
+        return AnthropicProvider(AnthropicSource.model_validate(settings), ctx)
+
+    def fetch(self, window: FetchWindow = WINDOW, **cfg: Any) -> FetchResult:
+        p = self.provider(**cfg)
+        try:
+            return p.fetch(window)
+        finally:
+            p.close()
+
+
+@pytest.fixture
+def h(emu: AnthropicAdminEmulator, monkeypatch: pytest.MonkeyPatch) -> Harness:
+    return Harness(emu, monkeypatch)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_costs_in_cents_become_usd_equal_to_the_dataset(h: Harness, ds: AIDataset) -> None:
+    res = h.fetch()
+    assert res.days == WINDOW.days()
+    assert {c.currency for c in res.costs} == {"USD"}
+    expected: dict[tuple[dt.date, str, str, str], Decimal] = defaultdict(Decimal)
+    for row in ds.costs("anthropic"):
+        if WINDOW.start <= row.day <= WINDOW.end:
+            expected[(row.day, row.account_id or "default", row.service_name, row.model)] += row.amount
+    got = {(c.day, c.account_id, c.service_name, c.model): c.amount for c in res.costs}
+    assert len(got) == len(res.costs)
+    assert got.keys() == expected.keys()
+    for key, amount in got.items():
+        assert abs(Decimal(repr(amount)) - expected[key]) < Decimal(CENT), key
+
+    mtd = [c for c in res.costs if c.day >= MONTH_START]
+    assert sum(c.amount for c in mtd) == pytest.approx(float(ds.cost_sum("anthropic", start=MONTH_START)), abs=CENT)
+    for model in {c.model for c in mtd}:
+        got_model = sum(c.amount for c in mtd if c.model == model)
+        assert got_model == pytest.approx(float(ds.cost_sum("anthropic", start=MONTH_START, model=model)), abs=CENT)
+
+
+def test_default_workspace_tags_and_non_token_costs(h: Harness) -> None:
+    res = h.fetch()
+    kinds = {(c.account_id, c.service_name, c.model, c.team_tag) for c in res.costs}
+    assert ("default", "messages", SONNET, None) in kinds  # null workspace_id
+    assert (RESEARCH, "messages", SONNET, "research") in kinds  # the workspace's team tag
+    assert (SUPPORT, "messages", HAIKU, None) in kinds  # no tag: the rules decide
+    assert (RESEARCH, "web_search", "", "research") in kinds  # cost_type web_search, no model
+    assert ("default", "Default Workspace") in {(a.account_id, a.account_name) for a in res.accounts}
+    assert {a.account_id for a in res.accounts} == {"default", RESEARCH, SUPPORT, "wrkspc_01SCRATCHqq"}
+
+
+def test_daily_tokens_equal_the_dataset(h: Harness, ds: AIDataset) -> None:
+    res = h.fetch()
+    start = dt.datetime.combine(MONTH_START, dt.time(), dt.UTC)
+    got: dict[tuple[str, str, str], int] = defaultdict(int)
+    for u in res.usage:
+        assert u.service_name == "messages"
+        assert u.requests == 0  # the usage report has no request count
+        if u.day >= MONTH_START:
+            for tt, n in u.tokens.items():
+                got[(u.account_id, u.model, tt)] += n
+    for account, model in {(r.account_id or "default", r.model) for r in ds.rows("anthropic")}:
+        for tt in TOKEN_TYPES:
+            expected = ds.token_sum("anthropic", tt, start=start, account_id=account, model=model)
+            assert got[(account, model, tt)] == expected, (account, model, tt)
+    # cache_write is the 5-minute plus the 1-hour writes
+    cw = sum(r.cache_write_5m + r.cache_write_1h for r in ds.rows("anthropic") if r.hour >= start)
+    assert sum(v for (_, _, tt), v in got.items() if tt == "cache_write") == cw
+    assert len({(u.day, u.account_id, u.model) for u in res.usage}) == len(res.usage)
+
+
+def test_hourly_usage_of_the_last_day(h: Harness, ds: AIDataset) -> None:
+    res = h.fetch()
+    assert res.hourly is not None
+    hours = sorted({x.hour_start for x in res.hourly})
+    assert hours == [LAST_HOUR - dt.timedelta(hours=23 - i) for i in range(24)]
+    for x in res.hourly:
+        if x.hour_start != LAST_HOUR:
+            continue
+        for tt in TOKEN_TYPES:
+            expected = ds.token_sum(
+                "anthropic",
+                tt,
+                start=LAST_HOUR,
+                end=LAST_HOUR + dt.timedelta(hours=1),
+                account_id=x.account_id,
+                model=x.model,
+            )
+            assert x.tokens[tt] == expected
+    assert res.data_through == LAST_HOUR + dt.timedelta(hours=1)
+
+
+def test_runaway_hour_shows_in_hourly_usage(h: Harness, ds: AIDataset) -> None:
+    before = h.fetch()
+    h.emu.dataset = runaway(ds, "anthropic", SUPPORT, HAIKU)
+    after = h.fetch()
+
+    def hour_of(res: FetchResult) -> dict[tuple[str, str], dict[str, int]]:
+        assert res.hourly is not None
+        return {(x.account_id, x.model): x.tokens for x in res.hourly if x.hour_start == LAST_HOUR}
+
+    b, a = hour_of(before), hour_of(after)
+    for tt in TOKEN_TYPES:
+        assert a[(SUPPORT, HAIKU)][tt] == RUNAWAY_FACTOR * b[(SUPPORT, HAIKU)][tt]
+    assert {k: v for k, v in a.items() if k != (SUPPORT, HAIKU)} == {
+        k: v for k, v in b.items() if k != (SUPPORT, HAIKU)
+    }
+
+
+# --------------------------------------------------------------------------- wire
+
+
+def test_requests_follow_the_documented_wire_format(h: Harness) -> None:
+    h.fetch()
+    reqs = h.emu.requests
+    for r in reqs:
+        assert r.headers["x-api-key"] == DEFAULT_ADMIN_KEY
+        assert r.headers["anthropic-version"] == "2023-06-01"
+        assert "authorization" not in r.headers  # the key goes in x-api-key only
+    costs = [r for r in reqs if r.path == "/v1/organizations/cost_report"]
+    assert costs[0].q("starting_at") == "2026-10-01T00:00:00Z"
+    assert costs[0].q("ending_at") == "2026-11-23T00:00:00Z"
+    assert costs[0].q("bucket_width") == "1d"
+    assert costs[0].query["group_by[]"] == ["workspace_id", "description"]
+    assert len(costs) == 2 and costs[1].q("page")  # 53 days in pages of 31
+    usage = [r for r in reqs if r.path == "/v1/organizations/usage_report/messages"]
+    daily = [r for r in usage if r.q("bucket_width") == "1d"]
+    hourly = [r for r in usage if r.q("bucket_width") == "1h"]
+    assert daily[0].query["group_by[]"] == ["model", "workspace_id", "api_key_id"]
+    assert [r.q("starting_at") for r in hourly] == ["2026-11-21T09:00:00Z"]
+    assert [r.q("ending_at") for r in hourly] == ["2026-11-22T09:00:00Z"]
+    workspaces = [r for r in reqs if r.path == "/v1/organizations/workspaces"]
+    assert workspaces[0].q("include_archived") == "true"
+    assert {op for op, _, _ in h.calls} == {
+        "workspaces",
+        "cost_report",
+        "usage_report_messages",
+        "usage_report_messages_hourly",
+    }
+    assert all(status == "success" and cost == 0.0 for _, status, cost in h.calls)
+
+
+def test_pagination_gives_the_same_figures(h: Harness) -> None:
+    whole = h.fetch()
+    h.emu.page_size_cap = 4
+    h.emu.requests.clear()
+    paged = h.fetch()
+    assert paged.costs == whole.costs
+    assert paged.usage == whole.usage
+    assert paged.hourly == whole.hourly
+    assert paged.accounts == whole.accounts
+    costs = [r for r in h.emu.requests if r.path.endswith("/cost_report")]
+    assert len(costs) == 14
+    assert all(r.q("page") for r in costs[1:])
+    assert len([r for r in h.emu.requests if r.path.endswith("/workspaces")]) == 1  # 3 listed, 4 a page
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_throttled_then_success(h: Harness) -> None:
+    h.emu.inject(Fault("throttle", retry_after=0.02, path_contains="/cost_report", after=1))
+    h.emu.inject(Fault("throttle", retry_after=0.02, path_contains="/workspaces"))
+    res = h.fetch()
+    assert res.costs and res.usage
+    statuses = [(op, s) for op, s, _ in h.calls]
+    assert statuses[:2] == [("workspaces", "throttled"), ("workspaces", "success")]
+    assert ("cost_report", "throttled") in statuses
+
+
+def test_throttled_with_a_long_retry_after_raises(h: Harness) -> None:
+    h.emu.inject(Fault("throttle", retry_after=900, path_contains="/usage_report"))
+    with pytest.raises(Throttled) as e:
+        h.fetch()
+    assert e.value.retry_after == 900
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (lambda: Fault("500", path_contains="/cost_report"), "cost_report: HTTP 500"),
+        (lambda: Fault("503", after=1, path_contains="/cost_report"), "cost_report: HTTP 503"),
+        (lambda: Fault("403", path_contains="/workspaces"), "HTTP 403"),
+        (lambda: Fault("reset", path_contains="/usage_report"), "cannot connect"),
+        (lambda: Fault("malformed", path_contains="/usage_report"), "not valid JSON"),
+        (lambda: Fault("wrong_shape", path_contains="/cost_report"), "unexpected response shape"),
+        (lambda: Fault("wrong_shape", path_contains="/workspaces"), "unexpected response shape"),
+        (lambda: Fault("timeout", delay=1.5, path_contains="/cost_report"), "timed out"),
+    ],
+    ids=["500", "503-second-page", "403", "reset", "malformed", "wrong-shape", "wrong-shape-workspaces", "timeout"],
+)
+def test_failures_raise_and_never_return_partial_data(
+    h: Harness, fault: Callable[[], Fault], message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    h.emu.inject(fault())  # a fresh one each run: a Fault counts down as it is used
+    with pytest.raises(SourceError) as e:
+        h.fetch(request_timeout="0.5s", max_retries=0)
+    assert message in str(e.value)
+    assert "error" in [s for _, s, _ in h.calls]
+    assert DEFAULT_ADMIN_KEY not in str(e.value)
+    assert DEFAULT_ADMIN_KEY not in caplog.text
+
+
+def test_wrong_key_is_a_clear_error_without_the_key(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "sk-ant-admin01-WRONGwrongWRONGwrong-0000"
+    monkeypatch.setenv(ENV, wrong)
+    with pytest.raises(SourceError) as e:
+        h.fetch()
+    assert "HTTP 401 authentication_error" in str(e.value) and ENV in str(e.value)
+    assert wrong not in str(e.value)
+    assert wrong not in caplog.text
+
+
+def test_missing_admin_key_names_the_variable(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV)
+    with pytest.raises(SourceError, match=ENV):
+        h.fetch()
+    assert h.emu.requests == []
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_cents_to_usd() -> None:
+    assert cents_to_usd("123.45") == pytest.approx(1.2345)
+    assert cents_to_usd("0") == 0.0
+    for bad in ("NaN", "abc", None, True):
+        with pytest.raises((ValueError, TypeError)):
+            cents_to_usd(bad)
+
+
+def test_usage_tokens_sum_both_cache_ttls() -> None:
+    r = {
+        "uncached_input_tokens": 10,
+        "cache_creation": {"ephemeral_1h_input_tokens": 3, "ephemeral_5m_input_tokens": 4},
+        "cache_read_input_tokens": 5,
+        "output_tokens": 6,
+    }
+    assert usage_tokens(r) == {"input": 10, "output": 6, "cache_read": 5, "cache_write": 7}
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _samples(text: str, family: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (dict(s.labels), s.value)
+        for fam in text_string_to_metric_families(text)
+        if fam.name == family
+        for s in fam.samples
+    ]
+
+
+def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AIDataset, tmp_path: Path) -> None:
+    from exporter.app import build_app
+
+    cfg = parse_config(
+        {
+            "cache_path": str(tmp_path / "cache.sqlite"),
+            "attribution": {"rules": ds.attribution_rules()},
+            "sources": [
+                {
+                    "name": "anthropic",
+                    "type": "anthropic",
+                    "admin_key_env": ENV,
+                    "base_url": h.emu.url,
+                    "request_timeout": "5s",
+                }
+            ],
+        },
+        env={},
+    )
+    app = build_app(cfg, now=lambda: NOW)
+    try:
+        assert [o.ok for o in app.refresh_all()] == [True]
+        text = app.exposition()
+        teams = ds.teams("anthropic")
+        assert teams[RESEARCH] == "research" and teams["default"] == "platform"
+        assert teams["wrkspc_01SCRATCHqq"] == "unallocated"
+
+        mtd = _samples(text, "spend_cost_month_to_date_usd")
+        assert {lab["account_id"] for lab, _ in mtd} == set(teams)
+        for labels, value in mtd:
+            assert labels["provider"] == "anthropic"
+            assert labels["team"] == teams[labels["account_id"]], labels
+            expected = ds.cost_sum(
+                "anthropic",
+                start=MONTH_START,
+                account_id=labels["account_id"],
+                model=labels["model"],
+                service_name=labels["service_name"],
+            )
+            assert value == pytest.approx(float(expected), abs=CENT), labels
+        for team in set(teams.values()):
+            got = sum(v for lab, v in mtd if lab["team"] == team)
+            assert got == pytest.approx(float(ds.cost_sum("anthropic", start=MONTH_START, team=team)), abs=CENT)
+
+        start = dt.datetime.combine(MONTH_START, dt.time(), dt.UTC)
+        tokens = _samples(text, "spend_ai_tokens_month_to_date")
+        assert {lab["token_type"] for lab, _ in tokens} == set(TOKEN_TYPES)
+        for labels, value in tokens:
+            expected_tokens = ds.token_sum(
+                "anthropic", labels["token_type"], start=start, account_id=labels["account_id"], model=labels["model"]
+            )
+            assert value == expected_tokens, labels
+
+        key = (SUPPORT, HAIKU, "support")
+
+        def last_hour(text: str) -> dict[tuple[str, str, str], float]:
+            return {
+                (lab["account_id"], lab["model"], lab["team"]): v
+                for lab, v in _samples(text, "spend_ai_cost_last_hour_usd")
+            }
+
+        normal = last_hour(text)
+        assert normal[key] > 0
+        h.emu.dataset = runaway(ds, "anthropic", SUPPORT, HAIKU)
+        assert [o.ok for o in app.refresh_all()] == [True]
+        burning = last_hour(app.exposition())
+        assert burning[key] == pytest.approx(RUNAWAY_FACTOR * normal[key], rel=1e-3)
+        table = PriceTable.load()
+        hour_end = LAST_HOUR + dt.timedelta(hours=1)
+        expected_cost = sum(
+            table.cost(
+                HAIKU,
+                tt,
+                h.emu.dataset.token_sum(
+                    "anthropic", tt, start=LAST_HOUR, end=hour_end, account_id=SUPPORT, model=HAIKU
+                ),
+            )
+            or 0.0
+            for tt in TOKEN_TYPES
+        )
+        assert burning[key] == pytest.approx(expected_cost, abs=CENT)
+        assert {k: v for k, v in burning.items() if k != key} == pytest.approx(
+            {k: v for k, v in normal.items() if k != key}
+        )
+    finally:
+        app.close()

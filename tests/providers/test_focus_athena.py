@@ -1,0 +1,370 @@
+"""The focus source's Athena engine: the real boto3 Athena client against moto's server on 127.0.0.1.
+
+moto runs no SQL: the results a query returns are seeded through its
+``/moto-api/static/athena/query-results`` endpoint, and its executions go
+QUEUED → RUNNING → SUCCEEDED one ``GetQueryExecution`` at a time when its
+state manager says so. moto returns every row in one page and reports no
+bytes scanned, so ``AthenaPager`` (an ``Emulator`` in front of moto) splits
+``GetQueryResults`` into ``NextToken`` pages, as Athena does, and sets
+``DataScannedInBytes`` (or fails the query) on ``GetQueryExecution``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.app import build_app
+from exporter.config import ConfigError, FocusSource, parse_config
+from exporter.model import FetchWindow
+from exporter.providers.base import ProviderContext, SourceError
+from exporter.providers.focus import FocusProvider
+from exporter.providers.focus_athena import billing_periods, build_query, scan_cost_usd
+from tests.emulators.server import Emulator, Fault, Request, Response
+
+NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+WINDOW = FetchWindow(start=dt.date(2026, 10, 1), end=dt.date(2026, 11, 21), now=NOW)
+ACCESS_KEY = "AKIATESTATHENAFOCUS"
+SECRET_KEY = "test-only-athena-secret-0123456789"
+TB = 1024**4
+
+COLUMNS = [
+    "day",
+    "provider",
+    "account_id",
+    "service_name",
+    "team_tag",
+    "currency",
+    "amount",
+    "account_name",
+    "period_end",
+]
+# (day, provider, account, service, team tag, currency, amount, account name, period end); None is SQL NULL
+ROWS: list[tuple[str | None, ...]] = [
+    ("2026-10-30", "AWS", "111111111111", "Amazon EC2", "search", "USD", "120.50", "prod", "2026-10-31 00:00:00.000"),
+    ("2026-11-19", "AWS", "111111111111", "AWS Lambda", None, "USD", "3.25", "prod", "2026-11-20 00:00:00.000"),
+    ("2026-11-20", "Microsoft", "sub-1", "Storage", "data", "EUR", "10.00", None, "2026-11-21 00:00:00.000"),
+    (
+        "2026-11-20",
+        "AWS",
+        "222222222222",
+        "Amazon S3",
+        "payments",
+        "USD",
+        "-2.50",
+        "staging",
+        "2026-11-21 00:00:00.000",
+    ),
+    ("2026-11-21", "AWS", "111111111111", "Amazon EC2", "search", "USD", "40.125", "prod", "2026-11-22 00:00:00.000"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _post(url: str, body: dict[str, Any]) -> None:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        r.read()
+
+
+def _datum(v: str | None) -> dict[str, str]:
+    return {} if v is None else {"VarCharValue": v}
+
+
+def seed(moto_url: str, rows: list[tuple[str | None, ...]] = ROWS, columns: list[str] = COLUMNS) -> None:
+    """Queue one query's result in moto: the header row first, as Athena returns a SELECT's first page."""
+    result_rows = [{"Data": [_datum(c) for c in columns]}] + [{"Data": [_datum(v) for v in r]} for r in rows]
+    info = [{"Name": c, "Label": c, "Type": "varchar", "Nullable": "UNKNOWN"} for c in columns]
+    _post(f"{moto_url}/moto-api/static/athena/query-results", {"results": [{"rows": result_rows, "column_info": info}]})
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def moto_url(moto_server: str) -> str:
+    _post(f"{moto_server}/moto-api/reset", {})
+    return moto_server
+
+
+class AthenaPager(Emulator):
+    """Forwards to moto; pages ``GetQueryResults`` by ``page_size`` and sets the query's bytes scanned or state."""
+
+    name = "athena-pager"
+
+    def __init__(self, moto_url: str, page_size: int = 2, scanned: int = 0, fail: str | None = None) -> None:
+        super().__init__()
+        self.moto_url = moto_url
+        self.page_size = page_size
+        self.scanned = scanned
+        self.fail = fail
+
+    def operations(self) -> list[str]:
+        return [r.headers.get("x-amz-target", "").rsplit(".", 1)[-1] for r in self.requests]
+
+    def _forward(self, request: Request, body: bytes) -> tuple[int, dict[str, Any]]:
+        headers = {k: v for k, v in request.headers.items() if k in ("content-type", "x-amz-target", "authorization")}
+        req = urllib.request.Request(self.moto_url + request.path, data=body, headers=headers, method=request.method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def handle(self, request: Request) -> Response:
+        op = request.headers.get("x-amz-target", "").rsplit(".", 1)[-1]
+        if op == "GetQueryResults":
+            body = request.json()
+            start = int(body.pop("NextToken", None) or 0)
+            size = min(int(body.pop("MaxResults", 1000)), self.page_size)
+            status, data = self._forward(request, json.dumps(body).encode())
+            rows = data["ResultSet"]["Rows"]
+            data["ResultSet"]["Rows"] = rows[start : start + size]
+            if start + size < len(rows):
+                data["NextToken"] = str(start + size)
+            return Response(status, data, {"Content-Type": "application/x-amz-json-1.1"})
+        status, data = self._forward(request, request.body)
+        if op == "GetQueryExecution" and status == 200:
+            ex = data["QueryExecution"]
+            ex["Statistics"]["DataScannedInBytes"] = self.scanned
+            if self.fail:
+                ex["Status"] = {"State": "FAILED", "StateChangeReason": self.fail}
+        return Response(status, data, {"Content-Type": "application/x-amz-json-1.1"})
+
+
+class Accounting:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, float]] = []
+
+    def ctx(self) -> ProviderContext:
+        return ProviderContext("athena", on_call=lambda op, st, c: self.calls.append((op, st, c)))
+
+    def ops(self) -> Counter[str]:
+        return Counter(op for op, _, _ in self.calls)
+
+    def cost(self) -> float:
+        return sum(c for _, _, c in self.calls)
+
+
+def source(url: str, **overrides: Any) -> FocusSource:
+    raw: dict[str, Any] = {
+        "name": "focus-athena",
+        "type": "focus",
+        "engine": "athena",
+        "database": "cur",
+        "table": "focus_export",
+        "workgroup": "primary",
+        "output_location": "s3://results-bucket/athena/",
+        "endpoint_url": url,
+        "poll_interval": "1ms",
+    }
+    raw.update(overrides)
+    src = parse_config({"sources": [raw]}).sources[0]
+    assert isinstance(src, FocusSource)
+    return src
+
+
+def _queries(moto_url: str) -> list[str]:
+    import boto3
+
+    client = boto3.client("athena", region_name="us-east-1", endpoint_url=moto_url)
+    ids = client.list_query_executions()["QueryExecutionIds"]
+    return [client.get_query_execution(QueryExecutionId=i)["QueryExecution"]["Query"] for i in ids]
+
+
+def test_fetch_aggregates_costs_from_the_query_results(moto_url: str) -> None:
+    seed(moto_url)
+    acc = Accounting()
+    result = FocusProvider(source(moto_url), acc.ctx()).fetch(WINDOW)
+
+    got = {(c.day, c.provider, c.account_id, c.service_name, c.team_tag, c.currency): c.amount for c in result.costs}
+    assert got == {
+        (dt.date(2026, 10, 30), "aws", "111111111111", "Amazon EC2", "search", "USD"): 120.50,
+        (dt.date(2026, 11, 19), "aws", "111111111111", "AWS Lambda", None, "USD"): 3.25,
+        (dt.date(2026, 11, 20), "azure", "sub-1", "Storage", "data", "EUR"): 10.00,
+        (dt.date(2026, 11, 20), "aws", "222222222222", "Amazon S3", "payments", "USD"): -2.50,
+        (dt.date(2026, 11, 21), "aws", "111111111111", "Amazon EC2", "search", "USD"): 40.125,
+    }
+    assert sorted((a.provider, a.account_id, a.account_name) for a in result.accounts) == [
+        ("aws", "111111111111", "prod"),
+        ("aws", "222222222222", "staging"),
+    ]
+    assert result.days == WINDOW.days()
+    assert result.data_through == NOW  # the newest period ends after now: capped at now
+    assert result.usage == [] and result.hourly is None
+    assert acc.ops() == Counter(StartQueryExecution=1, GetQueryExecution=1, GetQueryResults=1, DataScanned=1)
+    assert all(st == "success" for _, st, _ in acc.calls)
+
+    (query,) = _queries(moto_url)
+    assert "billing_period IN ('2026-10', '2026-11')" in query
+    assert "chargeperiodstart >= TIMESTAMP '2026-10-01 00:00:00'" in query
+    assert "chargeperiodstart < TIMESTAMP '2026-11-22 00:00:00'" in query
+    assert "SUM(billedcost)" in query and "element_at(tags, 'team')" in query
+
+
+def test_the_query_names_only_the_partitions_of_the_window(moto_url: str) -> None:
+    warm = FetchWindow(start=dt.date(2026, 11, 18), end=dt.date(2026, 11, 21), now=NOW)
+    assert billing_periods(warm) == ["2026-11"]
+    assert billing_periods(FetchWindow(dt.date(2025, 12, 30), dt.date(2026, 2, 1), NOW)) == [
+        "2025-12",
+        "2026-01",
+        "2026-02",
+    ]
+    src = source(moto_url, cost_column="EffectiveCost", partition_column="month")
+    q = build_query(src, warm, ["team", "Team"])
+    assert "month IN ('2026-11') AND" in q
+    assert "SUM(effectivecost)" in q
+    assert "COALESCE(element_at(tags, 'team'), element_at(tags, 'Team'))" in q
+    assert '"cur"."focus_export"' in q
+    q = build_query(source(moto_url, partition_column=None), warm, ["o'brien"])
+    assert " IN (" not in q and "element_at(tags, 'o''brien')" in q
+
+
+def test_polls_until_the_query_finishes(moto_url: str) -> None:
+    # moto's state manager: each execution needs 3 GetQueryExecution calls per state change
+    _post(
+        f"{moto_url}/moto-api/state-manager/set-transition",
+        {"model_name": "athena::execution", "transition": {"progression": "manual", "times": 3}},
+    )
+    try:
+        seed(moto_url)
+        acc = Accounting()
+        result = FocusProvider(source(moto_url), acc.ctx()).fetch(WINDOW)
+    finally:
+        _post(f"{moto_url}/moto-api/state-manager/unset-transition", {"model_name": "athena::execution"})
+    assert len(result.costs) == len(ROWS)
+    assert acc.ops()["GetQueryExecution"] >= 3
+
+
+def test_pages_through_results_and_counts_the_bytes_scanned(moto_url: str) -> None:
+    seed(moto_url)
+    acc = Accounting()
+    with AthenaPager(moto_url, page_size=2, scanned=3 * TB) as pager:
+        result = FocusProvider(source(pager.url), acc.ctx()).fetch(WINDOW)
+        ops = pager.operations()
+    assert len(result.costs) == len(ROWS)
+    # header + 5 rows in pages of 2: 3 pages, each request counted
+    assert ops.count("GetQueryResults") == 3
+    assert acc.ops()["GetQueryResults"] == 3
+    tokens = [json.loads(r.body).get("NextToken") for r in pager.requests if r.body and b"NextToken" in r.body]
+    assert tokens == ["2", "4"]
+    assert acc.cost() == pytest.approx(15.0)  # 3 TB x $5
+    assert [c for op, _, c in acc.calls if op == "DataScanned"] == [pytest.approx(15.0)]
+
+
+def test_scan_cost_rounds_up_to_a_megabyte_with_a_10_mb_minimum() -> None:
+    assert scan_cost_usd(0) == 0.0
+    assert scan_cost_usd(1) == pytest.approx(10 * 1024**2 / TB * 5)
+    assert scan_cost_usd(10 * 1024**2 + 1) == pytest.approx(11 * 1024**2 / TB * 5)
+    assert scan_cost_usd(TB) == pytest.approx(5.0)
+
+
+def test_a_failed_query_raises_and_its_scan_is_still_counted(moto_url: str) -> None:
+    seed(moto_url)
+    acc = Accounting()
+    with AthenaPager(
+        moto_url, scanned=TB, fail="TABLE_NOT_FOUND: line 1:1: Table cur.focus_export does not exist"
+    ) as pager, pytest.raises(SourceError, match="failed: TABLE_NOT_FOUND"):
+        FocusProvider(source(pager.url), acc.ctx()).fetch(WINDOW)
+    assert ("DataScanned", "error", pytest.approx(5.0)) in acc.calls
+    assert acc.ops()["GetQueryResults"] == 0
+
+
+def test_a_failed_page_fails_the_whole_fetch(moto_url: str) -> None:
+    seed(moto_url)
+    acc = Accounting()
+    with AthenaPager(moto_url, page_size=2) as pager:
+        # start, one poll, the first page: the second page gets a 500
+        pager.inject(Fault("500", after=3))
+        with pytest.raises(SourceError, match="GetQueryResults failed: HTTP 500"):
+            FocusProvider(source(pager.url), acc.ctx()).fetch(WINDOW)
+    assert ("GetQueryResults", "error", 0.0) in acc.calls
+
+
+def test_a_result_without_the_expected_columns_is_an_error(moto_url: str) -> None:
+    seed(moto_url, rows=[("2026-11-20", "AWS")], columns=["day", "provider"])
+    with pytest.raises(SourceError, match="no column 'account_id'"):
+        FocusProvider(source(moto_url), Accounting().ctx()).fetch(WINDOW)
+
+
+def test_athena_errors_name_the_operation(moto_url: str) -> None:
+    # an unknown workgroup: moto answers InvalidRequestException
+    with pytest.raises(SourceError, match="StartQueryExecution failed"):
+        FocusProvider(source(moto_url, workgroup="no-such-workgroup"), Accounting().ctx()).fetch(WINDOW)
+
+
+def test_config_requires_the_keys_of_each_engine() -> None:
+    with pytest.raises(ConfigError, match="paths: needed with engine duckdb"):
+        parse_config({"sources": [{"name": "f", "type": "focus"}]})
+    with pytest.raises(ConfigError, match="database and table: needed with engine athena"):
+        parse_config({"sources": [{"name": "f", "type": "focus", "engine": "athena", "table": "t"}]})
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.table"):
+        parse_config(
+            {"sources": [{"name": "f", "type": "focus", "engine": "athena", "database": "d", "table": "t; DROP"}]}
+        )
+
+
+def test_end_to_end_metrics_and_api_cost(moto_url: str, tmp_path: Path) -> None:
+    seed(moto_url)
+    with AthenaPager(moto_url, page_size=3, scanned=2 * TB) as pager:
+        src = source(pager.url).model_dump(mode="json")
+        cfg = parse_config(
+            {
+                "cache_path": str(tmp_path / "cache.sqlite"),
+                "currency_rates": {"EUR": 1.08},
+                "sources": [src],
+            }
+        )
+        app = build_app(cfg, now=lambda: NOW)
+        try:
+            (out,) = app.refresh_all()
+            assert out.ok, out.error
+            text = app.exposition()
+        finally:
+            app.close()
+    # the newest complete day is 2026-11-20: EUR 10 at 1.08 plus two USD lines
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("spend_cost_daily_usd{")
+    }
+    assert sum(samples.values()) == pytest.approx(10.00 * 1.08 - 2.50)
+    assert 'spend_exporter_api_cost_usd_total{source="focus-athena"} 10.0' in text
+    assert 'operation="GetQueryResults",status="success"} 2.0' in text

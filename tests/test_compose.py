@@ -1,0 +1,227 @@
+"""docker-compose.yml and the Dockerfile, checked by structure (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.stack import ROOT
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+INSTR = _instructions(DOCKERFILE)
+FINAL_STAGE = INSTR[max(i for i, (w, _) in enumerate(INSTR) if w == "FROM") :]
+
+
+def mounts(service: str) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) of each volume of a service (short syntax)."""
+    out = []
+    for v in SERVICES[service].get("volumes", []):
+        parts = v.split(":")
+        out.append((parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+    return out
+
+
+def test_the_four_services_and_the_demo_data_job() -> None:
+    assert {"exporter", "prometheus", "alertmanager", "grafana"} <= set(SERVICES)
+
+
+@pytest.mark.parametrize("name", ["prometheus", "alertmanager", "grafana"])
+def test_images_are_pinned(name: str) -> None:
+    image = SERVICES[name]["image"]
+    repo, _, tag = image.rpartition(":")
+    assert repo and "/" not in tag, f"{image}: no tag"
+    assert tag != "latest" and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{image}: pin an exact version"
+
+
+def test_exporter_is_built_from_our_dockerfile() -> None:
+    for name, svc in SERVICES.items():
+        if "build" in svc:
+            assert svc["build"] in (".", {"context": "."}), name
+            assert svc["image"] == SERVICES["exporter"]["image"]
+    assert "build" in SERVICES["exporter"]
+    assert SERVICES["exporter"]["command"] == ["run", "--config.file", "/etc/spend-exporter/config.yml"]
+
+
+def test_every_mounted_path_exists() -> None:
+    named = set(COMPOSE.get("volumes") or {})
+    for name in SERVICES:
+        for source, _, _ in mounts(name):
+            if source.startswith((".", "/")):
+                assert (ROOT / source).exists(), f"{name}: {source} does not exist"
+            else:
+                assert source in named, f"{name}: volume {source} is not declared"
+        for env in SERVICES[name].get("env_file", []):
+            if isinstance(env, str) or env.get("required", True):
+                path = env if isinstance(env, str) else env["path"]
+                assert (ROOT / path).exists(), f"{name}: required env_file {path} does not exist"
+
+
+def test_bind_mounts_are_read_only() -> None:
+    for name in SERVICES:
+        for source, target, ro in mounts(name):
+            if source.startswith("."):
+                assert ro, f"{name}: {source} -> {target} should be :ro"
+
+
+def test_secrets_come_through_env_file() -> None:
+    exporter = SERVICES["exporter"]
+    assert exporter["env_file"], "the exporter's credentials come from an env_file"
+    text = (ROOT / "docker-compose.yml").read_text()
+    for key in ("OPENAI_ADMIN_KEY", "ANTHROPIC_ADMIN_KEY", "AWS_SECRET_ACCESS_KEY", "AZURE_CLIENT_SECRET"):
+        assert f"{key}=" not in text and f"{key}:" not in text
+    for svc in SERVICES.values():
+        env = svc.get("environment") or {}
+        assert not any(re.search(r"(?i)(password|secret|token|key)", k) for k in env), env
+
+
+def _workdir() -> PurePosixPath:
+    return PurePosixPath([a for w, a in FINAL_STAGE if w == "WORKDIR"][-1])
+
+
+def test_cache_is_in_a_named_volume() -> None:
+    demo = yaml.safe_load((ROOT / "examples" / "demo-config.yml").read_text())
+    cache_dir = (_workdir() / demo["cache_path"]).parent
+    targets = {PurePosixPath(t): s for s, t, _ in mounts("exporter")}
+    assert cache_dir in targets, f"no volume at {cache_dir} for cache_path {demo['cache_path']}"
+    assert targets[cache_dir] in (COMPOSE.get("volumes") or {}), "the cache must be a named volume"
+
+
+def test_demo_data_lands_where_the_demo_config_reads_it() -> None:
+    demo = yaml.safe_load((ROOT / "examples" / "demo-config.yml").read_text())
+    (focus,) = [s for s in demo["sources"] if s["type"] == "focus"]
+    out = SERVICES["demo-data"]["command"][SERVICES["demo-data"]["command"].index("--out") + 1]
+    writer = {PurePosixPath(t): s for s, t, _ in mounts("demo-data")}
+    reader = {PurePosixPath(t): s for s, t, _ in mounts("exporter")}
+    assert writer[PurePosixPath(out)] == reader[PurePosixPath(out)]
+    for pattern in focus["paths"]:
+        assert (_workdir() / pattern).parent == PurePosixPath(out)
+    depends = SERVICES["exporter"]["depends_on"]["demo-data"]
+    assert depends["condition"] == "service_completed_successfully"
+    script = SERVICES["demo-data"]["entrypoint"][-1]
+    assert any(t == script for _, t, _ in mounts("demo-data"))
+
+
+def test_config_mounted_where_the_command_reads_it() -> None:
+    assert any(
+        s == "./examples/demo-config.yml" and t == "/etc/spend-exporter/config.yml" for s, t, _ in mounts("exporter")
+    )
+    prom = SERVICES["prometheus"]["command"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prom
+    assert any(t == "/etc/prometheus/prometheus.yml" for _, t, _ in mounts("prometheus"))
+    assert any(s == "./prometheus/rules" and t == "/etc/prometheus/rules" for s, t, _ in mounts("prometheus"))
+    am = SERVICES["alertmanager"]["command"]
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in am
+
+
+def test_services_find_each_other() -> None:
+    """The hostnames and ports in the shipped configs are the compose services'."""
+    prom = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "spend-exporter"]
+    demo = yaml.safe_load((ROOT / "examples" / "demo-config.yml").read_text())
+    port = demo["listen_address"].rpartition(":")[2]
+    assert job["static_configs"][0]["targets"] == [f"exporter:{port}"]
+    assert f"127.0.0.1:{port}:{port}" in SERVICES["exporter"]["ports"]
+    (am,) = prom["alerting"]["alertmanagers"]
+    assert am["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    ds = yaml.safe_load((ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert ds["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+def test_alertmanager_finds_its_templates_and_secrets() -> None:
+    am = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())
+    targets = {t: s for s, t, _ in mounts("alertmanager")}
+    for pattern in am["templates"]:
+        directory = str(PurePosixPath("/etc/alertmanager") / pattern).rsplit("/", 1)[0]
+        assert directory in targets
+        assert list((ROOT / targets[directory]).glob(pattern.rsplit("/", 1)[1]))
+    secret_dir = str(PurePosixPath(am["global"]["slack_api_url_file"]).parent)
+    assert targets[secret_dir] == "./prometheus/alertmanager-secrets"
+
+
+def test_grafana_is_provisioned() -> None:
+    targets = {t: s for s, t, _ in mounts("grafana")}
+    assert targets["/etc/grafana/provisioning"] == "./grafana/provisioning"
+    dp = yaml.safe_load((ROOT / "grafana" / "provisioning" / "dashboards" / "spend.yml").read_text())
+    path = dp["providers"][0]["options"]["path"]
+    assert targets[path] == "./grafana/dashboards"
+    home = SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(path + "/")
+    assert (ROOT / "grafana" / "dashboards" / PurePosixPath(home).name).exists()
+
+
+def test_ports_are_published_on_loopback_only() -> None:
+    for name, svc in SERVICES.items():
+        for p in svc.get("ports", []):
+            assert str(p).startswith("127.0.0.1:"), f"{name}: {p} is published on every interface"
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile_is_slim_python_311() -> None:
+    froms = [a.split()[0] for w, a in INSTR if w == "FROM"]
+    assert froms and all(f == "python:3.11-slim" for f in froms)
+
+
+def test_dockerfile_runs_as_non_root() -> None:
+    users = [a for w, a in FINAL_STAGE if w == "USER"]
+    assert users, "no USER in the final stage"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+
+
+def test_dockerfile_healthcheck_hits_healthy() -> None:
+    (hc,) = [a for w, a in FINAL_STAGE if w == "HEALTHCHECK"]
+    assert "/-/healthy" in hc and "CMD" in hc
+    assert "curl" not in hc and "wget" not in hc, "the slim image has neither; use python"
+
+
+def test_dockerfile_runs_the_exporter() -> None:
+    entry = [a for w, a in FINAL_STAGE if w == "ENTRYPOINT"][-1]
+    cmd = [a for w, a in FINAL_STAGE if w == "CMD"][-1]
+    argv = yaml.safe_load(entry) + yaml.safe_load(cmd)  # exec form is a JSON array
+    assert argv == ["spend-exporter", "run", "--config.file", "/etc/spend-exporter/config.yml"]
+    assert "9877" in [a for w, a in FINAL_STAGE if w == "EXPOSE"][-1]
+
+
+def test_dockerfile_copies_only_what_exists_and_dockerignore_keeps_secrets_out() -> None:
+    for w, a in INSTR:
+        if w == "COPY" and "--from" not in a:
+            for src in shlex.split(a)[:-1]:
+                assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+    ignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ignore[0] == "*", "the build context is an allow-list"
+    allowed = {line.lstrip("!").rstrip("/") for line in ignore if line.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "exporter"}
+
+
+def test_compose_file_names_no_host_path_outside_the_repository() -> None:
+    for name in SERVICES:
+        for source, _, _ in mounts(name):
+            if source.startswith((".", "/")):
+                assert Path(ROOT / source).resolve().is_relative_to(ROOT), f"{name}: {source}"

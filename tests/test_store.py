@@ -1,0 +1,278 @@
+"""The SQLite cache: restart without refetch, corrupted files, restatement and final days.
+
+The source is a FOCUS source over CSV files written by the test: the real provider, reading real
+files, so "no refetch" is proven by the provider's own request counter and by files that vanish.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.app import App, build_app
+from exporter.config import parse_config
+from exporter.store import Store
+
+DAY = dt.timedelta(days=1)
+
+
+def samples(app: App, family: str) -> dict[tuple[tuple[str, str], ...], float]:
+    out = {}
+    for fam in text_string_to_metric_families(app.exposition()):
+        for s in fam.samples:
+            if s.name == family:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def value(app: App, family: str, **labels: str) -> float | None:
+    for key, v in samples(app, family).items():
+        d = dict(key)
+        if all(d.get(k) == want for k, want in labels.items()):
+            return v
+    return None
+
+
+def reads(app: App, source: str = "focus") -> int:
+    """How many times the FOCUS provider read its files (successful or not)."""
+    return sum(n for s, op, _st, n, _c in app.store.api_totals() if s == source and op == "read_files")
+
+
+def make_config(tmp_path: Path, **source: Any) -> Any:
+    return parse_config(
+        {
+            "cache_path": str(tmp_path / "cache.sqlite"),
+            "sources": [
+                {
+                    "name": "focus",
+                    "type": "focus",
+                    "paths": [str(tmp_path / "exports" / "*.csv"), str(tmp_path / "exports" / "*.parquet")],
+                    "interval": "1h",
+                    "jitter": 0,
+                    **source,
+                }
+            ],
+        }
+    )
+
+
+def history(today: dt.date, focus: Any, first: dt.date, cost: float = 10.0, **cols: Any) -> list[dict[str, Any]]:
+    rows = []
+    d = first
+    while d <= today:
+        rows.append(focus.daily(d, cost, ServiceName="Amazon EC2", **cols))
+        d += DAY
+    return rows
+
+
+def test_restart_within_interval_makes_no_call(tmp_path: Path, clock: Any, focus: Any) -> None:
+    today = clock().date()
+    csv = focus.write(tmp_path / "exports" / "a.csv", history(today, focus, dt.date(2025, 2, 1)))
+    cfg = make_config(tmp_path)
+    app = build_app(cfg, now=clock)
+    assert app.scheduler.run_pending() == ["focus"]
+    assert reads(app) == 1
+    mtd = value(app, "spend_cost_month_to_date_usd", service_name="Amazon EC2")
+    assert mtd == pytest.approx(15 * 10.0)  # March 1..15
+    status = app.status()["sources"][0]
+    app.close()
+
+    # the files are gone: any read would fail and mark the source down
+    csv.unlink()
+    clock.advance(minutes=50)
+    app = build_app(cfg, now=clock)
+    try:
+        assert app.ready(), "a warm cache is ready at once"
+        assert app.scheduler.run_pending() == []
+        assert reads(app) == 1
+        assert value(app, "spend_cost_month_to_date_usd", service_name="Amazon EC2") == mtd
+        assert value(app, "spend_exporter_source_up", source="focus") == 1.0
+        assert value(app, "spend_exporter_source_last_success_timestamp_seconds", source="focus") == (
+            dt.datetime(2025, 3, 15, 10, 30, tzinfo=dt.UTC).timestamp()
+        )
+        again = app.status()["sources"][0]
+        assert again["last_success"] == status["last_success"]
+        assert again["next_refresh"] == status["next_refresh"] == "2025-03-15T11:30:00Z"
+        # once the interval has passed the source is due again: it fails (no files), and says so
+        clock.advance(minutes=10)
+        assert app.scheduler.run_pending() == ["focus"]
+        assert value(app, "spend_exporter_source_up", source="focus") == 0.0
+        assert "no files match" in app.status()["sources"][0]["last_error"]
+        assert value(app, "spend_cost_month_to_date_usd", service_name="Amazon EC2") == mtd
+    finally:
+        app.close()
+
+
+def test_changed_source_settings_refetch_on_restart(tmp_path: Path, clock: Any, focus: Any) -> None:
+    today = clock().date()
+    focus.write(tmp_path / "exports" / "a.csv", history(today, focus, dt.date(2025, 2, 1), EffectiveCost=4.0))
+    app = build_app(make_config(tmp_path), now=clock)
+    app.refresh_all()
+    assert value(app, "spend_cost_daily_usd") == 10.0
+    app.close()
+    clock.advance(minutes=5)
+    app = build_app(make_config(tmp_path, cost_column="EffectiveCost"), now=clock)
+    try:
+        # the old figures were for another cost column: not served, and fetched again at once
+        assert samples(app, "spend_cost_daily_usd") == {}
+        assert app.scheduler.run_pending() == ["focus"]
+        assert value(app, "spend_cost_daily_usd") == 4.0
+        # an interval change alone is not a different data set
+    finally:
+        app.close()
+    app = build_app(make_config(tmp_path, cost_column="EffectiveCost", interval="2h"), now=clock)
+    try:
+        assert app.scheduler.run_pending() == []
+        assert value(app, "spend_cost_daily_usd") == 4.0
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated_header", "zeroed_pages"])
+def test_corrupted_cache_is_moved_aside_and_rebuilt(
+    tmp_path: Path, clock: Any, focus: Any, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    today = clock().date()
+    focus.write(tmp_path / "exports" / "a.csv", history(today, focus, dt.date(2025, 2, 1)))
+    cfg = make_config(tmp_path)
+    cache = tmp_path / "cache.sqlite"
+    app = build_app(cfg, now=clock)
+    app.refresh_all()
+    app.close()
+    assert cache.stat().st_size > 4096
+    if damage == "garbage":
+        cache.write_bytes(b"\x00\xffthis is not a database\x13" * 300)
+    elif damage == "truncated_header":
+        cache.write_bytes(cache.read_bytes()[:50])
+    else:
+        data = bytearray(cache.read_bytes())
+        data[100 : len(data)] = b"\xa5" * (len(data) - 100)  # keep the magic, wreck every page
+        cache.write_bytes(bytes(data))
+    damaged = cache.read_bytes()
+
+    caplog.set_level(logging.WARNING, logger="exporter.store")
+    app = build_app(cfg, now=clock)
+    try:
+        warnings = [r.getMessage() for r in caplog.records if r.name == "exporter.store"]
+        assert len(warnings) == 1
+        assert f"cache file {cache} is unreadable" in warnings[0]
+        assert "moving it to" in warnings[0]
+        aside = sorted(tmp_path.glob("cache.sqlite.corrupt-*"))
+        assert [p.name for p in aside if not p.name.endswith(("-wal", "-shm"))]
+        assert aside[0].read_bytes() == damaged, "the damaged file is kept for inspection, untouched"
+        # the new cache is empty and works
+        assert not app.ready()
+        assert samples(app, "spend_cost_month_to_date_usd") == {}
+        assert app.scheduler.run_pending() == ["focus"]
+        assert value(app, "spend_cost_month_to_date_usd") == pytest.approx(150.0)
+        assert sqlite3.connect(cache).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        app.close()
+
+
+def test_cache_of_another_schema_version_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "cache.sqlite"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value='999' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    with caplog.at_level(logging.WARNING, logger="exporter.store"):
+        store = Store(path)
+    try:
+        assert "schema version 999" in caplog.text
+        assert store.query("SELECT value FROM meta WHERE key='schema_version'") == [("1",)]
+        assert list(tmp_path.glob("cache.sqlite.corrupt-*"))
+    finally:
+        store.close()
+
+
+def test_cache_is_wal(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.sqlite")
+    try:
+        assert store.query("PRAGMA journal_mode") == [("wal",)]
+    finally:
+        store.close()
+
+
+def test_restated_day_replaces_old_figure_and_final_day_is_never_refetched(
+    tmp_path: Path, clock: Any, focus: Any
+) -> None:
+    today = clock().date()  # 2025-03-15
+    final_day = dt.date(2025, 3, 5)  # more than restatement_days (3) before the last fetch
+    restated_day = dt.date(2025, 3, 13)
+    vanished_day = dt.date(2025, 3, 14)
+    path = tmp_path / "exports" / "a.csv"
+    focus.write(path, history(today, focus, dt.date(2025, 2, 1)))
+    app = build_app(make_config(tmp_path), now=clock)
+    try:
+        app.refresh_all()
+
+        def stored(day: dt.date) -> list[tuple[Any, ...]]:
+            return app.store.query("SELECT cost_usd FROM cost WHERE source='focus' AND day=?", (day.isoformat(),))
+
+        assert stored(final_day) == [(10.0,)]
+        assert value(app, "spend_cost_month_to_date_usd") == pytest.approx(150.0)
+
+        # the provider restates: one open day changes, one disappears, and an old (final) day changes too
+        rows = []
+        for r in history(today, focus, dt.date(2025, 2, 1)):
+            day = r["ChargePeriodStart"].date()
+            if day == restated_day:
+                r["BilledCost"] = 25.0
+            elif day == final_day:
+                r["BilledCost"] = 999.0
+            elif day == vanished_day:
+                continue
+            rows.append(r)
+        focus.write(path, rows)
+        clock.advance(hours=1)
+        assert app.scheduler.run_pending() == ["focus"]
+        assert app.status()["sources"][0]["up"] is True
+
+        assert stored(restated_day) == [(25.0,)], "a restated day replaces the old figure, never adds to it"
+        assert stored(vanished_day) == [], "a day fetched again with no rows is stored empty"
+        assert stored(final_day) == [(10.0,)], "a final day is never fetched again"
+        # March: 15 days of 10, one restated to 25, one gone
+        assert value(app, "spend_cost_month_to_date_usd") == pytest.approx(150.0 + 15.0 - 10.0)
+        assert app.store.get_state("focus").fetched_through == today
+
+        # the boundary, a day later: the last fetch ended 2025-03-15, so 03-12 is still open, 03-11 final
+        clock.set(dt.datetime(2025, 3, 16, 11, 0, tzinfo=dt.UTC))
+        for r in rows:
+            if r["ChargePeriodStart"].date() in (dt.date(2025, 3, 11), dt.date(2025, 3, 12)):
+                r["BilledCost"] = 50.0
+        focus.write(path, rows)
+        assert app.scheduler.run_pending() == ["focus"]
+        assert stored(dt.date(2025, 3, 12)) == [(50.0,)]
+        assert stored(dt.date(2025, 3, 11)) == [(10.0,)]
+        assert stored(final_day) == [(10.0,)]
+    finally:
+        app.close()
+
+
+def test_failed_refresh_keeps_the_last_good_data(tmp_path: Path, clock: Any, focus: Any) -> None:
+    today = clock().date()
+    path = focus.write(tmp_path / "exports" / "a.csv", history(today, focus, dt.date(2025, 2, 1)))
+    app = build_app(make_config(tmp_path), now=clock)
+    try:
+        app.refresh_all()
+        before = app.store.query("SELECT * FROM cost ORDER BY day")
+        path.unlink()
+        (tmp_path / "exports" / "b.parquet").write_bytes(b"PAR1" + b"\x00garbage" * 100)
+        clock.advance(hours=1)
+        out = app.refresh("focus")
+        assert not out.ok
+        assert app.store.query("SELECT * FROM cost ORDER BY day") == before
+        state = app.store.get_state("focus")
+        assert state.consecutive_failures == 1
+        assert state.last_error and state.last_error.startswith("reading FOCUS files failed")
+        assert state.fetched_through == today
+    finally:
+        app.close()
