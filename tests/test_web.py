@@ -80,9 +80,7 @@ def _ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -107,9 +105,7 @@ def _leaf(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
     if server:
         b = b.add_extension(
@@ -119,7 +115,9 @@ def _leaf(
     return b.sign(ca_key, hashes.SHA256()), key
 
 
-def _write(d: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None = None) -> tuple[Path, Path]:
+def _write(
+    d: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None = None
+) -> tuple[Path, Path]:
     c = d / f"{stem}.crt"
     c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     k = d / f"{stem}.key"
@@ -389,7 +387,9 @@ def test_config_is_redacted(tmp_path: Path) -> None:
             assert r.status == 200 and r.headers["Content-Type"] == "application/json"
             shown = json.loads(r.body)
             assert [src["name"] for src in shown["sources"]] == ["focus", "openai", "aws"]
-            assert shown["sources"][1]["base_url"] == "https://gateway:${SPEND_EXPORTER_TEST_PROXY_PW}@proxy.internal/v1"
+            assert (
+                shown["sources"][1]["base_url"] == "https://gateway:${SPEND_EXPORTER_TEST_PROXY_PW}@proxy.internal/v1"
+            )
             assert shown["sources"][1]["admin_key_env"] == "SPEND_EXPORTER_TEST_OPENAI_KEY"
             assert shown["sources"][2]["endpoint_url"] == "https://ce-user:<redacted>@ce-proxy.internal"
             for path in ("/config", "/status", "/metrics", "/"):
@@ -417,6 +417,7 @@ def _web_config(d: Path, text: str) -> Path:
     return p
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 def test_tls(app: App, pki: Pki) -> None:
     wc = _web_config(pki.dir, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
     with running(app, wc) as s:
