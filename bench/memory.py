@@ -25,12 +25,16 @@ def _status_kb(pid: int, key: str) -> int:
 
 
 def _get(port: int, path: str, gzip: bool = False) -> int:
+    return _fetch(port, path, gzip)[0]
+
+
+def _fetch(port: int, path: str, gzip: bool = False) -> tuple[int, bytes]:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     c.request("GET", path, headers={"Accept-Encoding": "gzip"} if gzip else {})
     r = c.getresponse()
-    r.read()
+    body = r.read()
     c.close()
-    return r.status
+    return r.status, body
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
@@ -43,7 +47,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = yaml.safe_load((data / "config.yml").read_text())
     exe = str(Path(PY).parent / "spend-exporter")
     ready_s: list[float] = []
-    peak_kb = idle_kb = 0
+    peak_kb = idle_kb = served = 0
     for i in range(args.starts):
         port = free_port()
         cfg["listen_address"] = f"127.0.0.1:{port}"
@@ -66,7 +70,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             if i == 0:
                 idle_kb = _status_kb(proc.pid, "VmRSS")
                 for j in range(args.scrapes):
-                    _get(port, "/metrics", gzip=j % 2 == 1)
+                    _, body = _fetch(port, "/metrics", gzip=j % 2 == 1)
+                    if j == 0:
+                        served = body.count(b"\n") - body.count(b"\n#")
                 _get(port, "/status")
                 peak_kb = _status_kb(proc.pid, "VmHWM")
         finally:
@@ -84,6 +90,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     meta = json.loads((data / "meta.json").read_text())
     out = {
         "series": meta["series"],
+        "series_served": served,
         "peak_rss_mb": peak_kb / 1024,
         "rss_after_ready_mb": idle_kb / 1024,
         "scrapes_before_peak": args.scrapes,
@@ -92,7 +99,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "sdk_modules_imported": sdks,
     }
     print(
-        f"  {meta['series']} series: peak RSS {out['peak_rss_mb']:.0f} MB "
+        f"  {served} series served: peak RSS {out['peak_rss_mb']:.0f} MB "
         f"(after ready {out['rss_after_ready_mb']:.0f} MB, "
         f"{args.scrapes} scrapes); start -> /-/ready {', '.join(f'{s:.2f}' for s in ready_s)} s; "
         f"SDKs imported: {sdks or 'none'}",

@@ -52,7 +52,7 @@ def memory(r: dict[str, Any]) -> None:
     print("| series | peak RSS | RSS when ready | start → /-/ready (each start) | SDK modules imported |")
     print("|---:|---:|---:|---|---|")
     print(
-        f"| {r['series']:,} | {r['peak_rss_mb']:.0f} MB | {r['rss_after_ready_mb']:.0f} MB "
+        f"| {r.get('series_served', r['series']):,} | {r['peak_rss_mb']:.0f} MB | {r['rss_after_ready_mb']:.0f} MB "
         f"| {', '.join(f'{s:.2f} s' for s in r['ready_s'])} | {', '.join(r['sdk_modules_imported']) or 'none'} |"
     )
 

@@ -35,20 +35,30 @@ class Client:
         self.conn.close()
 
 
-def latency(port: int, gzip: bool, n: int, budget_s: float) -> dict[str, Any]:
-    c = Client(port, gzip)
-    c.scrape()  # warm-up: connection, lazy state
-    times: list[float] = []
-    size = 0
-    started = time.perf_counter()
+def latency(ports: dict[str, int], gzip: bool, n: int, budgets: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Sequential scrapes, interleaved across the servers (A, B, C, A, B, C, ...) so that the noise of a
+    shared machine falls on every side alike; a side stops early once it has used its time budget."""
+    clients = {k: Client(p, gzip) for k, p in ports.items()}
+    for c in clients.values():
+        c.scrape()  # warm-up: connection, lazy state
+    times: dict[str, list[float]] = {k: [] for k in clients}
+    spent = dict.fromkeys(clients, 0.0)
+    size = dict.fromkeys(clients, 0)
     for _ in range(n):
-        t = time.perf_counter()
-        size = c.scrape()
-        times.append(time.perf_counter() - t)
-        if time.perf_counter() - started > budget_s and len(times) >= 5:
-            break
-    c.close()
-    return {"n": len(times), "median_ms": median(times) * 1e3, "p99_ms": pct(times, 99) * 1e3, "bytes": size}
+        for k, c in clients.items():
+            if spent[k] > budgets.get(k, 600.0) and len(times[k]) >= 5:
+                continue
+            t = time.perf_counter()
+            size[k] = c.scrape()
+            dt_ = time.perf_counter() - t
+            times[k].append(dt_)
+            spent[k] += dt_
+    for c in clients.values():
+        c.close()
+    return {
+        k: {"n": len(v), "median_ms": median(v) * 1e3, "p99_ms": pct(v, 99) * 1e3, "bytes": size[k]}
+        for k, v in times.items()
+    }
 
 
 def throughput(port: int, gzip: bool, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -85,17 +95,22 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--kinds", default=",".join(KINDS))
     args = ap.parse_args(argv)
     out: dict[str, Any] = {"scrapes": args.scrapes, "throughput_seconds": args.seconds, "cases": []}
+    kinds = args.kinds.split(",")
     for n in [int(x) for x in args.series.split(",")]:
         data = scale_data(n)
-        for kind in args.kinds.split(","):
-            port = free_port()
-            proc = subprocess.Popen([PY, "-m", "bench._serve", kind, str(data), str(port)], cwd=ROOT)
-            try:
-                wait_http(port, proc=proc)
-                for gz in (False, True):
-                    budget = args.naive_budget if kind == "naive" else 600.0
-                    lat = latency(port, gz, args.scrapes, budget)
-                    tps = [throughput(port, gz, c, args.seconds) for c in (1, 16)]
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        ports: dict[str, int] = {}
+        try:
+            for kind in kinds:
+                ports[kind] = free_port()
+                procs[kind] = subprocess.Popen([PY, "-m", "bench._serve", kind, str(data), str(ports[kind])], cwd=ROOT)
+            for kind in kinds:
+                wait_http(ports[kind], proc=procs[kind])
+            for gz in (False, True):
+                lats = latency(ports, gz, args.scrapes, {"naive": args.naive_budget})
+                for kind in kinds:
+                    lat = lats[kind]
+                    tps = [throughput(ports[kind], gz, c, args.seconds) for c in (1, 16)]
                     case = {"series_target": n, "server": kind, "gzip": gz, "latency": lat, "throughput": tps}
                     out["cases"].append(case)
                     print(
@@ -104,7 +119,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                         f"{lat['bytes'] / 1e6:.2f} MB)  {tps[0]['per_s']:8.1f}/s x1  {tps[1]['per_s']:8.1f}/s x16",
                         flush=True,
                     )
-            finally:
+        finally:
+            for proc in procs.values():
                 proc.terminate()
                 proc.wait(30)
     out["ratios"] = ratios(out["cases"])

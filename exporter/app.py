@@ -177,12 +177,13 @@ class App:
                 out = self._refresh(src)
             finally:
                 rt.refreshing = False
-                rt.attempted = True
         self.builder.invalidate(name)
         try:
             self.rebuild_snapshot()
         except Exception:
             log.exception("building the snapshot failed; serving the previous one")
+        # only now: /-/ready must not say ready before /metrics shows what this refresh fetched
+        rt.attempted = True
         return out
 
     def _refresh(self, src: SourceBase) -> RefreshOutcome:

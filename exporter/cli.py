@@ -59,7 +59,20 @@ def setup_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
     # SDKs log request details (headers included) at debug: keep them at warning whatever our level
-    for noisy in ("botocore", "boto3", "urllib3", "azure", "oci", "google", "httpx", "httpcore", "openai", "anthropic"):
+    for noisy in (
+        "botocore",
+        "boto3",
+        "urllib3",
+        "azure",
+        "oci",
+        "google",
+        "httpx",
+        "httpcore",
+        "httpx2",
+        "httpcore2",
+        "openai",
+        "anthropic",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

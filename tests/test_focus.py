@@ -439,11 +439,6 @@ def test_corrupt_parquet_is_an_error(tmp_path: Path, focus: Any) -> None:
         fetch(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine gap reported to the lead: a CSV without ChargePeriodStart or the cost column is read as no rows, "
-    "and the refresh then stores the open days as empty instead of failing",
-)
 def test_a_file_that_is_not_a_focus_export_is_an_error(tmp_path: Path, focus: Any) -> None:
     focus.write(tmp_path / "a.csv", [raw_row("2025-03-10T00:00:00Z", "", "1")])
     (tmp_path / "b.csv").write_text("name,amount\nfoo,1\n")

@@ -230,7 +230,7 @@ class AnthropicProvider:
             text = f"{operation}: response is not valid JSON"
         else:
             text = f"{operation}: {e.__class__.__name__}: {e}"
-        return SourceError(self.ctx.scrub(text[:500]))
+        return SourceError(self.ctx.scrub(text)[:500])
 
     def _call(self, operation: str, fn: Callable[[], T]) -> T:
         """One API request: counted, 429 retried after ``retry-after`` (bounded), errors → SourceError."""

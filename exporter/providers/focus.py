@@ -15,6 +15,7 @@ in ``ConsumedUnit`` ``Tokens``, and ``Requests`` rows for request counts.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import glob
 import json
 import os
@@ -83,6 +84,7 @@ COLUMNS = (
 )
 
 
+@functools.lru_cache(maxsize=4096)  # called once per aggregated row: 1M calls on a 1M-row export
 def normalise_provider(name: str | None) -> str:
     n = (name or "").strip().lower()
     return PROVIDER_NAMES.get(n, n.replace(" ", "_") or "unknown")
@@ -154,7 +156,18 @@ class FocusProvider:
         finally:
             con.close()
 
+    def _check_columns(self, con: Any, files: list[str]) -> None:
+        """A file in the glob that is not a FOCUS export must fail the refresh, not read as a month of nothing."""
+        for f in files:
+            reader = "read_parquet" if f.lower().endswith(".parquet") else "read_csv"
+            opts = "" if reader == "read_parquet" else ", all_varchar = true, header = true"
+            cols = {r[0].lower() for r in con.execute(f"DESCRIBE SELECT * FROM {reader}({f!r}{opts})").fetchall()}
+            missing = [c for c in ("ChargePeriodStart", self.config.cost_column) if c.lower() not in cols]
+            if missing:
+                raise SourceError(f"{os.path.basename(f)} is not a FOCUS export: no column {', '.join(missing)}")
+
     def _create_view(self, con: Any, files: list[str]) -> None:
+        self._check_columns(con, files)
         csv = [f for f in files if not f.lower().endswith(".parquet")]
         parquet = [f for f in files if f.lower().endswith(".parquet")]
         parts = []

@@ -299,9 +299,12 @@ def test_scan_cost_rounds_up_to_a_megabyte_with_a_10_mb_minimum() -> None:
 def test_a_failed_query_raises_and_its_scan_is_still_counted(moto_url: str) -> None:
     seed(moto_url)
     acc = Accounting()
-    with AthenaPager(
-        moto_url, scanned=TB, fail="TABLE_NOT_FOUND: line 1:1: Table cur.focus_export does not exist"
-    ) as pager, pytest.raises(SourceError, match="failed: TABLE_NOT_FOUND"):
+    with (
+        AthenaPager(
+            moto_url, scanned=TB, fail="TABLE_NOT_FOUND: line 1:1: Table cur.focus_export does not exist"
+        ) as pager,
+        pytest.raises(SourceError, match="failed: TABLE_NOT_FOUND"),
+    ):
         FocusProvider(source(pager.url), acc.ctx()).fetch(WINDOW)
     assert ("DataScanned", "error", pytest.approx(5.0)) in acc.calls
     assert acc.ops()["GetQueryResults"] == 0
