@@ -286,7 +286,7 @@ class App:
         """Run the provider's fetch in its own thread, so that a hung API cannot outlive the timeout."""
         ctx = self._context(src)
         deadline = time.monotonic() + src.timeout
-        ctx._deadline = lambda: deadline
+        ctx.set_deadline(deadline)
         box: dict[str, Any] = {}
 
         def run() -> None:

@@ -182,33 +182,31 @@ class GcpBigQuerySource(SourceBase):
     retry_max_delay: Duration = 10.0
 
 
-class OpenAISource(SourceBase):
-    type: Literal["openai"]
+class AdminApiSource(SourceBase):
+    """Keys shared by the AI admin-API sources (``openai``, ``anthropic``)."""
+
     interval: Duration = 900.0
-    admin_key_env: NonEmptyStr = "OPENAI_ADMIN_KEY"
+    admin_key_env: NonEmptyStr
     base_url: str | None = None
+    request_timeout: Duration = 60.0
+    """Timeout of one HTTP request (bounded by what is left of ``timeout``)."""
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 3
+    """Retries of a throttled (429) request that says when to retry."""
+    max_retry_wait: Duration = 60.0
+    """Longest ``retry-after`` honoured; a longer one fails the refresh as throttled."""
+
+
+class OpenAISource(AdminApiSource):
+    type: Literal["openai"]
+    admin_key_env: NonEmptyStr = "OPENAI_ADMIN_KEY"
     usage_endpoints: list[Literal["completions", "embeddings", "images", "audio_speeches", "audio_transcriptions"]] = [
         "completions"
     ]
-    request_timeout: Duration = 60.0
-    """Timeout of one HTTP request (bounded by what is left of ``timeout``)."""
-    max_retries: Annotated[int, Field(ge=0, le=10)] = 3
-    """Retries of a throttled (429) request that says when to retry."""
-    max_retry_wait: Duration = 60.0
-    """Longest ``retry-after`` honoured; a longer one fails the refresh as throttled."""
 
 
-class AnthropicSource(SourceBase):
+class AnthropicSource(AdminApiSource):
     type: Literal["anthropic"]
-    interval: Duration = 900.0
     admin_key_env: NonEmptyStr = "ANTHROPIC_ADMIN_KEY"
-    base_url: str | None = None
-    request_timeout: Duration = 60.0
-    """Timeout of one HTTP request (bounded by what is left of ``timeout``)."""
-    max_retries: Annotated[int, Field(ge=0, le=10)] = 3
-    """Retries of a throttled (429) request that says when to retry."""
-    max_retry_wait: Duration = 60.0
-    """Longest ``retry-after`` honoured; a longer one fails the refresh as throttled."""
 
 
 SqlName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)]

@@ -28,22 +28,18 @@ count, so ``requests`` is 0.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import email.utils
-import functools
-import os
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import anthropic
 
 from exporter.config import AnthropicSource
 from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, HourlyUsage, UsageRecord
-from exporter.providers.base import ProviderContext, SourceError, Throttled
+from exporter.providers.admin_api import AdminApi, add_tokens
+from exporter.providers.base import ProviderContext
 
 PROVIDER = "anthropic"
 API_VERSION = "2023-06-01"
@@ -53,37 +49,8 @@ SERVICE = "messages"
 UTC = dt.UTC
 COST_PAGE_LIMIT = 31  # buckets per page: the API's maxima
 USAGE_DAILY_PAGE_LIMIT = 31
-MAX_PAGES = 1000
 HOURLY_HOURS = 24  # hourly buckets kept: the last complete hour is priced; series of the last day stay visible
 COST_TYPE_SERVICE = {"tokens": SERVICE}  # other cost types (web_search, code_execution, ...) keep their name
-
-T = TypeVar("T")
-
-
-def retry_after_seconds(headers: Any) -> float | None:
-    """The server's retry hint: ``retry-after-ms``, else ``retry-after`` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(float(ms) / 1000, 0.0)
-        except ValueError:
-            pass
-    ra = headers.get("retry-after")
-    if not ra:
-        return None
-    try:
-        return max(float(ra), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(ra)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - dt.datetime.now(UTC)).total_seconds(), 0.0)
 
 
 def rfc3339(t: dt.datetime) -> str:
@@ -129,41 +96,17 @@ def usage_tokens(r: Mapping[str, Any]) -> dict[str, int]:
     }
 
 
-@contextlib.contextmanager
-def _shape(operation: str) -> Iterator[None]:
-    """Around code reading a report's JSON: a missing or mistyped field is a SourceError."""
-    try:
-        yield
-    except (AttributeError, TypeError, KeyError, ValueError):
-        raise SourceError(f"{operation}: unexpected response shape from the Anthropic API") from None
-
-
-def _checked_report(operation: str, body: Any) -> dict[str, Any]:
-    """A bucketed report page, with the fields pagination and parsing rely on checked."""
-    with _shape(operation):
-        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+def _check_report(body: Any) -> None:
+    """The fields pagination and parsing rely on; a TypeError or KeyError when one is missing."""
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise TypeError
+    if not isinstance(body.get("has_more"), bool):
+        raise TypeError
+    for bucket in body["data"]:
+        parse_time(bucket["starting_at"])
+        parse_time(bucket["ending_at"])
+        if not isinstance(bucket["results"], list) or not all(isinstance(r, dict) for r in bucket["results"]):
             raise TypeError
-        if not isinstance(body.get("has_more"), bool):
-            raise TypeError
-        for bucket in body["data"]:
-            parse_time(bucket["starting_at"])
-            parse_time(bucket["ending_at"])
-            if not isinstance(bucket["results"], list) or not all(isinstance(r, dict) for r in bucket["results"]):
-                raise TypeError
-    return cast(dict[str, Any], body)
-
-
-def _checked_list(page: Any) -> Any:
-    """A page of the workspaces listing whose items all have an id and a name."""
-    with _shape("workspaces"):
-        for w in page.data:
-            if not isinstance(w.id, str) or not w.id or not isinstance(w.name, str | None):
-                raise TypeError
-    return page
-
-
-def _next_list(page: Any) -> Any:
-    return _checked_list(page.get_next_page())
 
 
 class AnthropicProvider:
@@ -172,18 +115,21 @@ class AnthropicProvider:
     def __init__(self, config: AnthropicSource, ctx: ProviderContext) -> None:
         self.cfg = config
         self.ctx = ctx
+        self.api = AdminApi(
+            anthropic,
+            "Anthropic",
+            config,
+            ctx,
+            base_error=anthropic.AnthropicError,
+            key_hint="an Anthropic admin API key (sk-ant-admin...)",
+            permission_hint="the Usage and Cost API needs an admin key, sk-ant-admin...",
+        )
         self._client: anthropic.Anthropic | None = None
 
     # -- client ----------------------------------------------------------------------
     def _get_client(self) -> anthropic.Anthropic:
         if self._client is None:
-            key = os.environ.get(self.cfg.admin_key_env, "").strip()
-            if not key:
-                raise SourceError(
-                    f"environment variable {self.cfg.admin_key_env} (admin_key_env) is not set: "
-                    "it must hold an Anthropic admin API key (sk-ant-admin...)"
-                )
-            self.ctx.register_secret(key)
+            key = self.api.admin_key()
             # The Admin API documents the key in x-api-key. Passing it as api_key too stops the SDK
             # from looking for credentials in the environment and on disk; the Authorization header
             # that api_key would add is omitted. Default headers are never logged (per-request ones are).
@@ -191,7 +137,7 @@ class AnthropicProvider:
             self._client = anthropic.Anthropic(
                 api_key=key,
                 base_url=self.cfg.base_url,
-                max_retries=0,  # 429s are retried below, honouring retry-after; errors fail the refresh
+                max_retries=0,  # 429s are retried by AdminApi.call, honouring retry-after; errors fail the refresh
                 timeout=self.cfg.request_timeout,
                 default_headers=cast(Mapping[str, str], headers),
             )
@@ -202,88 +148,19 @@ class AnthropicProvider:
             self._client.close()
             self._client = None
 
-    def _timeout(self) -> float:
-        return min(self.cfg.request_timeout, self.ctx.remaining_seconds(self.cfg.request_timeout))
-
-    # -- calls -----------------------------------------------------------------------
-    def _error(self, operation: str, e: Exception) -> SourceError:
-        if isinstance(e, anthropic.APIStatusError):
-            body: Any = e.body if isinstance(e.body, dict) else {}
-            if isinstance(body.get("error"), dict):
-                body = body["error"]
-            kind = body.get("type") or ""
-            detail = body.get("message") or ""
-            text = f"{operation}: HTTP {e.status_code}"
-            text += (f" {kind}" if kind else "") + (f": {detail}" if detail else "")
-            if isinstance(e, anthropic.AuthenticationError):
-                text += f" (check the admin key in {self.cfg.admin_key_env})"
-            elif isinstance(e, anthropic.PermissionDeniedError):
-                text += " (the Usage and Cost API needs an admin key, sk-ant-admin...)"
-        elif isinstance(e, anthropic.APITimeoutError):
-            text = f"{operation}: request timed out after {self._timeout():.1f}s"
-        elif isinstance(e, anthropic.APIConnectionError):
-            cause = e.__cause__ or e.__context__
-            text = f"{operation}: cannot connect to the Anthropic API" + (
-                f" ({cause.__class__.__name__})" if cause else ""
-            )
-        elif isinstance(e, ValueError):
-            text = f"{operation}: response is not valid JSON"
-        else:
-            text = f"{operation}: {e.__class__.__name__}: {e}"
-        return SourceError(self.ctx.scrub(text)[:500])
-
-    def _call(self, operation: str, fn: Callable[[], T]) -> T:
-        """One API request: counted, 429 retried after ``retry-after`` (bounded), errors → SourceError."""
-        attempt = 0
-        while True:
-            try:
-                with self.ctx.api_call(operation):
-                    try:
-                        return fn()
-                    except anthropic.RateLimitError as e:
-                        hint = retry_after_seconds(getattr(e.response, "headers", None))
-                        raise Throttled(
-                            f"{operation}: throttled by the Anthropic API (HTTP 429)", retry_after=hint
-                        ) from None
-                    except (anthropic.AnthropicError, ValueError) as e:
-                        raise self._error(operation, e) from None
-            except Throttled as t:
-                wait = t.retry_after
-                if (
-                    wait is None
-                    or attempt >= self.cfg.max_retries
-                    or wait > self.cfg.max_retry_wait
-                    or wait >= self.ctx.remaining_seconds(self.cfg.timeout)
-                ):
-                    raise
-                attempt += 1
-                self.ctx.log.info(
-                    "%s: throttled, retrying in %.2fs (retry %d of %d)", operation, wait, attempt, self.cfg.max_retries
-                )
-                time.sleep(wait)
-
     def _report(self, operation: str, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Every page of a bucketed report, following ``next_page`` while ``has_more``."""
+        """Every page of a bucketed report (``client.get``: the SDK does not wrap the reports)."""
         client = self._get_client()
-        seen: set[str] = set()
-        query = dict(params)
-        for _ in range(MAX_PAGES):
-            page = self._call(operation, functools.partial(self._get_report, client, operation, path, dict(query)))
-            yield page
-            if not page["has_more"]:
-                return
-            token = page.get("next_page")
-            if not isinstance(token, str) or not token or token in seen:
-                raise SourceError(f"{operation}: has_more is set but next_page is missing or repeated")
-            seen.add(token)
-            query["page"] = token
-        raise SourceError(f"{operation}: more than {MAX_PAGES} pages")
 
-    def _get_report(
-        self, client: anthropic.Anthropic, operation: str, path: str, params: dict[str, Any]
-    ) -> dict[str, Any]:
-        body = client.get(path, cast_to=object, options={"params": params, "timeout": self._timeout()})
-        return _checked_report(operation, body)
+        def request(token: str | None) -> tuple[dict[str, Any], bool, Any]:
+            query = dict(params, page=token) if token else dict(params)
+            body = client.get(path, cast_to=object, options={"params": query, "timeout": self.api.timeout()})
+            with self.api.shape(operation):
+                _check_report(body)
+            page = cast(dict[str, Any], body)
+            return page, page["has_more"], page.get("next_page")
+
+        return self.api.reports(operation, request)
 
     # -- the reports ------------------------------------------------------------------
     def _workspaces(self) -> tuple[list[AccountInfo], dict[str, str]]:
@@ -291,26 +168,21 @@ class AnthropicProvider:
         workspaces = self._get_client().organization.workspaces
 
         def first() -> Any:
-            return _checked_list(workspaces.list(limit=100, include_archived=True, timeout=self._timeout()))
+            return workspaces.list(limit=100, include_archived=True, timeout=self.api.timeout())
 
-        page = self._call("workspaces", first)
         infos = [AccountInfo(PROVIDER, DEFAULT_WORKSPACE, DEFAULT_WORKSPACE_NAME)]
         tags: dict[str, str] = {}
-        for _ in range(MAX_PAGES):
-            for w in page.data:
-                infos.append(AccountInfo(PROVIDER, w.id, w.name or w.id))
-                labels = getattr(w, "tags", None)
-                if not isinstance(labels, dict):
-                    continue  # absent from older responses
-                for key in self.ctx.team_tag_keys:
-                    value = labels.get(key)
-                    if value:
-                        tags[w.id] = str(value)
-                        break
-            if not page.has_next_page():
-                return infos, tags
-            page = self._call("workspaces", functools.partial(_next_list, page))
-        raise SourceError(f"workspaces: more than {MAX_PAGES} pages")
+        for w in self.api.listing("workspaces", first):
+            infos.append(AccountInfo(PROVIDER, w.id, w.name or w.id))
+            labels = getattr(w, "tags", None)
+            if not isinstance(labels, dict):
+                continue  # absent from older responses
+            for key in self.ctx.team_tag_keys:
+                value = labels.get(key)
+                if value:
+                    tags[w.id] = str(value)
+                    break
+        return infos, tags
 
     def _costs(
         self, window: FetchWindow, starting: str, ending: str, tags: dict[str, str]
@@ -325,7 +197,7 @@ class AnthropicProvider:
         amounts: dict[tuple[dt.date, str, str, str, str], float] = defaultdict(float)
         newest: dt.datetime | None = None
         for page in self._report("cost_report", "/v1/organizations/cost_report", params):
-            with _shape("cost_report"):
+            with self.api.shape("cost_report"):
                 for bucket in page["data"]:
                     day = parse_time(bucket["starting_at"]).date()
                     if bucket["results"]:
@@ -369,7 +241,7 @@ class AnthropicProvider:
         }
         for page in self._report(operation, "/v1/organizations/usage_report/messages", params):
             rows = []
-            with _shape(operation):
+            with self.api.shape(operation):
                 for bucket in page["data"]:
                     start, end = parse_time(bucket["starting_at"]), parse_time(bucket["ending_at"])
                     for r in bucket["results"]:
@@ -389,7 +261,7 @@ class AnthropicProvider:
             newest = b_end if newest is None else max(newest, b_end)
             day = b_start.date()
             if window.start <= day <= window.end:
-                _add(daily[(day, account, model)], tokens)
+                add_tokens(daily[(day, account, model)], tokens)
         h_start = through - dt.timedelta(hours=HOURLY_HOURS)
         hourly: dict[tuple[dt.datetime, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for b_start, b_end, account, model, tokens in self._usage(
@@ -397,7 +269,7 @@ class AnthropicProvider:
         ):
             if h_start <= b_start < through:
                 newest = b_end if newest is None else max(newest, b_end)
-                _add(hourly[(b_start, account, model)], tokens)
+                add_tokens(hourly[(b_start, account, model)], tokens)
 
         usage = [
             UsageRecord(
@@ -431,8 +303,3 @@ class AnthropicProvider:
             accounts=accounts,
             data_through=min(newest, through) if newest is not None else None,
         )
-
-
-def _add(into: dict[str, int], tokens: dict[str, int]) -> None:
-    for k, v in tokens.items():
-        into[k] += v

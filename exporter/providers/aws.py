@@ -27,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from exporter.config import AwsSource
 from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, ProviderForecast
-from exporter.providers.base import ProviderContext, SourceError, Throttled
+from exporter.providers.base import ProviderContext, RetryPolicy, SourceError, Throttled
 
 PROVIDER = "aws"
 CE_REQUEST_COST_USD = 0.01
@@ -120,6 +120,12 @@ class AwsProvider:
         self.cfg = config
         self.ctx = ctx
         self._sleep = sleep
+        self._retry = RetryPolicy(
+            retries=config.throttle_retries,
+            max_wait=config.throttle_max_wait,
+            timeout=config.timeout,
+            backoff=config.throttle_backoff,
+        )
         self._session = boto3.Session(profile_name=config.profile, region_name=config.region)
         self._own_account: str | None = config.account_id
         self._accounts: list[tuple[str, str]] | None = None  # (id, name) of linked accounts
@@ -155,37 +161,26 @@ class AwsProvider:
     # -- calls ------------------------------------------------------------------------------------
     def _call(self, operation: str, method: Callable[..., Any], cost_usd: float, **params: Any) -> dict[str, Any]:
         """One request through the context, retried with backoff while Cost Explorer throttles."""
-        attempt = 0
-        while True:
+
+        def attempt() -> Any:
             try:
-                with self.ctx.api_call(operation, cost_usd=cost_usd):
-                    try:
-                        response = method(**params)
-                    except ClientError as e:
-                        err = e.response.get("Error", {})
-                        code = str(err.get("Code") or "")
-                        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                        if code in THROTTLE_CODES:
-                            raise Throttled(f"{operation}: throttled by AWS ({code})") from None
-                        message = str(err.get("Message") or "").strip()
-                        raise SourceError(
-                            f"{operation} failed: HTTP {status} {code}{': ' + message if message else ''}"
-                        ) from None
-                    except BotoCoreError as e:
-                        raise SourceError(f"{operation} failed: {e.__class__.__name__}: {e}") from None
-            except Throttled as e:
-                wait = min(self.cfg.throttle_backoff * 2**attempt, self.cfg.throttle_max_wait)
-                if attempt >= self.cfg.throttle_retries:
-                    raise Throttled(f"{e} on {attempt + 1} attempts in a row", retry_after=wait) from None
-                if wait >= self.ctx.remaining_seconds(self.cfg.timeout):
-                    raise Throttled(f"{e}; no time left in this refresh to wait {wait:g}s", retry_after=wait) from None
-                self.ctx.log.info("%s throttled; retrying in %.2fs", operation, wait)
-                self._sleep(wait)
-                attempt += 1
-                continue
-            if not isinstance(response, dict):
-                raise SourceError(f"{operation}: unexpected response type {type(response).__name__}")
-            return response
+                return method(**params)
+            except ClientError as e:
+                err = e.response.get("Error", {})
+                code = str(err.get("Code") or "")
+                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if code in THROTTLE_CODES:
+                    raise Throttled(f"{operation}: throttled by AWS ({code})") from None
+                message = str(err.get("Message") or "").strip()
+                detail = f": {message}" if message else ""
+                raise SourceError(f"{operation} failed: HTTP {status} {code}{detail}") from None
+            except BotoCoreError as e:
+                raise SourceError(f"{operation} failed: {e.__class__.__name__}: {e}") from None
+
+        response = self.ctx.call(operation, attempt, self._retry, cost_usd=cost_usd, sleep=self._sleep)
+        if not isinstance(response, dict):
+            raise SourceError(f"{operation}: unexpected response type {type(response).__name__}")
+        return response
 
     def _paged(self, operation: str, method: Callable[..., Any], items_key: str, **params: Any) -> list[dict[str, Any]]:
         """All pages of a paid Cost Explorer call, following NextPageToken by hand."""

@@ -54,7 +54,7 @@ from azure.mgmt.costmanagement.models import (
 from exporter import __version__
 from exporter.config import AzureSource
 from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, ProviderForecast
-from exporter.providers.base import ProviderContext, SourceError, Throttled
+from exporter.providers.base import ProviderContext, RetryPolicy, SourceError, Throttled
 
 PROVIDER = "azure"
 CLIENT_TYPE = "spend-exporter"
@@ -214,6 +214,12 @@ class AzureProvider:
         self.cfg = config
         self.ctx = ctx
         self._sleep = sleep
+        self._retry = RetryPolicy(
+            retries=config.throttle_retries,
+            max_wait=config.throttle_max_wait,
+            timeout=config.timeout,
+            backoff=config.throttle_backoff,
+        )
         self._credential = _credential(config.credential)
         self._client = CostManagementClient(
             self._credential,
@@ -255,44 +261,33 @@ class AzureProvider:
 
     def _call(self, operation: str, fn: Callable[[], Any]) -> Any:
         """One request through the context; 429s are retried after the wait the service names."""
-        attempt = 0
-        while True:
+
+        def attempt() -> Any:
             try:
-                with self.ctx.api_call(operation):
-                    try:
-                        return fn()
-                    except ClientAuthenticationError as e:
-                        status = getattr(e, "status_code", None)
-                        where = f"HTTP {status}" if status else f"credential {self.cfg.credential!r}"
-                        raise SourceError(f"{operation}: authentication failed ({where}): {_first_line(e)}") from None
-                    except DecodeError:
-                        raise SourceError(f"{operation}: malformed response (not JSON)") from None
-                    except HttpResponseError as e:
-                        status = e.status_code
-                        if status == 429:
-                            headers = getattr(e.response, "headers", None) or {}
-                            raise Throttled(
-                                f"{operation}: throttled by Cost Management (429)",
-                                retry_after=self._retry_after(headers),
-                            ) from None
-                        raise SourceError(f"{operation} failed: HTTP {status}: {_first_line(e)}") from None
-                    except (ServiceRequestError, ServiceResponseError) as e:
-                        raise SourceError(f"{operation} failed: {e.__class__.__name__}: {_first_line(e)}") from None
-                    except AzureError as e:
-                        raise SourceError(f"{operation} failed: {e.__class__.__name__}: {_first_line(e)}") from None
-                    except (ValueError, TypeError) as e:
-                        raise SourceError(f"{operation}: malformed response ({e.__class__.__name__})") from None
-            except Throttled as e:
-                wait = e.retry_after if e.retry_after is not None else self.cfg.throttle_backoff * 2**attempt
-                if attempt >= self.cfg.throttle_retries:
-                    raise Throttled(f"{e} on {attempt + 1} attempts in a row", retry_after=wait) from None
-                if wait > self.cfg.throttle_max_wait or wait >= self.ctx.remaining_seconds(self.cfg.timeout):
+                return fn()
+            except ClientAuthenticationError as e:
+                status = getattr(e, "status_code", None)
+                where = f"HTTP {status}" if status else f"credential {self.cfg.credential!r}"
+                raise SourceError(f"{operation}: authentication failed ({where}): {_first_line(e)}") from None
+            except DecodeError:
+                raise SourceError(f"{operation}: malformed response (not JSON)") from None
+            except HttpResponseError as e:
+                status = e.status_code
+                if status == 429:
+                    headers = getattr(e.response, "headers", None) or {}
                     raise Throttled(
-                        f"{e}; asked to wait {wait:g}s, more than this refresh can", retry_after=wait
+                        f"{operation}: throttled by Cost Management (429)",
+                        retry_after=self._retry_after(headers),
                     ) from None
-                self.ctx.log.info("%s throttled; retrying in %.2fs", operation, wait)
-                self._sleep(wait)
-                attempt += 1
+                raise SourceError(f"{operation} failed: HTTP {status}: {_first_line(e)}") from None
+            except (ServiceRequestError, ServiceResponseError) as e:
+                raise SourceError(f"{operation} failed: {e.__class__.__name__}: {_first_line(e)}") from None
+            except AzureError as e:
+                raise SourceError(f"{operation} failed: {e.__class__.__name__}: {_first_line(e)}") from None
+            except (ValueError, TypeError) as e:
+                raise SourceError(f"{operation}: malformed response ({e.__class__.__name__})") from None
+
+        return self.ctx.call(operation, attempt, self._retry, sleep=self._sleep)
 
     def _pages(self, operation: str, run: Callable[[dict[str, str]], Any]) -> list[_Table]:
         """Every page of a query: the same body posted again with each nextLink's $skiptoken."""

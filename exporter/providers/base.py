@@ -10,11 +10,14 @@ the engine can count requests, their cost and the daily paid-call cap.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import email.utils
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from exporter.model import FetchResult, FetchWindow
 
@@ -37,6 +40,52 @@ class Throttled(SourceError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How ``ProviderContext.call`` retries a throttled request.
+
+    The wait is the server's hint when it gave one (a hint longer than
+    ``max_wait`` is left to the scheduler's backoff), else ``backoff`` doubled
+    on each retry and capped at ``max_wait``; with no ``backoff``, a throttle
+    without a hint is not retried. ``timeout`` is the source's refresh timeout:
+    no wait may outlast what is left of the refresh.
+    """
+
+    retries: int
+    max_wait: float
+    timeout: float
+    backoff: float | None = None
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
+    """The server's retry hint: ``retry-after-ms``, else ``retry-after`` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if not ra:
+        return None
+    try:
+        return max(float(ra), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(ra)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max((when - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
 
 
 class Provider(Protocol):
@@ -99,6 +148,10 @@ class ProviderContext:
         return text
 
     # -- time ------------------------------------------------------------
+    def set_deadline(self, deadline: float | None) -> None:
+        """The ``time.monotonic()`` value at which the current refresh times out (None: no limit)."""
+        self._deadline = None if deadline is None else (lambda: deadline)
+
     def remaining_seconds(self, default: float = 60.0) -> float:
         """Seconds left before this refresh's timeout; use it for SDK timeouts."""
         if self._deadline is None:
@@ -139,6 +192,41 @@ class ProviderContext:
             raise
         finally:
             self.record_call(operation, status, cost_usd)
+
+    def call(
+        self,
+        operation: str,
+        fn: Callable[[], T],
+        retry: RetryPolicy,
+        *,
+        cost_usd: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> T:
+        """One request through ``api_call`` (so each attempt is counted and capped), retried while
+        ``fn`` raises ``Throttled``, as ``retry`` says. ``fn`` maps the SDK's errors to ``SourceError``.
+        """
+        attempt = 0
+        while True:
+            try:
+                with self.api_call(operation, cost_usd=cost_usd):
+                    return fn()
+            except Throttled as e:
+                if e.retry_after is not None:
+                    wait = e.retry_after
+                elif retry.backoff is not None:
+                    wait = min(retry.backoff * 2**attempt, retry.max_wait)
+                else:
+                    raise
+                if attempt >= retry.retries:
+                    raise Throttled(f"{e} on {attempt + 1} attempts in a row", retry_after=wait) from None
+                if wait > retry.max_wait or wait >= self.remaining_seconds(retry.timeout):
+                    message = f"{e}; asked to wait {wait:g}s, more than this refresh can"
+                    raise Throttled(message, retry_after=wait) from None
+                attempt += 1
+                self.log.info(
+                    "%s: throttled, retrying in %.2fs (retry %d of %d)", operation, wait, attempt, retry.retries
+                )
+                sleep(wait)
 
 
 ProviderFactory = Callable[[Any, ProviderContext], Provider]

@@ -25,22 +25,18 @@ Calls, all through the ``openai`` SDK's admin client
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import email.utils
-import functools
-import os
 import re
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import openai
 
 from exporter.config import OpenAISource
 from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, HourlyUsage, UsageRecord
-from exporter.providers.base import ProviderContext, SourceError, Throttled
+from exporter.providers.admin_api import AdminApi, add_tokens
+from exporter.providers.base import ProviderContext
 
 PROVIDER = "openai"
 UTC = dt.UTC
@@ -48,7 +44,6 @@ DAY = 86400
 # Buckets per page: the API's maxima (costs: 180 days; usage: 31 days or 168 hours).
 COSTS_PAGE_LIMIT = 180
 USAGE_DAILY_PAGE_LIMIT = 31
-MAX_PAGES = 1000
 HOURLY_HOURS = 24  # hourly buckets kept: the last complete hour is priced; series of the last day stay visible
 
 # The exporter's service_name for each usage endpoint: the API family.
@@ -72,8 +67,6 @@ _PRODUCT_SERVICE = (
     ("fine tuning", "fine_tuning"),
 )
 _MODEL_ID = re.compile(r"^(?:ft:)?[a-z0-9][a-z0-9._:/-]*$", re.IGNORECASE)  # fine-tuned suffixes have capitals
-
-T = TypeVar("T")
 
 
 def service_for_model(model: str) -> str:
@@ -144,32 +137,6 @@ def usage_tokens(endpoint: str, r: Any) -> dict[str, int]:
     return {}  # images are counted in images, audio in characters/seconds: requests only
 
 
-def retry_after_seconds(headers: Any) -> float | None:
-    """The server's retry hint: ``retry-after-ms``, else ``retry-after`` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(float(ms) / 1000, 0.0)
-        except ValueError:
-            pass
-    ra = headers.get("retry-after")
-    if not ra:
-        return None
-    try:
-        return max(float(ra), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(ra)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - dt.datetime.now(UTC)).total_seconds(), 0.0)
-
-
 def _epoch(day: dt.date) -> int:
     return int(dt.datetime.combine(day, dt.time(), UTC).timestamp())
 
@@ -180,25 +147,27 @@ class OpenAIProvider:
     def __init__(self, config: OpenAISource, ctx: ProviderContext) -> None:
         self.cfg = config
         self.ctx = ctx
+        self.api = AdminApi(
+            openai,
+            "OpenAI",
+            config,
+            ctx,
+            base_error=openai.OpenAIError,
+            key_hint="an OpenAI admin API key",
+            permission_hint="the key needs the organization Owner role: use an admin key",
+        )
         self._client: openai.OpenAI | None = None
 
     # -- client ----------------------------------------------------------------------
     def _get_client(self) -> openai.OpenAI:
         if self._client is None:
-            key = os.environ.get(self.cfg.admin_key_env, "").strip()
-            if not key:
-                raise SourceError(
-                    f"environment variable {self.cfg.admin_key_env} (admin_key_env) is not set: "
-                    "it must hold an OpenAI admin API key"
-                )
-            self.ctx.register_secret(key)
             self._client = openai.OpenAI(
-                admin_api_key=key,
+                admin_api_key=self.api.admin_key(),
                 # The admin endpoints authenticate with the admin key only; a fixed non-secret value
                 # keeps the SDK from picking up an unrelated OPENAI_API_KEY from the environment.
                 api_key="unused-admin-endpoints-only",
                 base_url=self.cfg.base_url,
-                max_retries=0,  # 429s are retried below, honouring retry-after; errors fail the refresh
+                max_retries=0,  # 429s are retried by AdminApi.call, honouring retry-after; errors fail the refresh
                 timeout=self.cfg.request_timeout,
             )
         return self._client
@@ -208,94 +177,30 @@ class OpenAIProvider:
             self._client.close()
             self._client = None
 
-    def _timeout(self) -> float:
-        return min(self.cfg.request_timeout, self.ctx.remaining_seconds(self.cfg.request_timeout))
-
-    # -- calls -----------------------------------------------------------------------
-    def _error(self, operation: str, e: Exception) -> SourceError:
-        if isinstance(e, openai.APIStatusError):
-            body = e.body if isinstance(e.body, dict) else {}
-            detail = body.get("message") or ""
-            kind = body.get("code") or body.get("type") or ""
-            text = f"{operation}: HTTP {e.status_code}"
-            text += (f" {kind}" if kind else "") + (f": {detail}" if detail else "")
-            if isinstance(e, openai.AuthenticationError):
-                text += f" (check the admin key in {self.cfg.admin_key_env})"
-            elif isinstance(e, openai.PermissionDeniedError):
-                text += " (the key needs the organization Owner role: use an admin key)"
-        elif isinstance(e, openai.APITimeoutError):
-            text = f"{operation}: request timed out after {self._timeout():.1f}s"
-        elif isinstance(e, openai.APIConnectionError):
-            cause = e.__cause__ or e.__context__
-            text = f"{operation}: cannot connect to the OpenAI API" + (
-                f" ({cause.__class__.__name__})" if cause else ""
-            )
-        elif isinstance(e, ValueError):
-            text = f"{operation}: response is not valid JSON"
-        else:
-            text = f"{operation}: {e.__class__.__name__}: {e}"
-        return SourceError(self.ctx.scrub(text)[:500])
-
-    def _call(self, operation: str, fn: Callable[[], T]) -> T:
-        """One API request: counted, 429 retried after ``retry-after`` (bounded), errors → SourceError."""
-        attempt = 0
-        while True:
-            try:
-                with self.ctx.api_call(operation):
-                    try:
-                        return fn()
-                    except openai.RateLimitError as e:
-                        hint = retry_after_seconds(getattr(e.response, "headers", None))
-                        raise Throttled(
-                            f"{operation}: throttled by the OpenAI API (HTTP 429)", retry_after=hint
-                        ) from None
-                    except (openai.OpenAIError, ValueError) as e:
-                        raise self._error(operation, e) from None
-            except Throttled as t:
-                wait = t.retry_after
-                if (
-                    wait is None
-                    or attempt >= self.cfg.max_retries
-                    or wait > self.cfg.max_retry_wait
-                    or wait >= self.ctx.remaining_seconds(self.cfg.timeout)
-                ):
-                    raise
-                attempt += 1
-                self.ctx.log.info(
-                    "%s: throttled, retrying in %.2fs (retry %d of %d)", operation, wait, attempt, self.cfg.max_retries
-                )
-                time.sleep(wait)
-
     def _pages(self, operation: str, request: Callable[[str | None], Any]) -> Iterator[Any]:
-        """Every page of a bucketed report, following ``next_page`` while ``has_more``."""
-        token: str | None = None
-        seen: set[str] = set()
-        for _ in range(MAX_PAGES):
-            page = self._call(operation, functools.partial(_checked_page, operation, request, token))
-            yield page
-            if not page.has_more:
-                return
-            token = page.next_page
-            if not token or token in seen:
-                raise SourceError(f"{operation}: has_more is set but next_page is missing or repeated")
-            seen.add(token)
-        raise SourceError(f"{operation}: more than {MAX_PAGES} pages")
+        """Every page of a bucketed report; each page's buckets are checked before it is used."""
+
+        def checked(token: str | None) -> tuple[Any, bool, Any]:
+            page = request(token)
+            with self.api.shape(operation):
+                if not isinstance(page.data, list) or not isinstance(page.has_more, bool):
+                    raise TypeError
+                for bucket in page.data:
+                    int(bucket.start_time), int(bucket.end_time)
+                    if not isinstance(bucket.results, list):
+                        raise TypeError
+            return page, page.has_more, page.next_page
+
+        return self.api.reports(operation, checked)
 
     # -- the reports ------------------------------------------------------------------
     def _projects(self, client: openai.OpenAI) -> list[AccountInfo]:
         projects = client.admin.organization.projects
 
         def first() -> Any:
-            return _checked_list("projects", projects.list(limit=100, include_archived=True, timeout=self._timeout()))
+            return projects.list(limit=100, include_archived=True, timeout=self.api.timeout())
 
-        page = self._call("projects", first)
-        out: list[AccountInfo] = []
-        for _ in range(MAX_PAGES):
-            out.extend(AccountInfo(PROVIDER, p.id, p.name or p.id) for p in page.data)
-            if not page.has_next_page():
-                return out
-            page = self._call("projects", functools.partial(_next_list, "projects", page))
-        raise SourceError(f"projects: more than {MAX_PAGES} pages")
+        return [AccountInfo(PROVIDER, p.id, p.name or p.id) for p in self.api.listing("projects", first)]
 
     def _costs(self, client: openai.OpenAI, start: int, end: int, window: FetchWindow) -> tuple[list[CostRecord], int]:
         usage = client.admin.organization.usage
@@ -310,11 +215,11 @@ class OpenAIProvider:
                 group_by=["project_id", "line_item"],
                 limit=COSTS_PAGE_LIMIT,
                 page=page if page else openai.omit,
-                timeout=self._timeout(),
+                timeout=self.api.timeout(),
             )
 
         for page in self._pages("costs", request):
-            with _shape("costs"):
+            with self.api.shape("costs"):
                 for bucket in page.data:
                     day = dt.datetime.fromtimestamp(bucket.start_time, UTC).date()
                     if bucket.results:
@@ -349,12 +254,12 @@ class OpenAIProvider:
                 group_by=["model", "project_id", "api_key_id"],
                 limit=limit,
                 page=page if page else openai.omit,
-                timeout=self._timeout(),
+                timeout=self.api.timeout(),
             )
 
         for page in self._pages(operation, request):
             rows = []
-            with _shape(operation):
+            with self.api.shape(operation):
                 for bucket in page.data:
                     for r in bucket.results:
                         rows.append(
@@ -393,7 +298,7 @@ class OpenAIProvider:
                 if not window.start <= day <= window.end:
                     continue
                 key = (day, account, service, model)
-                _add(daily[key], tokens)
+                add_tokens(daily[key], tokens)
                 daily_requests[key] += requests
             for b_start, b_end, account, model, tokens, requests in self._usage(
                 client, endpoint, h_start, h_end, "1h", HOURLY_HOURS
@@ -402,7 +307,7 @@ class OpenAIProvider:
                     continue
                 newest = max(newest, b_end)
                 hkey = (b_start, account, service, model)
-                _add(hourly[hkey], tokens)
+                add_tokens(hourly[hkey], tokens)
                 hourly_requests[hkey] += requests
 
         usage = [
@@ -437,43 +342,3 @@ class OpenAIProvider:
             accounts=accounts,
             data_through=dt.datetime.fromtimestamp(min(newest, through), UTC) if newest else None,
         )
-
-
-def _add(into: dict[str, int], tokens: dict[str, int]) -> None:
-    for k, v in tokens.items():
-        into[k] += v
-
-
-@contextlib.contextmanager
-def _shape(operation: str) -> Iterator[None]:
-    """Around code reading the SDK's (unvalidated) response objects: a missing field is a SourceError."""
-    try:
-        yield
-    except (AttributeError, TypeError, KeyError, ValueError):
-        raise SourceError(f"{operation}: unexpected response shape from the OpenAI API") from None
-
-
-def _checked_list(operation: str, page: Any) -> Any:
-    """A page of a listing (projects) whose items all have an id and a name."""
-    with _shape(operation):
-        for item in page.data:
-            if not isinstance(item.id, str) or not item.id or not isinstance(item.name, str | None):
-                raise TypeError
-    return page
-
-
-def _next_list(operation: str, page: Any) -> Any:
-    return _checked_list(operation, page.get_next_page())
-
-
-def _checked_page(operation: str, request: Callable[[str | None], Any], token: str | None) -> Any:
-    """Request one page and check the fields pagination and parsing rely on."""
-    page = request(token)
-    with _shape(operation):
-        if not isinstance(page.data, list) or not isinstance(page.has_more, bool):
-            raise TypeError
-        for bucket in page.data:
-            int(bucket.start_time), int(bucket.end_time)
-            if not isinstance(bucket.results, list):
-                raise TypeError
-    return page
