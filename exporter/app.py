@@ -389,7 +389,7 @@ class App:
                     "name": src.name,
                     "type": src.type,  # type: ignore[attr-defined]
                     "provider": REGISTRY[src.type].provider,  # type: ignore[attr-defined]
-                    "up": st.last_success is not None and st.consecutive_failures == 0,
+                    "up": st.up,
                     "refreshing": rt.refreshing,
                     "last_attempt": _iso(st.last_attempt),
                     "last_success": _iso(st.last_success),

@@ -516,8 +516,9 @@ class SnapshotBuilder:
             if fam.name in budget_frags:
                 fam.fragments = [budget_frags[fam.name]]
                 n_series += budget_frags[fam.name].count(b"\n")
+        exporter_frags = self._exporter_fragments(names, views)
         for name, mtype, help_, _labels in EXPORTER_FAMILIES:
-            frag = self._exporter_fragment(name, names, views)
+            frag = exporter_frags[name]
             families.append(Family(name, mtype, help_, [frag] if frag else []))
             n_series += frag.count(b"\n")
         text = render(families)
@@ -545,47 +546,54 @@ class SnapshotBuilder:
             rows["spend_budget_warning_ratio"].append((labels, b.warning_ratio))
         return {k: render_samples(k, ("budget", "team"), sorted(v)) for k, v in rows.items()}
 
-    def _exporter_fragment(self, name: str, sources: list[str], views: dict[str, SourceView]) -> bytes:
-        rows: list[tuple[tuple[str, ...], float]] = []
-        if name == "spend_exporter_build_info":
-            import platform
+    def _exporter_fragments(self, sources: list[str], views: dict[str, SourceView]) -> dict[str, bytes]:
+        """The exporter's own families, from one read of each source's state and of the API counters."""
+        import platform
 
-            return render_samples(name, ("version", "pythonversion"), [((__version__, platform.python_version()), 1.0)])
-        if name in ("spend_exporter_api_requests_total", "spend_exporter_api_cost_usd_total"):
-            totals = self.store.api_totals()
-            if name == "spend_exporter_api_requests_total":
-                rows = [((s, op, st), float(n)) for s, op, st, n, _ in totals]
-                return render_samples(name, ("source", "operation", "status"), rows)
-            cost: dict[str, float] = {s: 0.0 for s in sources}
-            for s, _, _, _, c in totals:
-                cost[s] = cost.get(s, 0.0) + c
-            return render_samples(name, ("source",), sorted(((s,), _clean(c)) for s, c in cost.items()))
-        if name == "spend_exporter_series_overflow":
-            return render_samples(name, ("source",), [((s,), float(views[s].overflow)) for s in sources])
-        if name == "spend_exporter_unpriced_tokens":
-            return render_samples(
-                name,
-                ("source", "provider", "model"),
-                [((s, p, m), t) for s in sources for p, m, t in views[s].unpriced],
-            )
+        per_source: dict[str, list[tuple[tuple[str, ...], float]]] = {
+            name: [] for name, _, _, labels in EXPORTER_FAMILIES if labels == ("source", "provider")
+        }
         for s in sources:
             provider, _api, interval = self.source_meta[s]
             st = self.store.get_state(s)
             labels = (s, provider)
-            if name == "spend_exporter_source_up":
-                up = st.last_success is not None and st.consecutive_failures == 0
-                rows.append((labels, 1.0 if up else 0.0))
-            elif name == "spend_exporter_source_last_success_timestamp_seconds" and st.last_success:
-                rows.append((labels, st.last_success))
-            elif name == "spend_exporter_source_data_through_timestamp_seconds" and st.data_through:
-                rows.append((labels, st.data_through))
-            elif name == "spend_exporter_source_refresh_duration_seconds" and st.last_duration is not None:
-                rows.append((labels, round(st.last_duration, 6)))
-            elif name == "spend_exporter_source_interval_seconds":
-                rows.append((labels, interval))
-            elif name == "spend_exporter_source_records_skipped":
-                rows.append((labels, float(st.skipped_records)))
-        return render_samples(name, ("source", "provider"), rows)
+            per_source["spend_exporter_source_up"].append((labels, 1.0 if st.up else 0.0))
+            if st.last_success:
+                per_source["spend_exporter_source_last_success_timestamp_seconds"].append((labels, st.last_success))
+            if st.data_through:
+                per_source["spend_exporter_source_data_through_timestamp_seconds"].append((labels, st.data_through))
+            if st.last_duration is not None:
+                per_source["spend_exporter_source_refresh_duration_seconds"].append(
+                    (labels, round(st.last_duration, 6))
+                )
+            per_source["spend_exporter_source_interval_seconds"].append((labels, interval))
+            per_source["spend_exporter_source_records_skipped"].append((labels, float(st.skipped_records)))
+        out = {name: render_samples(name, ("source", "provider"), rows) for name, rows in per_source.items()}
+
+        totals = self.store.api_totals()
+        out["spend_exporter_api_requests_total"] = render_samples(
+            "spend_exporter_api_requests_total",
+            ("source", "operation", "status"),
+            [((s, op, st), float(n)) for s, op, st, n, _ in totals],
+        )
+        cost: dict[str, float] = {s: 0.0 for s in sources}
+        for s, _, _, _, c in totals:
+            cost[s] = cost.get(s, 0.0) + c
+        out["spend_exporter_api_cost_usd_total"] = render_samples(
+            "spend_exporter_api_cost_usd_total", ("source",), sorted(((s,), _clean(c)) for s, c in cost.items())
+        )
+        out["spend_exporter_series_overflow"] = render_samples(
+            "spend_exporter_series_overflow", ("source",), [((s,), float(views[s].overflow)) for s in sources]
+        )
+        out["spend_exporter_unpriced_tokens"] = render_samples(
+            "spend_exporter_unpriced_tokens",
+            ("source", "provider", "model"),
+            [((s, p, m), t) for s in sources for p, m, t in views[s].unpriced],
+        )
+        out["spend_exporter_build_info"] = render_samples(
+            "spend_exporter_build_info", ("version", "pythonversion"), [((__version__, platform.python_version()), 1.0)]
+        )
+        return out
 
 
 def _cost_weight(v: dict[str, float]) -> float:

@@ -92,6 +92,11 @@ class SourceState:
     skipped_records: int = 0
     skipped_detail: str | None = None
 
+    @property
+    def up(self) -> bool:
+        """The last refresh succeeded (``spend_exporter_source_up``)."""
+        return self.last_success is not None and self.consecutive_failures == 0
+
 
 # Rows as the store holds them: everything normalised.
 CostRow = tuple[str, str, str, str, str, str, float]  # day, provider, account_id, service_name, team, model, usd
