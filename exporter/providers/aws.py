@@ -37,6 +37,51 @@ BEDROCK_SERVICE = "Amazon Bedrock"
 THROTTLE_CODES = frozenset(
     {"LimitExceededException", "ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
 )
+
+
+def boto_clients(
+    session: Any,
+    ctx: ProviderContext,
+    timeout: float,
+    endpoint_url: str | None,
+    services: tuple[str, ...],
+    max_read_timeout: float | None = None,
+) -> list[Any]:
+    """boto3 clients for one refresh: timeouts follow the time left in it, botocore's own retries are off
+    (retries are ours, so every request is counted), and the credentials are registered as secrets."""
+    left = max(min(timeout, ctx.remaining_seconds(timeout)), 1.0)
+    botocfg = BotoConfig(
+        connect_timeout=min(left, 10.0),
+        read_timeout=min(left, max_read_timeout) if max_read_timeout else left,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        user_agent_extra="spend-exporter",
+    )
+    creds = session.get_credentials()
+    if creds is None:
+        raise SourceError(
+            "no AWS credentials found (environment, shared config and credentials files, SSO, container or "
+            "instance role)"
+        )
+    frozen = creds.get_frozen_credentials()
+    ctx.register_secret(frozen.secret_key)
+    ctx.register_secret(frozen.token)
+    return [session.client(name, endpoint_url=endpoint_url, config=botocfg) for name in services]
+
+
+def boto_error(operation: str, e: Exception) -> SourceError:
+    """A botocore exception as ``Throttled`` or ``SourceError`` with the service's code and message."""
+    if isinstance(e, ClientError):
+        err = e.response.get("Error", {})
+        code = str(err.get("Code") or "")
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        message = str(err.get("Message") or "").strip()
+        if code in THROTTLE_CODES or "rate exceeded" in message.lower():
+            return Throttled(f"{operation}: throttled by AWS ({code})")
+        detail = f": {message}" if message else ""
+        return SourceError(f"{operation} failed: HTTP {status} {code}{detail}")
+    return SourceError(f"{operation} failed: {e.__class__.__name__}: {e}")
+
+
 FORECAST_METRIC = {
     "UnblendedCost": "UNBLENDED_COST",
     "AmortizedCost": "AMORTIZED_COST",
@@ -137,25 +182,7 @@ class AwsProvider:
 
     # -- clients ------------------------------------------------------------------------------
     def _clients(self) -> tuple[Any, Any]:
-        # read_timeout follows the time left in this refresh; retries are ours, so each request is counted
-        timeout = max(min(self.cfg.timeout, self.ctx.remaining_seconds(self.cfg.timeout)), 1.0)
-        botocfg = BotoConfig(
-            connect_timeout=min(timeout, 10.0),
-            read_timeout=timeout,
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            user_agent_extra="spend-exporter",
-        )
-        creds = self._session.get_credentials()
-        if creds is None:
-            raise SourceError(
-                "no AWS credentials found (environment, shared config and credentials files, SSO, container or "
-                "instance role)"
-            )
-        frozen = creds.get_frozen_credentials()
-        self.ctx.register_secret(frozen.secret_key)
-        self.ctx.register_secret(frozen.token)
-        ce = self._session.client("ce", endpoint_url=self.cfg.endpoint_url, config=botocfg)
-        sts = self._session.client("sts", endpoint_url=self.cfg.endpoint_url, config=botocfg)
+        ce, sts = boto_clients(self._session, self.ctx, self.cfg.timeout, self.cfg.endpoint_url, ("ce", "sts"))
         return ce, sts
 
     # -- calls ------------------------------------------------------------------------------------
@@ -165,17 +192,8 @@ class AwsProvider:
         def attempt() -> Any:
             try:
                 return method(**params)
-            except ClientError as e:
-                err = e.response.get("Error", {})
-                code = str(err.get("Code") or "")
-                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                if code in THROTTLE_CODES:
-                    raise Throttled(f"{operation}: throttled by AWS ({code})") from None
-                message = str(err.get("Message") or "").strip()
-                detail = f": {message}" if message else ""
-                raise SourceError(f"{operation} failed: HTTP {status} {code}{detail}") from None
-            except BotoCoreError as e:
-                raise SourceError(f"{operation} failed: {e.__class__.__name__}: {e}") from None
+            except (ClientError, BotoCoreError) as e:
+                raise boto_error(operation, e) from None
 
         response = self.ctx.call(operation, attempt, self._retry, cost_usd=cost_usd, sleep=self._sleep)
         if not isinstance(response, dict):

@@ -27,17 +27,16 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import boto3
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from exporter.config import FocusSource
 from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow
-from exporter.providers.base import ProviderContext, SourceError, Throttled
+from exporter.providers.aws import boto_clients, boto_error
+from exporter.providers.base import ProviderContext, SourceError
 
 USD_PER_TB = 5.0
 MIN_BILLED_BYTES = 10 * 1024 * 1024
 PAGE_SIZE = 1000  # GetQueryResults' maximum
-THROTTLE_CODES = {"ThrottlingException", "TooManyRequestsException", "Throttling"}
 DONE_STATES = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
@@ -113,37 +112,17 @@ class AthenaFocus:
         pass
 
     def _client(self) -> Any:
-        timeout = max(min(self.cfg.timeout, self.ctx.remaining_seconds(self.cfg.timeout)), 1.0)
-        botocfg = BotoConfig(
-            connect_timeout=min(timeout, 10.0),
-            read_timeout=min(timeout, 60.0),
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            user_agent_extra="spend-exporter",
+        (athena,) = boto_clients(
+            self._session, self.ctx, self.cfg.timeout, self.cfg.endpoint_url, ("athena",), max_read_timeout=60.0
         )
-        creds = self._session.get_credentials()
-        if creds is None:
-            raise SourceError("no AWS credentials found (environment, shared config/credentials file, SSO or role)")
-        frozen = creds.get_frozen_credentials()
-        self.ctx.register_secret(frozen.secret_key)
-        self.ctx.register_secret(frozen.token)
-        return self._session.client("athena", endpoint_url=self.cfg.endpoint_url, config=botocfg)
+        return athena
 
     def _call(self, operation: str, method: Callable[..., Any], **params: Any) -> dict[str, Any]:
         with self.ctx.api_call(operation):
             try:
                 response = method(**params)
-            except ClientError as e:
-                err = e.response.get("Error", {})
-                code = str(err.get("Code") or "")
-                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                message = str(err.get("Message") or "").strip()
-                if code in THROTTLE_CODES or "rate exceeded" in message.lower():
-                    raise Throttled(f"Athena {operation}: throttled ({code})") from None
-                raise SourceError(
-                    f"Athena {operation} failed: HTTP {status} {code}{': ' + message if message else ''}"
-                ) from None
-            except BotoCoreError as e:
-                raise SourceError(f"Athena {operation} failed: {e.__class__.__name__}: {e}") from None
+            except (ClientError, BotoCoreError) as e:
+                raise boto_error(f"Athena {operation}", e) from None
         if not isinstance(response, dict):
             raise SourceError(f"Athena {operation}: unexpected response type {type(response).__name__}")
         return response
