@@ -425,28 +425,18 @@ class App:
         return float(rows[0][0])
 
     def budgets_status(self) -> list[dict[str, Any]]:
-        from exporter.snapshot import budget_matches
-
-        out = []
-        ms = self.now().date().replace(day=1).isoformat()
-        rows = self.store.query(
-            "SELECT provider, account_id, service_name, team, model, SUM(cost_usd) FROM cost WHERE day >= ? "
-            "GROUP BY provider, account_id, service_name, team, model",
-            (ms,),
-        )
-        for b in self.config.budgets:
-            spent = sum(r[5] for r in rows if budget_matches(b, r[:5]))
-            out.append(
-                {
-                    "name": b.name,
-                    "team": b.team or "",
-                    "amount_usd": b.amount_usd,
-                    "spent_usd": round(spent, 2),
-                    "used_ratio": round(spent / b.amount_usd, 4),
-                    "warning_ratio": b.warning_ratio,
-                }
-            )
-        return out
+        """The current snapshot's budgets: the figures ``/metrics`` serves."""
+        return [
+            {
+                "name": b.name,
+                "team": b.team,
+                "amount_usd": b.amount_usd,
+                "spent_usd": round(b.spent_usd, 2),
+                "used_ratio": round(b.spent_usd / b.amount_usd, 4),
+                "warning_ratio": b.warning_ratio,
+            }
+            for b in self._snapshot.budgets
+        ]
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:

@@ -84,8 +84,8 @@ class FetchWindow:
     """Days to fetch, ``start`` to ``end`` inclusive (UTC), and the current time.
 
     ``end`` is today: today's partial data is fetched and replaced on the next
-    refresh. ``hourly`` asks AI providers for hourly buckets of the last day so
-    that the last complete hour can be priced.
+    refresh. AI providers also return hourly buckets up to ``last_complete_hour``
+    so that it can be priced.
     """
 
     start: dt.date

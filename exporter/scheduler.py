@@ -13,7 +13,6 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exporter.config import SourceBase
@@ -59,12 +58,6 @@ def backoff_delay(src: SourceBase, failures: int, retry_after: float | None = No
     if retry_after:
         delay = max(delay, min(retry_after, src.backoff_max))
     return delay
-
-
-@dataclass
-class Plan:
-    due_at: float  # unix seconds
-    reason: str
 
 
 class Scheduler:

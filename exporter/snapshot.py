@@ -213,7 +213,18 @@ class SourceView:
     series: list[SeriesCost]
     overflow: int
     unpriced: list[tuple[str, str, float]]  # provider, model, tokens
-    truncated_labels: int = 0
+
+
+@dataclass(frozen=True)
+class BudgetFigure:
+    """One budget as the snapshot computed it (``/status`` shows the same figures as ``/metrics``)."""
+
+    name: str
+    team: str
+    amount_usd: float
+    spent_usd: float
+    forecast_usd: float
+    warning_ratio: float
 
 
 @dataclass
@@ -224,6 +235,7 @@ class Snapshot:
     text_gz: bytes
     built_at: float
     series: int
+    budgets: list[BudgetFigure] = field(default_factory=list)
     _families: list[Family] = field(repr=False, default_factory=list)
     _om: tuple[bytes, bytes] | None = field(default=None, repr=False)
     _om_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -242,15 +254,14 @@ def _clean(v: float) -> float:
     return 0.0 if v == 0 else v
 
 
-def _truncate(values: Sequence[str]) -> tuple[tuple[str, ...], int]:
+def _truncate(values: Sequence[str]) -> tuple[str, ...]:
+    """Label values cut to ``MAX_LABEL_VALUE_BYTES`` (plus "...")."""
     out = []
-    n = 0
     for v in values:
         if len(v) > MAX_LABEL_VALUE_BYTES // 4 and len(v.encode("utf-8", "replace")) > MAX_LABEL_VALUE_BYTES:
             v = v.encode("utf-8", "replace")[:MAX_LABEL_VALUE_BYTES].decode("utf-8", "ignore") + "..."
-            n += 1
         out.append(v)
-    return tuple(out), n
+    return tuple(out)
 
 
 class SnapshotBuilder:
@@ -298,7 +309,6 @@ class SnapshotBuilder:
         row = store.query("SELECT MAX(day), MIN(day) FROM cost WHERE source=? AND day < ?", (source, today))
         newest = dt.date.fromisoformat(row[0][0]) if row and row[0][0] else None
         oldest = dt.date.fromisoformat(row[0][1]) if row and row[0][1] else None
-        truncated = 0
         cost_rows: list[tuple[tuple[str, ...], dict[str, float]]] = []
         if newest is not None or store.query("SELECT 1 FROM cost WHERE source=? LIMIT 1", (source,)):
             d = newest or dates.today - dt.timedelta(days=1)
@@ -350,8 +360,7 @@ class SnapshotBuilder:
             in_month = d >= dates.month_start
             remaining = dates.days_in_month - d.day if in_month else dates.days_in_month
             for r in raw:
-                labels, t = _truncate(r[:5])
-                truncated += t
+                labels = _truncate(r[:5])
                 mtd, has_mtd, mtd_complete, daily, bsum, bsq, recent, last7, prev, has_prev = r[5:]
                 vals: dict[str, float] = {}
                 if has_mtd:
@@ -379,8 +388,7 @@ class SnapshotBuilder:
             "GROUP BY provider, account_id, service_name, team, model",
             (source, dates.month_start.isoformat()),
         ):
-            labels, t = _truncate(r[:5])
-            truncated += t
+            labels = _truncate(r[:5])
             usage_rows.append(
                 (labels, {tt: float(r[5 + i]) for i, tt in enumerate(TOKEN_TYPES)} | {"requests": float(r[9])})
             )
@@ -397,8 +405,7 @@ class SnapshotBuilder:
             "GROUP BY provider, account_id, service_name, team, model",
             {"h": hour, "s": source},
         ):
-            labels, t = _truncate(r[:5])
-            truncated += t
+            labels = _truncate(r[:5])
             total = 0.0
             priced = True
             for i, tt in enumerate(TOKEN_TYPES):
@@ -482,8 +489,7 @@ class SnapshotBuilder:
         for prov, acct, name in store.query(
             "SELECT provider, account_id, account_name FROM accounts WHERE source=?", (source,)
         ):
-            labels, t = _truncate((prov, acct, name))
-            truncated += t
+            labels = _truncate((prov, acct, name))
             accounts.append((labels, 1.0))
         frags["spend_account_info"] = render_samples(
             "spend_account_info", ("provider", "account_id", "account_name"), sorted(accounts)
@@ -493,7 +499,6 @@ class SnapshotBuilder:
             series=series,
             overflow=overflow,
             unpriced=[(p, m, t) for (p, m), t in sorted(unpriced.items())],
-            truncated_labels=truncated,
         )
 
     # -- whole snapshot ----------------------------------------------------------------
@@ -511,7 +516,7 @@ class SnapshotBuilder:
                     fam.fragments.append(frag)
                     n_series += frag.count(b"\n")
             families.append(fam)
-        budget_frags = self._budgets(views)
+        budget_frags, budgets = self._budgets(views)
         for fam in families:
             if fam.name in budget_frags:
                 fam.fragments = [budget_frags[fam.name]]
@@ -522,9 +527,16 @@ class SnapshotBuilder:
             families.append(Family(name, mtype, help_, [frag] if frag else []))
             n_series += frag.count(b"\n")
         text = render(families)
-        return Snapshot(text=text, text_gz=gzipped(text), built_at=time.time(), series=n_series, _families=families)
+        return Snapshot(
+            text=text,
+            text_gz=gzipped(text),
+            built_at=time.time(),
+            series=n_series,
+            budgets=budgets,
+            _families=families,
+        )
 
-    def _budgets(self, views: dict[str, SourceView]) -> dict[str, bytes]:
+    def _budgets(self, views: dict[str, SourceView]) -> tuple[dict[str, bytes], list[BudgetFigure]]:
         rows: dict[str, list[tuple[tuple[str, ...], float]]] = {
             "spend_budget_limit_usd": [],
             "spend_budget_spent_usd": [],
@@ -532,6 +544,7 @@ class SnapshotBuilder:
             "spend_budget_warning_ratio": [],
         }
         all_series = [s for v in views.values() for s in v.series]
+        figures = []
         for b in self.config.budgets:
             spent = 0.0
             forecast = 0.0
@@ -544,7 +557,8 @@ class SnapshotBuilder:
             rows["spend_budget_spent_usd"].append((labels, _clean(spent)))
             rows["spend_budget_forecast_usd"].append((labels, _clean(forecast)))
             rows["spend_budget_warning_ratio"].append((labels, b.warning_ratio))
-        return {k: render_samples(k, ("budget", "team"), sorted(v)) for k, v in rows.items()}
+            figures.append(BudgetFigure(b.name, b.team or "", b.amount_usd, spent, forecast, b.warning_ratio))
+        return {k: render_samples(k, ("budget", "team"), sorted(v)) for k, v in rows.items()}, figures
 
     def _exporter_fragments(self, sources: list[str], views: dict[str, SourceView]) -> dict[str, bytes]:
         """The exporter's own families, from one read of each source's state and of the API counters."""

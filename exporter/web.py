@@ -37,8 +37,6 @@ from exporter.collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_LINE = 8192
-MAX_HEADERS_BYTES = 65536
 MAX_BODY = 0  # no endpoint takes a body
 
 CLIENT_AUTH_TYPES = {

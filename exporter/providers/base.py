@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from exporter.model import FetchResult, FetchWindow
 
@@ -227,6 +227,3 @@ class ProviderContext:
                     "%s: throttled, retrying in %.2fs (retry %d of %d)", operation, wait, attempt, retry.retries
                 )
                 sleep(wait)
-
-
-ProviderFactory = Callable[[Any, ProviderContext], Provider]
