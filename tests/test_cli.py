@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.cli import write_atomic
+from tests.helpers import series
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "exporter.cli"]
@@ -39,15 +39,6 @@ def promtool_check(path: Path) -> subprocess.CompletedProcess[bytes]:
     if promtool is None:
         pytest.fail("promtool is not on PATH (make promtool-deps installs it)")
     return subprocess.run([promtool, "check", "metrics"], stdin=path.open("rb"), capture_output=True, timeout=60)
-
-
-def series(text: str, family: str) -> dict[tuple[tuple[str, str], ...], float]:
-    return {
-        tuple(sorted(s.labels.items())): s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == family
-    }
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import App, build_app
 from exporter.config import parse_config
@@ -23,22 +22,16 @@ from exporter.providers.base import PaidCallCapReached
 from exporter.scheduler import BACKOFF_BASE, backoff_delay, fetch_window
 from exporter.store import SourceState
 from exporter.web import landing_page
+from tests.helpers import series, use_static_aws_credentials
 
 UTC = dt.UTC
 DAY = dt.timedelta(days=1)
 
 
-def samples(app: App, family: str) -> dict[tuple[tuple[str, str], ...], float]:
-    out = {}
-    for fam in text_string_to_metric_families(app.exposition()):
-        for s in fam.samples:
-            if s.name == family:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
-
-
 def value(app: App, family: str, **labels: str) -> float | None:
-    found = [v for k, v in samples(app, family).items() if all(dict(k).get(n) == x for n, x in labels.items())]
+    found = [
+        v for k, v in series(app.exposition(), family).items() if all(dict(k).get(n) == x for n, x in labels.items())
+    ]
     assert len(found) <= 1, f"{family}{labels} matches {len(found)} series"
     return found[0] if found else None
 
@@ -235,7 +228,7 @@ def test_one_failing_source_never_stops_another(tmp_path: Path, clock: Any, focu
     )
     app = app_factory(cfg)
     assert app.scheduler.run_pending() == ["good", "broken", "empty", "late"]
-    up = {dict(k)["source"]: v for k, v in samples(app, "spend_exporter_source_up").items()}
+    up = {dict(k)["source"]: v for k, v in series(app.exposition(), "spend_exporter_source_up").items()}
     assert up == {"good": 1.0, "broken": 0.0, "empty": 0.0, "late": 0.0}
     assert value(app, "spend_cost_month_to_date_usd", service_name="Good") == pytest.approx(150.0)
     assert app.ready()
@@ -332,14 +325,7 @@ def test_no_cap_configured_means_no_limit(tmp_path: Path, clock: Any, app_factor
 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Static test credentials only: no profile, no shared files, no instance metadata."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATESTSCHEDULER")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-only-scheduler-secret-0123456789")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    use_static_aws_credentials(monkeypatch, tmp_path, "AKIATESTSCHEDULER", "test-only-scheduler-secret-0123456789")
 
 
 def test_paid_call_cap_with_cost_explorer(tmp_path: Path, clock: Any, app_factory: Any, aws_env: None) -> None:
@@ -403,7 +389,9 @@ def test_month_boundary(tmp_path: Path, clock: Any, focus: Any, app_factory: Any
     # 00:00 UTC on the 1st: what the snapshot ticker rebuilds when the hour turns, before any refresh
     clock.set(dt.datetime(2025, 4, 1, 0, 0, tzinfo=UTC))
     app.rebuild_snapshot()
-    assert all(v == 0 for v in samples(app, "spend_cost_month_to_date_usd").values()), "month-to-date starts over"
+    assert all(v == 0 for v in series(app.exposition(), "spend_cost_month_to_date_usd").values()), (
+        "month-to-date starts over"
+    )
     assert value(app, "spend_cost_previous_month_usd") == pytest.approx(31 * 3.0), "March is now the previous month"
     assert value(app, "spend_cost_daily_usd") == pytest.approx(3.0)  # March 31, now complete
     assert value(app, "spend_cost_forecast_month_end_usd") == pytest.approx(30 * 3.0)  # 30 April days at 3/day

@@ -25,6 +25,7 @@ from exporter.app import App, build_app
 from exporter.collector import escape_label_value, format_value, render_samples
 from exporter.config import parse_config
 from exporter.snapshot import COST_LABELS, EXPORTER_FAMILIES, FAMILIES, OTHER
+from tests.helpers import series
 
 UTC = dt.UTC
 DAY = dt.timedelta(days=1)
@@ -34,15 +35,6 @@ NASTY = 'Svc "quoted" \\ back\\slash\nsecond line, café ☕'
 
 def families(text: str) -> dict[str, Any]:
     return {f.name: f for f in text_string_to_metric_families(text)}
-
-
-def series(text: str, family: str) -> dict[tuple[tuple[str, str], ...], float]:
-    out = {}
-    for f in text_string_to_metric_families(text):
-        for s in f.samples:
-            if s.name == family:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
 
 
 def promtool_check(text: bytes) -> subprocess.CompletedProcess[bytes]:

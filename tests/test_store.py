@@ -13,26 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import App, build_app
 from exporter.config import parse_config
 from exporter.store import Store
+from tests.helpers import series
 
 DAY = dt.timedelta(days=1)
 
 
-def samples(app: App, family: str) -> dict[tuple[tuple[str, str], ...], float]:
-    out = {}
-    for fam in text_string_to_metric_families(app.exposition()):
-        for s in fam.samples:
-            if s.name == family:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
-
-
 def value(app: App, family: str, **labels: str) -> float | None:
-    for key, v in samples(app, family).items():
+    for key, v in series(app.exposition(), family).items():
         d = dict(key)
         if all(d.get(k) == want for k, want in labels.items()):
             return v
@@ -120,7 +111,7 @@ def test_changed_source_settings_refetch_on_restart(tmp_path: Path, clock: Any, 
     app = build_app(make_config(tmp_path, cost_column="EffectiveCost"), now=clock)
     try:
         # the old figures were for another cost column: not served, and fetched again at once
-        assert samples(app, "spend_cost_daily_usd") == {}
+        assert series(app.exposition(), "spend_cost_daily_usd") == {}
         assert app.scheduler.run_pending() == ["focus"]
         assert value(app, "spend_cost_daily_usd") == 4.0
         # an interval change alone is not a different data set
@@ -168,7 +159,7 @@ def test_corrupted_cache_is_moved_aside_and_rebuilt(
         assert aside[0].read_bytes() == damaged, "the damaged file is kept for inspection, untouched"
         # the new cache is empty and works
         assert not app.ready()
-        assert samples(app, "spend_cost_month_to_date_usd") == {}
+        assert series(app.exposition(), "spend_cost_month_to_date_usd") == {}
         assert app.scheduler.run_pending() == ["focus"]
         assert value(app, "spend_cost_month_to_date_usd") == pytest.approx(150.0)
         assert sqlite3.connect(cache).execute("PRAGMA integrity_check").fetchone() == ("ok",)

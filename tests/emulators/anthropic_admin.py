@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import math
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
 from tests.emulators.ai_dataset import ANTHROPIC_TOKEN_TYPE, AICostRow, AIDataset, AIUsageRow
+from tests.emulators.common import ServesAIDataset, bucket_starts, retry_after_headers
 from tests.emulators.server import Emulator, Fault, Request, Response
 
 WIDTHS = {"1m": dt.timedelta(minutes=1), "1h": dt.timedelta(hours=1), "1d": dt.timedelta(days=1)}
@@ -91,7 +91,7 @@ def cents(usd: Decimal) -> str:
     return format((usd * 100).normalize(), "f")
 
 
-class AnthropicAdminEmulator(Emulator):
+class AnthropicAdminEmulator(ServesAIDataset, Emulator):
     """``/v1/organizations/*`` of the Anthropic Admin API, driven by an ``AIDataset``.
 
     ``page_size_cap`` makes pages hold fewer buckets than ``limit`` asks for, to
@@ -99,6 +99,7 @@ class AnthropicAdminEmulator(Emulator):
     """
 
     name = "anthropic-admin"
+    provider = "anthropic"
 
     def __init__(self, dataset: AIDataset, admin_key: str = DEFAULT_ADMIN_KEY, *, page_size_cap: int | None = None):
         super().__init__()
@@ -106,24 +107,9 @@ class AnthropicAdminEmulator(Emulator):
         self.admin_key = admin_key
         self.page_size_cap = page_size_cap
 
-    @property
-    def dataset(self) -> AIDataset:
-        return self._dataset
-
-    @dataset.setter
-    def dataset(self, ds: AIDataset) -> None:
-        """Swap the data served (e.g. for ``runaway(ds)``) while the emulator runs."""
-        costs: dict[dt.date, list[AICostRow]] = defaultdict(list)
-        for c in ds.costs("anthropic"):
-            costs[c.day].append(c)
-        self._costs_by_day = costs
-        self._dataset = ds
-
     def throttle_response(self, fault: Fault) -> Response:
         resp = _error(429, "rate_limit_error", "Number of requests has exceeded your rate limit; try again later.")
-        resp.headers.update(
-            {"retry-after": str(math.ceil(fault.retry_after)), "retry-after-ms": str(int(fault.retry_after * 1000))}
-        )
+        resp.headers.update(retry_after_headers(fault))
         return resp
 
     def wrong_shape_body(self, request: Request) -> Any:
@@ -174,12 +160,8 @@ class AnthropicAdminEmulator(Emulator):
         if page:
             first = decode_page(page)
         n = min(limit, self.page_size_cap or limit)
-        starts: list[dt.datetime] = []
-        b = first
-        while b < stop and len(starts) < n:
-            starts.append(b)
-            b += width
-        return starts, width, b < stop
+        starts, more = bucket_starts(first, stop, width, n)
+        return starts, width, more
 
     @staticmethod
     def _group_by(request: Request, allowed: set[str]) -> list[str]:

@@ -17,9 +17,7 @@ period). Errors are JSON 1.1 error bodies with ``__type``; throttling is
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
 import json
 import uuid
 from collections import defaultdict
@@ -28,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
+from tests.emulators.common import offset_token, query_digest, read_offset_token
 from tests.emulators.dataset import CloudRow, Dataset
 from tests.emulators.server import Emulator, Fault, Request, Response
 
@@ -150,23 +149,20 @@ class CostExplorerData:
     # -- pagination ----------------------------------------------------------------------------
     @staticmethod
     def _digest(body: dict[str, Any]) -> str:
-        clean = {k: v for k, v in body.items() if k not in ("NextPageToken", "MaxResults")}
-        return hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest()[:16]
+        return query_digest(body, ignore=("NextPageToken", "MaxResults"))
 
     def _token(self, body: dict[str, Any], offset: int) -> str:
-        raw = json.dumps({"q": self._digest(body), "o": offset}).encode()
-        return base64.urlsafe_b64encode(raw).decode()
+        return offset_token(self._digest(body), offset)
 
     def _offset(self, body: dict[str, Any]) -> int:
         token = body.get("NextPageToken")
         if not token:
             return 0
         try:
-            data = json.loads(base64.urlsafe_b64decode(str(token).encode()))
-            offset = int(data["o"])
+            digest, offset = read_offset_token(str(token))
         except (ValueError, KeyError, TypeError):
             raise CeError("InvalidNextTokenException", "The NextPageToken is invalid") from None
-        if data.get("q") != self._digest(body):
+        if digest != self._digest(body):
             raise CeError("InvalidNextTokenException", "The NextPageToken does not belong to this request")
         return offset
 

@@ -17,9 +17,7 @@ headers and no ``Retry-After``, as Cost Management sends it.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
 import json
 import re
 import uuid
@@ -28,6 +26,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
+from tests.emulators.common import offset_token, query_digest, read_offset_token
 from tests.emulators.dataset import CloudRow, Dataset
 from tests.emulators.server import Emulator, Fault, Request, Response
 
@@ -251,24 +250,15 @@ class AzureCostEmulator(Emulator):
             fields.append(name)
         return fields
 
-    def _token(self, body: dict[str, Any], offset: int) -> str:
-        raw = json.dumps({"q": self._digest(body), "o": offset}).encode()
-        return base64.urlsafe_b64encode(raw).decode()
-
-    @staticmethod
-    def _digest(body: dict[str, Any]) -> str:
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
-
     def _offset(self, request: Request, body: dict[str, Any]) -> int:
         token = request.q("$skiptoken")
         if not token:
             return 0
         try:
-            data = json.loads(base64.urlsafe_b64decode(token.encode()))
-            offset = int(data["o"])
+            digest, offset = read_offset_token(token)
         except (ValueError, KeyError, TypeError):
             raise _bad("The $skiptoken is invalid.") from None
-        if data.get("q") != self._digest(body):
+        if digest != query_digest(body):
             raise _bad("The $skiptoken does not belong to this query.")
         return offset
 
@@ -283,7 +273,7 @@ class AzureCostEmulator(Emulator):
         page = rows[offset : offset + self.page_size]
         next_link = None
         if offset + self.page_size < len(rows):
-            token = quote(self._token(body, offset + self.page_size), safe="")
+            token = quote(offset_token(query_digest(body), offset + self.page_size), safe="")
             next_link = f"{self.url}{request.path}?api-version={request.q('api-version')}&$skiptoken={token}"
         qid = str(uuid.uuid4())
         return {

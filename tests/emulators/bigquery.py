@@ -43,6 +43,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
+from tests.emulators.common import PageTokens
 from tests.emulators.dataset import CloudRow, Dataset
 from tests.emulators.server import Emulator, Fault, Request, Response
 
@@ -131,7 +132,7 @@ class BigQueryEmulator(Emulator):
         self.pending_polls = pending_polls
         self.now = now or dt.datetime.combine(dataset.today, dt.time(12), tzinfo=dt.UTC)
         self.jobs: dict[str, dict[str, Any]] = {}
-        self._tokens: dict[str, tuple[str, int]] = {}
+        self._tokens: PageTokens[tuple[str, int]] = PageTokens(upper=True)  # token -> (job, offset)
 
     # -- errors ---------------------------------------------------------------------
     def throttle_response(self, fault: Fault) -> Response:
@@ -336,10 +337,7 @@ class BigQueryEmulator(Emulator):
             ]
         nxt = offset + len(chunk)
         if size > 0 and nxt < len(rows):
-            token = uuid.uuid4().hex.upper()
-            with self._lock:
-                self._tokens[token] = (job_id, nxt)
-            out["pageToken"] = token
+            out["pageToken"] = self._tokens.issue((job_id, nxt))
         return out
 
     def _job_or_404(self, project: str, job_id: str) -> dict[str, Any] | Response:
@@ -369,8 +367,7 @@ class BigQueryEmulator(Emulator):
         offset = 0
         token = request.q("pageToken")
         if token:
-            with self._lock:
-                found = self._tokens.get(token)
+            found = self._tokens.get(token)
             if found is None or found[0] != job_id:
                 return _error(400, "invalid", f"Invalid page token: {token}")
             offset = found[1]

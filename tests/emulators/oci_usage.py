@@ -24,6 +24,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
+from tests.emulators.common import PageTokens
 from tests.emulators.dataset import CloudRow, Dataset
 from tests.emulators.server import Emulator, Fault, Request, Response
 
@@ -132,7 +133,7 @@ class OciUsageEmulator(Emulator):
 
             self._public_key = load_pem_public_key(public_key_pem)
         self.tenancies = {r.account_id for r in dataset.rows("oci")}
-        self._pages: dict[str, int] = {}  # opaque opc-next-page token -> offset
+        self._pages: PageTokens[int] = PageTokens()  # opaque opc-next-page token -> offset
 
     # -- the wire format --------------------------------------------------------------
     def throttle_response(self, fault: Fault) -> Response:
@@ -195,8 +196,7 @@ class OciUsageEmulator(Emulator):
         offset = 0
         token = request.q("page")
         if token:
-            with self._lock:
-                found = self._pages.get(token)
+            found = self._pages.get(token)
             if found is None:
                 return _error(400, "InvalidParameter", "Invalid page token.")
             offset = found
@@ -207,10 +207,7 @@ class OciUsageEmulator(Emulator):
         page = items[offset : offset + size]
         headers = {"opc-request-id": uuid.uuid4().hex.upper()}
         if offset + size < len(items):
-            nxt = uuid.uuid4().hex
-            with self._lock:
-                self._pages[nxt] = offset + size
-            headers["opc-next-page"] = nxt
+            headers["opc-next-page"] = self._pages.issue(offset + size)
         return Response(200, {"groupBy": group_by, "items": page}, headers)
 
     def wrong_shape_body(self, request: Request) -> Any:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import math
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
 from tests.emulators.ai_dataset import AICostRow, AIDataset, AIUsageRow
+from tests.emulators.common import ServesAIDataset, bucket_starts, retry_after_headers
 from tests.emulators.server import Emulator, Fault, Request, Response
 
 WIDTHS = {"1m": 60, "1h": 3600, "1d": 86400}
@@ -67,7 +67,7 @@ def decode_page(token: str) -> int:
         raise BadRequest(f"Invalid page cursor: {token!r}", "page") from None
 
 
-class OpenAIAdminEmulator(Emulator):
+class OpenAIAdminEmulator(ServesAIDataset, Emulator):
     """``/v1/organization/*`` of the OpenAI Admin API, driven by an ``AIDataset``.
 
     ``page_size_cap`` makes pages hold fewer buckets than ``limit`` asks for
@@ -77,6 +77,7 @@ class OpenAIAdminEmulator(Emulator):
     """
 
     name = "openai-admin"
+    provider = "openai"
 
     def __init__(
         self,
@@ -92,19 +93,6 @@ class OpenAIAdminEmulator(Emulator):
         self.page_size_cap = page_size_cap
         self.legacy_usage_fields = legacy_usage_fields
 
-    @property
-    def dataset(self) -> AIDataset:
-        return self._dataset
-
-    @dataset.setter
-    def dataset(self, ds: AIDataset) -> None:
-        """Swap the data served (e.g. for ``runaway(ds)``) while the emulator runs."""
-        costs: dict[dt.date, list[AICostRow]] = defaultdict(list)
-        for c in ds.costs("openai"):
-            costs[c.day].append(c)
-        self._costs_by_day = costs
-        self._dataset = ds
-
     # -- protocol --------------------------------------------------------------------
     def throttle_response(self, fault: Fault) -> Response:
         return Response(
@@ -117,7 +105,7 @@ class OpenAIAdminEmulator(Emulator):
                     "code": "rate_limit_exceeded",
                 }
             },
-            {"retry-after": str(math.ceil(fault.retry_after)), "retry-after-ms": str(int(fault.retry_after * 1000))},
+            retry_after_headers(fault),
         )
 
     def handle(self, request: Request) -> Response:
@@ -173,12 +161,8 @@ class OpenAIAdminEmulator(Emulator):
         if page:
             first = decode_page(page)
         n = min(limit, self.page_size_cap or limit)
-        starts: list[int] = []
-        b = first
-        while b < stop and len(starts) < n:
-            starts.append(b)
-            b += width
-        return starts, width, b < stop
+        starts, more = bucket_starts(first, stop, width, n)
+        return starts, width, more
 
     @staticmethod
     def _page(buckets: list[dict[str, Any]], next_start: int | None) -> dict[str, Any]:

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import AnthropicSource, parse_config
 from exporter.model import TOKEN_TYPES, FetchResult, FetchWindow
 from exporter.pricing import PriceTable
 from exporter.providers.anthropic import AnthropicProvider, cents_to_usd, usage_tokens
-from exporter.providers.base import ProviderContext, SourceError, Throttled
+from exporter.providers.base import SourceError, Throttled
 from tests.emulators.ai_dataset import (
     HAIKU,
     RESEARCH,
@@ -35,6 +34,7 @@ from tests.emulators.ai_dataset import (
 )
 from tests.emulators.anthropic_admin import DEFAULT_ADMIN_KEY, AnthropicAdminEmulator
 from tests.emulators.server import Fault
+from tests.helpers import FetchHarness, family_samples
 
 NOW = dt.datetime(2026, 11, 22, 9, 41, 7, tzinfo=dt.UTC)
 MONTH_START = dt.date(2026, 11, 1)
@@ -56,10 +56,13 @@ def emu(ds: AIDataset) -> Iterator[AnthropicAdminEmulator]:
         yield emulator
 
 
-class Harness:
+class Harness(FetchHarness):
+    name = "anthropic"
+    window = WINDOW
+
     def __init__(self, emu: AnthropicAdminEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+        super().__init__()
         self.emu = emu
-        self.calls: list[tuple[str, str, float]] = []
         monkeypatch.setenv(ENV, DEFAULT_ADMIN_KEY)
         # the SDK must not pick up credentials or endpoints of its own
         for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "ANTHROPIC_PROFILE"):
@@ -74,15 +77,7 @@ class Harness:
             "request_timeout": "5s",
         }
         settings.update(cfg)
-        ctx = ProviderContext("anthropic", on_call=lambda op, status, cost: self.calls.append((op, status, cost)))
-        return AnthropicProvider(AnthropicSource.model_validate(settings), ctx)
-
-    def fetch(self, window: FetchWindow = WINDOW, **cfg: Any) -> FetchResult:
-        p = self.provider(**cfg)
-        try:
-            return p.fetch(window)
-        finally:
-            p.close()
+        return AnthropicProvider(AnthropicSource.model_validate(settings), self.ctx())
 
 
 @pytest.fixture
@@ -322,15 +317,6 @@ def test_usage_tokens_sum_both_cache_ttls() -> None:
 # --------------------------------------------------------------------------- end to end
 
 
-def _samples(text: str, family: str) -> list[tuple[dict[str, str], float]]:
-    return [
-        (dict(s.labels), s.value)
-        for fam in text_string_to_metric_families(text)
-        if fam.name == family
-        for s in fam.samples
-    ]
-
-
 def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AIDataset, tmp_path: Path) -> None:
     from exporter.app import build_app
 
@@ -358,7 +344,7 @@ def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AID
         assert teams[RESEARCH] == "research" and teams["default"] == "platform"
         assert teams["wrkspc_01SCRATCHqq"] == "unallocated"
 
-        mtd = _samples(text, "spend_cost_month_to_date_usd")
+        mtd = family_samples(text, "spend_cost_month_to_date_usd")
         assert {lab["account_id"] for lab, _ in mtd} == set(teams)
         for labels, value in mtd:
             assert labels["provider"] == "anthropic"
@@ -376,7 +362,7 @@ def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AID
             assert got == pytest.approx(float(ds.cost_sum("anthropic", start=MONTH_START, team=team)), abs=CENT)
 
         start = dt.datetime.combine(MONTH_START, dt.time(), dt.UTC)
-        tokens = _samples(text, "spend_ai_tokens_month_to_date")
+        tokens = family_samples(text, "spend_ai_tokens_month_to_date")
         assert {lab["token_type"] for lab, _ in tokens} == set(TOKEN_TYPES)
         for labels, value in tokens:
             expected_tokens = ds.token_sum(
@@ -389,7 +375,7 @@ def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AID
         def last_hour(text: str) -> dict[tuple[str, str, str], float]:
             return {
                 (lab["account_id"], lab["model"], lab["team"]): v
-                for lab, v in _samples(text, "spend_ai_cost_last_hour_usd")
+                for lab, v in family_samples(text, "spend_ai_cost_last_hour_usd")
             }
 
         normal = last_hour(text)

@@ -20,6 +20,7 @@ from exporter.providers.base import PaidCallCapReached, ProviderContext, SourceE
 from tests.emulators.aws_ce import AwsCostExplorerEmulator, CostExplorerData
 from tests.emulators.dataset import CloudRow, Dataset, build_dataset
 from tests.emulators.server import Fault
+from tests.helpers import Calls, assert_to_the_cent, month_to_date, series, use_static_aws_credentials
 
 TODAY = dt.date(2026, 11, 21)
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
@@ -32,21 +33,7 @@ CENT = Decimal("0.01")
 
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Static test credentials only: no profile, no shared files, no instance metadata."""
-    for name in (
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_SECURITY_TOKEN",
-        "AWS_ROLE_ARN",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    use_static_aws_credentials(monkeypatch, tmp_path, ACCESS_KEY, SECRET_KEY, region="us-east-1")
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +48,12 @@ def emu(dataset: Dataset) -> Iterator[AwsCostExplorerEmulator]:
         yield e
 
 
-class Accounting:
+class Accounting(Calls):
     """The engine's side of ProviderContext: counts calls and enforces the daily paid-call cap."""
 
     def __init__(self, cap: float | None = None) -> None:
+        super().__init__()
         self.cap = cap
-        self.calls: list[tuple[str, str, float]] = []
-
-    @property
-    def spent(self) -> float:
-        return sum(c for _, _, c in self.calls)
-
-    def on_call(self, op: str, status: str, cost: float) -> None:
-        self.calls.append((op, status, cost))
 
     def check_cap(self, cost: float) -> None:
         if self.cap is not None and self.spent + cost > self.cap + 1e-9:
@@ -133,12 +113,6 @@ def actual(result: FetchResult) -> dict[Key, Decimal]:
     return dict(out)
 
 
-def assert_to_the_cent(got: dict[Key, Decimal], want: dict[Key, Decimal]) -> None:
-    assert set(got) == set(want)
-    wrong = {k: (got[k], want[k]) for k in want if got[k].quantize(CENT) != want[k].quantize(CENT)}
-    assert not wrong, f"{len(wrong)} figures differ, e.g. {next(iter(wrong.items()))}"
-
-
 def rollup(figures: dict[Key, Decimal]) -> dict[tuple[str, str, str | None], Decimal]:
     out: dict[tuple[str, str, str | None], Decimal] = defaultdict(Decimal)
     for (_, acct, svc, team, _), v in figures.items():
@@ -155,7 +129,7 @@ def test_linked_accounts_figures_to_the_cent(emu: AwsCostExplorerEmulator, datas
 
     want = expected(dataset.rows("aws"), WINDOW)
     assert_to_the_cent(actual(result), want)
-    assert_to_the_cent(rollup(actual(result)), rollup(want))  # type: ignore[arg-type]
+    assert_to_the_cent(rollup(actual(result)), rollup(want))
     assert result.days == WINDOW.days()
     assert result.data_through == NOW
     assert {(a.account_id, a.account_name) for a in result.accounts} == {
@@ -442,33 +416,13 @@ def test_payer_view_figures_to_the_cent(backend: str, request: pytest.FixtureReq
     want = expected(dataset.rows("aws"), WINDOW, account=lambda r: caller)
     assert_to_the_cent(actual(result), want)
     assert {c.model for c in result.costs if c.service_name == "Amazon Bedrock"} == {"anthropic.claude-3-5-sonnet"}
-    ops = Counter(op for op, _, _ in acc.calls)
+    ops = acc.op_counts()
     assert ops["GetCallerIdentity"] == 1
     assert ops["GetCostAndUsage"] >= 4  # >= 3 pages of the main query and the Bedrock breakdown
     assert acc.spent == pytest.approx(0.01 * ops["GetCostAndUsage"])
 
 
 # -- through the engine: build_app, /metrics, last good data ---------------------------------------
-
-
-def exposition_samples(text: str, family: str) -> dict[tuple[tuple[str, str], ...], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == family:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
-
-
-def month_to_date(text: str) -> dict[tuple[str, str, str, str], float]:
-    got = {}
-    for labels, v in exposition_samples(text, "spend_cost_month_to_date_usd").items():
-        d = dict(labels)
-        if d["provider"] == "aws":
-            got[(d["account_id"], d["service_name"], d["team"], d["model"])] = v
-    return got
 
 
 def test_metrics_through_the_engine_and_last_good_data(
@@ -500,31 +454,31 @@ def test_metrics_through_the_engine_and_last_good_data(
     try:
         assert all(o.ok for o in app.refresh_all())
         text = app.exposition()
-        got = month_to_date(text)
+        got = month_to_date(text, "aws")
         assert set(got) == set(want)
         assert all(abs(got[k] - float(want[k])) < 0.005 for k in want), "month-to-date differs from the dataset"
-        up = exposition_samples(text, "spend_exporter_source_up")
+        up = series(text, "spend_exporter_source_up")
         assert up[(("provider", "aws"), ("source", "aws"))] == 1
-        forecast = exposition_samples(text, "spend_provider_forecast_month_end_usd")
+        forecast = series(text, "spend_provider_forecast_month_end_usd")
         for account in ("111111111111", "222222222222"):
             mtd = sum((v for k, v in want.items() if k[0] == account), Decimal(0))
             total = mtd + forecast_expected(dataset, account, remaining_days=9)
             assert abs(forecast[(("account_id", account), ("provider", "aws"))] - float(total)) < 0.01
-        cost = exposition_samples(text, "spend_exporter_api_cost_usd_total")
+        cost = series(text, "spend_exporter_api_cost_usd_total")
         assert cost[(("source", "aws"),)] == pytest.approx(0.01 * len(emu.requests))
 
         # Cost Explorer fails: the last good figures stay, the source is down
         emu.inject(Fault("503", times=-1))
         assert not any(o.ok for o in app.refresh_all())
         text = app.exposition()
-        assert month_to_date(text) == got
-        assert exposition_samples(text, "spend_exporter_source_up")[(("provider", "aws"), ("source", "aws"))] == 0
+        assert month_to_date(text, "aws") == got
+        assert series(text, "spend_exporter_source_up")[(("provider", "aws"), ("source", "aws"))] == 0
 
         # and recovers
         emu.clear_faults()
         assert all(o.ok for o in app.refresh_all())
         text = app.exposition()
-        assert month_to_date(text) == got
-        assert exposition_samples(text, "spend_exporter_source_up")[(("provider", "aws"), ("source", "aws"))] == 1
+        assert month_to_date(text, "aws") == got
+        assert series(text, "spend_exporter_source_up")[(("provider", "aws"), ("source", "aws"))] == 1
     finally:
         app.close()

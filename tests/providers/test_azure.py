@@ -18,9 +18,11 @@ from exporter.config import AzureSource, parse_config
 from exporter.model import FetchResult, FetchWindow
 from exporter.providers.azure import AzureProvider, openai_model, scope_account
 from exporter.providers.base import ProviderContext, SourceError, Throttled
+from tests import helpers
 from tests.emulators.azure_cost import AzureCostEmulator
 from tests.emulators.dataset import CloudRow, Dataset, build_dataset
 from tests.emulators.server import Fault
+from tests.helpers import assert_to_the_cent, month_to_date, series
 
 TODAY = dt.date(2026, 11, 21)
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
@@ -83,13 +85,12 @@ def emu(dataset: Dataset) -> Iterator[AzureCostEmulator]:
         yield e
 
 
-class Calls:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, float]] = []
-        self.waits: list[float] = []
+class Calls(helpers.Calls):
+    """Calls, and the waits between retries (the provider sleeps through ``sleep``)."""
 
-    def on_call(self, op: str, status: str, cost: float) -> None:
-        self.calls.append((op, status, cost))
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
 
     def sleep(self, seconds: float) -> None:
         self.waits.append(seconds)
@@ -137,12 +138,6 @@ def actual(result: FetchResult) -> dict[Key, Decimal]:
         assert c.provider == "azure"
         out[(c.day, c.account_id, c.service_name, c.team_tag, c.model, c.currency)] += Decimal(str(c.amount))
     return dict(out)
-
-
-def assert_to_the_cent(got: dict[Key, Decimal], want: dict[Key, Decimal]) -> None:
-    assert set(got) == set(want)
-    wrong = {k: (got[k], want[k]) for k in want if got[k].quantize(CENT) != want[k].quantize(CENT)}
-    assert not wrong, f"{len(wrong)} figures differ, e.g. {next(iter(wrong.items()))}"
 
 
 # -- figures ---------------------------------------------------------------------------------------------
@@ -380,26 +375,6 @@ def test_scope_to_account() -> None:
 EUR_RATE = Decimal("1.08")
 
 
-def exposition_samples(text: str, family: str) -> dict[tuple[tuple[str, str], ...], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == family:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
-
-
-def month_to_date(text: str) -> dict[tuple[str, str, str, str], float]:
-    got = {}
-    for labels, v in exposition_samples(text, "spend_cost_month_to_date_usd").items():
-        d = dict(labels)
-        if d["provider"] == "azure":
-            got[(d["account_id"], d["service_name"], d["team"], d["model"])] = v
-    return got
-
-
 def test_metrics_through_the_engine_and_last_good_data(
     emu: AzureCostEmulator, dataset: Dataset, tmp_path: Path
 ) -> None:
@@ -433,25 +408,25 @@ def test_metrics_through_the_engine_and_last_good_data(
     try:
         assert all(o.ok for o in app.refresh_all())
         text = app.exposition()
-        got = month_to_date(text)
+        got = month_to_date(text, "azure")
         assert set(got) == set(want)
         assert all(abs(got[k] - float(want[k])) < 0.005 for k in want), "month-to-date differs from the dataset"
-        assert exposition_samples(text, "spend_exporter_source_up")[up_key] == 1
-        info = exposition_samples(text, "spend_account_info")
+        assert series(text, "spend_exporter_source_up")[up_key] == 1
+        info = series(text, "spend_account_info")
         assert (("account_id", SUB_EU), ("account_name", "sub-eu"), ("provider", "azure")) in info
 
         # Cost Management fails: the last good figures stay, the source is down
         emu.inject(Fault("500", times=-1))
         assert not any(o.ok for o in app.refresh_all())
         text = app.exposition()
-        assert month_to_date(text) == got
-        assert exposition_samples(text, "spend_exporter_source_up")[up_key] == 0
+        assert month_to_date(text, "azure") == got
+        assert series(text, "spend_exporter_source_up")[up_key] == 0
 
         # and recovers
         emu.clear_faults()
         assert all(o.ok for o in app.refresh_all())
         text = app.exposition()
-        assert month_to_date(text) == got
-        assert exposition_samples(text, "spend_exporter_source_up")[up_key] == 1
+        assert month_to_date(text, "azure") == got
+        assert series(text, "spend_exporter_source_up")[up_key] == 1
     finally:
         app.close()

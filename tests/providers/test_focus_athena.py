@@ -29,6 +29,7 @@ from exporter.providers.base import ProviderContext, SourceError
 from exporter.providers.focus import FocusProvider
 from exporter.providers.focus_athena import billing_periods, build_query, scan_cost_usd
 from tests.emulators.server import Emulator, Fault, Request, Response
+from tests.helpers import Calls, use_static_aws_credentials
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 WINDOW = FetchWindow(start=dt.date(2026, 10, 1), end=dt.date(2026, 11, 21), now=NOW)
@@ -92,19 +93,7 @@ def seed(moto_url: str, rows: list[tuple[str | None, ...]] = ROWS, columns: list
 
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in (
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_SECURITY_TOKEN",
-        "AWS_ROLE_ARN",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    use_static_aws_credentials(monkeypatch, tmp_path, ACCESS_KEY, SECRET_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -169,18 +158,9 @@ class AthenaPager(Emulator):
         return Response(status, data, {"Content-Type": "application/x-amz-json-1.1"})
 
 
-class Accounting:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, float]] = []
-
+class Accounting(Calls):
     def ctx(self) -> ProviderContext:
-        return ProviderContext("athena", on_call=lambda op, st, c: self.calls.append((op, st, c)))
-
-    def ops(self) -> Counter[str]:
-        return Counter(op for op, _, _ in self.calls)
-
-    def cost(self) -> float:
-        return sum(c for _, _, c in self.calls)
+        return ProviderContext("athena", on_call=self.on_call)
 
 
 def source(url: str, **overrides: Any) -> FocusSource:
@@ -229,7 +209,7 @@ def test_fetch_aggregates_costs_from_the_query_results(moto_url: str) -> None:
     assert result.days == WINDOW.days()
     assert result.data_through == NOW  # the newest period ends after now: capped at now
     assert result.usage == [] and result.hourly is None
-    assert acc.ops() == Counter(StartQueryExecution=1, GetQueryExecution=1, GetQueryResults=1, DataScanned=1)
+    assert acc.op_counts() == Counter(StartQueryExecution=1, GetQueryExecution=1, GetQueryResults=1, DataScanned=1)
     assert all(st == "success" for _, st, _ in acc.calls)
 
     (query,) = _queries(moto_url)
@@ -270,7 +250,7 @@ def test_polls_until_the_query_finishes(moto_url: str) -> None:
     finally:
         _post(f"{moto_url}/moto-api/state-manager/unset-transition", {"model_name": "athena::execution"})
     assert len(result.costs) == len(ROWS)
-    assert acc.ops()["GetQueryExecution"] >= 3
+    assert acc.op_counts()["GetQueryExecution"] >= 3
 
 
 def test_pages_through_results_and_counts_the_bytes_scanned(moto_url: str) -> None:
@@ -282,10 +262,10 @@ def test_pages_through_results_and_counts_the_bytes_scanned(moto_url: str) -> No
     assert len(result.costs) == len(ROWS)
     # header + 5 rows in pages of 2: 3 pages, each request counted
     assert ops.count("GetQueryResults") == 3
-    assert acc.ops()["GetQueryResults"] == 3
+    assert acc.op_counts()["GetQueryResults"] == 3
     tokens = [json.loads(r.body).get("NextToken") for r in pager.requests if r.body and b"NextToken" in r.body]
     assert tokens == ["2", "4"]
-    assert acc.cost() == pytest.approx(15.0)  # 3 TB x $5
+    assert acc.spent == pytest.approx(15.0)  # 3 TB x $5
     assert [c for op, _, c in acc.calls if op == "DataScanned"] == [pytest.approx(15.0)]
 
 
@@ -307,7 +287,7 @@ def test_a_failed_query_raises_and_its_scan_is_still_counted(moto_url: str) -> N
     ):
         FocusProvider(source(pager.url), acc.ctx()).fetch(WINDOW)
     assert ("DataScanned", "error", pytest.approx(5.0)) in acc.calls
-    assert acc.ops()["GetQueryResults"] == 0
+    assert acc.op_counts()["GetQueryResults"] == 0
 
 
 def test_a_failed_page_fails_the_whole_fetch(moto_url: str) -> None:

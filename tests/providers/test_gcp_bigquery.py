@@ -13,7 +13,6 @@ import pytest
 from google.api_core.exceptions import BadRequest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import GcpBigQuerySource, parse_config
 from exporter.model import AccountInfo, FetchResult, FetchWindow
@@ -22,6 +21,7 @@ from exporter.providers.gcp_bigquery import QUERY, GcpBigQueryProvider, billable
 from tests.emulators.bigquery import BigQueryEmulator
 from tests.emulators.dataset import Dataset, build_dataset
 from tests.emulators.server import Fault
+from tests.helpers import Calls, series
 
 TODAY = dt.date(2024, 5, 20)
 NOW = dt.datetime(2024, 5, 20, 12, 0, tzinfo=dt.UTC)
@@ -75,17 +75,6 @@ def source(emu: BigQueryEmulator, **overrides: Any) -> GcpBigQuerySource:
     src = parse_config({"sources": [raw]}).sources[0]
     assert isinstance(src, GcpBigQuerySource)
     return src
-
-
-class Calls:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, float]] = []
-
-    def __call__(self, op: str, status: str, cost: float) -> None:
-        self.calls.append((op, status, cost))
-
-    def ops(self) -> list[tuple[str, str]]:
-        return [(op, status) for op, status, _ in self.calls]
 
 
 def provider(emu: BigQueryEmulator, check_cap: Any = None, **overrides: Any) -> tuple[GcpBigQueryProvider, Calls]:
@@ -357,15 +346,6 @@ def test_wrong_table_is_an_error_not_empty_data(emulator: BigQueryEmulator) -> N
 # --------------------------------------------------------------------------- through the engine
 
 
-def _samples(text: str, family: str) -> dict[tuple[tuple[str, str], ...], float]:
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == family:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
-
-
 def test_metrics_equal_the_dataset_then_keep_last_good_data_while_the_api_fails(
     emulator: BigQueryEmulator, tmp_path: Path
 ) -> None:
@@ -379,7 +359,7 @@ def test_metrics_equal_the_dataset_then_keep_last_good_data_while_the_api_fails(
     try:
         assert app.refresh_all()[0].ok
         text = app.exposition()
-        mtd = _samples(text, "spend_cost_month_to_date_usd")
+        mtd = series(text, "spend_cost_month_to_date_usd")
         want: dict[tuple[tuple[str, str], ...], Decimal] = defaultdict(Decimal)
         for (_day, project, service, team, model), amount in emulator.expected(TODAY.replace(day=1), TODAY).items():
             labels = {
@@ -391,10 +371,10 @@ def test_metrics_equal_the_dataset_then_keep_last_good_data_while_the_api_fails(
             }
             want[tuple(sorted(labels.items()))] += amount
         assert {k: Decimal(str(v)).quantize(CENT) for k, v in mtd.items()} == dict(want)
-        assert _samples(text, "spend_exporter_source_up") == {(("provider", "gcp"), ("source", "gcp")): 1.0}
-        api_cost = _samples(text, "spend_exporter_api_cost_usd_total")
+        assert series(text, "spend_exporter_source_up") == {(("provider", "gcp"), ("source", "gcp")): 1.0}
+        api_cost = series(text, "spend_exporter_api_cost_usd_total")
         assert api_cost == {(("source", "gcp"),): pytest.approx(billed_cost(emulator), abs=1e-6)}
-        assert _samples(text, "spend_account_info") == {
+        assert series(text, "spend_account_info") == {
             (("account_id", "proj-alpha"), ("account_name", "Alpha"), ("provider", "gcp")): 1.0,
             (("account_id", "proj-beta"), ("account_name", "Beta"), ("provider", "gcp")): 1.0,
         }
@@ -403,13 +383,13 @@ def test_metrics_equal_the_dataset_then_keep_last_good_data_while_the_api_fails(
         out = app.refresh_all()
         assert not out[0].ok
         text = app.exposition()
-        assert _samples(text, "spend_exporter_source_up") == {(("provider", "gcp"), ("source", "gcp")): 0.0}
-        assert _samples(text, "spend_cost_month_to_date_usd") == mtd
+        assert series(text, "spend_exporter_source_up") == {(("provider", "gcp"), ("source", "gcp")): 0.0}
+        assert series(text, "spend_cost_month_to_date_usd") == mtd
 
         emulator.clear_faults()
         assert app.refresh_all()[0].ok
         text = app.exposition()
-        assert _samples(text, "spend_exporter_source_up") == {(("provider", "gcp"), ("source", "gcp")): 1.0}
-        assert _samples(text, "spend_cost_month_to_date_usd") == mtd
+        assert series(text, "spend_exporter_source_up") == {(("provider", "gcp"), ("source", "gcp")): 1.0}
+        assert series(text, "spend_cost_month_to_date_usd") == mtd
     finally:
         app.close()

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import OciSource, parse_config
 from exporter.model import AccountInfo, FetchResult, FetchWindow
@@ -29,6 +28,7 @@ from exporter.providers.oci import OciProvider
 from tests.emulators.dataset import Dataset, build_dataset
 from tests.emulators.oci_usage import OciUsageEmulator
 from tests.emulators.server import Fault
+from tests.helpers import Calls, series
 
 TODAY = dt.date(2024, 5, 20)
 NOW = dt.datetime(2024, 5, 20, 12, 0, tzinfo=dt.UTC)
@@ -111,16 +111,6 @@ def source(emu: OciUsageEmulator, key: OciKey, **overrides: Any) -> OciSource:
     src = parse_config({"sources": [raw]}).sources[0]
     assert isinstance(src, OciSource)
     return src
-
-
-class Calls:
-    """Records what the provider reports through ``ProviderContext``."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, float]] = []
-
-    def __call__(self, op: str, status: str, cost: float) -> None:
-        self.calls.append((op, status, cost))
 
 
 def provider(emu: OciUsageEmulator, key: OciKey, **overrides: Any) -> tuple[OciProvider, Calls]:
@@ -359,15 +349,6 @@ def test_an_encrypted_key_works_and_its_passphrase_is_a_registered_secret(
 # --------------------------------------------------------------------------- through the engine
 
 
-def _samples(text: str, family: str) -> dict[tuple[tuple[str, str], ...], float]:
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == family:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
-
-
 def test_metrics_equal_the_dataset_then_keep_last_good_data_while_the_api_fails(
     emulator: OciUsageEmulator, oci_key: OciKey, tmp_path: Path
 ) -> None:
@@ -379,7 +360,7 @@ def test_metrics_equal_the_dataset_then_keep_last_good_data_while_the_api_fails(
     try:
         app.refresh_all()
         text = app.exposition()
-        mtd = _samples(text, "spend_cost_month_to_date_usd")
+        mtd = series(text, "spend_cost_month_to_date_usd")
         want: dict[tuple[tuple[str, str], ...], Decimal] = defaultdict(Decimal)
         for r in emulator.dataset.rows("oci"):
             if r.day >= TODAY.replace(day=1):
@@ -392,23 +373,23 @@ def test_metrics_equal_the_dataset_then_keep_last_good_data_while_the_api_fails(
                 }
                 want[tuple(sorted(labels.items()))] += r.amount
         assert {k: Decimal(str(v)).quantize(CENT) for k, v in mtd.items()} == dict(want)
-        up = _samples(text, "spend_exporter_source_up")
+        up = series(text, "spend_exporter_source_up")
         assert up == {(("provider", "oci"), ("source", "oci")): 1.0}
-        info = _samples(text, "spend_account_info")
+        info = series(text, "spend_account_info")
         assert info == {(("account_id", TENANCY), ("account_name", "acme-tenancy"), ("provider", "oci")): 1.0}
 
         emulator.inject(Fault("503", times=-1))
         out = app.refresh_all()
         assert not out[0].ok and "503" in (out[0].error or "")
         text = app.exposition()
-        assert _samples(text, "spend_exporter_source_up") == {(("provider", "oci"), ("source", "oci")): 0.0}
-        assert _samples(text, "spend_cost_month_to_date_usd") == mtd
+        assert series(text, "spend_exporter_source_up") == {(("provider", "oci"), ("source", "oci")): 0.0}
+        assert series(text, "spend_cost_month_to_date_usd") == mtd
 
         emulator.clear_faults()
         assert app.refresh_all()[0].ok
         text = app.exposition()
-        assert _samples(text, "spend_exporter_source_up") == {(("provider", "oci"), ("source", "oci")): 1.0}
-        assert _samples(text, "spend_cost_month_to_date_usd") == mtd
+        assert series(text, "spend_exporter_source_up") == {(("provider", "oci"), ("source", "oci")): 1.0}
+        assert series(text, "spend_cost_month_to_date_usd") == mtd
         status = json.loads(json.dumps(app.status()))
         assert status["sources"][0]["last_error"] is None
     finally:

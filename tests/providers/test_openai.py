@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import OpenAISource, parse_config
 from exporter.model import TOKEN_TYPES, FetchResult, FetchWindow
 from exporter.pricing import PriceTable
-from exporter.providers.base import ProviderContext, SourceError, Throttled
+from exporter.providers.base import SourceError, Throttled
 from exporter.providers.openai import OpenAIProvider, completion_tokens, parse_line_item, token_type_of
 from tests.emulators.ai_dataset import (
     EMBED,
@@ -37,6 +36,7 @@ from tests.emulators.ai_dataset import (
 )
 from tests.emulators.openai_admin import DEFAULT_ADMIN_KEY, OpenAIAdminEmulator
 from tests.emulators.server import Fault
+from tests.helpers import FetchHarness, family_samples
 
 NOW = dt.datetime(2026, 11, 22, 9, 41, 7, tzinfo=dt.UTC)
 MONTH_START = dt.date(2026, 11, 1)
@@ -58,10 +58,13 @@ def emu(ds: AIDataset) -> Iterator[OpenAIAdminEmulator]:
         yield emulator
 
 
-class Harness:
+class Harness(FetchHarness):
+    name = "openai"
+    window = WINDOW
+
     def __init__(self, emu: OpenAIAdminEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+        super().__init__()
         self.emu = emu
-        self.calls: list[tuple[str, str, float]] = []
         monkeypatch.setenv(ENV, DEFAULT_ADMIN_KEY)
         monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
 
@@ -74,15 +77,7 @@ class Harness:
             "request_timeout": "5s",
         }
         settings.update(cfg)
-        ctx = ProviderContext("openai", on_call=lambda op, status, cost: self.calls.append((op, status, cost)))
-        return OpenAIProvider(OpenAISource.model_validate(settings), ctx)
-
-    def fetch(self, window: FetchWindow = WINDOW, **cfg: Any) -> FetchResult:
-        p = self.provider(**cfg)
-        try:
-            return p.fetch(window)
-        finally:
-            p.close()
+        return OpenAIProvider(OpenAISource.model_validate(settings), self.ctx())
 
 
 @pytest.fixture
@@ -412,14 +407,6 @@ def test_input_tokens_include_cached_and_cache_write() -> None:
 # --------------------------------------------------------------------------- end to end
 
 
-def _samples(text: str, family: str) -> list[tuple[dict[str, str], float]]:
-    out = []
-    for fam in text_string_to_metric_families(text):
-        if fam.name == family:
-            out.extend((dict(s.labels), s.value) for s in fam.samples)
-    return out
-
-
 def _app_config(tmp_path: Path, emu: OpenAIAdminEmulator, ds: AIDataset) -> Any:
     return parse_config(
         {
@@ -451,7 +438,7 @@ def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AID
         teams = ds.teams("openai")
 
         # month to date, per series: to the cent, with the team of the project's rule
-        mtd = _samples(text, "spend_cost_month_to_date_usd")
+        mtd = family_samples(text, "spend_cost_month_to_date_usd")
         assert mtd
         for labels, value in mtd:
             assert labels["provider"] == "openai"
@@ -472,7 +459,7 @@ def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AID
 
         # tokens this month by token type
         start = dt.datetime.combine(MONTH_START, dt.time(), dt.UTC)
-        tokens = _samples(text, "spend_ai_tokens_month_to_date")
+        tokens = family_samples(text, "spend_ai_tokens_month_to_date")
         assert tokens
         for labels, value in tokens:
             expected_tokens = ds.token_sum(
@@ -485,7 +472,7 @@ def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AID
         def last_hour(text: str) -> dict[tuple[str, str, str], float]:
             return {
                 (lab["account_id"], lab["model"], lab["team"]): v
-                for lab, v in _samples(text, "spend_ai_cost_last_hour_usd")
+                for lab, v in family_samples(text, "spend_ai_cost_last_hour_usd")
             }
 
         normal = last_hour(text)

@@ -1,0 +1,119 @@
+"""Pieces shared by several test modules: reading an exposition, test credentials, call recording."""
+
+from __future__ import annotations
+
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.model import FetchResult, FetchWindow
+from exporter.providers.base import ProviderContext
+
+CENT = Decimal("0.01")
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def series(text: str, name: str) -> dict[Labels, float]:
+    """The samples called ``name`` in a text exposition: sorted (label, value) pairs → value."""
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == name
+    }
+
+
+def family_samples(text: str, family: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of the metric family ``family``, in exposition order, as (labels, value)."""
+    return [
+        (dict(s.labels), s.value)
+        for fam in text_string_to_metric_families(text)
+        if fam.name == family
+        for s in fam.samples
+    ]
+
+
+def month_to_date(text: str, provider: str) -> dict[tuple[str, str, str, str], float]:
+    """``spend_cost_month_to_date_usd`` of one provider: (account, service, team, model) → value."""
+    got = {}
+    for labels, v in series(text, "spend_cost_month_to_date_usd").items():
+        d = dict(labels)
+        if d["provider"] == provider:
+            got[(d["account_id"], d["service_name"], d["team"], d["model"])] = v
+    return got
+
+
+def assert_to_the_cent(got: dict[Any, Decimal], want: dict[Any, Decimal]) -> None:
+    """The same keys, and every figure equal once rounded to the cent."""
+    assert set(got) == set(want)
+    wrong = {k: (got[k], want[k]) for k in want if got[k].quantize(CENT) != want[k].quantize(CENT)}
+    assert not wrong, f"{len(wrong)} figures differ, e.g. {next(iter(wrong.items()))}"
+
+
+def use_static_aws_credentials(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, access_key: str, secret_key: str, region: str | None = None
+) -> None:
+    """Static test credentials only: no profile, no shared files, no instance metadata."""
+    for name in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret_key)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    if region is not None:
+        monkeypatch.setenv("AWS_DEFAULT_REGION", region)
+
+
+class Calls:
+    """Records what a provider reports through ``ProviderContext(on_call=...)``: (operation, status, cost)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, float]] = []
+
+    def __call__(self, op: str, status: str, cost: float) -> None:
+        self.calls.append((op, status, cost))
+
+    on_call = __call__
+
+    def ops(self) -> list[tuple[str, str]]:
+        return [(op, status) for op, status, _ in self.calls]
+
+    def op_counts(self) -> Counter[str]:
+        return Counter(op for op, _, _ in self.calls)
+
+    @property
+    def spent(self) -> float:
+        return sum(c for _, _, c in self.calls)
+
+
+class FetchHarness(Calls):
+    """The provider under test, built afresh for each ``fetch`` (then closed), its calls recorded in ``calls``."""
+
+    name: str  # the source name the provider reports its calls under
+    window: FetchWindow  # what ``fetch()`` asks for unless told otherwise
+
+    def ctx(self) -> ProviderContext:
+        return ProviderContext(self.name, on_call=self.on_call)
+
+    def provider(self, **cfg: Any) -> Any:
+        """The provider, from the harness's settings updated with ``cfg``."""
+        raise NotImplementedError
+
+    def fetch(self, window: FetchWindow | None = None, **cfg: Any) -> FetchResult:
+        p = self.provider(**cfg)
+        try:
+            return p.fetch(self.window if window is None else window)  # type: ignore[no-any-return]
+        finally:
+            p.close()
