@@ -52,10 +52,8 @@ class _Runtime:
 
 
 def _source_hash(src: SourceBase) -> str:
-    """Hash of the settings that change what is fetched; interval and similar do not count."""
-    data = src.model_dump(
-        mode="json", exclude={"interval", "jitter", "timeout", "backoff_max", "max_api_cost_usd_per_day"}
-    )
+    """Hash of the settings that change what is fetched (all but the source type's ``FETCH_NEUTRAL`` keys)."""
+    data = src.model_dump(mode="json", exclude=set(src.FETCH_NEUTRAL))
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -12,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
@@ -93,6 +93,11 @@ class _Model(BaseModel):
 
 
 class SourceBase(_Model):
+    FETCH_NEUTRAL: ClassVar[frozenset[str]] = frozenset(
+        {"interval", "jitter", "timeout", "backoff_max", "max_api_cost_usd_per_day"}
+    )
+    """Keys that change when or how patiently a source is fetched, not what: changing one keeps the cache."""
+
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
     interval: Duration = 6 * 3600.0
     jitter: Annotated[float, Field(ge=0, le=0.5)] = 0.1
@@ -106,6 +111,7 @@ class SourceBase(_Model):
 
 
 class AwsSource(SourceBase):
+    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"throttle_retries", "throttle_backoff", "throttle_max_wait"}
     type: Literal["aws"]
     endpoint_url: str | None = None
     region: str = "us-east-1"
@@ -126,6 +132,7 @@ class AwsSource(SourceBase):
 
 
 class AzureSource(SourceBase):
+    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"throttle_retries", "throttle_backoff", "throttle_max_wait"}
     type: Literal["azure"]
     scopes: Annotated[list[NonEmptyStr], Field(min_length=1)]
     cost_type: Literal["ActualCost", "AmortizedCost"] = "ActualCost"
@@ -149,6 +156,7 @@ class OciTeamTag(_Model):
 
 
 class OciSource(SourceBase):
+    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"retry_max_attempts", "retry_base_delay", "retry_max_delay"}
     type: Literal["oci"]
     tenancy_id: NonEmptyStr
     config_file: str = "~/.oci/config"
@@ -165,6 +173,13 @@ class OciSource(SourceBase):
 
 
 class GcpBigQuerySource(SourceBase):
+    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {
+        "price_usd_per_tib",
+        "maximum_bytes_billed",
+        "retry_deadline",
+        "retry_base_delay",
+        "retry_max_delay",
+    }
     type: Literal["gcp_bigquery"]
     table: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+\.[A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$")]
     project: str | None = None
@@ -185,6 +200,7 @@ class GcpBigQuerySource(SourceBase):
 class AdminApiSource(SourceBase):
     """Keys shared by the AI admin-API sources (``openai``, ``anthropic``)."""
 
+    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"request_timeout", "max_retries", "max_retry_wait"}
     interval: Duration = 900.0
     admin_key_env: NonEmptyStr
     base_url: str | None = None
@@ -215,6 +231,7 @@ SqlName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=2
 class FocusSource(SourceBase):
     """FOCUS exports: local files through DuckDB, or (``engine: athena``) a table in S3 queried by Athena."""
 
+    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"poll_interval"}
     type: Literal["focus"]
     interval: Duration = 3600.0
     paths: list[NonEmptyStr] = []
@@ -258,7 +275,6 @@ SOURCE_TYPES: dict[str, type[SourceBase]] = {
 
 # --------------------------------------------------------------------------- the rest
 
-MATCH_FIELDS = ("provider", "account_id", "service_name", "team", "model")
 StrOrList = Annotated[
     list[str],
     BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
@@ -304,10 +320,6 @@ class Budget(_Model):
     """Owning team; also restricts the budget to that team's spend unless ``match.team`` is set."""
     warning_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
     match: BudgetMatch = BudgetMatch()
-
-
-def _token_prices(v: Any) -> Any:
-    return v
 
 
 class Config(_Model):

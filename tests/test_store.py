@@ -167,6 +167,34 @@ def test_corrupted_cache_is_moved_aside_and_rebuilt(
         app.close()
 
 
+@pytest.mark.parametrize(
+    "change",
+    [{"timeout": "10m"}, {"backoff_max": "2h"}, {"max_api_cost_usd_per_day": 0.5}, {"poll_interval": "5s"}],
+    ids=lambda c: next(iter(c)),
+)
+def test_fetch_neutral_settings_keep_the_cache(tmp_path: Path, clock: Any, focus: Any, change: dict[str, Any]) -> None:
+    today = clock().date()
+    focus.write(tmp_path / "exports" / "a.csv", history(today, focus, dt.date(2025, 2, 1)))
+    app = build_app(make_config(tmp_path), now=clock)
+    app.refresh_all()
+    app.close()
+    clock.advance(minutes=5)
+    (tmp_path / "exports" / "a.csv").unlink()  # a refetch would now fail: none may happen
+    app = build_app(make_config(tmp_path, **change), now=clock)
+    try:
+        assert app.scheduler.run_pending() == []
+        assert value(app, "spend_cost_daily_usd") == 10.0
+    finally:
+        app.close()
+
+
+def test_every_source_types_fetch_neutral_keys_are_its_own() -> None:
+    from exporter.config import SOURCE_TYPES
+
+    for cls in SOURCE_TYPES.values():
+        assert cls.FETCH_NEUTRAL <= set(cls.model_fields), cls.__name__
+
+
 def test_cache_of_another_schema_version_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "cache.sqlite"
     Store(path).close()
