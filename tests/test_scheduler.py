@@ -22,6 +22,8 @@ from exporter.providers.base import PaidCallCapReached
 from exporter.scheduler import BACKOFF_BASE, backoff_delay, fetch_window
 from exporter.store import SourceState
 from exporter.web import landing_page
+from tests.emulators.aws_ce import AwsCostExplorerEmulator
+from tests.emulators.dataset import build_dataset
 from tests.helpers import series, use_static_aws_credentials
 
 UTC = dt.UTC
@@ -330,10 +332,8 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_paid_call_cap_with_cost_explorer(tmp_path: Path, clock: Any, app_factory: Any, aws_env: None) -> None:
     """The real AWS provider (boto3) against the Cost Explorer emulator: every request costs $0.01."""
-    aws_ce = pytest.importorskip("tests.emulators.aws_ce")
-    dataset = pytest.importorskip("tests.emulators.dataset")
     clock.set(dt.datetime(2025, 3, 15, 12, 0, tzinfo=UTC))
-    with aws_ce.AwsCostExplorerEmulator(dataset.build_dataset(clock().date())) as emu:
+    with AwsCostExplorerEmulator(build_dataset(clock().date())) as emu:
         src = {"name": "aws", "type": "aws", "endpoint_url": emu.url, "interval": "2h"}
         app = app_factory(config(tmp_path, {**src, "max_api_cost_usd_per_day": 0.06}))
         assert app.scheduler.run_pending() == ["aws"]
