@@ -49,21 +49,33 @@ def refresh(r: dict[str, Any]) -> None:
 
 
 def memory(r: dict[str, Any]) -> None:
-    print("| series | peak RSS | RSS when ready | start → /-/ready (each start) | SDK modules imported |")
-    print("|---:|---:|---:|---|---|")
+    def starts(key: str) -> str:
+        return ", ".join(f"{s:.2f} s" for s in r.get(key, [])) or "–"
+
+    print(
+        "| series | peak RSS | RSS when ready | start → /-/ready: restart (saved snapshot) "
+        "| start that builds the snapshot | after an unclean stop | SDK modules imported |"
+    )
+    print("|---:|---:|---:|---|---|---|---|")
     print(
         f"| {r.get('series_served', r['series']):,} | {r['peak_rss_mb']:.0f} MB | {r['rss_after_ready_mb']:.0f} MB "
-        f"| {', '.join(f'{s:.2f} s' for s in r['ready_s'])} | {', '.join(r['sdk_modules_imported']) or 'none'} |"
+        f"| {starts('ready_s')} | {starts('ready_building_snapshot_s')} | {starts('ready_after_unclean_stop_s')} "
+        f"| {', '.join(r['sdk_modules_imported']) or 'none'} |"
     )
 
 
 def ingest(r: dict[str, Any]) -> None:
-    print("| rows | format | size | focus source (median) | DuckDB direct (median) | ratio |")
-    print("|---:|---|---:|---:|---:|---:|")
+    print(
+        "| rows | format | size | focus source (median) | DuckDB direct (median) | ratio | CPU ratio "
+        "| CPU ratio, limit fetched like the source |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for c in r["cases"]:
+        cpu = f"{c['cpu_ratio']:.2f}×" if "cpu_ratio" in c else "–"
+        series = f"{c['series_fetch_cpu_ratio']:.2f}×" if "series_fetch_cpu_ratio" in c else "–"
         print(
             f"| {c['rows_target']:,} | {c['format']} | {c['bytes'] / 1e6:.0f} MB | {c['provider_median_s']:.2f} s "
-            f"| {c['duckdb_median_s']:.2f} s | {c['ratio']:.2f}× |"
+            f"| {c['duckdb_median_s']:.2f} s | {c['ratio']:.2f}× | {cpu} | {series} |"
         )
 
 
@@ -81,6 +93,50 @@ def economy(r: dict[str, Any]) -> None:
     )
 
 
+def soak(r: dict[str, Any]) -> None:
+    """The soak (bench/results/soak.json) and its variants (soak-*.json: the bare limit, no refresh, paced)."""
+    runs = [r] + [json.loads(p.read_text()) for p in sorted(RESULTS.glob("soak-*.json"))]
+    print(
+        "| run | server | scrapers | refreshes (started / published) | scrapes | errors | median ms | p99 ms "
+        "| max ms | > 1 s | RSS after warm-up → end | VmHWM | load average (before → after) |"
+    )
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|")
+    for x in runs:
+        pace = "back to back" if not x["pace_s"] else f"one per {x['pace_s']:g} s each"
+        mix = f"{x['scrapers'] - x['gzip_scrapers']} plain + {x['gzip_scrapers']} gzip, {pace}"
+        ref = "off" if x["refresh_interval"] == "off" else f"every {x['refresh_interval']}: "
+        if x["refresh_interval"] != "off":
+            ref += f"{x['refreshes_started']} / {x['refreshes_published']}"
+        load = " → ".join("/".join(f"{v:.1f}" for v in x[k]) for k in ("load_avg_before", "load_avg_after"))
+        print(
+            f"| {x['benchmark']} ({x['when'][11:16]}) | {x['server']} | {mix} | {ref} | {x['scrapes']:,} "
+            f"| {x['errors']} | {x['median_ms']:.0f} | {x['p99_ms']:.0f} | {x['max_ms']:.0f} | {x['slower_than_1s']} "
+            f"| {x['rss_warm_mb']:.0f} → {x['rss_end_mb']:.0f} MB ({x['rss_ratio']:.2f}) | {x['vm_hwm_mb']:.0f} MB "
+            f"| {load} |"
+        )
+    print()
+    print("| run | encoding | scrapes | body | median ms | p99 ms | max ms | > 1 s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for x in runs:
+        for enc, v in x["by_encoding"].items():
+            if not v["scrapes"]:
+                continue
+            print(
+                f"| {x['benchmark']} | {enc} | {v['scrapes']:,} | {v['bytes'] / 1e6:.2f} MB | {v['median_ms']:.0f} "
+                f"| {v['p99_ms']:.0f} | {v['max_ms']:.0f} | {v['slower_than_1s']} |"
+            )
+    cycles = [(x["benchmark"], c) for x in runs for c in x["refresh_cycles"]]
+    if cycles:
+        print()
+        print("| run | refresh started at | fetch | published by | RSS at its start | RSS peak |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, c in cycles:
+            fetch = "–" if c["fetch_s"] is None else f"{c['fetch_s']:.1f} s"
+            pub = "after the soak" if c["published_by_s"] is None else f"{c['published_by_s']:.1f} s"
+            at_start = "– (before the soak)" if c["rss_at_start_mb"] is None else f"{c['rss_at_start_mb']:.0f} MB"
+            print(f"| {name} | {c['start_s']:.1f} s | {fetch} | {pub} | {at_start} | {c['rss_peak_mb']:.0f} MB |")
+
+
 def main() -> None:
     for name, fn in (
         ("scrape", scrape),
@@ -88,6 +144,7 @@ def main() -> None:
         ("memory", memory),
         ("ingest", ingest),
         ("economy", economy),
+        ("soak", soak),
     ):
         r = _load(name)
         if r is None:

@@ -8,17 +8,22 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
+import re
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from exporter import warmstart
 from exporter.attribution import Resolver
+from exporter.collector import clean_label_value
 from exporter.config import Config, SourceBase
-from exporter.model import TOKEN_TYPES, FetchResult, FetchWindow
+from exporter.model import TOKEN_TYPES, FetchResult, FetchWindow, cost_tuples
 from exporter.providers import REGISTRY, create_provider
 from exporter.providers.base import PaidCallCapReached, Provider, ProviderContext, SourceError, Throttled
 from exporter.scheduler import Scheduler, fetch_window, next_midnight, utc_now
@@ -64,7 +69,9 @@ class App:
         now: Callable[[], dt.datetime] = utc_now,
         rng: random.Random | None = None,
         store: Store | None = None,
+        stale_ok: bool = False,
     ) -> None:
+        """``stale_ok``: start on a saved snapshot from an earlier hour of today (``run``; see warmstart)."""
         self.config = config
         self.now = now
         self.store = store or Store(config.cache_path)
@@ -84,7 +91,16 @@ class App:
         )
         self.scheduler = Scheduler(self, now=now, rng=rng)
         self._drop_stale_sources()
-        self._snapshot: Snapshot = self.builder.build(self.now(), self._sources)
+        self.store.on_reset.append(self.builder.invalidate)  # a damaged cache was replaced by an empty one
+        self._snapshot_key = warmstart.snapshot_key(config)
+        self.snapshot_restored = False  # serving the snapshot saved before the restart
+        self.snapshot_stale = False  # ... and it is from an earlier hour: rebuild_snapshot() soon
+        restored = warmstart.load(self.store, self._snapshot_key, self.now(), stale_ok)
+        if restored is not None:
+            self._snapshot: Snapshot = restored[0]
+            self.snapshot_restored, self.snapshot_stale = True, not restored[1]
+        else:
+            self._snapshot = self.rebuild_snapshot()
 
     # -- helpers -------------------------------------------------------------------------
     def config_hash(self, name: str) -> str:
@@ -102,9 +118,28 @@ class App:
 
     def rebuild_snapshot(self) -> Snapshot:
         with self._snapshot_lock:
-            snap = self.builder.build(self.now(), self._sources)
+            now = self.now()
+            # every write happens inside a refresh: with none running, this build matches the data at this
+            # generation, and save() keeps it only if no write happened before it is stored
+            consistent = not any(rt.refreshing for rt in self._rt.values())
+            generation = self.store.generation()
+            snap = self.builder.build(now, self._sources)
             self._snapshot = snap
+            self.snapshot_restored = self.snapshot_stale = False
+            try:
+                if consistent:
+                    warmstart.save(self.store, self._snapshot_key, generation, snap, now)
+            except Exception:
+                log.warning("could not save the snapshot in the cache", exc_info=True)
             return snap
+
+    def rebuild_stale_snapshot(self) -> None:
+        """Replace a snapshot restored from an earlier hour (``run`` calls it in a thread at start)."""
+        if self.snapshot_stale:
+            try:
+                self.rebuild_snapshot()
+            except Exception:
+                log.exception("building the snapshot failed; serving the one saved before the restart")
 
     def _drop_stale_sources(self) -> None:
         for name in self.store.sources_held():
@@ -134,7 +169,15 @@ class App:
                 on_call=functools.partial(self._record_call, src.name),
                 check_cap=functools.partial(self._check_cap, src),
                 logger=logging.getLogger(f"exporter.providers.{getattr(src, 'type', src.name)}"),
+                scratch_dir=None
+                if self.config.cache_path == ":memory:"
+                else os.path.join(os.path.dirname(os.path.abspath(self.config.cache_path)), "tmp"),
             )
+            # a password in an endpoint URL (http://user:pass@proxy) is a secret, and SDK errors quote the URL
+            for value in src.model_dump(mode="json").values():
+                for m in re.finditer(r"://[^/@:\s]*:([^/@\s]+)@", value if isinstance(value, str) else ""):
+                    ctx.register_secret(m.group(1))
+                    ctx.register_secret(urllib.parse.unquote(m.group(1)))
             self._contexts[src.name] = ctx
         return ctx
 
@@ -159,7 +202,10 @@ class App:
 
     def cap_reached(self, name: str) -> bool:
         until = self._rt[name].cap_reached_until
-        return until is not None and self.now().timestamp() < until
+        now = self.now()
+        if until is not None and until > next_midnight(now).timestamp():
+            self._rt[name].cap_reached_until = until = None  # the clock went back a day or more: a new day's cap
+        return until is not None and now.timestamp() < until
 
     # -- refreshing ------------------------------------------------------------------------
     def refresh_all(self) -> list[RefreshOutcome]:
@@ -174,8 +220,9 @@ class App:
             try:
                 out = self._refresh(src)
             finally:
+                # before the flag drops: a snapshot built while no source is refreshing holds no stale view
+                self.builder.invalidate(name)
                 rt.refreshing = False
-        self.builder.invalidate(name)
         try:
             self.rebuild_snapshot()
         except Exception:
@@ -198,6 +245,7 @@ class App:
         started = time.monotonic()
         try:
             result = self._fetch(src, window)
+            truncated = result.clean_labels(clean_label_value)
             rep, records, skipped = self._normalise(src, window, result)
         except Exception as e:
             duration = time.monotonic() - started
@@ -221,6 +269,7 @@ class App:
             skipped_detail=json.dumps(dict(skipped)) if skipped else None,
         )
         self.store.replace(src.name, rep, new_state)
+        self.builder.count_truncated(src.name, truncated)
         keep_from = min(window.start, now.date() - dt.timedelta(days=KEEP_DAYS))
         self.store.prune(src.name, keep_from)
         self._rt[src.name].records = records
@@ -311,20 +360,20 @@ class App:
         self, src: SourceBase, window: FetchWindow, result: FetchResult
     ) -> tuple[Replacement, int, Counter[str]]:
         r = self.resolver
-        skipped: Counter[str] = Counter()
+        skipped: Counter[str] = Counter({k: n for k, n in result.skipped.items() if n > 0})
         lo, hi = window.start, window.end
         costs = []
-        for c in result.costs:
-            if not lo <= c.day <= hi:
+        for day, provider, account_id, service_name, amount, currency, team_tag, model in cost_tuples(result.costs):
+            if not lo <= day <= hi:
                 skipped["outside_window"] += 1
                 continue
-            usd = r.to_usd(c.amount, c.currency)
+            usd = r.to_usd(amount, currency)
             if usd is None:
-                bad = c.amount is None or not math.isfinite(c.amount)
-                skipped["not_a_number" if bad else f"no_rate_{(c.currency or 'blank').upper()[:8]}"] += 1
+                bad = amount is None or not math.isfinite(amount)
+                skipped["not_a_number" if bad else f"no_rate_{(currency or 'blank').upper()[:8]}"] += 1
                 continue
-            team = r.team(c.team_tag, c.provider, c.account_id, c.service_name, c.model)
-            costs.append((c.day.isoformat(), c.provider, c.account_id, c.service_name, team, c.model or "", usd))
+            team = r.team(team_tag, provider, account_id, service_name, model)
+            costs.append((day.isoformat(), provider, account_id, service_name, team, model or "", usd))
         usage = []
         for u in result.usage:
             if not lo <= u.day <= hi:
@@ -363,6 +412,8 @@ class App:
                     n,
                     reason.rsplit("_", 1)[-1],
                 )
+            elif reason == "not_a_number":
+                log.warning("source %s: skipped %d amounts that are not a finite number (NaN or infinite)", src.name, n)
         rep = Replacement(
             start=lo,
             end=hi,
@@ -408,7 +459,9 @@ class App:
             )
         return {
             "ready": self.ready(),
+            "cache": {"path": self.store.path, "persistent": self.store.persistent, "problem": self.store.problem},
             "snapshot": {
+                "restored_from_cache": self.snapshot_restored,
                 "built_at": _iso(self._snapshot.built_at),
                 "series": self._snapshot.series,
                 "bytes": len(self._snapshot.text),
@@ -418,8 +471,11 @@ class App:
         }
 
     def month_to_date(self, name: str) -> float:
-        ms = self.now().date().replace(day=1).isoformat()
-        rows = self.store.query("SELECT COALESCE(SUM(cost_usd), 0) FROM cost WHERE source=? AND day >= ?", (name, ms))
+        today = self.now().date()
+        rows = self.store.query(
+            "SELECT COALESCE(SUM(cost_usd), 0) FROM cost WHERE source=? AND day >= ? AND day <= ?",
+            (name, today.replace(day=1).isoformat(), today.isoformat()),
+        )
         return float(rows[0][0])
 
     def budgets_status(self) -> list[dict[str, Any]]:
@@ -470,5 +526,10 @@ def _load_prices(config: Config) -> Callable[[str, str, int], float | None] | No
     return table.cost
 
 
-def build_app(config: Config, now: Callable[[], dt.datetime] = utc_now, rng: random.Random | None = None) -> App:
-    return App(config, now=now, rng=rng)
+def build_app(
+    config: Config,
+    now: Callable[[], dt.datetime] = utc_now,
+    rng: random.Random | None = None,
+    stale_ok: bool = False,
+) -> App:
+    return App(config, now=now, rng=rng, stale_ok=stale_ok)

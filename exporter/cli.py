@@ -125,11 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_CONFIG
 
 
-def _build(config: Config) -> Any:
+def _build(config: Config, stale_ok: bool = False) -> Any:
     from exporter.app import build_app
 
     try:
-        return build_app(config)
+        return build_app(config, stale_ok=stale_ok)
     except OSError as e:
         print(f"error: cache_path {config.cache_path}: {e.strerror or e}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
@@ -144,7 +144,8 @@ def cmd_run(config: Config, raw: dict[str, Any], args: argparse.Namespace) -> in
     except ValueError as e:
         print(f"error: --web.listen-address: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    app = _build(config)
+    # a snapshot saved earlier today serves at once; one from an earlier hour is rebuilt right after start
+    app = _build(config, stale_ok=True)
     try:
         server = serve(app, host, port, args.web_config_file, redacted(raw))
     except WebConfigError as e:
@@ -163,6 +164,7 @@ def cmd_run(config: Config, raw: dict[str, Any], args: argparse.Namespace) -> in
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     app.scheduler.start()
+    threading.Thread(target=app.rebuild_stale_snapshot, name="snapshot-rebuild", daemon=True).start()
     t = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     t.start()
     scheme = "https" if server.web.config.tls else "http"

@@ -25,6 +25,28 @@ TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 MAX_LABEL_VALUE_BYTES = 4096  # longer values are truncated (and counted by the caller)
+TRUNCATION_MARK = "..."
+
+
+def clean_label_value(v: str) -> tuple[str, bool]:
+    """``v`` made safe to store and to expose, and whether it was truncated.
+
+    Code points UTF-8 cannot encode (lone surrogates, e.g. from a JSON ``"\\udcff"`` escape or a
+    ``surrogateescape`` decode of invalid bytes) become U+FFFD; a value longer than
+    ``MAX_LABEL_VALUE_BYTES`` of UTF-8 is cut there, on a character boundary, and ends in "...".
+    """
+    if v.isascii():  # O(1) in CPython: the common case costs nothing
+        if len(v) <= MAX_LABEL_VALUE_BYTES:
+            return v, False
+        return v[:MAX_LABEL_VALUE_BYTES] + TRUNCATION_MARK, True
+    try:
+        data = v.encode("utf-8")
+    except UnicodeEncodeError:
+        v = v.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        data = v.encode("utf-8")
+    if len(data) <= MAX_LABEL_VALUE_BYTES:
+        return v, False
+    return data[:MAX_LABEL_VALUE_BYTES].decode("utf-8", "ignore") + TRUNCATION_MARK, True
 
 
 def escape_label_value(v: str) -> str:

@@ -248,6 +248,10 @@ class FocusSource(SourceBase):
     """Partition holding the billing month as YYYY-MM (AWS Data Exports' layout); null to scan the whole table."""
     poll_interval: Duration = 1.0
     """Wait between two GetQueryExecution polls."""
+    model_column: SqlName | None = None
+    """Athena: the table's column holding the AI model (e.g. x_model), if it has one; else model is empty."""
+    token_type_column: SqlName | None = None
+    """Athena: the table's column holding the token type (e.g. x_tokentype); else token counts are input."""
 
     @model_validator(mode="after")
     def _engine_keys(self) -> FocusSource:
@@ -466,6 +470,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(["(root): the configuration must be a mapping"])
     errors: list[str] = []
+    written = data
     data = _interpolate(data, (), env, errors)
     cfg: Config | None = None
     try:
@@ -474,8 +479,31 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
         errors.extend(_describe(err, data) for err in e.errors(include_url=False))
     _duplicates(data, errors)
     if errors or cfg is None:
-        raise ConfigError(errors)
+        raise ConfigError(_hide_env_values(errors, written, env))
     return cfg
+
+
+def _hide_env_values(errors: list[str], written: Any, env: dict[str, str]) -> list[str]:
+    """Errors echo rejected values; one that came from ``${VAR}`` may be a secret: show the reference instead."""
+    refs: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(k)
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif isinstance(node, str):
+            for m in _ENV_RE.finditer(node):
+                if len(env.get(m.group(1), "")) >= 4:
+                    refs[env[m.group(1)]] = f"${{{m.group(1)}}}"
+
+    walk(written)
+    for value in sorted(refs, key=len, reverse=True):
+        errors = [e.replace(value, refs[value]) for e in errors]
+    return errors
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> tuple[Config, dict[str, Any]]:

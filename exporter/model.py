@@ -9,7 +9,11 @@ the same way.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar, overload
+
+_R = TypeVar("_R")
 
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write")
 
@@ -103,6 +107,69 @@ class FetchWindow:
         return top - dt.timedelta(hours=1)
 
 
+CostRow = tuple[dt.date, str, str, str, float, str, "str | None", str]
+_COST_LABELS = (1, 2, 3, 6, 7)  # provider, account_id, service_name, team_tag, model
+
+
+class CostRows(Sequence[CostRecord]):
+    """Cost records held as plain tuples in ``CostRecord``'s field order.
+
+    A provider that aggregates in a database hands over its cursor's rows as they are: for a million
+    rows, building one frozen dataclass per row costs more than the query. It reads as a sequence of
+    ``CostRecord``; the engine reads ``rows`` and never builds the records.
+    """
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[CostRow]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, i: int) -> CostRecord: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[CostRecord]: ...
+    def __getitem__(self, i: int | slice) -> CostRecord | list[CostRecord]:
+        if isinstance(i, slice):
+            return [CostRecord(*r) for r in self.rows[i]]
+        return CostRecord(*self.rows[i])
+
+    def __iter__(self) -> Iterator[CostRecord]:
+        return (CostRecord(*r) for r in self.rows)
+
+    def clean_labels(self, clean: Callable[[str], tuple[str, bool]]) -> tuple[CostRows, int]:
+        """``FetchResult.clean_labels`` on the tuples: each distinct label value is cleaned once."""
+        given: Sequence[tuple[Any, ...]] = self.rows
+        fixed: dict[str, tuple[str, bool]] = {}
+        for i in _COST_LABELS:
+            for v in {r[i] for r in given}:
+                if v and v not in fixed and (c := clean(v)) != (v, False):
+                    fixed[v] = c
+        if not fixed:
+            return self, 0
+        n = 0
+        rows: list[Any] = []
+        for r in given:
+            if any(r[i] in fixed for i in _COST_LABELS):
+                row = list(r)
+                for i in _COST_LABELS:
+                    if row[i] in fixed:
+                        row[i], cut = fixed[row[i]]
+                        n += cut
+                r = tuple(row)
+            rows.append(r)
+        return CostRows(rows), n
+
+
+def cost_tuples(costs: Sequence[CostRecord]) -> Iterable[CostRow]:
+    """``costs`` as tuples in field order; a ``CostRows`` gives its rows without building records."""
+    if isinstance(costs, CostRows):
+        return costs.rows
+    return ((c.day, c.provider, c.account_id, c.service_name, c.amount, c.currency, c.team_tag, c.model) for c in costs)
+
+
 @dataclass(slots=True)
 class FetchResult:
     """Everything one refresh of one source produced.
@@ -111,12 +178,51 @@ class FetchResult:
     days for the source, so a day with no rows in ``costs`` is stored as empty.
     ``hourly`` replaces the source's hourly usage when not None.
     ``data_through`` is the end of the newest billing bucket returned.
+    ``skipped`` counts, by reason, rows the provider itself could not use (say an unparsable date or
+    amount in a file): the engine adds them to what it skips and to ``spend_exporter_source_records_skipped``.
     """
 
     days: list[dt.date]
-    costs: list[CostRecord] = field(default_factory=list)
+    costs: list[CostRecord] | CostRows = field(default_factory=list)
     usage: list[UsageRecord] = field(default_factory=list)
     hourly: list[HourlyUsage] | None = None
     accounts: list[AccountInfo] = field(default_factory=list)
     forecasts: list[ProviderForecast] | None = None
     data_through: dt.datetime | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def clean_labels(self, clean: Callable[[str], tuple[str, bool]]) -> int:
+        """Pass every string that becomes a label value through ``clean``, in place.
+
+        ``clean`` returns (value, truncated); the number of truncated values is returned.
+        """
+        n = 0
+
+        def fix(rec: _R, names: tuple[str, ...]) -> _R:
+            nonlocal n
+            values = [getattr(rec, k) for k in names]
+            # fast path: short ASCII everywhere (one concatenation, one O(1) check)
+            if sum(len(v) for v in values if v) <= 1024 and "".join(v for v in values if v).isascii():
+                return rec
+            changes: dict[str, Any] = {}
+            for k, v in zip(names, values, strict=True):
+                if v:
+                    c, cut = clean(v)
+                    n += cut
+                    if c != v:
+                        changes[k] = c
+            return replace(rec, **changes) if changes else rec  # type: ignore[type-var]
+
+        labels = ("provider", "account_id", "service_name", "team_tag", "model")
+        if isinstance(self.costs, CostRows):
+            self.costs, cut = self.costs.clean_labels(clean)
+            n += cut
+        else:
+            self.costs = [fix(c, labels) for c in self.costs]
+        self.usage = [fix(u, labels) for u in self.usage]
+        if self.hourly is not None:
+            self.hourly = [fix(h, labels) for h in self.hourly]
+        self.accounts = [fix(a, ("provider", "account_id", "account_name")) for a in self.accounts]
+        if self.forecasts is not None:
+            self.forecasts = [fix(f, ("provider", "account_id")) for f in self.forecasts]
+        return n

@@ -46,7 +46,8 @@ def fetch_window(src: SourceBase, state: SourceState, now: dt.datetime, cold: bo
     today = now.date()
     prev_month_start = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
     cold_start = min(prev_month_start, today - dt.timedelta(days=src.history_days))
-    if cold or state.fetched_through is None:
+    if cold or state.fetched_through is None or state.fetched_through > today:
+        # fetched "after" today: the clock went back (across a month end, the previous month may be missing)
         start = cold_start
     else:
         start = max(cold_start, min(state.fetched_through, today) - dt.timedelta(days=src.restatement_days))
@@ -82,7 +83,22 @@ class Scheduler:
         st = self.app.store.get_state(name)
         if st.config_hash != self.app.config_hash(name):
             return 0.0
-        return float(st.next_refresh or 0.0)
+        due = float(st.next_refresh or 0.0)
+        # further ahead than any interval, backoff or paid-call-cap wait can be: the clock went back
+        # (an NTP correction), so refresh now rather than stall until the old clock's time comes round
+        src = self.app.source(name)
+        now = self.now()
+        horizon = max(
+            now.timestamp() + max(src.interval, src.backoff_max) * (1 + src.jitter), next_midnight(now).timestamp()
+        )
+        if due > horizon + 1.0:
+            return 0.0
+        # a new UTC month: refresh at once rather than up to an interval later, so that the month just closed
+        # is final and the provider's own forecast is for the new month (it is the old month's until then)
+        month_start = dt.datetime.combine(now.date().replace(day=1), dt.time(), tzinfo=dt.UTC).timestamp()
+        if st.last_attempt is not None and st.last_attempt < month_start < due:
+            return month_start
+        return due
 
     def next_after_success(self, src: SourceBase, now: dt.datetime) -> float:
         return now.timestamp() + src.interval * (1 + self.rng.uniform(0, src.jitter))

@@ -134,8 +134,16 @@ EXPORTER_FAMILIES: list[tuple[str, str, str, tuple[str, ...]]] = [
     (
         "spend_exporter_source_records_skipped",
         "gauge",
-        "Records the last refresh skipped (an amount in a currency with no rate, or not a finite number).",
+        "Records the last refresh skipped (an amount in a currency with no rate or not a finite number, "
+        "or an unparsable row).",
         ("source", "provider"),
+    ),
+    (
+        "spend_exporter_label_values_truncated_total",
+        "counter",
+        f"Label values longer than {MAX_LABEL_VALUE_BYTES} bytes that were cut short (ending in ...) as records were "
+        "ingested.",
+        ("source",),
     ),
     (
         "spend_exporter_api_requests_total",
@@ -160,6 +168,13 @@ EXPORTER_FAMILIES: list[tuple[str, str, str, tuple[str, ...]]] = [
         "gauge",
         "Tokens this month of AI models missing from the price table (not priced in spend_ai_cost_last_hour_usd).",
         ("source", "provider", "model"),
+    ),
+    (
+        "spend_exporter_cache_persistent",
+        "gauge",
+        "1 while the cache is kept in its file at cache_path; 0 when it could not be written and runs in memory "
+        "(what is fetched is lost at the next restart).",
+        (),
     ),
     ("spend_exporter_build_info", "gauge", "Build information; always 1.", ("version", "pythonversion")),
 ]
@@ -282,8 +297,22 @@ class SnapshotBuilder:
         self._views: dict[str, tuple[dt.date, SourceView]] = {}
         self._lock = threading.Lock()
         self._unpriced_logged: set[tuple[str, str]] = set()
+        self._truncated: dict[str, int] = {}
         apis = sorted({m[1] for m in source_meta.values()})
         self._cached_note = CACHED.format(apis=", ".join(apis) if apis else "the billing APIs")
+
+    def count_truncated(self, source: str, n: int) -> None:
+        """Add ``n`` label values the engine truncated while ingesting ``source`` (a counter: never reset)."""
+        if n <= 0:
+            return
+        with self._lock:
+            self._truncated[source] = self._truncated.get(source, 0) + n
+        log.warning(
+            "source %s: %d label values longer than %d bytes were truncated; they end in '...'",
+            source,
+            n,
+            MAX_LABEL_VALUE_BYTES,
+        )
 
     def invalidate(self, source: str | None = None) -> None:
         with self._lock:
@@ -319,6 +348,7 @@ class SnapshotBuilder:
             p = {
                 "src": source,
                 "lower": lower.isoformat(),
+                "today": today,
                 "ms": dates.month_start.isoformat(),
                 "d": d.isoformat(),
                 "b0": b0.isoformat(),
@@ -332,7 +362,7 @@ class SnapshotBuilder:
             sql = """
             WITH per_day AS (
                 SELECT provider, account_id, service_name, team, model, day, cost_usd AS c
-                FROM cost WHERE source = :src AND day >= :lower
+                FROM cost WHERE source = :src AND day >= :lower AND day <= :today
             )
             SELECT provider, account_id, service_name, team, model,
                 SUM(CASE WHEN day >= :ms THEN c ELSE 0 END),
@@ -362,9 +392,9 @@ class SnapshotBuilder:
             for r in raw:
                 labels = _truncate(r[:5])
                 mtd, has_mtd, mtd_complete, daily, bsum, bsq, recent, last7, prev, has_prev = r[5:]
-                vals: dict[str, float] = {}
-                if has_mtd:
-                    vals["spend_cost_month_to_date_usd"] = mtd
+                # every series the source exports has a month-to-date, 0 until this month has cost: the
+                # series carries on across 00:00 UTC on the 1st instead of vanishing until new data arrives
+                vals: dict[str, float] = {"spend_cost_month_to_date_usd": mtd}
                 if newest is not None and recent:
                     vals["spend_cost_daily_usd"] = daily
                     if base_n > 0:
@@ -383,10 +413,20 @@ class SnapshotBuilder:
         # AI usage, month to date
         usage_rows: list[tuple[tuple[str, ...], dict[str, float]]] = []
         for r in store.query(
-            "SELECT provider, account_id, service_name, team, model, SUM(input), SUM(output), SUM(cache_read), "
-            "SUM(cache_write), SUM(requests) FROM usage WHERE source=? AND day >= ? "
+            "SELECT provider, account_id, service_name, team, model, "
+            "SUM(CASE WHEN day >= :ms THEN input ELSE 0 END), SUM(CASE WHEN day >= :ms THEN output ELSE 0 END), "
+            "SUM(CASE WHEN day >= :ms THEN cache_read ELSE 0 END), "
+            "SUM(CASE WHEN day >= :ms THEN cache_write ELSE 0 END), "
+            "SUM(CASE WHEN day >= :ms THEN requests ELSE 0 END) FROM usage "
+            "WHERE source = :s AND day >= :p0 AND day <= :today "
             "GROUP BY provider, account_id, service_name, team, model",
-            (source, dates.month_start.isoformat()),
+            # series with usage last month read 0 in a new month rather than vanish (as costs)
+            {
+                "s": source,
+                "ms": dates.month_start.isoformat(),
+                "p0": dates.prev_month_start.isoformat(),
+                "today": today,
+            },
         ):
             labels = _truncate(r[:5])
             usage_rows.append(
@@ -596,6 +636,13 @@ class SnapshotBuilder:
         out["spend_exporter_api_cost_usd_total"] = render_samples(
             "spend_exporter_api_cost_usd_total", ("source",), sorted(((s,), _clean(c)) for s, c in cost.items())
         )
+        with self._lock:
+            truncated = dict(self._truncated)
+        out["spend_exporter_label_values_truncated_total"] = render_samples(
+            "spend_exporter_label_values_truncated_total",
+            ("source",),
+            [((s,), float(truncated.get(s, 0))) for s in sources],
+        )
         out["spend_exporter_series_overflow"] = render_samples(
             "spend_exporter_series_overflow", ("source",), [((s,), float(views[s].overflow)) for s in sources]
         )
@@ -603,6 +650,9 @@ class SnapshotBuilder:
             "spend_exporter_unpriced_tokens",
             ("source", "provider", "model"),
             [((s, p, m), t) for s in sources for p, m, t in views[s].unpriced],
+        )
+        out["spend_exporter_cache_persistent"] = render_samples(
+            "spend_exporter_cache_persistent", (), [((), 1.0 if self.store.persistent else 0.0)]
         )
         out["spend_exporter_build_info"] = render_samples(
             "spend_exporter_build_info", ("version", "pythonversion"), [((__version__, platform.python_version()), 1.0)]

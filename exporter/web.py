@@ -24,11 +24,14 @@ import logging
 import os
 import socket
 import ssl
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -38,6 +41,12 @@ from exporter.collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 log = logging.getLogger(__name__)
 
 MAX_BODY = 0  # no endpoint takes a body
+# A client that is still sending when we close gets a reset, which can destroy our reply before it reads it;
+# read (and drop) this much of what it sends, for at most this long, before closing (a "lingering close").
+LINGER_BYTES = 1 << 20
+LINGER_SECONDS = 2.0
+# A connection idle (or a client sending nothing) this long is closed, so stalled clients do not pin threads.
+IDLE_TIMEOUT = 60.0
 
 CLIENT_AUTH_TYPES = {
     "NoClientCert": ssl.CERT_NONE,
@@ -72,9 +81,16 @@ def load_web_config(path: str | None) -> WebConfig:
         return WebConfig()
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+    except yaml.YAMLError as e:
+        # str(e) quotes the offending line, which may hold a password hash: give only where and what
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise WebConfigError(
-            f"web config {path}: {e.__class__.__name__}: {getattr(e, 'strerror', None) or e}"
+            f"web config {path}: invalid YAML{where}: {getattr(e, 'problem', None) or e.__class__.__name__}"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise WebConfigError(
+            f"web config {path}: cannot read: {e.__class__.__name__}: {getattr(e, 'strerror', None) or 'not UTF-8'}"
         ) from None
     if not isinstance(data, dict):
         raise WebConfigError(f"web config {path}: must be a mapping")
@@ -113,6 +129,10 @@ def load_web_config(path: str | None) -> WebConfig:
         raise WebConfigError(
             f"web config {path}: tls_server_config.client_auth_type: invalid value {wc.client_auth_type!r}"
         )
+    if wc.client_auth_type in ("RequireAndVerifyClientCert", "VerifyClientCertIfGiven") and not wc.client_ca_file:
+        raise WebConfigError(
+            f"web config {path}: tls_server_config.client_ca_file: needed with client_auth_type {wc.client_auth_type}"
+        )
     wc.min_version = str(tls.get("min_version") or "TLS12")
     if wc.min_version not in TLS_VERSIONS:
         raise WebConfigError(f"web config {path}: tls_server_config.min_version: must be TLS12 or TLS13")
@@ -146,12 +166,25 @@ def make_ssl_context(wc: WebConfig) -> ssl.SSLContext:
 class Authenticator:
     """bcrypt basic auth with a cache of verified credentials, so a scrape does not pay bcrypt each time."""
 
-    # a hash to check against for unknown users, so that a wrong user costs as much as a wrong password
-    _DUMMY = b"$2b$10$" + b"C" * 53
-
     def __init__(self) -> None:
         self._ok: set[tuple[str, bytes]] = set()
+        self._dummies: dict[bytes, bytes] = {}
         self._lock = threading.Lock()
+
+    def dummy_hash(self, wc: WebConfig) -> bytes:
+        """A valid hash at the users' bcrypt cost, checked for an unknown user so that a wrong user takes as
+        long as a wrong password (an invalid hash would fail at once and tell which users exist)."""
+        import bcrypt
+
+        cost = next(iter(wc.users.values()))[4:6]
+        with self._lock:
+            h = self._dummies.get(cost)
+        if h is None:
+            rounds = int(cost) if cost.isdigit() and 4 <= int(cost) <= 31 else 10
+            h = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(rounds=rounds))
+            with self._lock:
+                self._dummies[cost] = h
+        return h
 
     def check(self, wc: WebConfig, header: str | None) -> bool:
         if not wc.users:
@@ -170,7 +203,7 @@ class Authenticator:
             if hashed is not None and key in self._ok:
                 return True
         try:
-            ok = bcrypt.checkpw(password.encode(), hashed or self._DUMMY)
+            ok = bcrypt.checkpw(password.encode(), hashed or self.dummy_hash(wc))
         except ValueError:
             ok = False
         ok = ok and hashed is not None
@@ -183,19 +216,30 @@ class Authenticator:
 
 
 class WebConfigWatcher:
-    """Re-reads the web config file when it changes; a broken edit keeps the previous config."""
+    """Re-reads the web config file when it, or a certificate or key it names, changes.
+
+    A broken edit keeps the previous config. Watching the certificate files too means a renewed
+    certificate (cert-manager, certbot) is served without a restart, as the exporter-toolkit does.
+    """
 
     def __init__(self, path: str | None) -> None:
         self.path = path
-        self._mtime = self._stat()
         self.config = load_web_config(path)
+        self._mtime = self._stat()
         self._lock = threading.Lock()
 
-    def _stat(self) -> float | None:
-        try:
-            return os.stat(self.path).st_mtime_ns if self.path else None
-        except OSError:
+    def _stat(self) -> tuple[int, ...] | None:
+        if not self.path:
             return None
+        cfg: WebConfig = self.config
+        files = [self.path, *(f for f in (cfg.cert_file, cfg.key_file, cfg.client_ca_file) if f)]
+        out = []
+        for f in files:
+            try:
+                out.append(os.stat(f).st_mtime_ns)
+            except OSError:
+                out.append(-1)
+        return tuple(out)
 
     def current(self) -> WebConfig:
         if self.path:
@@ -206,6 +250,7 @@ class WebConfigWatcher:
                         self._mtime = m
                         try:
                             self.config = load_web_config(self.path)
+                            self._mtime = self._stat()  # the new config may name other files
                             log.info("web config %s reloaded", self.path)
                         except WebConfigError as e:
                             log.error("web config reload failed, keeping the previous one: %s", e)
@@ -252,7 +297,10 @@ class Server(ThreadingHTTPServer):
         wc = self.web.current()
         if wc.tls:
             if self._ssl_for is not wc:
-                self._ssl = make_ssl_context(wc)
+                try:
+                    self._ssl = make_ssl_context(wc)
+                except WebConfigError as e:  # files changed again since the config was loaded
+                    log.error("TLS: keeping the previous certificates: %s", e)
                 self._ssl_for = wc
             assert self._ssl is not None
             sock.settimeout(10)
@@ -269,8 +317,32 @@ class Server(ThreadingHTTPServer):
             request.settimeout(30)
         super().finish_request(request, client_address)
 
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            request.shutdown(socket.SHUT_WR)
+            # lingering close: let the client read our reply before its unsent data turns into a reset
+            deadline = time.monotonic() + LINGER_SECONDS
+            left = LINGER_BYTES
+            while left > 0:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    break
+                request.settimeout(wait)
+                chunk = request.recv(min(left, 65536))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except (OSError, ValueError):
+            pass
+        self.close_request(request)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("error serving %s", client_address, exc_info=True)
+        err = sys.exc_info()[1]
+        if isinstance(err, ConnectionError | TimeoutError | ssl.SSLError):
+            # a client that went away or stalled: routine, not worth a traceback
+            log.debug("connection from %s ended: %s", client_address[0], err.__class__.__name__)
+        else:
+            log.warning("error serving %s", client_address[0], exc_info=True)
 
     @property
     def port(self) -> int:
@@ -279,17 +351,64 @@ class Server(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     server: Server
+    raw_requestline: bytes
     protocol_version = "HTTP/1.1"
     # headers and body go out in two writes; with Nagle on, a small (gzip) body waits ~40 ms for the delayed ACK
     disable_nagle_algorithm = True
     server_version = f"spend-exporter/{__version__}"
     sys_version = ""
+    timeout = IDLE_TIMEOUT
+
+    def __getattr__(self, name: str) -> Any:
+        # an unknown method (PROPFIND, lowercase "get", garbage) gets 405 + Allow, as the known ones do,
+        # rather than the stdlib's 501
+        if name.startswith("do_"):
+            return self._not_allowed
+        raise AttributeError(name)
+
+    def parse_request(self) -> bool:
+        # RFC 9112 2.2: ignore empty lines before the request line
+        line: bytes = self.raw_requestline
+        for _ in range(8):
+            if line not in (b"\r\n", b"\n"):
+                break
+            line = self.raw_requestline = self.rfile.readline(65537)
+        if len(line.split()) == 2:
+            # HTTP/0.9 ("GET /path"): the stdlib would wait for headers that never come, then reply with a body
+            # and no status line
+            self.command = ""
+            self.request_version, self.close_connection = "HTTP/1.0", True
+            self.requestline = str(line, "iso-8859-1").rstrip("\r\n")
+            self.send_error(400, "Bad request: HTTP/0.9 is not supported")
+            return False
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":
+            self.send_error(400, "Bad request: HTTP/0.9 is not supported")
+            return False
+        if self.request_version == "HTTP/1.1" and self.headers.get("Host") is None:
+            self.send_error(400, "Bad request: missing Host header")
+            return False
+        if self.path.startswith(("http://", "https://")):
+            # absolute form (RFC 9112 3.2.2), as a proxy or a curious client sends it
+            self.path = urlsplit(self.path).path or "/"
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # the stdlib error page echoes the request; send a plain, short reply instead
+        if message and message.endswith(")") and " (" in message:
+            message = message.split(" (", 1)[0]  # "Bad request syntax ('<the request line>')": do not echo it
+        if code == 505:
+            # "PRI * HTTP/2.0" (a prior-knowledge HTTP/2 client) or HTTP/3+: a client error here, not ours
+            code, message = 400, "Bad request: only HTTP/1.x is served"
+        elif code == 501:
+            code = 405
+        if code == 405:
+            self._not_allowed()
+            return
         self._reply(
             code,
             (message or self.responses.get(code, ("error",))[0]).encode() + b"\n",
@@ -305,6 +424,9 @@ class Handler(BaseHTTPRequestHandler):
         headers: dict[str, str] | None = None,
         close: bool = False,
     ) -> None:
+        if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
+            # the stdlib assumes HTTP/0.9 until it has parsed a version, and then writes no status line
+            self.request_version = "HTTP/1.0"
         try:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
@@ -331,9 +453,23 @@ class Handler(BaseHTTPRequestHandler):
         )
         return False
 
-    def do_GET(self) -> None:
-        if int(self.headers.get("Content-Length") or 0) > MAX_BODY:
+    def _body_refused(self) -> bool:
+        """Replies and returns True when the request has (or may have) a body: no endpoint takes one."""
+        lengths = self.headers.get_all("Content-Length") or []
+        chunked = self.headers.get("Transfer-Encoding") is not None
+        if chunked and lengths:
+            self.send_error(400, "Bad request: both Content-Length and Transfer-Encoding")
+            return True
+        if len(set(lengths)) > 1 or any(not v.strip().isdigit() for v in lengths):
+            self.send_error(400, "Bad request: invalid Content-Length")
+            return True
+        if chunked or (lengths and int(lengths[0]) > MAX_BODY):
             self._reply(413, b"Request body not allowed\n", "text/plain; charset=utf-8", close=True)
+            return True
+        return False
+
+    def do_GET(self) -> None:
+        if self._body_refused():
             return
         if not self._authorised():
             return

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -225,3 +233,107 @@ def test_compose_file_names_no_host_path_outside_the_repository() -> None:
         for source, _, _ in mounts(name):
             if source.startswith((".", "/")):
                 assert Path(ROOT / source).resolve().is_relative_to(ROOT), f"{name}: {source}"
+
+
+# --------------------------------------------------------------------------- non-root, read-only root filesystem
+
+
+@pytest.mark.parametrize("name", ["exporter", "demo-data"])
+def test_our_containers_run_read_only_and_unprivileged(name: str) -> None:
+    svc = SERVICES[name]
+    assert svc.get("read_only") is True, f"{name}: the root filesystem should be read-only"
+    assert any(str(t).split(":")[0] == "/tmp" for t in svc.get("tmpfs", [])), f"{name}: /tmp as a tmpfs"
+    assert svc.get("cap_drop") == ["ALL"]
+    assert "no-new-privileges:true" in svc.get("security_opt", [])
+    # what they write is on volumes, never on a bind mount of the repository
+    writable = [(s, t) for s, t, ro in mounts(name) if not ro]
+    assert writable and all(not s.startswith((".", "/")) for s, _ in writable), writable
+
+
+def test_the_image_declares_the_cache_volume_and_owns_it() -> None:
+    demo = yaml.safe_load((ROOT / "examples" / "demo-config.yml").read_text())
+    cache_dir = str((_workdir() / demo["cache_path"]).parent)
+    volumes = [a for w, a in FINAL_STAGE if w == "VOLUME"]
+    declared = {v.strip() for a in volumes for v in (yaml.safe_load(a) if a.startswith("[") else a.split())}
+    assert cache_dir in declared, f"VOLUME {cache_dir} (the cache) is missing"
+    uid = [a for w, a in FINAL_STAGE if w == "USER"][-1].split(":")[0]
+    assert uid.isdigit() and int(uid) >= 1000, "a numeric, non-system uid (Kubernetes runAsNonRoot checks it)"
+    runs = " ".join(a for w, a in FINAL_STAGE if w == "RUN")
+    assert re.search(rf"chown -R {uid}:\d+ {re.escape(str(_workdir()))}", runs), "the cache directory is the user's"
+    env = " ".join(a for w, a in FINAL_STAGE if w == "ENV")
+    assert "PYTHONDONTWRITEBYTECODE=1" in env, "no .pyc written next to the (read-only) code"
+
+
+def _read_only_except(writable: Path, script: str) -> list[str]:
+    """A shell that sees every file system read-only except ``writable``, in a private mount namespace."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare(1) is not installed")
+    probe = subprocess.run(
+        [unshare, "-m", "--propagation", "private", "true"], capture_output=True, text=True, timeout=30
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"no mount namespaces here: {probe.stderr.strip()}")
+    mounts_ro = (
+        "for m in $(awk '{print $2}' /proc/self/mounts | sort -u); do case $m in "
+        "/proc*|/sys*|/dev|/dev/pts|/mnt/*) ;; *) mount -o remount,ro,bind $m || exit 97;; esac; done"
+    )
+    return [
+        unshare, "-m", "--propagation", "private", "sh", "-c",
+        f"mount --bind {writable} {writable} && {mounts_ro} && mount -o remount,rw,bind {writable} "
+        f"&& ! touch {writable.parent}/probe 2>/dev/null && exec {script}",
+    ]  # fmt: skip
+
+
+def test_the_exporter_writes_only_to_its_cache_volume(tmp_path: Path, focus: Any) -> None:
+    """As in the image: the working directory and everything else read-only, the cache directory writable."""
+    work = tmp_path / "spend-exporter"
+    data = work / "data"
+    data.mkdir(parents=True)
+    today = dt.datetime.now(dt.UTC).date()
+    focus.write(
+        work / "examples" / "data" / "a.csv", [focus.daily(today - dt.timedelta(days=i), 3.0) for i in range(40)]
+    )
+    (work / "config.yml").write_text(
+        "cache_path: ./data/spend-cache.sqlite\n"
+        "sources:\n  - {name: demo, type: focus, paths: ['examples/data/*.csv']}\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = f"{sys.executable} -m exporter.cli"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(ROOT)}
+    once = subprocess.run(
+        _read_only_except(data, f"{exe} once --config.file config.yml --output data/spend.prom"),
+        capture_output=True, text=True, timeout=120, cwd=work, env=env,
+    )  # fmt: skip
+    assert once.returncode == 0, once.stderr
+    assert "Traceback" not in once.stderr
+    assert "spend_cost_month_to_date_usd" in (data / "spend.prom").read_text()
+    proc = subprocess.Popen(
+        _read_only_except(data, f"{exe} run --config.file config.yml --web.listen-address 127.0.0.1:{port}"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "not ready"
+            time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            assert b"spend_cost_month_to_date_usd" in r.read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "Read-only file system" not in err
+    # nothing was written outside the cache directory
+    assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file()) == sorted(
+        ["config.yml", "examples/data/a.csv", *(f"data/{p.name}" for p in data.iterdir())]
+    )

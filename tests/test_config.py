@@ -62,7 +62,7 @@ def bad_results() -> dict[str, subprocess.CompletedProcess[str]]:
 
 
 def test_there_are_enough_bad_configs() -> None:
-    assert len(BAD_FILES) >= 15
+    assert len(BAD_FILES) >= 30
     for p in BAD_FILES:
         assert expectations(p), f"{p.name} has no '# expect:' line"
 

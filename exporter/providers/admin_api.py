@@ -74,18 +74,24 @@ class AdminApi:
             detail = body.get("message") or ""
             kind = body.get("code") or body.get("type") or ""
             text = f"{operation}: HTTP {e.status_code}"
-            text += (f" {kind}" if kind else "") + (f": {detail}" if detail else "")
+            text += (f" {kind}" if kind and str(kind) != str(e.status_code) else "") + (f": {detail}" if detail else "")
             if isinstance(e, sdk.AuthenticationError):
                 text += f" (check the admin key in {self.cfg.admin_key_env})"
             elif isinstance(e, sdk.PermissionDeniedError):
                 text += f" ({self.permission_hint})"
         elif isinstance(e, sdk.APITimeoutError):
-            text = f"{operation}: request timed out after {self.timeout():.1f}s"
+            # not self.timeout(): once timed out, little of the refresh is left and it would say "after 0.1s"
+            text = (
+                f"{operation}: request timed out (request_timeout {self.cfg.request_timeout:g}s, "
+                f"refresh timeout {self.cfg.timeout:g}s)"
+            )
         elif isinstance(e, sdk.APIConnectionError):
             cause = e.__cause__ or e.__context__
-            text = f"{operation}: cannot connect to the {self.vendor} API" + (
-                f" ({cause.__class__.__name__})" if cause else ""
-            )
+            name = cause.__class__.__name__ if cause else ""
+            if not cause or name in ("ConnectError", "ConnectTimeout"):
+                text = f"{operation}: cannot connect to the {self.vendor} API" + (f" ({name})" if name else "")
+            else:  # connected, then the connection was reset or closed before a reply
+                text = f"{operation}: the {self.vendor} API closed or reset the connection ({name}: {cause})"
         elif isinstance(e, ValueError):
             text = f"{operation}: response is not valid JSON"
         else:

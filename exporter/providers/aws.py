@@ -78,7 +78,8 @@ def boto_error(operation: str, e: Exception) -> SourceError:
         if code in THROTTLE_CODES or "rate exceeded" in message.lower():
             return Throttled(f"{operation}: throttled by AWS ({code})")
         detail = f": {message}" if message else ""
-        return SourceError(f"{operation} failed: HTTP {status} {code}{detail}")
+        kind = f" {code}" if code and code != str(status) else ""  # botocore makes the status the code of a bare error
+        return SourceError(f"{operation} failed: HTTP {status}{kind}{detail}")
     return SourceError(f"{operation} failed: {e.__class__.__name__}: {e}")
 
 

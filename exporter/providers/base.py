@@ -120,8 +120,11 @@ class ProviderContext:
         check_cap: CapCheck | None = None,
         deadline: Callable[[], float] | None = None,
         logger: logging.Logger | None = None,
+        scratch_dir: str | None = None,
     ) -> None:
         self.source_name = source_name
+        # where a provider may spill temporary files (DuckDB): beside the cache, the one writable place in the image
+        self.scratch_dir = scratch_dir
         self.team_tag_keys = list(team_tag_keys or ["team", "Team"])
         self._on_call = on_call
         self._check_cap = check_cap

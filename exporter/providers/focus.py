@@ -25,7 +25,7 @@ from exporter.config import FocusSource
 from exporter.model import (
     TOKEN_TYPES,
     AccountInfo,
-    CostRecord,
+    CostRows,
     FetchResult,
     FetchWindow,
     HourlyUsage,
@@ -84,10 +84,41 @@ COLUMNS = (
 )
 
 
+# Parquet column types used as numbers without a round trip through text
+NUMERIC_TYPES: tuple[str, ...] = ("DOUBLE", "FLOAT", "REAL", "DECIMAL", "NUMERIC", "HUGEINT", "BIGINT", "INTEGER")
+NUMERIC_TYPES += ("SMALLINT", "TINYINT", "UHUGEINT", "UBIGINT", "UINTEGER", "USMALLINT", "UTINYINT")
+
+USAGE_UNITS = "('tokens', 'token', 'requests', 'request')"
+
+
+def _ts_literal(t: dt.datetime) -> str:
+    return f"TIMESTAMPTZ '{t.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}+00'"
+
+
+def _duckdb_reason(e: Exception) -> str:
+    """DuckDB's first line, plus the line saying why and the file (a CSV error's first line only says where)."""
+    lines = [ln.strip() for ln in str(e).splitlines()]
+    # the reason is a sentence: not the offending row (commas), a setting (=) or a hint
+    why = next((ln for ln in lines[1:] if ln and not ln.startswith(("Original Line", "Possible Solution", "LINE "))
+                and "=" not in ln and "," not in ln), "")  # fmt: skip
+    file = next((ln.split("=", 1)[1].strip() for ln in lines if ln.startswith("file =")), "")
+    out = lines[0] if lines else e.__class__.__name__
+    if why:
+        out += f" {why}"
+    if file:
+        out += f" (file {os.path.basename(file)})"
+    return out[:500]
+
+
 @functools.lru_cache(maxsize=4096)  # called once per aggregated row: 1M calls on a 1M-row export
 def normalise_provider(name: str | None) -> str:
     n = (name or "").strip().lower()
     return PROVIDER_NAMES.get(n, n.replace(" ", "_") or "unknown")
+
+
+def _sql_str(value: str) -> str:
+    """A SQL string literal (DuckDB's SET takes no bound parameters)."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 class FocusProvider:
@@ -129,7 +160,8 @@ class FocusProvider:
             for key in self._keys:
                 v = lowered.get(key)
                 if v is not None and str(v).strip() and str(v).strip().upper() != "NULL":
-                    team = str(v).strip()
+                    # a JSON escape like "\udcff" decodes to a lone surrogate, which no UTF-8 store accepts
+                    team = str(v).strip().encode("utf-16", "surrogatepass").decode("utf-16", "replace")
                     break
         if len(self._tag_cache) < 100_000:
             self._tag_cache[tags] = team
@@ -148,115 +180,184 @@ class FocusProvider:
         try:
             con.execute("SET TimeZone='UTC'")
             con.execute("SET enable_progress_bar = false")  # it would write to the exporter's terminal
+            if self.ctx.scratch_dir:
+                # DuckDB spills to ./.tmp by default: the working directory is read-only in the container
+                con.execute("SET temp_directory = " + _sql_str(self.ctx.scratch_dir))
             self._create_view(con, files)
             with self.ctx.api_call("read_files"):
                 return self._query(con, window)
         except duckdb.Error as e:
-            raise SourceError(f"reading FOCUS files failed: {str(e).splitlines()[0]}") from None
+            raise SourceError(f"reading FOCUS files failed: {_duckdb_reason(e)}") from None
         finally:
             con.close()
 
-    def _check_columns(self, con: Any, files: list[str]) -> None:
-        """A file in the glob that is not a FOCUS export must fail the refresh, not read as a month of nothing."""
+    def _check_columns(self, con: Any, files: list[str]) -> dict[str, tuple[str, str]]:
+        """A file in the glob that is not a FOCUS export must fail the refresh, not read as a month of nothing.
+
+        Returns the columns of all files (lower-case name → name, type), as DuckDB's ``union_by_name`` reads them:
+        a column typed differently in two Parquet files is read as text.
+        """
+        present: dict[str, tuple[str, str]] = {}
         for f in files:
             reader = "read_parquet" if f.lower().endswith(".parquet") else "read_csv"
             opts = "" if reader == "read_parquet" else ", all_varchar = true, header = true"
-            cols = {r[0].lower() for r in con.execute(f"DESCRIBE SELECT * FROM {reader}({f!r}{opts})").fetchall()}
-            missing = [c for c in ("ChargePeriodStart", self.config.cost_column) if c.lower() not in cols]
+            cols = con.execute(f"DESCRIBE SELECT * FROM {reader}({f!r}{opts})").fetchall()
+            names = {str(r[0]).lower() for r in cols}
+            missing = [c for c in ("ChargePeriodStart", self.config.cost_column) if c.lower() not in names]
             if missing:
                 raise SourceError(f"{os.path.basename(f)} is not a FOCUS export: no column {', '.join(missing)}")
+            for name, typ, *_ in cols:
+                seen = present.setdefault(str(name).lower(), (str(name), str(typ).upper()))
+                if seen[1] != str(typ).upper():
+                    present[str(name).lower()] = (seen[0], "VARCHAR")
+        return present
 
     def _create_view(self, con: Any, files: list[str]) -> None:
-        self._check_columns(con, files)
+        """The view ``focus``: one cleaned, typed row per file row (CSV read as text, Parquet's typed columns kept)."""
         csv = [f for f in files if not f.lower().endswith(".parquet")]
         parquet = [f for f in files if f.lower().endswith(".parquet")]
-        parts = []
+        selects = []
         if csv:
-            parts.append(
+            part = (
                 f"SELECT * FROM read_csv({csv!r}, all_varchar = true, header = true, union_by_name = true, "
                 "nullstr = ['NULL', 'null', ''], ignore_errors = false)"
             )
+            selects.append(self._clean_select(part, self._check_columns(con, csv)))
         if parquet:
-            parts.append(f"SELECT * FROM read_parquet({parquet!r}, union_by_name = true)")
-        selects = []
-        for part in parts:
-            present = {r[0].lower(): r[0] for r in con.execute(f"DESCRIBE {part}").fetchall()}
-            cols = []
-            for c in COLUMNS:
-                if c.lower() in present:
-                    cols.append(f'CAST("{present[c.lower()]}" AS VARCHAR) AS {c}')
-                else:
-                    cols.append(f"CAST(NULL AS VARCHAR) AS {c}")
-            selects.append(f"SELECT {', '.join(cols)} FROM ({part})")
-        con.execute("CREATE TEMP VIEW raw AS " + " UNION ALL BY NAME ".join(selects))
+            part = f"SELECT * FROM read_parquet({parquet!r}, union_by_name = true)"
+            selects.append(self._clean_select(part, self._check_columns(con, parquet)))
+        con.execute("CREATE TEMP VIEW focus AS " + " UNION ALL BY NAME ".join(selects))
 
-        def clean(c: str) -> str:
-            return f"NULLIF(NULLIF(TRIM({c}), ''), 'NULL')"
+    def _clean_select(self, part: str, present: dict[str, tuple[str, str]]) -> str:
 
-        cost_col = self.config.cost_column
-        # a table, not a view: the files are parsed once, not once per query below (5 queries)
+        def col(c: str, kind: str = "text") -> str:
+            """Text is trimmed, with '' and 'NULL' as NULL; a typed Parquet column is used as it is."""
+            if c.lower() not in present:
+                return "CAST(NULL AS VARCHAR)" if kind == "text" else "NULL"
+            name, typ = present[c.lower()]
+            ref = f'"{name}"'
+            if kind == "timestamp" and typ.startswith(("TIMESTAMP", "DATE")):
+                return f"CAST({ref} AS TIMESTAMPTZ)"
+            if kind == "number" and typ.startswith(NUMERIC_TYPES):
+                return finite(f"CAST({ref} AS DOUBLE)")
+            text = f"NULLIF(NULLIF(TRIM(CAST({ref} AS VARCHAR)), ''), 'NULL')"
+            if kind == "timestamp":
+                return f"TRY_CAST({text} AS TIMESTAMPTZ)"
+            if kind == "number":
+                return finite(f"TRY_CAST({text} AS DOUBLE)")
+            return text
+
+        def finite(x: str) -> str:
+            # NaN and ±inf (or 1e400) are not amounts: the row is unparsable, so one NaN row cannot turn its
+            # whole day and series into NaN (and the good rows with it)
+            return f"(CASE WHEN isfinite({x}) THEN {x} END)"
+
+        return f"""
+            SELECT
+                {col("ChargePeriodStart", "timestamp")} AS ts,
+                {col("ChargePeriodEnd", "timestamp")} AS te,
+                COALESCE({col("ProviderName")}, {col("ServiceProviderName")}, '') AS provider,
+                COALESCE({col("SubAccountId")}, {col("BillingAccountId")}, '') AS account_id,
+                COALESCE({col("SubAccountName")}, {col("BillingAccountName")}) AS account_name,
+                COALESCE({col("ServiceName")}, '') AS service_name,
+                {col(self.config.cost_column, "number")} AS cost,
+                UPPER(COALESCE({col("BillingCurrency")}, '')) AS currency,
+                {col("Tags")} AS tags,
+                {col("ConsumedQuantity", "number")} AS qty,
+                LOWER(COALESCE({col("ConsumedUnit")}, '')) AS unit,
+                COALESCE({col("x_Model")}, '') AS model,
+                LOWER(COALESCE({col("x_TokenType")}, '')) AS token_type
+            FROM ({part})
+            """
+
+    def _aggregate(self, con: Any, window: FetchWindow) -> None:
+        """One pass over the files, into the table ``agg``: everything the refresh needs, aggregated once.
+
+        Its grain is the cost record's (day, provider, account, service, tags, currency, model), split further
+        only on usage rows (token or request counts), by unit, token type and, over the last 24 complete
+        hours, hour. The columns ``u_unit``, ``u_token_type`` and ``h_ts`` are NULL on every other row, so a
+        cost-only export aggregates exactly to its cost records.
+        """
+        hour_lo = _ts_literal(window.last_complete_hour - dt.timedelta(hours=23))
+        hour_hi = _ts_literal(window.last_complete_hour)
         con.execute(
             f"""
-            CREATE TEMP TABLE focus AS
+            CREATE TEMP TABLE agg AS
+            WITH f AS (SELECT *, (qty IS NOT NULL AND unit IN {USAGE_UNITS}) AS is_usage FROM focus)
             SELECT
-                TRY_CAST({clean("ChargePeriodStart")} AS TIMESTAMPTZ) AS ts,
-                TRY_CAST({clean("ChargePeriodEnd")} AS TIMESTAMPTZ) AS te,
-                COALESCE({clean("ProviderName")}, {clean("ServiceProviderName")}, '') AS provider,
-                COALESCE({clean("SubAccountId")}, {clean("BillingAccountId")}, '') AS account_id,
-                COALESCE({clean("SubAccountName")}, {clean("BillingAccountName")}) AS account_name,
-                COALESCE({clean("ServiceName")}, '') AS service_name,
-                TRY_CAST({clean(cost_col)} AS DOUBLE) AS cost,
-                UPPER(COALESCE({clean("BillingCurrency")}, '')) AS currency,
-                {clean("Tags")} AS tags,
-                TRY_CAST({clean("ConsumedQuantity")} AS DOUBLE) AS qty,
-                LOWER(COALESCE({clean("ConsumedUnit")}, '')) AS unit,
-                COALESCE({clean("x_Model")}, '') AS model,
-                LOWER(COALESCE({clean("x_TokenType")}, '')) AS token_type
-            FROM raw
+                CAST(ts AS DATE) AS day, provider, account_id, service_name, tags, currency, model,
+                CASE WHEN is_usage THEN unit END AS u_unit,
+                CASE WHEN is_usage THEN token_type END AS u_token_type,
+                CASE WHEN is_usage AND te - ts = INTERVAL 1 HOUR AND ts >= {hour_lo} AND ts <= {hour_hi}
+                    THEN ts END AS h_ts,
+                SUM(cost) AS cost,
+                SUM(qty) AS qty,
+                ANY_VALUE(account_name) AS account_name,
+                MAX(te) AS through,
+                COUNT(*) FILTER (WHERE ts IS NULL OR (cost IS NULL AND unit NOT IN {USAGE_UNITS})) AS bad
+            FROM f
+            GROUP BY ALL
             """
         )
 
     def _query(self, con: Any, window: FetchWindow) -> FetchResult:
-        lo = dt.datetime.combine(window.start, dt.time(), tzinfo=dt.UTC)
-        hi = dt.datetime.combine(window.end + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
-        bad = con.execute(
-            "SELECT COUNT(*) FROM focus "
-            "WHERE ts IS NULL OR (cost IS NULL AND unit NOT IN ('tokens', 'token', 'requests', 'request'))"
-        ).fetchone()[0]
+        self._aggregate(con, window)
+        in_window = "day BETWEEN $start AND $end"
+        span = {"start": window.start, "end": window.end}
+        bad, through = con.execute(
+            f"SELECT SUM(bad), MAX(through) FILTER (WHERE {in_window}) FROM agg", span
+        ).fetchone()
         if bad:
             self.ctx.log.warning(
                 "source %s: %d FOCUS rows have no parsable ChargePeriodStart or cost", self.ctx.source_name, bad
             )
-        costs: list[CostRecord] = []
-        for day, prov, acct, svc, tags, cur, model, amount in con.execute(
-            """
-            SELECT CAST(ts AS DATE), provider, account_id, service_name, tags, currency, model, SUM(cost)
-            FROM focus WHERE ts >= ? AND ts < ? AND cost IS NOT NULL
-            GROUP BY ALL
-            """,
-            [lo, hi],
-        ).fetchall():
-            costs.append(
-                CostRecord(
-                    day=day,
-                    provider=normalise_provider(prov),
-                    account_id=acct,
-                    service_name=svc,
-                    amount=float(amount),
-                    currency=cur or "",
-                    team_tag=self.team_from_tags(tags),
-                    model=model,
-                )
+        # A million rows of eight values cost more to turn into Python objects than to aggregate. The strings of
+        # a record are those of its series (provider, account, service, currency, tags, model): each series is
+        # fetched once, with its provider normalised and its team found once here, and each record as numbers
+        # (day, series, amount), so that every record shares its series' strings and date.
+        con.execute(
+            f"""
+            CREATE TEMP TABLE series AS
+            SELECT CAST(ROW_NUMBER() OVER () - 1 AS INTEGER) AS id, * FROM (
+                SELECT DISTINCT provider, account_id, service_name, currency, COALESCE(tags, '') AS tags, model
+                FROM agg WHERE cost IS NOT NULL AND {in_window}
             )
+            """,
+            span,
+        )
+        series = [
+            (normalise_provider(p), a, s, cur, self.team_from_tags(t), m)
+            for p, a, s, cur, t, m in con.execute(
+                "SELECT provider, account_id, service_name, currency, tags, model FROM series ORDER BY id"
+            ).fetchall()
+        ]
+        days = window.days()
+        rows = con.execute(
+            f"""
+            WITH c AS (
+                SELECT day, provider, account_id, service_name, currency, tags, model, cost FROM agg
+                WHERE u_unit IS NULL AND cost IS NOT NULL AND {in_window}
+                UNION ALL
+                -- usage rows are split by unit, token type and hour: one record again
+                SELECT day, provider, account_id, service_name, currency, tags, model, SUM(cost) FROM agg
+                WHERE u_unit IS NOT NULL AND cost IS NOT NULL AND {in_window}
+                GROUP BY day, provider, account_id, service_name, currency, tags, model
+            )
+            SELECT CAST(c.day - $start AS INTEGER), s.id, c.cost
+            FROM c JOIN series s ON c.provider = s.provider AND c.account_id = s.account_id
+                AND c.service_name = s.service_name AND c.currency = s.currency
+                AND COALESCE(c.tags, '') = s.tags AND c.model = s.model
+            """,
+            span,
+        ).fetchall()
+        # in CostRecord's field order
+        costs = CostRows(
+            [(days[d], p, a, s, amount, cur, t, m) for d, i, amount in rows for p, a, s, cur, t, m in (series[i],)]
+        )
+        usage_rows = "provider, account_id, service_name, tags, model, u_unit, u_token_type, SUM(qty)"
         usage: dict[tuple[Any, ...], dict[str, int]] = {}
         for day, prov, acct, svc, tags, model, unit, token_type, qty in con.execute(
-            """
-            SELECT CAST(ts AS DATE), provider, account_id, service_name, tags, model, unit, token_type, SUM(qty)
-            FROM focus WHERE ts >= ? AND ts < ? AND qty IS NOT NULL
-              AND unit IN ('tokens', 'token', 'requests', 'request')
-            GROUP BY ALL
-            """,
-            [lo, hi],
+            f"SELECT day, {usage_rows} FROM agg WHERE u_unit IS NOT NULL AND {in_window} GROUP BY ALL", span
         ).fetchall():
             key = (day, normalise_provider(prov), acct, svc, self.team_from_tags(tags), model)
             self._add_usage(usage.setdefault(key, {}), unit, token_type, qty)
@@ -274,16 +375,9 @@ class FocusProvider:
             for k, v in usage.items()
         ]
         # hourly rows of the last day feed the last-hour burn estimate
-        hour_lo = window.last_complete_hour - dt.timedelta(hours=23)
         hourly: dict[tuple[Any, ...], dict[str, int]] = {}
         for ts, prov, acct, svc, tags, model, unit, token_type, qty in con.execute(
-            """
-            SELECT ts, provider, account_id, service_name, tags, model, unit, token_type, SUM(qty)
-            FROM focus WHERE ts >= ? AND ts <= ? AND te - ts = INTERVAL 1 HOUR AND qty IS NOT NULL
-              AND unit IN ('tokens', 'token', 'requests', 'request')
-            GROUP BY ALL
-            """,
-            [hour_lo, window.last_complete_hour],
+            f"SELECT h_ts, {usage_rows} FROM agg WHERE h_ts IS NOT NULL GROUP BY ALL"
         ).fetchall():
             key = (ts, normalise_provider(prov), acct, svc, self.team_from_tags(tags), model)
             self._add_usage(hourly.setdefault(key, {}), unit, token_type, qty)
@@ -303,11 +397,12 @@ class FocusProvider:
         accounts = [
             AccountInfo(normalise_provider(p), a, n)
             for p, a, n in con.execute(
-                "SELECT provider, account_id, ANY_VALUE(account_name) FROM focus "
+                "SELECT provider, account_id, ANY_VALUE(account_name) FROM agg "
                 "WHERE account_name IS NOT NULL AND account_id <> '' GROUP BY ALL"
             ).fetchall()
         ]
-        through = con.execute("SELECT MAX(te) FROM focus WHERE ts >= ? AND ts < ?", [lo, hi]).fetchone()[0]
+        if through is not None and not isinstance(through, dt.datetime):
+            through = window.now  # DuckDB gives a string for a year Python cannot hold (ChargePeriodEnd 99999-01-01)
         data_through = min(through, window.now) if through is not None else None
         return FetchResult(
             days=window.days(),
@@ -316,6 +411,7 @@ class FocusProvider:
             hourly=hourly_records,
             accounts=accounts,
             data_through=data_through,
+            skipped={"unparsable_row": int(bad)} if bad else {},
         )
 
     @staticmethod

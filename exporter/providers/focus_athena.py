@@ -13,8 +13,13 @@ and a ``billing_period`` partition (``YYYY-MM``). One refresh runs one query:
   megabyte, 10 MB minimum per query), is counted in
   ``spend_exporter_api_cost_usd_total`` under the operation ``DataScanned``.
 
-It fills costs, the team tag and account names. AI token usage and hourly
-buckets are not read from Athena (use the DuckDB engine or the AI sources).
+It fills what the DuckDB engine fills, from the same aggregation: costs by
+day, provider, account, service, team tag and model; token and request usage
+(``ConsumedQuantity`` in ``ConsumedUnit`` Tokens or Requests) by day and, over
+the last 24 complete hours, by hour; account names; the newest period end.
+The AI model and the token type are not FOCUS columns: name them with
+``model_column`` and ``token_type_column`` where the table has them (the
+DuckDB engine reads ``x_Model`` and ``x_TokenType`` when a file has them).
 """
 
 from __future__ import annotations
@@ -30,7 +35,15 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from exporter.config import FocusSource
-from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow
+from exporter.model import (
+    TOKEN_TYPES,
+    AccountInfo,
+    CostRecord,
+    FetchResult,
+    FetchWindow,
+    HourlyUsage,
+    UsageRecord,
+)
 from exporter.providers.aws import boto_clients, boto_error
 from exporter.providers.base import ProviderContext, SourceError
 
@@ -63,20 +76,37 @@ def billing_periods(window: FetchWindow) -> list[str]:
     return out
 
 
+def _ts(t: dt.datetime) -> str:
+    return f"TIMESTAMP {_sql_str(f'{t.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}')}"
+
+
 def build_query(config: FocusSource, window: FetchWindow, team_tag_keys: list[str]) -> str:
-    """The aggregation of ``FocusProvider`` (cost by UTC day, provider, account, service, team tag) in Athena SQL."""
-    lo = dt.datetime.combine(window.start, dt.time())
-    hi = dt.datetime.combine(window.end + dt.timedelta(days=1), dt.time())
+    """The aggregation of ``FocusProvider``'s DuckDB engine in Athena SQL.
+
+    One row per (day, provider, account, service, team tag, currency, model), split further only on usage
+    rows (token or request counts) by unit, token type and, over the last 24 complete hours, hour: the
+    columns ``unit``, ``token_type`` and ``hour`` are NULL on every other row.
+    """
+    lo = dt.datetime.combine(window.start, dt.time(), tzinfo=dt.UTC)
+    hi = dt.datetime.combine(window.end + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    hour_lo = window.last_complete_hour - dt.timedelta(hours=23)
     cost = config.cost_column.lower()
+    model = f"COALESCE({config.model_column}, '')" if config.model_column else "''"
+    token_type = f"LOWER(COALESCE({config.token_type_column}, ''))" if config.token_type_column else "''"
+    usage = "consumedquantity IS NOT NULL AND LOWER(consumedunit) IN ('tokens', 'token', 'requests', 'request')"
+    hourly = (
+        f"{usage} AND chargeperiodend - chargeperiodstart = INTERVAL '1' HOUR "
+        f"AND chargeperiodstart >= {_ts(hour_lo)} AND chargeperiodstart <= {_ts(window.last_complete_hour)}"
+    )
     team = (
         "COALESCE(" + ", ".join(f"element_at(tags, {_sql_str(k)})" for k in team_tag_keys) + ")"
         if team_tag_keys
         else "CAST(NULL AS varchar)"
     )
     where = [
-        f"chargeperiodstart >= TIMESTAMP {_sql_str(f'{lo:%Y-%m-%d %H:%M:%S}')}",
-        f"chargeperiodstart < TIMESTAMP {_sql_str(f'{hi:%Y-%m-%d %H:%M:%S}')}",
-        f"{cost} IS NOT NULL",
+        f"chargeperiodstart >= {_ts(lo)}",
+        f"chargeperiodstart < {_ts(hi)}",
+        f"({cost} IS NOT NULL OR {usage})",
     ]
     if config.partition_column:
         parts = ", ".join(_sql_str(p) for p in billing_periods(window))
@@ -88,19 +118,27 @@ def build_query(config: FocusSource, window: FetchWindow, team_tag_keys: list[st
         "COALESCE(servicename, '') AS service_name, "
         f"{team} AS team_tag, "
         "UPPER(COALESCE(billingcurrency, '')) AS currency, "
+        f"{model} AS model, "
+        f"CASE WHEN {usage} THEN LOWER(consumedunit) END AS unit, "
+        f"CASE WHEN {usage} THEN {token_type} END AS token_type, "
+        f"CASE WHEN {hourly} THEN chargeperiodstart END AS hour, "
         f"CAST(SUM({cost}) AS varchar) AS amount, "
+        f"CAST(SUM(CASE WHEN {usage} THEN consumedquantity END) AS varchar) AS quantity, "
         "MAX(COALESCE(subaccountname, billingaccountname)) AS account_name, "
         "MAX(chargeperiodend) AS period_end "
         f'FROM "{config.database}"."{config.table}" '
         f"WHERE {' AND '.join(where)} "
-        "GROUP BY 1, 2, 3, 4, 5, 6"
+        "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10"
     )
 
 
 class AthenaFocus:
     """Runs the focus source's aggregation on Athena (boto3 client ``athena``)."""
 
-    COLUMNS = ("day", "provider", "account_id", "service_name", "team_tag", "currency", "amount", "account_name")
+    COLUMNS = (
+        *("day", "provider", "account_id", "service_name", "team_tag", "currency", "model"),
+        *("unit", "token_type", "hour", "amount", "quantity", "account_name", "period_end"),
+    )
 
     def __init__(self, config: FocusSource, ctx: ProviderContext, sleep: Callable[[float], None] = time.sleep) -> None:
         self.cfg = config
@@ -181,13 +219,11 @@ class AthenaFocus:
             self._sleep(self.cfg.poll_interval)
 
     def _results(self, client: Any, qid: str, window: FetchWindow) -> FetchResult:
-        costs: list[CostRecord] = []
-        accounts: dict[tuple[str, str], str] = {}
-        through: dt.datetime | None = None
+        rows: list[list[str | None]] = []
+        index: dict[str, int] = {}
         token: str | None = None
         seen: set[str] = set()
         first = True
-        index: dict[str, int] = {}
         while True:
             req: dict[str, Any] = {"QueryExecutionId": qid, "MaxResults": PAGE_SIZE}
             if token:
@@ -196,74 +232,128 @@ class AthenaFocus:
             rs = page.get("ResultSet")
             if not isinstance(rs, dict) or not isinstance(rs.get("Rows"), list):
                 raise SourceError("Athena GetQueryResults: malformed response (no ResultSet.Rows)")
-            rows = rs["Rows"]
+            page_rows = rs["Rows"]
             if first:
                 names = [
                     str(c.get("Name") or "").lower() for c in rs.get("ResultSetMetadata", {}).get("ColumnInfo", [])
                 ]
                 index = {n: i for i, n in enumerate(names)}
-                missing = [c for c in (*self.COLUMNS, "period_end") if c not in index]
+                missing = [c for c in self.COLUMNS if c not in index]
                 if missing:
                     raise SourceError(f"Athena GetQueryResults: result has no column {missing[0]!r}")
                 # the first row of a SELECT's first page is the header
-                if rows and [_value(d) for d in rows[0].get("Data", [])] == names:
-                    rows = rows[1:]
+                if page_rows and [_value(d) for d in page_rows[0].get("Data", [])] == names:
+                    page_rows = page_rows[1:]
                 first = False
-            for row in rows:
+            for row in page_rows:
                 v = [_value(d) for d in row.get("Data", [])]
                 if len(v) < len(index):
                     raise SourceError("Athena GetQueryResults: a row has fewer values than columns")
-                rec, end = self._record(v, index)
-                costs.append(rec)
-                name = v[index["account_name"]]
-                if name and rec.account_id:
-                    accounts[(rec.provider, rec.account_id)] = name
-                if end is not None and (through is None or end > through):
-                    through = end
+                rows.append(v)
             token = page.get("NextToken")
             if not token:
                 break
             if token in seen:
                 raise SourceError("Athena GetQueryResults: NextToken repeats; giving up")
             seen.add(token)
+        return self._aggregate(rows, index, window)
+
+    @staticmethod
+    def _aggregate(rows: list[list[str | None]], index: dict[str, int], window: FetchWindow) -> FetchResult:
+        """The result rows as ``FocusProvider``'s DuckDB engine returns them (usage rows summed back to records)."""
+        from exporter.providers.focus import FocusProvider, normalise_provider
+
+        costs: dict[tuple[Any, ...], float] = {}
+        usage: dict[tuple[Any, ...], dict[str, int]] = {}
+        hourly: dict[tuple[Any, ...], dict[str, int]] = {}
+        accounts: dict[tuple[str, str], str] = {}
+        through: dt.datetime | None = None
+        for v in rows:
+            col = {name: v[i] for name, i in index.items()}.get
+            raw_day, raw_amount, raw_qty = col("day"), col("amount"), col("quantity")
+            try:
+                day = dt.date.fromisoformat(str(raw_day)[:10])
+                amount = None if raw_amount is None else float(Decimal(raw_amount))
+                qty = None if raw_qty is None else float(Decimal(raw_qty))
+            except (ValueError, InvalidOperation):
+                raise SourceError(
+                    f"Athena GetQueryResults: unparsable day, amount or quantity ({raw_day!r}, {raw_amount!r}, "
+                    f"{raw_qty!r})"
+                ) from None
+            team = col("team_tag")
+            provider = normalise_provider(col("provider"))
+            account_id, service_name, model = col("account_id") or "", col("service_name") or "", col("model") or ""
+            series = (provider, account_id, service_name, team.strip() if team and team.strip() else None, model)
+            if amount is not None:
+                key = (day, *series, col("currency") or "")
+                costs[key] = costs.get(key, 0.0) + amount
+            unit, token_type = col("unit"), col("token_type") or ""
+            if unit and qty is not None:
+                FocusProvider._add_usage(usage.setdefault((day, *series), {}), unit, token_type, qty)
+                hour = _timestamp(col("hour"))
+                if hour is not None:
+                    FocusProvider._add_usage(hourly.setdefault((hour, *series), {}), unit, token_type, qty)
+            name = col("account_name")
+            if name and account_id:
+                accounts[(provider, account_id)] = name
+            end = _timestamp(col("period_end"))
+            if end is not None and (through is None or end > through):
+                through = end
         return FetchResult(
             days=window.days(),
-            costs=costs,
+            costs=[
+                CostRecord(
+                    day=k[0],
+                    provider=k[1],
+                    account_id=k[2],
+                    service_name=k[3],
+                    amount=amount,
+                    currency=k[6],
+                    team_tag=k[4],
+                    model=k[5],
+                )
+                for k, amount in costs.items()
+            ],
+            usage=[
+                UsageRecord(
+                    day=k[0],
+                    provider=k[1],
+                    account_id=k[2],
+                    service_name=k[3],
+                    team_tag=k[4],
+                    model=k[5],
+                    tokens={t: u[t] for t in TOKEN_TYPES if t in u},
+                    requests=u.get("requests", 0),
+                )
+                for k, u in usage.items()
+            ],
+            hourly=[
+                HourlyUsage(
+                    hour_start=k[0],
+                    provider=k[1],
+                    account_id=k[2],
+                    service_name=k[3],
+                    team_tag=k[4],
+                    model=k[5],
+                    tokens={t: u[t] for t in TOKEN_TYPES if t in u},
+                    requests=u.get("requests", 0),
+                )
+                for k, u in hourly.items()
+            ],
             accounts=[AccountInfo(p, a, n) for (p, a), n in sorted(accounts.items())],
             data_through=min(through, window.now) if through is not None else None,
         )
 
-    @staticmethod
-    def _record(v: list[str | None], index: dict[str, int]) -> tuple[CostRecord, dt.datetime | None]:
-        from exporter.providers.focus import normalise_provider
 
-        try:
-            day = dt.date.fromisoformat(str(v[index["day"]])[:10])
-            amount = float(Decimal(str(v[index["amount"]])))
-        except (ValueError, InvalidOperation):
-            raise SourceError(
-                f"Athena GetQueryResults: unparsable day or amount ({v[index['day']]!r}, {v[index['amount']]!r})"
-            ) from None
-        end: dt.datetime | None = None
-        raw_end = v[index["period_end"]]
-        if raw_end:
-            try:
-                end = dt.datetime.fromisoformat(raw_end.replace(" UTC", "").replace("Z", "+00:00"))
-            except ValueError:
-                end = None
-            if end is not None and end.tzinfo is None:
-                end = end.replace(tzinfo=dt.UTC)
-        team = v[index["team_tag"]]
-        rec = CostRecord(
-            day=day,
-            provider=normalise_provider(v[index["provider"]]),
-            account_id=v[index["account_id"]] or "",
-            service_name=v[index["service_name"]] or "",
-            amount=amount,
-            currency=v[index["currency"]] or "",
-            team_tag=team.strip() if team and team.strip() else None,
-        )
-        return rec, end
+def _timestamp(raw: str | None) -> dt.datetime | None:
+    """An Athena timestamp cell (``2026-11-21 09:00:00.000``, UTC) as an aware datetime; None if empty or not one."""
+    if not raw:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(raw.replace(" UTC", "").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
 
 
 def _value(datum: dict[str, Any]) -> str | None:

@@ -146,7 +146,8 @@ class OciProvider:
                 response = self._request(client, details, page, retry_strategy)
                 page_items = getattr(response.data, "items", None)
                 if not isinstance(page_items, list):
-                    raise SourceError("OCI Usage API returned an unexpected body: no list of items")
+                    # the SDK maps a body that is not JSON to an empty model too: the two look alike here
+                    raise SourceError("OCI Usage API returned a malformed or unexpected body: no list of items")
                 if not all(isinstance(getattr(i, "time_usage_started", None), dt.datetime) for i in page_items):
                     raise SourceError("OCI Usage API returned an unexpected body: an item without timeUsageStarted")
             items.extend(page_items)
@@ -169,7 +170,10 @@ class OciProvider:
                     f"OCI Usage API throttled the request (429 {e.code}) after {attempts} attempts {where}".rstrip(),
                     retry_after=retry_after,
                 ) from None
-            raise SourceError(f"OCI Usage API error {e.status} {e.code}: {e.message} {where}".rstrip()) from None
+            # code and message are None when the body is not OCI's error object (a proxy's or load balancer's reply)
+            what = " ".join(str(x) for x in (e.status, e.code) if x is not None)
+            detail = f": {e.message}" if e.message else ""
+            raise SourceError(f"OCI Usage API error {what}{detail} {where}".rstrip()) from None
         except (oci.exceptions.RequestException, oci.exceptions.ConnectTimeout) as e:
             raise SourceError(f"OCI Usage API request failed: {_transport_error(e)}") from None
         except ValueError as e:

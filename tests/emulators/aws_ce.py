@@ -405,8 +405,10 @@ class AwsCostExplorerEmulator(Emulator):
             },
         )
 
+    throttle_error = "LimitExceededException"  # Cost Explorer's; "ThrottlingException" is the generic AWS one
+
     def throttle_response(self, fault: Fault) -> Response:
-        return self._json_error("LimitExceededException", "Rate exceeded")
+        return self._json_error(self.throttle_error, "Rate exceeded")
 
     def _auth_error(self, request: Request) -> str | None:
         auth = request.headers.get("authorization", "")

@@ -16,6 +16,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -42,6 +43,7 @@ class Fault:
     path_contains: str = ""  # only requests whose path contains this
     delay: float = 0.0  # for "timeout"
     retry_after: float = 1.0  # for "throttle"
+    when: Callable[[Request], bool] | None = None  # only requests this accepts (e.g. "carries a page token")
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -121,6 +123,8 @@ class Emulator:
         with self._lock:
             for f in self._faults:
                 if f.path_contains and f.path_contains not in request.path:
+                    continue
+                if f.when is not None and not f.when(request):
                     continue
                 if f.after > 0:
                     f.after -= 1

@@ -252,7 +252,7 @@ def test_throttled_with_a_long_retry_after_raises(h: Harness) -> None:
         (lambda: Fault("500", path_contains="/cost_report"), "cost_report: HTTP 500"),
         (lambda: Fault("503", after=1, path_contains="/cost_report"), "cost_report: HTTP 503"),
         (lambda: Fault("403", path_contains="/workspaces"), "HTTP 403"),
-        (lambda: Fault("reset", path_contains="/usage_report"), "cannot connect"),
+        (lambda: Fault("reset", path_contains="/usage_report"), "closed or reset the connection"),
         (lambda: Fault("malformed", path_contains="/usage_report"), "not valid JSON"),
         (lambda: Fault("wrong_shape", path_contains="/cost_report"), "unexpected response shape"),
         (lambda: Fault("wrong_shape", path_contains="/workspaces"), "unexpected response shape"),

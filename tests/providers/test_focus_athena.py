@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import build_app
 from exporter.config import ConfigError, FocusSource, parse_config
@@ -38,33 +39,107 @@ SECRET_KEY = "test-only-athena-secret-0123456789"
 TB = 1024**4
 
 COLUMNS = [
-    "day",
-    "provider",
-    "account_id",
-    "service_name",
-    "team_tag",
-    "currency",
-    "amount",
-    "account_name",
-    "period_end",
+    *("day", "provider", "account_id", "service_name", "team_tag", "currency", "model"),
+    *("unit", "token_type", "hour", "amount", "quantity", "account_name", "period_end"),
 ]
-# (day, provider, account, service, team tag, currency, amount, account name, period end); None is SQL NULL
+
+
+def row(
+    day: str,
+    provider: str,
+    account: str,
+    service: str,
+    team: str | None,
+    currency: str,
+    amount: str | None,
+    name: str | None,
+    end: str,
+    model: str = "",
+    usage: tuple[str, str, str | None, str] | None = None,  # unit, token type, hour, quantity
+) -> tuple[str | None, ...]:
+    """One result row of ``build_query``'s query; None is SQL NULL."""
+    unit, token_type, hour, quantity = usage or (None, None, None, None)
+    return (day, provider, account, service, team, currency, model, unit, token_type, hour, amount, quantity, name, end)
+
+
+DAY_END = {d: f"2026-11-{int(d[-2:]) + 1:02d} 00:00:00.000" for d in ("2026-11-19", "2026-11-20", "2026-11-21")}
 ROWS: list[tuple[str | None, ...]] = [
-    ("2026-10-30", "AWS", "111111111111", "Amazon EC2", "search", "USD", "120.50", "prod", "2026-10-31 00:00:00.000"),
-    ("2026-11-19", "AWS", "111111111111", "AWS Lambda", None, "USD", "3.25", "prod", "2026-11-20 00:00:00.000"),
-    ("2026-11-20", "Microsoft", "sub-1", "Storage", "data", "EUR", "10.00", None, "2026-11-21 00:00:00.000"),
-    (
-        "2026-11-20",
-        "AWS",
-        "222222222222",
-        "Amazon S3",
-        "payments",
-        "USD",
-        "-2.50",
-        "staging",
-        "2026-11-21 00:00:00.000",
+    row(
+        "2026-10-30", "AWS", "111111111111", "Amazon EC2", "search", "USD", "120.50", "prod", "2026-10-31 00:00:00.000"
     ),
-    ("2026-11-21", "AWS", "111111111111", "Amazon EC2", "search", "USD", "40.125", "prod", "2026-11-22 00:00:00.000"),
+    row("2026-11-19", "AWS", "111111111111", "AWS Lambda", None, "USD", "3.25", "prod", DAY_END["2026-11-19"]),
+    row("2026-11-20", "Microsoft", "sub-1", "Storage", "data", "EUR", "10.00", None, DAY_END["2026-11-20"]),
+    row("2026-11-20", "AWS", "222222222222", "Amazon S3", "payments", "USD", "-2.50", "staging", DAY_END["2026-11-20"]),
+    row("2026-11-21", "AWS", "111111111111", "Amazon EC2", "search", "USD", "40.125", "prod", DAY_END["2026-11-21"]),
+]
+# AI usage in the bill: daily token and request rows, and hourly rows of the last complete hours (NOW is 12:00)
+AI = {"model": "gpt-4o"}
+AI_ROWS: list[tuple[str | None, ...]] = [
+    row(
+        "2026-11-20",
+        "OpenAI",
+        "proj_a",
+        "chat",
+        None,
+        "USD",
+        "1.50",
+        "A",
+        DAY_END["2026-11-20"],
+        **AI,
+        usage=("tokens", "input", None, "1000"),
+    ),
+    row(
+        "2026-11-20",
+        "OpenAI",
+        "proj_a",
+        "chat",
+        None,
+        "USD",
+        "0.50",
+        "A",
+        DAY_END["2026-11-20"],
+        **AI,
+        usage=("tokens", "output", None, "200"),
+    ),
+    row(
+        "2026-11-20",
+        "OpenAI",
+        "proj_a",
+        "chat",
+        None,
+        "USD",
+        None,
+        "A",
+        DAY_END["2026-11-20"],
+        **AI,
+        usage=("requests", "", None, "7"),
+    ),
+    row(
+        "2026-11-21",
+        "OpenAI",
+        "proj_a",
+        "chat",
+        None,
+        "USD",
+        "0.10",
+        "A",
+        "2026-11-21 11:00:00.000",
+        **AI,
+        usage=("tokens", "input", "2026-11-21 10:00:00.000", "100"),
+    ),
+    row(
+        "2026-11-21",
+        "OpenAI",
+        "proj_a",
+        "chat",
+        None,
+        "USD",
+        "0.05",
+        "A",
+        "2026-11-21 12:00:00.000",
+        **AI,
+        usage=("tokens", "cache_read", "2026-11-21 11:00:00.000", "50"),
+    ),
 ]
 
 
@@ -190,25 +265,43 @@ def _queries(moto_url: str) -> list[str]:
 
 
 def test_fetch_aggregates_costs_from_the_query_results(moto_url: str) -> None:
-    seed(moto_url)
+    seed(moto_url, ROWS + AI_ROWS)
     acc = Accounting()
-    result = FocusProvider(source(moto_url), acc.ctx()).fetch(WINDOW)
+    src = source(moto_url, model_column="x_model", token_type_column="x_tokentype")
+    result = FocusProvider(src, acc.ctx()).fetch(WINDOW)
 
-    got = {(c.day, c.provider, c.account_id, c.service_name, c.team_tag, c.currency): c.amount for c in result.costs}
+    got = {
+        (c.day, c.provider, c.account_id, c.service_name, c.team_tag, c.currency, c.model): c.amount
+        for c in result.costs
+    }
     assert got == {
-        (dt.date(2026, 10, 30), "aws", "111111111111", "Amazon EC2", "search", "USD"): 120.50,
-        (dt.date(2026, 11, 19), "aws", "111111111111", "AWS Lambda", None, "USD"): 3.25,
-        (dt.date(2026, 11, 20), "azure", "sub-1", "Storage", "data", "EUR"): 10.00,
-        (dt.date(2026, 11, 20), "aws", "222222222222", "Amazon S3", "payments", "USD"): -2.50,
-        (dt.date(2026, 11, 21), "aws", "111111111111", "Amazon EC2", "search", "USD"): 40.125,
+        (dt.date(2026, 10, 30), "aws", "111111111111", "Amazon EC2", "search", "USD", ""): 120.50,
+        (dt.date(2026, 11, 19), "aws", "111111111111", "AWS Lambda", None, "USD", ""): 3.25,
+        (dt.date(2026, 11, 20), "azure", "sub-1", "Storage", "data", "EUR", ""): 10.00,
+        (dt.date(2026, 11, 20), "aws", "222222222222", "Amazon S3", "payments", "USD", ""): -2.50,
+        (dt.date(2026, 11, 21), "aws", "111111111111", "Amazon EC2", "search", "USD", ""): 40.125,
+        # the usage rows of one day and model, split by token type and hour, are one cost record again
+        (dt.date(2026, 11, 20), "openai", "proj_a", "chat", None, "USD", "gpt-4o"): 2.00,
+        (dt.date(2026, 11, 21), "openai", "proj_a", "chat", None, "USD", "gpt-4o"): pytest.approx(0.15),
     }
     assert sorted((a.provider, a.account_id, a.account_name) for a in result.accounts) == [
         ("aws", "111111111111", "prod"),
         ("aws", "222222222222", "staging"),
+        ("openai", "proj_a", "A"),
     ]
     assert result.days == WINDOW.days()
     assert result.data_through == NOW  # the newest period ends after now: capped at now
-    assert result.usage == [] and result.hourly is None
+    usage = {(u.day, u.provider, u.account_id, u.service_name, u.model): (u.tokens, u.requests) for u in result.usage}
+    assert usage == {
+        (dt.date(2026, 11, 20), "openai", "proj_a", "chat", "gpt-4o"): ({"input": 1000, "output": 200}, 7),
+        (dt.date(2026, 11, 21), "openai", "proj_a", "chat", "gpt-4o"): ({"input": 100, "cache_read": 50}, 0),
+    }
+    assert result.hourly is not None
+    hourly = {(h.hour_start, h.provider, h.model): h.tokens for h in result.hourly}
+    assert hourly == {
+        (dt.datetime(2026, 11, 21, 10, tzinfo=dt.UTC), "openai", "gpt-4o"): {"input": 100},
+        (dt.datetime(2026, 11, 21, 11, tzinfo=dt.UTC), "openai", "gpt-4o"): {"cache_read": 50},
+    }
     assert acc.op_counts() == Counter(StartQueryExecution=1, GetQueryExecution=1, GetQueryResults=1, DataScanned=1)
     assert all(st == "success" for _, st, _ in acc.calls)
 
@@ -217,6 +310,38 @@ def test_fetch_aggregates_costs_from_the_query_results(moto_url: str) -> None:
     assert "chargeperiodstart >= TIMESTAMP '2026-10-01 00:00:00'" in query
     assert "chargeperiodstart < TIMESTAMP '2026-11-22 00:00:00'" in query
     assert "SUM(billedcost)" in query and "element_at(tags, 'team')" in query
+    assert "COALESCE(x_model, '') AS model" in query and "LOWER(COALESCE(x_tokentype, ''))" in query
+    # usage rows: tokens and requests, and the hourly ones of the last 24 complete hours (11:00 is the last)
+    assert "LOWER(consumedunit) IN ('tokens', 'token', 'requests', 'request')" in query
+    assert "chargeperiodend - chargeperiodstart = INTERVAL '1' HOUR" in query
+    assert "chargeperiodstart >= TIMESTAMP '2026-11-20 12:00:00'" in query
+    assert "chargeperiodstart <= TIMESTAMP '2026-11-21 11:00:00'" in query
+
+
+def test_without_model_and_token_type_columns_the_query_names_none(moto_url: str) -> None:
+    q = build_query(source(moto_url), WINDOW, ["team"])
+    assert "x_model" not in q and "x_tokentype" not in q
+    assert "'' AS model" in q
+    # token counts without a token type are input tokens, as with the DuckDB engine
+    seed(
+        moto_url,
+        [
+            row(
+                "2026-11-20",
+                "OpenAI",
+                "p",
+                "chat",
+                None,
+                "USD",
+                "1",
+                None,
+                DAY_END["2026-11-20"],
+                usage=("tokens", "", None, "10"),
+            )
+        ],
+    )
+    (u,) = FocusProvider(source(moto_url), Accounting().ctx()).fetch(WINDOW).usage
+    assert u.tokens == {"input": 10} and u.model == ""
 
 
 def test_the_query_names_only_the_partitions_of_the_window(moto_url: str) -> None:
@@ -234,7 +359,7 @@ def test_the_query_names_only_the_partitions_of_the_window(moto_url: str) -> Non
     assert "COALESCE(element_at(tags, 'team'), element_at(tags, 'Team'))" in q
     assert '"cur"."focus_export"' in q
     q = build_query(source(moto_url, partition_column=None), warm, ["o'brien"])
-    assert " IN (" not in q and "element_at(tags, 'o''brien')" in q
+    assert "billing_period" not in q and " IN ('2026-" not in q and "element_at(tags, 'o''brien')" in q
 
 
 def test_polls_until_the_query_finishes(moto_url: str) -> None:
@@ -325,9 +450,9 @@ def test_config_requires_the_keys_of_each_engine() -> None:
 
 
 def test_end_to_end_metrics_and_api_cost(moto_url: str, tmp_path: Path) -> None:
-    seed(moto_url)
+    seed(moto_url, ROWS + AI_ROWS)
     with AthenaPager(moto_url, page_size=3, scanned=2 * TB) as pager:
-        src = source(pager.url).model_dump(mode="json")
+        src = source(pager.url, model_column="x_model", token_type_column="x_tokentype").model_dump(mode="json")
         cfg = parse_config(
             {
                 "cache_path": str(tmp_path / "cache.sqlite"),
@@ -342,12 +467,21 @@ def test_end_to_end_metrics_and_api_cost(moto_url: str, tmp_path: Path) -> None:
             text = app.exposition()
         finally:
             app.close()
-    # the newest complete day is 2026-11-20: EUR 10 at 1.08 plus two USD lines
+    # the newest complete day is 2026-11-20: EUR 10 at 1.08 plus three USD lines
     samples = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
         if line.startswith("spend_cost_daily_usd{")
     }
-    assert sum(samples.values()) == pytest.approx(10.00 * 1.08 - 2.50)
+    assert sum(samples.values()) == pytest.approx(10.00 * 1.08 - 2.50 + 2.00)
     assert 'spend_exporter_api_cost_usd_total{source="focus-athena"} 10.0' in text
-    assert 'operation="GetQueryResults",status="success"} 2.0' in text
+    assert 'operation="GetQueryResults",status="success"} 4.0' in text  # header + 10 rows in pages of 3
+    tokens = {
+        s.labels["token_type"]: s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "spend_ai_tokens_month_to_date"
+        for s in f.samples
+    }
+    assert tokens == {"input": 1100.0, "output": 200.0, "cache_read": 50.0, "cache_write": 0.0}
+    assert 'spend_ai_requests_month_to_date{provider="openai",account_id="proj_a"' in text
+    assert 'model="gpt-4o"' in text

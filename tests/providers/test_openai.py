@@ -317,7 +317,7 @@ def test_throttled_more_than_max_retries_raises(h: Harness) -> None:
         (lambda: Fault("500", path_contains="/costs"), "costs: HTTP 500"),
         (lambda: Fault("503", after=1, path_contains="/usage/completions"), "usage_completions: HTTP 503"),
         (lambda: Fault("403", path_contains="/projects"), "HTTP 403"),
-        (lambda: Fault("reset", path_contains="/costs"), "cannot connect"),
+        (lambda: Fault("reset", path_contains="/costs"), "closed or reset the connection"),
         (lambda: Fault("malformed", path_contains="/usage/completions"), "not valid JSON"),
         (lambda: Fault("wrong_shape", path_contains="/costs"), "unexpected response shape"),
         (lambda: Fault("wrong_shape", path_contains="/projects"), "unexpected response shape"),
