@@ -366,6 +366,9 @@ def report(
         "rss_warm_mb": warm["VmRSS"] / 1024,
         "rss_end_mb": end["VmRSS"] / 1024,
         "rss_ratio": end["VmRSS"] / warm["VmRSS"],
+        # back-to-back refreshes: whether each reference sample fell inside one says how to read the ratio
+        "rss_warm_in_refresh": refreshing_at(next((t for t, _ in rss if t >= args.warmup), rss[-1][0])),
+        "rss_end_in_refresh": refreshing_at(rss[-1][0]),
         "rss_min_after_warmup_mb": min(after_warm, default=0) / 1024,
         "rss_max_after_warmup_mb": max(after_warm, default=0) / 1024,
         "vm_hwm_mb": end["VmHWM"] / 1024,
@@ -394,6 +397,7 @@ def report(
 
 def print_summary(out: dict[str, Any]) -> None:
     ok = {True: "yes", False: "NO"}
+    yn = {True: "yes", False: "no"}
     rr = out["rss_ratio"]
     print(
         f"  {out['server']}: {out['scrapes']} scrapes by {out['scrapers']} scrapers in {out['seconds']:.0f}s "
@@ -412,8 +416,10 @@ def print_summary(out: dict[str, Any]) -> None:
             if v["scrapes"]
         ),
         f"  RSS after {out['warmup_s']:.0f}s {out['rss_warm_mb']:.0f} MB, at the end {out['rss_end_mb']:.0f} MB "
-        f"(ratio {rr:.3f}; {out['rss_min_after_warmup_mb']:.0f}-{out['rss_max_after_warmup_mb']:.0f} MB after "
-        f"warm-up), VmHWM {out['vm_hwm_mb']:.0f} MB; threads {out['threads_warm']}->{out['threads_end']}, "
+        f"(ratio {rr:.3f}; sample inside a refresh: warm-up {yn[out['rss_warm_in_refresh']]}, "
+        f"end {yn[out['rss_end_in_refresh']]}; "
+        f"{out['rss_min_after_warmup_mb']:.0f}-{out['rss_max_after_warmup_mb']:.0f} MB after warm-up), "
+        f"VmHWM {out['vm_hwm_mb']:.0f} MB; threads {out['threads_warm']}->{out['threads_end']}, "
         f"fds {out['fds_warm']}->{out['fds_end']}",
         f"  refreshes during the soak: {out['refreshes_started']} started, {out['refreshes_published']} published "
         f"(seen in the bodies served); the exporter's log, start to stop: {out['refreshes_logged']} refreshed, "

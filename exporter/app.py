@@ -427,7 +427,9 @@ class App:
 
     # -- status ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """What ``/status`` shows; cheap: the spend figures come from the published snapshot, not the store."""
         now = self.now()
+        snap = self._snapshot  # one snapshot for the whole answer, even if a rebuild publishes another meanwhile
         sources = []
         for src in self.config.sources:
             st = self.store.get_state(src.name)
@@ -454,7 +456,7 @@ class App:
                     "api_cost_usd_today": round(self.store.api_cost_on(src.name, now.date()), 6),
                     "max_api_cost_usd_per_day": cap,
                     "paid_call_cap_reached": self.cap_reached(src.name),
-                    "month_to_date_usd": round(self.month_to_date(src.name), 2),
+                    "month_to_date_usd": round(snap.mtd_by_source.get(src.name, 0.0), 2),
                 }
             )
         return {
@@ -462,24 +464,21 @@ class App:
             "cache": {"path": self.store.path, "persistent": self.store.persistent, "problem": self.store.problem},
             "snapshot": {
                 "restored_from_cache": self.snapshot_restored,
-                "built_at": _iso(self._snapshot.built_at),
-                "series": self._snapshot.series,
-                "bytes": len(self._snapshot.text),
+                "built_at": _iso(snap.built_at),
+                "series": snap.series,
+                "bytes": len(snap.text),
             },
             "sources": sources,
-            "budgets": self.budgets_status(),
+            "budgets": self.budgets_status(snap),
         }
 
     def month_to_date(self, name: str) -> float:
-        today = self.now().date()
-        rows = self.store.query(
-            "SELECT COALESCE(SUM(cost_usd), 0) FROM cost WHERE source=? AND day >= ? AND day <= ?",
-            (name, today.replace(day=1).isoformat(), today.isoformat()),
-        )
-        return float(rows[0][0])
+        """The source's month-to-date in USD as ``/metrics`` serves it (the sum of its month-to-date series)."""
+        return self._snapshot.mtd_by_source.get(name, 0.0)
 
-    def budgets_status(self) -> list[dict[str, Any]]:
+    def budgets_status(self, snap: Snapshot | None = None) -> list[dict[str, Any]]:
         """The current snapshot's budgets: the figures ``/metrics`` serves."""
+        snap = snap or self._snapshot
         return [
             {
                 "name": b.name,
@@ -489,7 +488,7 @@ class App:
                 "used_ratio": round(b.spent_usd / b.amount_usd, 4),
                 "warning_ratio": b.warning_ratio,
             }
-            for b in self._snapshot.budgets
+            for b in snap.budgets
         ]
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -231,11 +231,22 @@ SqlName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=2
 class FocusSource(SourceBase):
     """FOCUS exports: local files through DuckDB, or (``engine: athena``) a table in S3 queried by Athena."""
 
-    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"poll_interval"}
+    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {
+        "poll_interval",
+        "throttle_retries",
+        "throttle_backoff",
+        "throttle_max_wait",
+        "memory_limit",
+        "threads",
+    }
     type: Literal["focus"]
     interval: Duration = 3600.0
     paths: list[NonEmptyStr] = []
     cost_column: Literal["BilledCost", "EffectiveCost"] = "BilledCost"
+    memory_limit: Annotated[str, Field(pattern=r"(?i)^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")] | None = "256MB"
+    """DuckDB: memory of one refresh's query beyond which it spills to disk (null: DuckDB's 80% of RAM)."""
+    threads: Annotated[int, Field(ge=1, le=256)] = 2
+    """DuckDB: threads of one refresh's query."""
     engine: Literal["duckdb", "athena"] = "duckdb"
     database: SqlName | None = None
     table: SqlName | None = None
@@ -252,6 +263,11 @@ class FocusSource(SourceBase):
     """Athena: the table's column holding the AI model (e.g. x_model), if it has one; else model is empty."""
     token_type_column: SqlName | None = None
     """Athena: the table's column holding the token type (e.g. x_tokentype); else token counts are input."""
+    throttle_retries: Annotated[int, Field(ge=0, le=10)] = 4
+    """Athena: retries of a throttled request (TooManyRequestsException, ThrottlingException) before it fails."""
+    throttle_backoff: Duration = 1.0
+    """Athena: first wait after a throttled request; doubled on each retry, each wait at most ``throttle_max_wait``."""
+    throttle_max_wait: Duration = 30.0
 
     @model_validator(mode="after")
     def _engine_keys(self) -> FocusSource:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from exporter.config import SourceBase
 from exporter.model import FetchWindow
+from exporter.osutil import release_freed_memory
 from exporter.store import SourceState
 
 if TYPE_CHECKING:
@@ -145,6 +146,7 @@ class Scheduler:
                     wake.clear()
                     continue
                 self.app.refresh(name)
+                release_freed_memory()  # a refresh frees a few hundred thousand objects: keep the RSS level
             except Exception:  # the worker must survive anything; App.refresh already logs
                 log.exception("refresh worker for %s failed; retrying in 60s", name)
                 self._stop.wait(60.0)

@@ -228,6 +228,7 @@ class SourceView:
     series: list[SeriesCost]
     overflow: int
     unpriced: list[tuple[str, str, float]]  # provider, model, tokens
+    mtd_usd: float  # the sum of the month-to-date samples rendered in ``fragments``
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,8 @@ class Snapshot:
     built_at: float
     series: int
     budgets: list[BudgetFigure] = field(default_factory=list)
+    # each source's month-to-date as served: the sum of its spend_cost_month_to_date_usd samples (``/status``)
+    mtd_by_source: dict[str, float] = field(default_factory=dict)
     _families: list[Family] = field(repr=False, default_factory=list)
     _om: tuple[bytes, bytes] | None = field(default=None, repr=False)
     _om_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -539,6 +542,7 @@ class SnapshotBuilder:
             series=series,
             overflow=overflow,
             unpriced=[(p, m, t) for (p, m), t in sorted(unpriced.items())],
+            mtd_usd=math.fsum(_clean(v["spend_cost_month_to_date_usd"]) for _, v in cost_rows),
         )
 
     # -- whole snapshot ----------------------------------------------------------------
@@ -573,6 +577,7 @@ class SnapshotBuilder:
             built_at=time.time(),
             series=n_series,
             budgets=budgets,
+            mtd_by_source={s: views[s].mtd_usd for s in names},
             _families=families,
         )
 

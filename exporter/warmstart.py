@@ -35,7 +35,7 @@ from exporter.store import SCHEMA_VERSION, Store
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: meta holds mtd_by_source
 # what turns the store into exposition bytes: a change to any of them must not serve an old rendering
 _CODE = ("snapshot.py", "collector.py", "pricing.py", "pricing.yml", "warmstart.py")
 
@@ -71,6 +71,7 @@ def save(store: Store, key: str, generation: int, snap: Snapshot, now: dt.dateti
         "built_at": snap.built_at,
         "series": snap.series,
         "budgets": [dataclasses.asdict(b) for b in snap.budgets],
+        "mtd_by_source": snap.mtd_by_source,
         "families": layout,
     }
     return store.save_snapshot(key, generation, json.dumps(meta), snap.text_gz)
@@ -98,6 +99,7 @@ def load(store: Store, key: str, now: dt.datetime, stale_ok: bool = False) -> tu
             built_at=float(meta["built_at"]),
             series=int(meta["series"]),
             budgets=[BudgetFigure(**b) for b in meta["budgets"]],
+            mtd_by_source={str(s): float(v) for s, v in meta["mtd_by_source"].items()},
             _families=families,
         )
     except Exception as e:  # whatever is wrong with it, building afresh is always correct

@@ -698,8 +698,32 @@ def exporter() -> dict[str, Any]:
     ]
     up["options"]["textMode"] = "value_and_name"
     up["options"]["colorMode"] = "background"
+    cache = stat(
+        "Cache",
+        "Whether the cache is kept in its file at cache_path. In memory, the exporter serves on, but what it "
+        "fetches is lost at the next restart (paid APIs are called again). SpendExporterCacheInMemory fires; "
+        "/status shows why.",
+        "spend_exporter_cache_persistent",
+        unit="none",
+        decimals=0,
+    )
+    cache["targets"][0]["legendFormat"] = "{{instance}}"
+    cache["fieldConfig"]["defaults"]["color"] = {"mode": "thresholds"}
+    cache["fieldConfig"]["defaults"]["thresholds"] = {
+        "mode": "absolute",
+        "steps": [{"value": None, "color": "red"}, {"value": 1, "color": "green"}],
+    }
+    cache["fieldConfig"]["defaults"]["mappings"] = [
+        {
+            "type": "value",
+            "options": {"0": {"text": "in memory", "color": "red"}, "1": {"text": "in its file", "color": "green"}},
+        }
+    ]
+    cache["options"]["colorMode"] = "background"
+    cache["options"]["textMode"] = "auto"  # the instance's name shows when there are several
     panels = [
-        (up, 8, 5),
+        (up, 6, 5),
+        (cache, 4, 5),
         (
             stat(
                 "Unpriced AI tokens",
@@ -723,7 +747,7 @@ def exporter() -> dict[str, Any]:
             4,
             5,
         ),
-        (table("Build", "Exporter version.", [("spend_exporter_build_info", "Up", "none")]), 8, 5),
+        (table("Build", "Exporter version.", [("spend_exporter_build_info", "Up", "none")]), 6, 5),
         (row("Freshness"), 24, 1),
         (
             timeseries(
@@ -764,6 +788,36 @@ def exporter() -> dict[str, Any]:
                 "Series exported by provider",
                 "Cost series per provider: the exporter's cardinality.",
                 [(f"count by (provider) (spend_cost_month_to_date_usd{{{F}}})", "{{provider}}")],
+                unit="short",
+            ),
+            12,
+            8,
+        ),
+        (row("Input left out"), 24, 1),
+        (
+            timeseries(
+                "Records skipped by the last refresh",
+                "Records each source's last refresh left out: an amount in a currency with no rate in "
+                "currency_rates, not a finite number, or a row that could not be parsed. They are not in any "
+                "figure; /status lists the reasons.",
+                [(f"spend_exporter_source_records_skipped{{{F_SOURCE}}}", "{{source}}")],
+                unit="short",
+            ),
+            12,
+            8,
+        ),
+        (
+            timeseries(
+                "Label values truncated, per hour",
+                "Label values longer than 4096 bytes that were cut short (ending in ...) as records "
+                "were ingested: series that differ only past the cut are summed together.",
+                [
+                    (
+                        "sum by (source) "
+                        '(increase(spend_exporter_label_values_truncated_total{source=~"$source"}[1h]))',
+                        "{{source}}",
+                    )
+                ],
                 unit="short",
             ),
             12,
@@ -833,7 +887,8 @@ def exporter() -> dict[str, Any]:
     return dashboard(
         "spend-exporter",
         "Spend / Exporter",
-        "The exporter itself: source health, age of data, refresh duration, billing API requests and their cost.",
+        "The exporter itself: source health, the cache, age of data, refresh duration, input left out, "
+        "billing API requests and their cost.",
         variables,
         layout(panels),
     )

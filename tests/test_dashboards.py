@@ -172,6 +172,16 @@ def test_issue_panels_are_present() -> None:
     assert {"Sources up", "Age of data", "Refresh duration", "API requests", "API cost, trailing 24h"} <= titles[
         "spend-exporter"
     ]
+    assert {"Cache", "Records skipped by the last refresh", "Label values truncated, per hour"} <= titles[
+        "spend-exporter"
+    ]
+
+
+def test_cache_stat_says_file_or_memory() -> None:
+    (cache,) = [p for p in panels(by_uid()["spend-exporter"]) if p["title"] == "Cache"]
+    assert [t["expr"] for t in cache["targets"]] == ["spend_exporter_cache_persistent"]
+    (mapping,) = cache["fieldConfig"]["defaults"]["mappings"]
+    assert {v: m["text"] for v, m in mapping["options"].items()} == {"0": "in memory", "1": "in its file"}
 
 
 def test_every_query_is_valid_promql(tmp_path: Path) -> None:

@@ -117,6 +117,51 @@ def test_rows_outside_the_window_are_left_out(tmp_path: Path, focus: Any) -> Non
     assert cost_by(fetch(tmp_path), "day") == {dt.date(2025, 3, 1): 2.0, dt.date(2025, 3, 15): 4.0}
 
 
+def test_only_the_window_is_aggregated_but_older_rows_still_count(tmp_path: Path, focus: Any) -> None:
+    """A warm refresh's window starts a few days back: rows before it are not aggregated by day and series, yet they
+    still name accounts and count as unparsable, and hourly usage of the last 24 hours is kept across its start."""
+    rows = [
+        raw_row("2025-02-01T00:00:00Z", "", "5", SubAccountId="acc-1", SubAccountName="Old name", ServiceName="s1"),
+        raw_row("2025-02-01T00:00:00Z", "", "n/a", SubAccountId="acc-1", ServiceName="s2"),
+        raw_row("2025-03-15T01:00:00Z", "", "3", SubAccountId="acc-1", ServiceName="s1"),
+    ]
+    for h in (20, 23):  # yesterday, before the window, but within the last 24 complete hours
+        t = dt.datetime(2025, 3, 14, h, tzinfo=UTC)
+        rows.append(
+            raw_row(
+                t.isoformat(),
+                (t + dt.timedelta(hours=1)).isoformat(),
+                "0.5",
+                ProviderName="OpenAI",
+                SubAccountId="proj",
+                ServiceName="responses",
+                x_Model="gpt-5",
+                x_TokenType="input",
+                ConsumedQuantity="100",
+                ConsumedUnit="Tokens",
+            )
+        )
+    focus.write(tmp_path / "a.csv", rows)
+    result = fetch(tmp_path, FetchWindow(start=NOW.date(), end=NOW.date(), now=NOW))
+    assert cost_by(result, "day", "service_name") == {(dt.date(2025, 3, 15), "s1"): 3.0}
+    assert result.usage == []
+    assert result.hourly is not None
+    assert sorted(h.hour_start.hour for h in result.hourly) == [20, 23]
+    assert ("acc-1", "Old name") in {(a.account_id, a.account_name) for a in result.accounts}
+    assert result.skipped == {"unparsable_row": 1}
+
+
+def test_duckdb_settings_do_not_invalidate_the_cache() -> None:
+    from exporter.app import _source_hash
+
+    base = {"name": "f", "type": "focus", "paths": ["x.csv"]}
+    hashes = {
+        _source_hash(parse_config({"sources": [{**base, **extra}]}).sources[0])
+        for extra in ({}, {"memory_limit": "2GB", "threads": 8}, {"memory_limit": None})
+    }
+    assert len(hashes) == 1
+
+
 def test_unparsable_rows_are_left_out_with_a_warning(
     tmp_path: Path, focus: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -156,6 +156,45 @@ def test_cardinality_cap_folds_into_other(tmp_path: Path, focus: Any, apps: list
     assert promtool_check(app.snapshot.text).returncode == 0
 
 
+def test_status_month_to_date_is_what_metrics_serves(tmp_path: Path, focus: Any, apps: list[App]) -> None:
+    """``/status``'s month-to-date of a source is the sum of its served month-to-date series, folding included."""
+    march = days(dt.date(2025, 3, 1), NOW.date())
+    clouds = [
+        focus.daily(d, 1.0 + i / 3, ServiceName=f"svc-{i}", Tags=f'{{"team": "t{i % 2}"}}')
+        for i in range(6)
+        for d in days(dt.date(2025, 2, 20), NOW.date())
+    ]
+    clouds += [focus.daily(d, 7.77, ProviderName="Microsoft", BillingCurrency="EUR", ServiceName="VMs") for d in march]
+    ai = [focus.daily(d, 0.333, ProviderName="OpenAI", SubAccountId="proj_a", ServiceName="chat") for d in march]
+    focus.write(tmp_path / "clouds" / "a.csv", clouds)
+    focus.write(tmp_path / "ai" / "a.csv", ai)
+    raw = {
+        "cache_path": str(tmp_path / "cache.sqlite"),
+        "currency_rates": {"EUR": 1.08},
+        "max_series_per_source": 3,  # clouds: 7 series, 5 folded into __other__
+        "sources": [
+            {"name": name, "type": "focus", "paths": [str(tmp_path / name / "*.csv")], "jitter": 0}
+            for name in ("clouds", "ai")
+        ],
+    }
+    app = build_app(parse_config(raw), now=lambda: NOW)
+    apps.append(app)
+    assert all(o.ok for o in app.refresh_all())
+    text = app.exposition()
+    served = series(text, "spend_cost_month_to_date_usd")
+    assert any(dict(k)["service_name"] == OTHER for k in served)
+    status = {s["name"]: s["month_to_date_usd"] for s in app.status()["sources"]}
+    providers = {"clouds": {"aws", "azure"}, "ai": {"openai"}}
+    for name, provs in providers.items():
+        got = math.fsum(v for k, v in served.items() if dict(k)["provider"] in provs)
+        assert status[name] == round(got, 2)
+        assert app.month_to_date(name) == pytest.approx(got)  # spend-exporter check prints this one
+    assert status["clouds"] == pytest.approx(
+        round(sum(15 * (1.0 + i / 3) for i in range(6)) + 15 * 7.77 * 1.08, 2), abs=0.005
+    )
+    assert status["ai"] == pytest.approx(round(15 * 0.333, 2), abs=0.005)
+
+
 def test_no_overflow_under_the_cap(tmp_path: Path, focus: Any, apps: list[App]) -> None:
     rows = [focus.daily(d, 1.0, ServiceName=f"s{i}") for i in range(3) for d in days(dt.date(2025, 3, 1), NOW.date())]
     app = make_app(tmp_path, rows, focus, max_series_per_source=3)

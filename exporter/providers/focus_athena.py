@@ -8,7 +8,10 @@ and a ``billing_period`` partition (``YYYY-MM``). One refresh runs one query:
 - ``WHERE`` names the partitions of the refresh window (the billing months it
   touches), so Athena reads only those, and the charge period bounds;
 - ``StartQueryExecution``, then ``GetQueryExecution`` polled until the query
-  ends, then every page of ``GetQueryResults``; every request is counted;
+  ends, then every page of ``GetQueryResults``; every request is counted, and a
+  throttled one (``TooManyRequestsException``, ``ThrottlingException``) is
+  retried with backoff (``throttle_retries``), so that one throttled poll or
+  page does not throw away a query already paid for;
 - what Athena bills, ``DataScannedInBytes`` × $5 per TB (rounded up to a
   megabyte, 10 MB minimum per query), is counted in
   ``spend_exporter_api_cost_usd_total`` under the operation ``DataScanned``.
@@ -45,7 +48,7 @@ from exporter.model import (
     UsageRecord,
 )
 from exporter.providers.aws import boto_clients, boto_error
-from exporter.providers.base import ProviderContext, SourceError
+from exporter.providers.base import ProviderContext, RetryPolicy, SourceError
 
 USD_PER_TB = 5.0
 MIN_BILLED_BYTES = 10 * 1024 * 1024
@@ -144,6 +147,12 @@ class AthenaFocus:
         self.cfg = config
         self.ctx = ctx
         self._sleep = sleep
+        self._retry = RetryPolicy(
+            retries=config.throttle_retries,
+            max_wait=config.throttle_max_wait,
+            timeout=config.timeout,
+            backoff=config.throttle_backoff,
+        )
         self._session = boto3.Session(region_name=config.region)
 
     def close(self) -> None:
@@ -156,11 +165,15 @@ class AthenaFocus:
         return athena
 
     def _call(self, operation: str, method: Callable[..., Any], **params: Any) -> dict[str, Any]:
-        with self.ctx.api_call(operation):
+        """One request through the context, retried with backoff while Athena throttles."""
+
+        def attempt() -> Any:
             try:
-                response = method(**params)
+                return method(**params)
             except (ClientError, BotoCoreError) as e:
                 raise boto_error(f"Athena {operation}", e) from None
+
+        response = self.ctx.call(operation, attempt, self._retry, sleep=self._sleep)
         if not isinstance(response, dict):
             raise SourceError(f"Athena {operation}: unexpected response type {type(response).__name__}")
         return response
@@ -180,7 +193,7 @@ class AthenaFocus:
         started = self._call("StartQueryExecution", client.start_query_execution, **params)
         qid = started.get("QueryExecutionId")
         if not isinstance(qid, str) or not qid:
-            raise SourceError("Athena StartQueryExecution: no QueryExecutionId in the response")
+            raise SourceError("Athena StartQueryExecution: malformed response (no QueryExecutionId)")
         execution = self._wait(client, qid)
         stats = execution.get("Statistics") or {}
         scanned = int(stats.get("DataScannedInBytes") or 0)

@@ -1,20 +1,14 @@
 """The focus source's Athena engine: the real boto3 Athena client against moto's server on 127.0.0.1.
 
-moto runs no SQL: the results a query returns are seeded through its
-``/moto-api/static/athena/query-results`` endpoint, and its executions go
-QUEUED → RUNNING → SUCCEEDED one ``GetQueryExecution`` at a time when its
-state manager says so. moto returns every row in one page and reports no
-bytes scanned, so ``AthenaPager`` (an ``Emulator`` in front of moto) splits
-``GetQueryResults`` into ``NextToken`` pages, as Athena does, and sets
-``DataScannedInBytes`` (or fails the query) on ``GetQueryExecution``.
+moto runs the executions; ``AthenaPager`` (``tests/emulators/athena.py``), an
+``Emulator`` in front of moto, pages ``GetQueryResults`` and sets the bytes
+scanned, as Athena does.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.app import build_app
 from exporter.config import ConfigError, FocusSource, parse_config
 from exporter.model import FetchWindow
-from exporter.providers.base import ProviderContext, SourceError
+from exporter.providers.base import ProviderContext, SourceError, Throttled
 from exporter.providers.focus import FocusProvider
 from exporter.providers.focus_athena import billing_periods, build_query, scan_cost_usd
-from tests.emulators.server import Emulator, Fault, Request, Response
+from tests.emulators.athena import AthenaPager, MotoServer, post, seed
+from tests.emulators.server import Fault, Request
 from tests.helpers import Calls, use_static_aws_credentials
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
@@ -37,11 +32,6 @@ WINDOW = FetchWindow(start=dt.date(2026, 10, 1), end=dt.date(2026, 11, 21), now=
 ACCESS_KEY = "AKIATESTATHENAFOCUS"
 SECRET_KEY = "test-only-athena-secret-0123456789"
 TB = 1024**4
-
-COLUMNS = [
-    *("day", "provider", "account_id", "service_name", "team_tag", "currency", "model"),
-    *("unit", "token_type", "hour", "amount", "quantity", "account_name", "period_end"),
-]
 
 
 def row(
@@ -143,94 +133,22 @@ AI_ROWS: list[tuple[str | None, ...]] = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _post(url: str, body: dict[str, Any]) -> None:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        r.read()
-
-
-def _datum(v: str | None) -> dict[str, str]:
-    return {} if v is None else {"VarCharValue": v}
-
-
-def seed(moto_url: str, rows: list[tuple[str | None, ...]] = ROWS, columns: list[str] = COLUMNS) -> None:
-    """Queue one query's result in moto: the header row first, as Athena returns a SELECT's first page."""
-    result_rows = [{"Data": [_datum(c) for c in columns]}] + [{"Data": [_datum(v) for v in r]} for r in rows]
-    info = [{"Name": c, "Label": c, "Type": "varchar", "Nullable": "UNKNOWN"} for c in columns]
-    _post(f"{moto_url}/moto-api/static/athena/query-results", {"results": [{"rows": result_rows, "column_info": info}]})
-
-
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     use_static_aws_credentials(monkeypatch, tmp_path, ACCESS_KEY, SECRET_KEY)
 
 
 @pytest.fixture(scope="module")
-def moto_server() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
+def moto_server() -> Iterator[MotoServer]:
+    server = MotoServer().start()
+    yield server
     server.stop()
 
 
 @pytest.fixture
-def moto_url(moto_server: str) -> str:
-    _post(f"{moto_server}/moto-api/reset", {})
-    return moto_server
-
-
-class AthenaPager(Emulator):
-    """Forwards to moto; pages ``GetQueryResults`` by ``page_size`` and sets the query's bytes scanned or state."""
-
-    name = "athena-pager"
-
-    def __init__(self, moto_url: str, page_size: int = 2, scanned: int = 0, fail: str | None = None) -> None:
-        super().__init__()
-        self.moto_url = moto_url
-        self.page_size = page_size
-        self.scanned = scanned
-        self.fail = fail
-
-    def operations(self) -> list[str]:
-        return [r.headers.get("x-amz-target", "").rsplit(".", 1)[-1] for r in self.requests]
-
-    def _forward(self, request: Request, body: bytes) -> tuple[int, dict[str, Any]]:
-        headers = {k: v for k, v in request.headers.items() if k in ("content-type", "x-amz-target", "authorization")}
-        req = urllib.request.Request(self.moto_url + request.path, data=body, headers=headers, method=request.method)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, json.loads(r.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
-
-    def handle(self, request: Request) -> Response:
-        op = request.headers.get("x-amz-target", "").rsplit(".", 1)[-1]
-        if op == "GetQueryResults":
-            body = request.json()
-            start = int(body.pop("NextToken", None) or 0)
-            size = min(int(body.pop("MaxResults", 1000)), self.page_size)
-            status, data = self._forward(request, json.dumps(body).encode())
-            rows = data["ResultSet"]["Rows"]
-            data["ResultSet"]["Rows"] = rows[start : start + size]
-            if start + size < len(rows):
-                data["NextToken"] = str(start + size)
-            return Response(status, data, {"Content-Type": "application/x-amz-json-1.1"})
-        status, data = self._forward(request, request.body)
-        if op == "GetQueryExecution" and status == 200:
-            ex = data["QueryExecution"]
-            ex["Statistics"]["DataScannedInBytes"] = self.scanned
-            if self.fail:
-                ex["Status"] = {"State": "FAILED", "StateChangeReason": self.fail}
-        return Response(status, data, {"Content-Type": "application/x-amz-json-1.1"})
+def moto_url(moto_server: MotoServer) -> str:
+    moto_server.reset()
+    return moto_server.url
 
 
 class Accounting(Calls):
@@ -364,22 +282,22 @@ def test_the_query_names_only_the_partitions_of_the_window(moto_url: str) -> Non
 
 def test_polls_until_the_query_finishes(moto_url: str) -> None:
     # moto's state manager: each execution needs 3 GetQueryExecution calls per state change
-    _post(
+    post(
         f"{moto_url}/moto-api/state-manager/set-transition",
         {"model_name": "athena::execution", "transition": {"progression": "manual", "times": 3}},
     )
     try:
-        seed(moto_url)
+        seed(moto_url, ROWS)
         acc = Accounting()
         result = FocusProvider(source(moto_url), acc.ctx()).fetch(WINDOW)
     finally:
-        _post(f"{moto_url}/moto-api/state-manager/unset-transition", {"model_name": "athena::execution"})
+        post(f"{moto_url}/moto-api/state-manager/unset-transition", {"model_name": "athena::execution"})
     assert len(result.costs) == len(ROWS)
     assert acc.op_counts()["GetQueryExecution"] >= 3
 
 
 def test_pages_through_results_and_counts_the_bytes_scanned(moto_url: str) -> None:
-    seed(moto_url)
+    seed(moto_url, ROWS)
     acc = Accounting()
     with AthenaPager(moto_url, page_size=2, scanned=3 * TB) as pager:
         result = FocusProvider(source(pager.url), acc.ctx()).fetch(WINDOW)
@@ -402,7 +320,7 @@ def test_scan_cost_rounds_up_to_a_megabyte_with_a_10_mb_minimum() -> None:
 
 
 def test_a_failed_query_raises_and_its_scan_is_still_counted(moto_url: str) -> None:
-    seed(moto_url)
+    seed(moto_url, ROWS)
     acc = Accounting()
     with (
         AthenaPager(
@@ -416,7 +334,7 @@ def test_a_failed_query_raises_and_its_scan_is_still_counted(moto_url: str) -> N
 
 
 def test_a_failed_page_fails_the_whole_fetch(moto_url: str) -> None:
-    seed(moto_url)
+    seed(moto_url, ROWS)
     acc = Accounting()
     with AthenaPager(moto_url, page_size=2) as pager:
         # start, one poll, the first page: the second page gets a 500
@@ -424,6 +342,32 @@ def test_a_failed_page_fails_the_whole_fetch(moto_url: str) -> None:
         with pytest.raises(SourceError, match="GetQueryResults failed: HTTP 500"):
             FocusProvider(source(pager.url), acc.ctx()).fetch(WINDOW)
     assert ("GetQueryResults", "error", 0.0) in acc.calls
+
+
+def _polls(r: Request) -> bool:
+    return r.headers.get("x-amz-target", "").endswith(".GetQueryExecution")
+
+
+def test_a_throttled_poll_is_retried_with_backoff_without_running_the_query_again(moto_url: str) -> None:
+    seed(moto_url, ROWS)
+    acc = Accounting()
+    src = source(moto_url, throttle_retries=2, throttle_backoff="1ms")
+    with AthenaPager(moto_url, page_size=10) as pager:
+        # Athena's own form: HTTP 400 with the JSON __type TooManyRequestsException
+        pager.inject(Fault("throttle", times=2, when=_polls))
+        result = FocusProvider(src.model_copy(update={"endpoint_url": pager.url}), acc.ctx()).fetch(WINDOW)
+        assert len(result.costs) == len(ROWS)
+        assert acc.ops()[:4] == [
+            ("StartQueryExecution", "success"),
+            ("GetQueryExecution", "throttled"),
+            ("GetQueryExecution", "throttled"),
+            ("GetQueryExecution", "success"),
+        ]
+        # AWS's generic form, once more than the retries allow: the refresh fails as throttled
+        pager.throttle_error = "ThrottlingException"
+        pager.inject(Fault("throttle", times=3, when=_polls))
+        with pytest.raises(Throttled, match=r"throttled by AWS \(ThrottlingException\) on 3 attempts"):
+            FocusProvider(src.model_copy(update={"endpoint_url": pager.url}), acc.ctx()).fetch(WINDOW)
 
 
 def test_a_result_without_the_expected_columns_is_an_error(moto_url: str) -> None:

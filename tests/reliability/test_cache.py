@@ -574,6 +574,44 @@ def test_restart_serves_the_saved_snapshot_identical_to_a_fresh_build(
         app.close()
 
 
+def test_restored_snapshot_carries_the_month_to_date_status_shows(
+    warm: tuple[Path, dict[str, Any]], clock: Any
+) -> None:
+    _, raw = warm
+    app = build_app(parse_config(raw), now=clock)
+    try:
+        assert app.snapshot_restored
+        served = sum(series(app.exposition(), "spend_cost_month_to_date_usd").values())
+        assert served == pytest.approx(12.5 * clock().day)
+        assert app.snapshot.mtd_by_source == {"focus": pytest.approx(served)}
+        assert app.status()["sources"][0]["month_to_date_usd"] == round(served, 2)
+    finally:
+        app.close()
+
+
+def test_saved_snapshot_without_month_to_date_is_not_used(warm: tuple[Path, dict[str, Any]], clock: Any) -> None:
+    """A snapshot saved before ``mtd_by_source`` existed would show 0 in /status: it is rebuilt instead."""
+    from exporter import warmstart
+
+    _, raw = warm
+    key = warmstart.snapshot_key(parse_config(raw))
+    store = Store(raw["cache_path"])
+    try:
+        saved = store.load_snapshot(key)
+        assert saved is not None
+        meta = json.loads(saved[0])
+        del meta["mtd_by_source"]
+        assert store.save_snapshot(key, store.generation(), json.dumps(meta), saved[1])
+    finally:
+        store.close()
+    app = build_app(parse_config(raw), now=clock)
+    try:
+        assert not app.snapshot_restored
+        assert app.status()["sources"][0]["month_to_date_usd"] == pytest.approx(12.5 * clock().day)
+    finally:
+        app.close()
+
+
 @pytest.mark.parametrize(
     "change",
     [

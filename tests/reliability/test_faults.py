@@ -41,14 +41,15 @@ from exporter.config import parse_config
 from exporter.scheduler import BACKOFF_BASE
 from tests.emulators.ai_dataset import AIDataset, build_ai_dataset
 from tests.emulators.anthropic_admin import AnthropicAdminEmulator
+from tests.emulators.athena import AthenaPager, MotoServer
 from tests.emulators.aws_ce import AwsCostExplorerEmulator
 from tests.emulators.azure_cost import AzureCostEmulator
 from tests.emulators.bigquery import BigQueryEmulator
-from tests.emulators.dataset import Dataset, build_dataset
+from tests.emulators.dataset import CloudRow, Dataset, build_dataset
 from tests.emulators.oci_usage import OciUsageEmulator
 from tests.emulators.openai_admin import OpenAIAdminEmulator
 from tests.emulators.server import Emulator, Fault, Request
-from tests.helpers import CENT, month_to_date, use_static_aws_credentials
+from tests.helpers import CENT, month_to_date, series, use_static_aws_credentials
 
 
 @functools.lru_cache(maxsize=8)
@@ -64,7 +65,7 @@ def source_up(text: str, source: str, family: str = "spend_exporter_source_up") 
     return float(line.rsplit(" ", 1)[1])
 
 
-NOW = dt.datetime(2026, 11, 5, 12, 0, tzinfo=dt.UTC)  # early in the month: a short window keeps 65 cases fast
+NOW = dt.datetime(2026, 11, 5, 12, 0, tzinfo=dt.UTC)  # early in the month: a short window keeps 76 cases fast
 TODAY = NOW.date()
 MONTH_START = TODAY.replace(day=1)
 WINDOW_DAYS = (TODAY - dt.date(2026, 10, 1)).days + 1  # every refresh fetches 1 October (previous month) to today
@@ -73,6 +74,7 @@ TIMEOUT = 20.0  # the refresh timeout, except in the timeout case
 SHORT_TIMEOUT = 1.0  # the timeout case: the emulator answers 0.5 s after it; a good refresh takes < 0.5 s
 EUR_RATE = Decimal("1.08")
 PAGES = 5
+ONE_DAY = dt.timedelta(days=1)
 CANARY = "canary-7f3a9c"  # every credential carries this prefix, and nothing else may
 
 Key = tuple[str, ...]
@@ -363,6 +365,106 @@ class GcpRig(Rig):
         self.emu.throttle_status = int(variant)
 
 
+# FOCUS ProviderName of the clouds in the export: two providers, USD and EUR, models and untagged rows, and about as
+# many rows as the largest other emulator serves (~1,000), so that a good refresh stays well under the 1 s timeout
+FOCUS_PROVIDER_NAMES = {"azure": "Microsoft", "oci": "Oracle"}
+_BOUND = re.compile(r"chargeperiodstart (>=|<) TIMESTAMP '([0-9: -]+)'")
+
+
+class AthenaRig(Rig):
+    """``focus`` with ``engine: athena``: boto3's Athena client → ``AthenaPager`` → moto. The table is the
+    dataset's Azure and OCI rows as one FOCUS export; the pager answers each query with its aggregation over
+    the days the query's ``chargeperiodstart`` bounds name (moto runs no SQL)."""
+
+    name = "focus_athena"
+    provider = "focus"
+
+    def __init__(self, cloud: Dataset, moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        self.cloud = cloud
+        self.moto = moto
+        secret = f"{CANARY}-athena-secret-access-key"
+        token = f"{CANARY}-athena-session-token"
+        use_static_aws_credentials(monkeypatch, tmp_path, "AKIATESTFAULTATHENA1", secret, region="us-east-1")
+        monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+        self.secrets = [secret, token]
+
+    def export(self) -> list[CloudRow]:
+        return [r for r in self.cloud.cloud if r.provider in FOCUS_PROVIDER_NAMES]
+
+    def rows(self, lo: dt.date, hi: dt.date) -> list[tuple[str | None, ...]]:
+        """The query's result rows for the days in [lo, hi): ``build_query``'s GROUP BY over the dataset."""
+        amounts: dict[tuple[Any, ...], Decimal] = defaultdict(Decimal)
+        names: dict[tuple[Any, ...], str] = {}
+        for r in self.export():
+            if lo <= r.day < hi:
+                key = (r.day, FOCUS_PROVIDER_NAMES[r.provider], r.account_id, r.service_name, r.team, r.currency)
+                amounts[key + (r.model,)] += r.amount
+                names[key + (r.model,)] = r.account_name
+        # columns as in tests.emulators.athena.COLUMNS; unit, token type, hour and quantity are NULL (no usage rows)
+        return [
+            (str(day), *key, None, None, None, str(amount), None, names[(day, *key)], f"{day + ONE_DAY} 00:00:00.000")
+            for (day, *key), amount in amounts.items()
+        ]
+
+    def results(self, query: str) -> list[tuple[str | None, ...]]:
+        bounds = {op: dt.date.fromisoformat(ts[:10]) for op, ts in _BOUND.findall(query)}
+        assert set(bounds) == {">=", "<"}, "the query must bound chargeperiodstart on both sides"
+        return self.rows(bounds[">="], bounds["<"])
+
+    def make_emulator(self) -> Emulator:
+        rows = len(self.rows(dt.date(2026, 10, 1), TODAY + dt.timedelta(days=1))) + 1  # the header is a row
+        return AthenaPager(self.moto.url, page_size=page_size(rows), results=self.results)
+
+    def reset(self) -> None:
+        assert isinstance(self.emu, AthenaPager)
+        self.emu.throttle_error = AthenaPager.throttle_error
+        self.moto.reset()  # forget the executions (and their results) of earlier cases
+
+    def source(self) -> dict[str, Any]:
+        return {
+            "type": "focus",
+            "engine": "athena",
+            "database": "cur",
+            "table": "focus_export",
+            "output_location": "s3://results-bucket/athena/",
+            "endpoint_url": self.emu.url,
+            "model_column": "x_model",
+            "poll_interval": "1ms",
+            "throttle_retries": 2,
+            "throttle_backoff": "10ms",
+            "throttle_max_wait": "50ms",
+        }
+
+    def expected(self) -> dict[Key, Decimal]:
+        out: dict[Key, Decimal] = defaultdict(Decimal)
+        for r in self.export():
+            if MONTH_START <= r.day <= TODAY:
+                rate = EUR_RATE if r.currency == "EUR" else Decimal(1)
+                out[(r.provider, r.account_id, r.service_name, r.team or "unallocated", r.model)] += r.amount * rate
+        return dict(out)
+
+    def observed(self, text: str) -> dict[Key, float]:
+        return dict(_all_mtd(text))
+
+    @staticmethod
+    def has_page_token(req: Request) -> bool:
+        return b'"NextToken"' in req.body
+
+    def throttle(self, variant: str) -> None:
+        assert isinstance(self.emu, AthenaPager)
+        self.emu.throttle_error = variant
+
+
+@functools.lru_cache(maxsize=8)
+def _all_mtd(text: str) -> dict[Key, float]:
+    """``spend_cost_month_to_date_usd`` of every provider: a FOCUS export holds several."""
+    out = {}
+    for labels, v in series(text, "spend_cost_month_to_date_usd").items():
+        d = dict(labels)
+        out[(d["provider"], d["account_id"], d["service_name"], d["team"], d["model"])] = v
+    return out
+
+
 class AdminRig(Rig):
     """OpenAI and Anthropic: an admin key in the environment; compared per account (project / workspace)."""
 
@@ -434,8 +536,9 @@ NAMES_THE_PROBLEM = {
 }
 
 FAULTS = ["500", "503", "reset", "timeout", "throttle", "malformed", "wrong_shape", "401", "403", "page3"]
-THROTTLE_VARIANTS = {"aws": ["ThrottlingException"], "gcp": ["429"]}  # besides each emulator's default form
-PROVIDERS = ["aws", "azure", "oci", "gcp", "openai", "anthropic"]
+# besides each emulator's default form
+THROTTLE_VARIANTS = {"aws": ["ThrottlingException"], "gcp": ["429"], "focus_athena": ["ThrottlingException"]}
+PROVIDERS = ["aws", "azure", "oci", "gcp", "openai", "anthropic", "focus_athena"]
 CASES = [(p, f) for p in PROVIDERS for f in FAULTS] + [
     (p, f"throttle:{v}") for p, vs in THROTTLE_VARIANTS.items() for v in vs
 ]
@@ -465,6 +568,14 @@ def servers() -> Iterator[dict[str, Emulator]]:
         emu.stop()
 
 
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    """moto's server, started once for the module and only when a focus_athena case runs."""
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def rig(
     request: pytest.FixtureRequest,
@@ -486,6 +597,8 @@ def rig(
         r = GcpRig(cloud)
     elif name == "openai":
         r = OpenAIRig(ai, monkeypatch)
+    elif name == "focus_athena":
+        r = AthenaRig(cloud, request.getfixturevalue("moto"), monkeypatch, tmp_path)
     else:
         r = AnthropicRig(ai, monkeypatch)
     if name not in servers:
