@@ -153,6 +153,43 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+UsageKey = tuple[Any, ...]  # (day, or hour start), provider, account_id, service_name, team tag, model
+
+
+def usage_records(usage: dict[UsageKey, dict[str, int]]) -> list[UsageRecord]:
+    """Daily usage summed by ``FocusProvider._add_usage`` under ``UsageKey``s, as records."""
+    return [
+        UsageRecord(
+            day=k[0],
+            provider=k[1],
+            account_id=k[2],
+            service_name=k[3],
+            team_tag=k[4],
+            model=k[5],
+            tokens={t: v[t] for t in TOKEN_TYPES if t in v},
+            requests=v.get("requests", 0),
+        )
+        for k, v in usage.items()
+    ]
+
+
+def hourly_records(hourly: dict[UsageKey, dict[str, int]]) -> list[HourlyUsage]:
+    """Hourly usage summed by ``FocusProvider._add_usage`` under ``UsageKey``s, as records."""
+    return [
+        HourlyUsage(
+            hour_start=k[0].astimezone(dt.UTC),
+            provider=k[1],
+            account_id=k[2],
+            service_name=k[3],
+            team_tag=k[4],
+            model=k[5],
+            tokens={t: v[t] for t in TOKEN_TYPES if t in v},
+            requests=v.get("requests", 0),
+        )
+        for k, v in hourly.items()
+    ]
+
+
 class FocusProvider:
     """Aggregates FOCUS files by UTC day, provider, sub-account, service, team tag and model."""
 
@@ -412,19 +449,6 @@ class FocusProvider:
         ).fetchall():
             key = (day, normalise_provider(prov), acct, svc, self.team_from_tags(tags), model)
             self._add_usage(usage.setdefault(key, {}), unit, token_type, qty)
-        usage_records = [
-            UsageRecord(
-                day=k[0],
-                provider=k[1],
-                account_id=k[2],
-                service_name=k[3],
-                team_tag=k[4],
-                model=k[5],
-                tokens={t: v[t] for t in TOKEN_TYPES if t in v},
-                requests=v.get("requests", 0),
-            )
-            for k, v in usage.items()
-        ]
         # hourly rows of the last day feed the last-hour burn estimate
         hourly: dict[tuple[Any, ...], dict[str, int]] = {}
         for ts, prov, acct, svc, tags, model, unit, token_type, qty in con.execute(
@@ -432,19 +456,6 @@ class FocusProvider:
         ).fetchall():
             key = (ts, normalise_provider(prov), acct, svc, self.team_from_tags(tags), model)
             self._add_usage(hourly.setdefault(key, {}), unit, token_type, qty)
-        hourly_records = [
-            HourlyUsage(
-                hour_start=k[0].astimezone(dt.UTC),
-                provider=k[1],
-                account_id=k[2],
-                service_name=k[3],
-                team_tag=k[4],
-                model=k[5],
-                tokens={t: v[t] for t in TOKEN_TYPES if t in v},
-                requests=v.get("requests", 0),
-            )
-            for k, v in hourly.items()
-        ]
         accounts = [
             AccountInfo(normalise_provider(p), a, n)
             for p, a, n in con.execute(
@@ -458,8 +469,8 @@ class FocusProvider:
         return FetchResult(
             days=window.days(),
             costs=costs,
-            usage=usage_records,
-            hourly=hourly_records,
+            usage=usage_records(usage),
+            hourly=hourly_records(hourly),
             accounts=accounts,
             data_through=data_through,
             skipped={"unparsable_row": int(bad)} if bad else {},

@@ -39,13 +39,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from exporter.config import FocusSource
 from exporter.model import (
-    TOKEN_TYPES,
     AccountInfo,
     CostRecord,
     FetchResult,
     FetchWindow,
-    HourlyUsage,
-    UsageRecord,
 )
 from exporter.providers.aws import boto_clients, boto_error
 from exporter.providers.base import ProviderContext, RetryPolicy, SourceError
@@ -274,7 +271,7 @@ class AthenaFocus:
     @staticmethod
     def _aggregate(rows: list[list[str | None]], index: dict[str, int], window: FetchWindow) -> FetchResult:
         """The result rows as ``FocusProvider``'s DuckDB engine returns them (usage rows summed back to records)."""
-        from exporter.providers.focus import FocusProvider, normalise_provider
+        from exporter.providers.focus import FocusProvider, hourly_records, normalise_provider, usage_records
 
         costs: dict[tuple[Any, ...], float] = {}
         usage: dict[tuple[Any, ...], dict[str, int]] = {}
@@ -327,32 +324,8 @@ class AthenaFocus:
                 )
                 for k, amount in costs.items()
             ],
-            usage=[
-                UsageRecord(
-                    day=k[0],
-                    provider=k[1],
-                    account_id=k[2],
-                    service_name=k[3],
-                    team_tag=k[4],
-                    model=k[5],
-                    tokens={t: u[t] for t in TOKEN_TYPES if t in u},
-                    requests=u.get("requests", 0),
-                )
-                for k, u in usage.items()
-            ],
-            hourly=[
-                HourlyUsage(
-                    hour_start=k[0],
-                    provider=k[1],
-                    account_id=k[2],
-                    service_name=k[3],
-                    team_tag=k[4],
-                    model=k[5],
-                    tokens={t: u[t] for t in TOKEN_TYPES if t in u},
-                    requests=u.get("requests", 0),
-                )
-                for k, u in hourly.items()
-            ],
+            usage=usage_records(usage),
+            hourly=hourly_records(hourly),
             accounts=[AccountInfo(p, a, n) for (p, a), n in sorted(accounts.items())],
             data_through=min(through, window.now) if through is not None else None,
         )
