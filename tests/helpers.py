@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import stat
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -10,8 +15,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.config import redacted
 from exporter.model import FetchResult, FetchWindow
 from exporter.providers.base import ProviderContext
+from exporter.web import Server, serve
 
 CENT = Decimal("0.01")
 
@@ -117,3 +124,59 @@ class FetchHarness(Calls):
             return p.fetch(self.window if window is None else window)  # type: ignore[no-any-return]
         finally:
             p.close()
+
+
+@contextmanager
+def running(app: Any, web_config: Path | None = None, raw: dict[str, Any] | None = None) -> Iterator[Server]:
+    """``exporter.web.serve`` on 127.0.0.1 and a free port, in a thread, shut down on exit."""
+    server = serve(app, "127.0.0.1", 0, str(web_config) if web_config else None, redacted(raw or {}))
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        t.join(10)
+
+
+AZURE_ENV = (
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_TENANT_ID",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "IDENTITY_ENDPOINT",
+    "MSI_ENDPOINT",
+)
+
+
+def write_az_stub(directory: Path, token: str, subscription: str = "00000000-0000-0000-0000-000000000001") -> None:
+    """An ``az`` that answers ``az account get-access-token`` as the Azure CLI does (JSON on stdout)."""
+    payload = {
+        "accessToken": token,
+        "expiresOn": "2099-01-01 00:00:00.000000",
+        "expires_on": 4070908800,
+        "subscription": subscription,
+        "tenant": "72f988bf-0000-0000-0000-000000000000",
+        "tokenType": "Bearer",
+    }
+    script = directory / "az"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1 $2" != "account get-access-token" ]; then echo "unexpected az call: $*" >&2; exit 2; fi\n'
+        f"cat <<'EOF'\n{json.dumps(payload)}\nEOF\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def use_az_stub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, token: str) -> Path:
+    """Only a stub ``az`` on PATH can give Azure's CLI credential a token: no environment secrets, no managed
+    identity endpoint. Returns the stub's directory."""
+    for name in AZURE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_az_stub(bin_dir, token)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "azure-config"))
+    return bin_dir

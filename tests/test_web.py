@@ -14,9 +14,7 @@ import ipaddress
 import json
 import os
 import ssl
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +30,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import App, build_app
 from exporter.collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
-from exporter.config import load_config, redacted
-from exporter.web import Server, WebConfigError, load_web_config, serve
+from exporter.config import load_config
+from exporter.web import Server, WebConfigError, load_web_config
+from tests.helpers import running
 
 NOW = dt.datetime(2025, 3, 15, 10, 30, tzinfo=dt.UTC)
 SECRET_FROM_ENV = "env-secret-Zq8v1KpX"
@@ -165,19 +164,6 @@ def app(tmp_path_factory: pytest.TempPathFactory, focus: Any) -> Iterator[App]:
     assert all(o.ok for o in a.refresh_all())
     yield a
     a.close()
-
-
-@contextmanager
-def running(app: Any, web_config: Path | None = None, raw: dict[str, Any] | None = None) -> Iterator[Server]:
-    server = serve(app, "127.0.0.1", 0, str(web_config) if web_config else None, redacted(raw or {}))
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        t.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
-import stat
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -34,43 +32,10 @@ SCOPES = [f"/subscriptions/{SUB_PROD}", f"/subscriptions/{SUB_EU}"]
 CENT = Decimal("0.01")
 
 
-def write_az_stub(directory: Path, token: str = TOKEN) -> None:
-    """An ``az`` that answers ``az account get-access-token`` as the Azure CLI does (JSON on stdout)."""
-    payload = {
-        "accessToken": token,
-        "expiresOn": "2099-01-01 00:00:00.000000",
-        "expires_on": 4070908800,
-        "subscription": SUB_PROD,
-        "tenant": "72f988bf-0000-0000-0000-000000000000",
-        "tokenType": "Bearer",
-    }
-    script = directory / "az"
-    script.write_text(
-        "#!/bin/sh\n"
-        'if [ "$1 $2" != "account get-access-token" ]; then echo "unexpected az call: $*" >&2; exit 2; fi\n'
-        f"cat <<'EOF'\n{json.dumps(payload)}\nEOF\n"
-    )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-
-
 @pytest.fixture(autouse=True)
 def azure_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Only the stub CLI can give a token: no environment secrets, no managed identity endpoint."""
-    for name in (
-        "AZURE_CLIENT_ID",
-        "AZURE_CLIENT_SECRET",
-        "AZURE_TENANT_ID",
-        "AZURE_FEDERATED_TOKEN_FILE",
-        "IDENTITY_ENDPOINT",
-        "MSI_ENDPOINT",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    write_az_stub(bin_dir)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "azure-config"))
-    return bin_dir
+    return helpers.use_az_stub(monkeypatch, tmp_path, TOKEN)
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +267,7 @@ def test_missing_column_raises(dataset: Dataset) -> None:
 
 
 def test_unauthorised_raises_without_the_token(emu: AzureCostEmulator, azure_env: Path) -> None:
-    write_az_stub(azure_env, token="a-token-the-emulator-does-not-accept")
+    helpers.write_az_stub(azure_env, "a-token-the-emulator-does-not-accept")
     with pytest.raises(SourceError, match="authentication failed \\(HTTP 401\\)") as info:
         provider(emu.url).fetch(WINDOW)
     assert "a-token-the-emulator-does-not-accept" not in str(info.value)

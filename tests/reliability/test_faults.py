@@ -23,7 +23,6 @@ import json
 import logging
 import random
 import re
-import stat
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -49,7 +48,7 @@ from tests.emulators.dataset import CloudRow, Dataset, build_dataset
 from tests.emulators.oci_usage import OciUsageEmulator
 from tests.emulators.openai_admin import OpenAIAdminEmulator
 from tests.emulators.server import Emulator, Fault, Request
-from tests.helpers import CENT, month_to_date, series, use_static_aws_credentials
+from tests.helpers import CENT, month_to_date, series, use_az_stub, use_static_aws_credentials
 
 
 @functools.lru_cache(maxsize=8)
@@ -232,30 +231,7 @@ class AzureRig(Rig):
         self.cloud = cloud
         self.token = f"{CANARY}-azure-arm-access-token"
         self.secrets = [self.token]
-        for name in (
-            "AZURE_CLIENT_ID",
-            "AZURE_CLIENT_SECRET",
-            "AZURE_TENANT_ID",
-            "AZURE_FEDERATED_TOKEN_FILE",
-            "IDENTITY_ENDPOINT",
-            "MSI_ENDPOINT",
-        ):
-            monkeypatch.delenv(name, raising=False)
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
-        payload = {
-            "accessToken": self.token,
-            "expiresOn": "2099-01-01 00:00:00.000000",
-            "expires_on": 4070908800,
-            "subscription": "00000000-0000-0000-0000-000000000001",
-            "tenant": "72f988bf-0000-0000-0000-000000000000",
-            "tokenType": "Bearer",
-        }
-        script = bin_dir / "az"
-        script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(payload)}\nEOF\n")
-        script.chmod(script.stat().st_mode | stat.S_IXUSR)
-        monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-        monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "azure-config"))
+        use_az_stub(monkeypatch, tmp_path, self.token)
 
     def make_emulator(self) -> Emulator:
         # per subscription: a row per day, service and team (3 × 3)

@@ -15,7 +15,6 @@ import random
 import socket
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,9 @@ import bcrypt
 import pytest
 
 from exporter.app import App, build_app
-from exporter.config import load_config, redacted
-from exporter.web import Server, serve
+from exporter.config import load_config
+from exporter.web import Server
+from tests.helpers import running
 
 NOW = dt.datetime(2025, 3, 15, 10, 30, tzinfo=dt.UTC)
 ENDPOINTS = ["/metrics", "/status", "/config", "/", "/-/ready", "/-/healthy"]
@@ -48,22 +48,9 @@ def app(tmp_path_factory: pytest.TempPathFactory, focus: Any) -> Iterator[App]:
     a.close()
 
 
-@contextmanager
-def running(app: App, web_config: Path | None = None) -> Iterator[Server]:
-    server = serve(app, "127.0.0.1", 0, str(web_config) if web_config else None, redacted(app.raw_config))  # type: ignore[attr-defined]
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        t.join(10)
-
-
 @pytest.fixture(scope="module")
 def server(app: App) -> Iterator[Server]:
-    with running(app) as s:
+    with running(app, raw=app.raw_config) as s:  # type: ignore[attr-defined]
         yield s
 
 
@@ -348,7 +335,7 @@ def test_authorization_garbage_with_basic_auth(app: App, tmp_path: Path) -> None
     def b64(raw: bytes) -> str:
         return base64.b64encode(raw).decode()
 
-    with running(app, p) as s:
+    with running(app, p, raw=app.raw_config) as s:  # type: ignore[attr-defined]
         for value in (
             "Basic",
             "Basic ",

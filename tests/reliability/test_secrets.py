@@ -23,7 +23,6 @@ import secrets
 import signal
 import socket
 import ssl
-import stat
 import subprocess
 import sys
 import time
@@ -51,6 +50,7 @@ from tests.emulators.dataset import build_dataset
 from tests.emulators.oci_usage import OciUsageEmulator
 from tests.emulators.openai_admin import OpenAIAdminEmulator
 from tests.emulators.server import Emulator, Fault, Request, Response
+from tests.helpers import write_az_stub
 
 CLI = [sys.executable, "-m", "exporter.cli"]
 TENANCY = "ocid1.tenancy.oc1..aaaatest"  # the OCI tenancy of the shared dataset
@@ -215,24 +215,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     # Azure: the CLI credential runs `az account get-access-token`: a stub on PATH answers with the canary token
     bin_dir = d / "bin"
     bin_dir.mkdir()
-    az = bin_dir / "az"
-    az.write_text(
-        "#!/bin/sh\n"
-        'if [ "$1 $2" != "account get-access-token" ]; then echo "unexpected az call" >&2; exit 2; fi\n'
-        "cat <<'EOF'\n"
-        + json.dumps(
-            {
-                "accessToken": c["azure access token"],
-                "expiresOn": "2099-01-01 00:00:00.000000",
-                "expires_on": 4070908800,
-                "subscription": "00000000-0000-0000-0000-000000000001",
-                "tenant": "72f988bf-0000-0000-0000-000000000000",
-                "tokenType": "Bearer",
-            }
-        )
-        + "\nEOF\n"
-    )
-    az.chmod(az.stat().st_mode | stat.S_IXUSR)
+    write_az_stub(bin_dir, c["azure access token"])
 
     # the web config: TLS with a key of its own, basic auth with a bcrypt hash
     cert, key, tls_pem = _self_signed(d)

@@ -12,9 +12,7 @@ import http.client
 import ipaddress
 import os
 import ssl
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from exporter.app import App, build_app
 from exporter.config import load_config
-from exporter.web import Authenticator, Server, WebConfig, WebConfigError, load_web_config, make_ssl_context, serve
+from exporter.web import Authenticator, Server, WebConfig, WebConfigError, load_web_config, make_ssl_context
+from tests.helpers import running
 
 NOW = dt.datetime(2025, 3, 15, 10, 30, tzinfo=dt.UTC)
 PASSWORD = "s3cret-pa55word"
@@ -142,19 +141,6 @@ def app(tmp_path_factory: pytest.TempPathFactory, focus: Any) -> Iterator[App]:
     assert all(o.ok for o in a.refresh_all())
     yield a
     a.close()
-
-
-@contextmanager
-def running(app: App, web_config: Path) -> Iterator[Server]:
-    server = serve(app, "127.0.0.1", 0, str(web_config), {})
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        t.join(10)
 
 
 @dataclass
