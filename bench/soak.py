@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from bench.common import DATA, PY, ROOT, config_dict, free_port, median, pct, save, scale_data
+from bench.common import DATA, PY, ROOT, config_dict, free_port, median, pct, save, scale_data, wait_http
 
 LAST_SUCCESS = b"\nspend_exporter_source_last_success_timestamp_seconds{"
 REFRESH_DURATION = b"\nspend_exporter_source_refresh_duration_seconds{"
@@ -161,25 +161,6 @@ def private_copy(data: Path, work: Path, interval: str) -> Path:
     return path
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            c.request("GET", "/-/ready")
-            r = c.getresponse()
-            r.read()
-            c.close()
-            if r.status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError("server not ready")
-
-
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m bench.run soak")
     ap.add_argument("--series", type=int, default=100000)
@@ -217,7 +198,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         t_launch = time.time()
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen(cmd, cwd=ROOT, stderr=logf, stdout=subprocess.DEVNULL)
-        _wait_ready(port, proc)
+        wait_http(port, "/-/ready", timeout=300, proc=proc)
         with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
             t_start = time.time() + 3.0  # the client processes are up by then
             t_stop = t_start + args.seconds
