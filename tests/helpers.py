@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import redacted
@@ -180,3 +182,30 @@ def use_az_stub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, token: str) -> 
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "azure-config"))
     return bin_dir
+
+
+def write_oci_key(directory: Path, tenancy: str, pass_phrase: str | None = None) -> tuple[Path, bytes, bytes]:
+    """A throwaway RSA API key (encrypted with ``pass_phrase`` if given) and the OCI SDK's config file naming it.
+
+    Returns the config file, the private key PEM as written and the public key PEM.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(pass_phrase.encode()) if pass_phrase else serialization.NoEncryption()
+    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, encryption)
+    key_file = directory / "api_key.pem"
+    key_file.write_bytes(pem)
+    key_file.chmod(0o600)
+    config = directory / "config"
+    config.write_text(
+        "[DEFAULT]\n"
+        "user=ocid1.user.oc1..aaaatestuser\n"
+        "fingerprint=11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff:00\n"
+        f"tenancy={tenancy}\n"
+        "region=us-ashburn-1\n"
+        f"key_file={key_file}\n" + (f"pass_phrase={pass_phrase}\n" if pass_phrase else "")
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return config, pem, public

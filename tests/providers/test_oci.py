@@ -28,7 +28,7 @@ from exporter.providers.oci import OciProvider
 from tests.emulators.dataset import Dataset, build_dataset
 from tests.emulators.oci_usage import OciUsageEmulator
 from tests.emulators.server import Fault
-from tests.helpers import Calls, series
+from tests.helpers import Calls, series, write_oci_key
 
 TODAY = dt.date(2024, 5, 20)
 NOW = dt.datetime(2024, 5, 20, 12, 0, tzinfo=dt.UTC)
@@ -50,25 +50,7 @@ def dataset() -> Dataset:
 
 @pytest.fixture(scope="module")
 def oci_key(tmp_path_factory: pytest.TempPathFactory) -> OciKey:
-    tmp = tmp_path_factory.mktemp("oci")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    key_file = tmp / "api_key.pem"
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-        )
-    )
-    key_file.chmod(0o600)
-    config = tmp / "config"
-    config.write_text(
-        "[DEFAULT]\n"
-        "user=ocid1.user.oc1..aaaatestuser\n"
-        "fingerprint=11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff:00\n"
-        f"tenancy={TENANCY}\n"
-        "region=us-ashburn-1\n"
-        f"key_file={key_file}\n"
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    config, _pem, public = write_oci_key(tmp_path_factory.mktemp("oci"), TENANCY)
     return OciKey(config, public)
 
 

@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from exporter.app import App, build_app
 from exporter.config import parse_config
@@ -48,7 +46,7 @@ from tests.emulators.dataset import CloudRow, Dataset, build_dataset
 from tests.emulators.oci_usage import OciUsageEmulator
 from tests.emulators.openai_admin import OpenAIAdminEmulator
 from tests.emulators.server import Emulator, Fault, Request
-from tests.helpers import CENT, month_to_date, series, use_az_stub, use_static_aws_credentials
+from tests.helpers import CENT, month_to_date, series, use_az_stub, use_static_aws_credentials, write_oci_key
 
 
 @functools.lru_cache(maxsize=8)
@@ -99,28 +97,8 @@ class OciKey:
 @pytest.fixture(scope="module")
 def oci_key(tmp_path_factory: pytest.TempPathFactory) -> OciKey:
     """A throwaway API key, encrypted with a canary pass phrase."""
-    tmp = tmp_path_factory.mktemp("oci")
     phrase = f"{CANARY}-oci-pass-phrase"
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.BestAvailableEncryption(phrase.encode()),
-    )
-    key_file = tmp / "api_key.pem"
-    key_file.write_bytes(pem)
-    key_file.chmod(0o600)
-    config = tmp / "config"
-    config.write_text(
-        "[DEFAULT]\n"
-        "user=ocid1.user.oc1..aaaatestuser\n"
-        "fingerprint=11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff:00\n"
-        "tenancy=ocid1.tenancy.oc1..aaaatest\n"
-        "region=us-ashburn-1\n"
-        f"key_file={key_file}\n"
-        f"pass_phrase={phrase}\n"
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    config, pem, public = write_oci_key(tmp_path_factory.mktemp("oci"), "ocid1.tenancy.oc1..aaaatest", phrase)
     body = pem.decode().splitlines()[4]  # a line of the encrypted key itself
     return OciKey(config, public, [phrase, body])
 

@@ -50,7 +50,7 @@ from tests.emulators.dataset import build_dataset
 from tests.emulators.oci_usage import OciUsageEmulator
 from tests.emulators.openai_admin import OpenAIAdminEmulator
 from tests.emulators.server import Emulator, Fault, Request, Response
-from tests.helpers import write_az_stub
+from tests.helpers import write_az_stub, write_oci_key
 
 CLI = [sys.executable, "-m", "exporter.cli"]
 TENANCY = "ocid1.tenancy.oc1..aaaatest"  # the OCI tenancy of the shared dataset
@@ -173,20 +173,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     }
 
     # OCI: an API key encrypted with a passphrase, in the SDK's config file
-    oci_key = _rsa()
-    oci_pem = oci_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.BestAvailableEncryption(c["OCI pass_phrase"].encode()),
-    )
-    (d / "oci").mkdir()
-    (d / "oci" / "key.pem").write_bytes(oci_pem)
-    (d / "oci" / "key.pem").chmod(0o600)
-    (d / "oci" / "config").write_text(
-        "[DEFAULT]\nuser=ocid1.user.oc1..aaaatestuser\nfingerprint=11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff:00\n"
-        f"tenancy={TENANCY}\nregion=us-ashburn-1\nkey_file={d / 'oci' / 'key.pem'}\n"
-        f"pass_phrase={c['OCI pass_phrase']}\n"
-    )
+    _, oci_pem, public_oci = write_oci_key(d / "oci", TENANCY, c["OCI pass_phrase"])
     for i, line in enumerate(pem_lines(oci_pem)):
         c[f"OCI key PEM line {i}"] = line
 
@@ -227,10 +214,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     web.write_text(
         f"tls_server_config:\n  cert_file: {cert.name}\n  key_file: {key.name}\n"
         f"basic_auth_users:\n  prometheus: '{web_hash}'\n"
-    )
-
-    public_oci = oci_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
     def emulators(bad: bool) -> dict[str, Any]:
