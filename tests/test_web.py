@@ -10,7 +10,6 @@ import base64
 import datetime as dt
 import gzip
 import http.client
-import ipaddress
 import json
 import os
 import ssl
@@ -21,10 +20,6 @@ from typing import Any
 
 import bcrypt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,6 +28,7 @@ from exporter.collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from exporter.config import load_config
 from exporter.web import Server, WebConfigError, load_web_config
 from tests.helpers import running
+from tests.pki import make_ca, make_leaf, write_pem
 
 NOW = dt.datetime(2025, 3, 15, 10, 30, tzinfo=dt.UTC)
 SECRET_FROM_ENV = "env-secret-Zq8v1KpX"
@@ -59,85 +55,15 @@ class Pki:
     rogue_client_key: Path
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def _leaf(
-    cn: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, server: bool
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
-    now = dt.datetime.now(dt.UTC)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-    )
-    if server:
-        b = b.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    return b.sign(ca_key, hashes.SHA256()), key
-
-
-def _write(
-    d: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None = None
-) -> tuple[Path, Path]:
-    c = d / f"{stem}.crt"
-    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k = d / f"{stem}.key"
-    if key is not None:
-        k.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-    return c, k
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
-    ca, ca_key = _ca("spend-exporter test CA")
-    rogue, rogue_key = _ca("someone else's CA")
-    ca_path, _ = _write(d, "ca", ca)
-    sc, sk = _write(d, "server", *_leaf("localhost", ca, ca_key, server=True))
-    cc, ck = _write(d, "client", *_leaf("prometheus", ca, ca_key, server=False))
-    rc, rk = _write(d, "rogue-client", *_leaf("prometheus", rogue, rogue_key, server=False))
+    ca, ca_key = make_ca("spend-exporter test CA")
+    rogue, rogue_key = make_ca("someone else's CA")
+    ca_path, _ = write_pem(d, "ca", ca)
+    sc, sk = write_pem(d, "server", *make_leaf("localhost", ca, ca_key, server=True))
+    cc, ck = write_pem(d, "client", *make_leaf("prometheus", ca, ca_key, server=False))
+    rc, rk = write_pem(d, "rogue-client", *make_leaf("prometheus", rogue, rogue_key, server=False))
     return Pki(d, ca_path, sc, sk, cc, ck, rc, rk)
 
 

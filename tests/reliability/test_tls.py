@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import http.client
-import ipaddress
 import os
 import ssl
 from collections.abc import Iterator
@@ -20,14 +19,13 @@ from typing import Any
 import bcrypt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from exporter.app import App, build_app
 from exporter.config import load_config
 from exporter.web import Authenticator, Server, WebConfig, WebConfigError, load_web_config, make_ssl_context
 from tests.helpers import running
+from tests.pki import cert_pem, key_pem, make_ca, make_leaf, write_pem
 
 NOW = dt.datetime(2025, 3, 15, 10, 30, tzinfo=dt.UTC)
 PASSWORD = "s3cret-pa55word"
@@ -43,63 +41,19 @@ class Ca:
     path: Path
 
     def issue(self, d: Path, stem: str, server: bool) -> tuple[Path, Path, int]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        serial = x509.random_serial_number()
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, stem)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(serial)
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-        )
-        if server:
-            b = b.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-            )
-        cert = b.sign(self.key, hashes.SHA256())
+        cert, key = make_leaf(stem, self.cert, self.key, server)
         c, k = d / f"{stem}.crt", d / f"{stem}.key"
         # write to temporary names and rename, as cert-manager does, so a reader never sees half a file
-        for path, data in (
-            (
-                k,
-                key.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-                ),
-            ),
-            (c, cert.public_bytes(serialization.Encoding.PEM)),
-        ):
+        for path, data in ((k, key_pem(key)), (c, cert_pem(cert))):
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(data)
             os.replace(tmp, path)
-        return c, k, serial
+        return c, k, cert.serial_number
 
 
-def make_ca(d: Path, cn: str) -> Ca:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path = d / f"{cn}.crt"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+def new_ca(d: Path, cn: str) -> Ca:
+    cert, key = make_ca(cn)
+    path, _ = write_pem(d, cn, cert)
     return Ca(cert, key, path)
 
 
@@ -113,7 +67,7 @@ class Pki:
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
-    ca = make_ca(tmp_path, "ca")
+    ca = new_ca(tmp_path, "ca")
     ca.issue(tmp_path, "server", server=True)
     cc, ck, _ = ca.issue(tmp_path, "client", server=False)
     return Pki(tmp_path, ca, cc, ck)
