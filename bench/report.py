@@ -93,14 +93,29 @@ def economy(r: dict[str, Any]) -> None:
     )
 
 
+def _level(x: dict[str, Any]) -> str:
+    """The exporter's RSS while a reader process reads the files (the exporter waits): after warm-up → end."""
+    if x.get("rss_level_warm_mb") is None or x["rss_level_warm_mb"] == x["rss_level_end_mb"]:
+        return "–"
+    return f"{x['rss_level_warm_mb']:.0f} → {x['rss_level_end_mb']:.0f} MB ({x['rss_level_ratio']:.2f})"
+
+
+def _peaks(x: dict[str, Any]) -> str:
+    done = [c for c in x["refresh_cycles"] if c["published_by_s"] is not None and c["start_s"] >= x["warmup_s"]]
+    if len(done) < 2:
+        return "–"
+    return f"{done[0]['rss_peak_mb']:.0f} → {done[-1]['rss_peak_mb']:.0f} MB ({x['rss_peak_ratio']:.2f})"
+
+
 def soak(r: dict[str, Any]) -> None:
     """The soak (bench/results/soak.json) and its variants (soak-*.json: the bare limit, no refresh, paced)."""
     runs = [r] + [json.loads(p.read_text()) for p in sorted(RESULTS.glob("soak-*.json"))]
     print(
         "| run | server | scrapers | refreshes (started / published) | scrapes | errors | median ms | p99 ms "
-        "| max ms | > 1 s | RSS after warm-up → end | VmHWM | load average (before → after) |"
+        "| max ms | > 1 s | RSS, same phase: after warm-up → end | RSS, any phase: after warm-up → end "
+        "| exporter's peak, first → last refresh | VmHWM | reader's peak | load average (before → after) |"
     )
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|---|")
     for x in runs:
         pace = "back to back" if not x["pace_s"] else f"one per {x['pace_s']:g} s each"
         mix = f"{x['scrapers'] - x['gzip_scrapers']} plain + {x['gzip_scrapers']} gzip, {pace}"
@@ -111,8 +126,8 @@ def soak(r: dict[str, Any]) -> None:
         print(
             f"| {x['benchmark']} ({x['when'][11:16]}) | {x['server']} | {mix} | {ref} | {x['scrapes']:,} "
             f"| {x['errors']} | {x['median_ms']:.0f} | {x['p99_ms']:.0f} | {x['max_ms']:.0f} | {x['slower_than_1s']} "
-            f"| {x['rss_warm_mb']:.0f} → {x['rss_end_mb']:.0f} MB ({x['rss_ratio']:.2f}) | {x['vm_hwm_mb']:.0f} MB "
-            f"| {load} |"
+            f"| {_level(x)} | {x['rss_warm_mb']:.0f} → {x['rss_end_mb']:.0f} MB ({x['rss_ratio']:.2f}) | {_peaks(x)} "
+            f"| {x['vm_hwm_mb']:.0f} MB | {x.get('reader_rss_peak_mb', 0):.0f} MB | {load} |"
         )
     print()
     print("| run | encoding | scrapes | body | median ms | p99 ms | max ms | > 1 s |")

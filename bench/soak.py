@@ -2,11 +2,13 @@
 source refreshing every few seconds, scraped by 50 concurrent keep-alive clients (plain and gzip) for 60 s.
 
 Counted: scrapes, errors (any non-200, exception or truncated body), latency (median, p99, max), the exporter's
-RSS every second (after warm-up, at the end, their ratio; VmHWM) and the refreshes it published during the soak,
-read from its own ``spend_exporter_source_last_success_timestamp_seconds`` in the bodies the scrapers received.
+RSS every half second (after warm-up, at the end, their ratio; VmHWM; its FOCUS reader process apart) and the
+refreshes it published during the soak, read from its own ``spend_exporter_source_last_success_timestamp_seconds``
+in the bodies the scrapers received.
 The soak runs on a private copy of the warm cache, so other benchmarks reading the shared one are not disturbed.
-Variants: ``--server bare`` (the limit, same load), ``--interval off`` (no refresh), ``--pace S`` (each scraper
-scrapes once every S seconds instead of back to back). Method and figures: docs/reliability.md, "Load".
+By default each scraper scrapes once a second (50 scrapes/s offered), spread over the second as Prometheus spreads
+its targets. Variants: ``--pace 0`` (back to back: a closed loop that saturates the machine), ``--server bare``
+(the limit, same load), ``--interval off`` (no refresh). Method and figures: docs/reliability.md, "Load".
 """
 
 from __future__ import annotations
@@ -37,18 +39,35 @@ LAST_SUCCESS = b"\nspend_exporter_source_last_success_timestamp_seconds{"
 REFRESH_DURATION = b"\nspend_exporter_source_refresh_duration_seconds{"
 LAST_LINE = b"spend_exporter_build_info{"  # the exposition's last family: a body not ending in it is truncated
 SLOW_S = 1.0
+SAMPLE_S = 0.5  # seconds between two samples of the exporter's memory
 # start (unix), latency s, gzip, body bytes, error, and the last success and duration of the refresh served
 Scrape = tuple[float, float, bool, int, str, float, float]
 
 
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def _sample(pid: int) -> dict[str, int]:
-    """The process's memory, threads and open files."""
+    """The process's memory, threads and open files, and the RSS of its children (the FOCUS reader, while a
+    refresh reads the files)."""
     out: dict[str, int] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, rest = line.partition(":")
         if key in ("VmRSS", "VmHWM", "Threads"):
             out[key] = int(rest.split()[0])
     out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    children = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            kids = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+            children += sum(_rss_kb(int(k)) for k in kids)
+        except OSError:  # the thread or the child ended between two reads
+            continue
+    out["children_rss"] = children
     return out
 
 
@@ -166,7 +185,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--series", type=int, default=100000)
     ap.add_argument("--seconds", type=float, default=60.0, help="duration of the soak")
     ap.add_argument("--scrapers", type=int, default=50, help="concurrent keep-alive scrapers")
-    ap.add_argument("--pace", type=float, default=0.0, help="seconds between a scraper's scrapes (0: back to back)")
+    ap.add_argument(
+        "--pace", type=float, default=1.0, help="seconds between a scraper's scrapes (0: back to back, saturating)"
+    )
     ap.add_argument("--gzip-share", type=float, default=0.5, help="fraction of the scrapers asking for gzip")
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds before the reference RSS sample")
     ap.add_argument("--interval", default="5s", help="the source's refresh interval during the soak, or 'off'")
@@ -212,7 +233,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             while time.time() < t_stop:
                 t = time.time()
                 rss.append((t - t_start, _sample(proc.pid)))
-                time.sleep(max(0.0, min(t + 1.0, t_stop) - time.time()))
+                time.sleep(max(0.0, min(t + SAMPLE_S, t_stop) - time.time()))
             rss.append((time.time() - t_start, _sample(proc.pid)))
             scrapes = [s for f in futures for s in f.result()]
         alive = proc.poll() is None
@@ -301,6 +322,10 @@ def report(
 
     warm = next((r for t, r in rss if t >= args.warmup), rss[-1][1])
     end = rss[-1][1]
+    # The same phase at both ends: while a FOCUS reader process reads the files, the exporter only waits for it,
+    # holding the previous snapshot and nothing of the refresh (its level); and each refresh's peak
+    level = [(t, r["VmRSS"]) for t, r in rss if t >= args.warmup and r.get("children_rss", 0) > 0]
+    level_ratio = level[-1][1] / level[0][1] if len(level) >= 2 else float("nan")
     after_warm = [r["VmRSS"] for t, r in rss if t >= args.warmup]
     # a refresh's fetch (DuckDB over the files) holds a few hundred MB while it runs, so a sample's phase matters:
     # per refresh, the RSS at its start (the level between refreshes) and its peak
@@ -350,9 +375,17 @@ def report(
         # back-to-back refreshes: whether each reference sample fell inside one says how to read the ratio
         "rss_warm_in_refresh": refreshing_at(next((t for t, _ in rss if t >= args.warmup), rss[-1][0])),
         "rss_end_in_refresh": refreshing_at(rss[-1][0]),
+        "rss_level_warm_mb": level[0][1] / 1024 if level else None,
+        "rss_level_end_mb": level[-1][1] / 1024 if level else None,
+        "rss_level_at_s": [round(level[0][0], 1), round(level[-1][0], 1)] if level else None,
+        "rss_level_ratio": level_ratio,
+        "rss_peak_ratio": _peak_ratio(cycles, args.warmup),
         "rss_min_after_warmup_mb": min(after_warm, default=0) / 1024,
         "rss_max_after_warmup_mb": max(after_warm, default=0) / 1024,
         "vm_hwm_mb": end["VmHWM"] / 1024,
+        # the FOCUS reader process, one per refresh while it reads the files, and the two together
+        "reader_rss_peak_mb": max((r.get("children_rss", 0) for _, r in rss), default=0) / 1024,
+        "rss_with_reader_peak_mb": max((r["VmRSS"] + r.get("children_rss", 0) for _, r in rss), default=0) / 1024,
         "threads_warm": warm["Threads"],
         "threads_end": end["Threads"],
         "fds_warm": warm["fds"],
@@ -368,7 +401,7 @@ def report(
         "server_exit_code": info["exit_code"],
         "load_avg_before": info["load_before"],
         "load_avg_after": info["load_after"],
-        "rss_timeline": [(round(t, 1), r["VmRSS"] // 1024) for t, r in rss],
+        "rss_timeline": [(round(t, 1), r["VmRSS"] // 1024, r.get("children_rss", 0) // 1024) for t, r in rss],
         "per_second": _per_second(scrapes, t_start, args.seconds),
     }
     print_summary(out)
@@ -380,6 +413,7 @@ def print_summary(out: dict[str, Any]) -> None:
     ok = {True: "yes", False: "NO"}
     yn = {True: "yes", False: "no"}
     rr = out["rss_ratio"]
+    at = out["rss_level_at_s"] or ["–", "–"]
     print(
         f"  {out['server']}: {out['scrapes']} scrapes by {out['scrapers']} scrapers in {out['seconds']:.0f}s "
         f"({out['scrapes_per_s']:.1f}/s), {out['errors']} errors {out['error_kinds'] or ''}",
@@ -400,7 +434,9 @@ def print_summary(out: dict[str, Any]) -> None:
         f"(ratio {rr:.3f}; sample inside a refresh: warm-up {yn[out['rss_warm_in_refresh']]}, "
         f"end {yn[out['rss_end_in_refresh']]}; "
         f"{out['rss_min_after_warmup_mb']:.0f}-{out['rss_max_after_warmup_mb']:.0f} MB after warm-up), "
-        f"VmHWM {out['vm_hwm_mb']:.0f} MB; threads {out['threads_warm']}->{out['threads_end']}, "
+        f"VmHWM {out['vm_hwm_mb']:.0f} MB; reader process peak {out.get('reader_rss_peak_mb', 0):.0f} MB, "
+        f"exporter + reader peak {out.get('rss_with_reader_peak_mb', 0):.0f} MB; "
+        f"threads {out['threads_warm']}->{out['threads_end']}, "
         f"fds {out['fds_warm']}->{out['fds_end']}",
         f"  refreshes during the soak: {out['refreshes_started']} started, {out['refreshes_published']} published "
         f"(seen in the bodies served); the exporter's log, start to stop: {out['refreshes_logged']} refreshed, "
@@ -412,12 +448,31 @@ def print_summary(out: dict[str, Any]) -> None:
             f"RSS {_mb(c['rss_at_start_mb'])} at its start, peak {c['rss_peak_mb']:.0f} MB"
             for c in out["refresh_cycles"]
         ),
-        f"  targets: zero errors {ok[not out['errors']]}, end RSS within 10% of warm {ok[rr <= 1.10]}, "
+        f"  same phase (a reader running, the exporter waiting): {_mb(out['rss_level_warm_mb'])} at "
+        f"{at[0]}s, {_mb(out['rss_level_end_mb'])} at {at[1]}s "
+        f"(ratio {out['rss_level_ratio']:.3f}); peak of the last refresh ÷ first after warm-up "
+        f"{out['rss_peak_ratio']:.3f}",
+        f"  targets: zero errors {ok[not out['errors']]}, "
+        f"RSS flat (same phase and peaks within 10%) {_flat(out)}, "
+        f"(end ÷ warm-up sample, any phase: {ok[rr <= 1.10]}), "
         f"no scrape over 1 s {ok[out['slower_than_1s'] == 0]}; "
         f"load average {_load(out['load_avg_before'])} -> {_load(out['load_avg_after'])}",
         sep="\n",
         flush=True,
     )
+
+
+def _peak_ratio(cycles: list[dict[str, Any]], warmup: float) -> float:
+    """The exporter's peak in the last refresh published ÷ its peak in the first one started after warm-up."""
+    done = [c for c in cycles if c["published_by_s"] is not None and c["start_s"] >= warmup]
+    return done[-1]["rss_peak_mb"] / done[0]["rss_peak_mb"] if len(done) >= 2 else float("nan")
+
+
+def _flat(out: dict[str, Any]) -> str:
+    level, peak = out["rss_level_ratio"], out["rss_peak_ratio"]
+    if level != level or peak != peak:  # NaN
+        return "not measured (fewer than two refreshes published after warm-up)"
+    return "yes" if level <= 1.10 and peak <= 1.10 else "NO"
 
 
 def _mb(v: float | None) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 from exporter import __version__
 from exporter.config import Config, ConfigError, json_schema, load_config, parse_listen_address, redacted
+from exporter.osutil import tune_malloc
 
 log = logging.getLogger("exporter")
 
@@ -144,6 +145,8 @@ def cmd_run(config: Config, raw: dict[str, Any], args: argparse.Namespace) -> in
     except ValueError as e:
         print(f"error: --web.listen-address: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    if not any(k.startswith("MALLOC_") for k in os.environ):  # the operator's own settings win
+        tune_malloc()
     # a snapshot saved earlier today serves at once; one from an earlier hour is rebuilt right after start
     app = _build(config, stale_ok=True)
     try:

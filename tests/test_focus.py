@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import signal
+import sys
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -489,6 +494,74 @@ def test_a_file_that_is_not_a_focus_export_is_an_error(tmp_path: Path, focus: An
     (tmp_path / "b.csv").write_text("name,amount\nfoo,1\n")
     with pytest.raises(SourceError):
         fetch(tmp_path)
+
+
+# --------------------------------------------------------------------------- the reader process
+
+
+def _children() -> set[int]:
+    """This process's child processes (by any of its threads), from /proc."""
+    out: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        out.update(int(p) for p in (task / "children").read_text().split())
+    return out
+
+
+def _fetch_in_thread(p: FocusProvider) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = p.fetch(WINDOW)
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_reader_that_dies_fails_the_refresh_and_says_how(tmp_path: Path, focus: Any) -> None:
+    focus.write(tmp_path / "a.csv", [raw_row("2025-03-10T00:00:00Z", "", "1")])
+    before = _children()
+    t, box = _fetch_in_thread(provider(tmp_path))
+    deadline = time.monotonic() + 30
+    while not (new := _children() - before) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert new, "no reader process was started"
+    for pid in new:  # the reader needs a few hundred ms to import DuckDB: it is still at work
+        os.kill(pid, signal.SIGKILL)
+    t.join(30)
+    assert isinstance(box.get("error"), SourceError)
+    assert "the FOCUS reader process was killed by signal 9 (out of memory? see memory_limit)" in str(box["error"])
+    assert _children() == before
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_reader_past_the_refresh_timeout_is_stopped(tmp_path: Path, focus: Any) -> None:
+    focus.write(tmp_path / "a.csv", [raw_row("2025-03-10T00:00:00Z", "", "1")])
+    src = provider(tmp_path).config
+    deadline = time.monotonic() + 0.1  # shorter than the reader's start
+    p = FocusProvider(src, ProviderContext("f", deadline=lambda: deadline))
+    before = _children()
+    t0 = time.monotonic()
+    with pytest.raises(
+        SourceError, match=r"reading the FOCUS files took longer than the 0.1s left for this refresh; stopped"
+    ):
+        p.fetch(WINDOW)
+    assert time.monotonic() - t0 < 10
+    assert _children() == before  # killed and reaped
+
+
+def test_the_reader_reports_its_errors_as_the_source_error(tmp_path: Path, focus: Any) -> None:
+    """A SourceError inside the reader comes back with its message, not as a crash of the reader."""
+    focus.write(tmp_path / "a.csv", [raw_row("2025-03-10T00:00:00Z", "", "1")])
+    (tmp_path / "b.parquet").write_bytes(b"PAR1\x00\x00garbage")
+    with pytest.raises(SourceError) as e:
+        fetch(tmp_path)
+    assert str(e.value).startswith("reading FOCUS files failed: ")
+    assert "reader process" not in str(e.value)
 
 
 # --------------------------------------------------------------------------- through the engine

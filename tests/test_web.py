@@ -12,10 +12,15 @@ import gzip
 import http.client
 import json
 import os
+import re
+import socket
 import ssl
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import bcrypt
@@ -26,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.app import App, build_app
 from exporter.collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from exporter.config import load_config
-from exporter.web import Server, WebConfigError, load_web_config
+from exporter.web import BLOCKING_SEND_MIN, Handler, Server, WebConfigError, load_web_config
 from tests.helpers import running
 from tests.pki import make_ca, make_leaf, write_pem
 
@@ -469,3 +474,64 @@ def test_bad_web_configs(pki: Pki, text: str, message: str) -> None:
     with pytest.raises(WebConfigError) as e:
         load_web_config(str(p))
     assert message in str(e.value)
+
+
+# --------------------------------------------------------------------------- large bodies
+
+
+def _big_app(size: int) -> Any:
+    """A server's view of an app: one snapshot whose body takes the blocking send (``BLOCKING_SEND_MIN``)."""
+    line = b'spend_cost_month_to_date_usd{provider="aws",account_id="1",service_name="s",team="t",model=""} 1.5\n'
+    text = line * (size // len(line))
+    return SimpleNamespace(snapshot=SimpleNamespace(text=text, text_gz=gzip.compress(text)), ready=lambda: True)
+
+
+def _request(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    return sock
+
+
+def _read_all(sock: socket.socket, pause: float = 0.0) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+        time.sleep(pause)
+    return b"".join(chunks)
+
+
+def test_a_large_body_reaches_a_slow_reader_whole() -> None:
+    app = _big_app(4 * BLOCKING_SEND_MIN)
+    with running(app) as s:
+        sock = _request(s.port)
+        sock.settimeout(30)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+        body = b""
+        while len(body) < length:
+            body += sock.recv(min(65536, length - len(body)))
+            time.sleep(0.001)
+        sock.close()
+    assert body == app.snapshot.text
+
+
+def test_a_client_that_stops_reading_a_large_body_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocking send is bounded by the idle timeout (SO_SNDTIMEO), as every other wait of a handler."""
+    monkeypatch.setattr(Handler, "timeout", 1.0)
+    app = _big_app(64 << 20)  # more than the socket buffers on both sides hold
+    with running(app) as s:
+        before = threading.active_count()
+        sock = _request(s.port)
+        time.sleep(0.5)
+        assert threading.active_count() == before + 1  # the handler, blocked in its send
+        deadline = time.monotonic() + 20
+        while threading.active_count() > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert threading.active_count() == before  # it gave up on the client
+        sock.settimeout(10)
+        got = _read_all(sock)  # what had been sent, then the close
+        sock.close()
+    assert got.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert len(got) < len(app.snapshot.text)  # the send stopped part way
