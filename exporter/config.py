@@ -243,7 +243,7 @@ class FocusSource(SourceBase):
     interval: Duration = 3600.0
     paths: list[NonEmptyStr] = []
     cost_column: Literal["BilledCost", "EffectiveCost"] = "BilledCost"
-    memory_limit: Annotated[str, Field(pattern=r"(?i)^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")] | None = "256MB"
+    memory_limit: Annotated[str, Field(pattern=r"(?i)^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")] | None = "512MB"
     """DuckDB: memory of one refresh's query beyond which it spills to disk (null: DuckDB's 80% of RAM)."""
     threads: Annotated[int, Field(ge=1, le=256)] = 2
     """DuckDB: threads of one refresh's query."""

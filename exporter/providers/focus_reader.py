@@ -15,6 +15,7 @@ charge periods in one file.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import pickle
 import sys
@@ -324,6 +325,7 @@ class FocusReader:
 
 def main() -> int:
     become_background_child()  # the exporter's scrapes come first; DuckDB's threads inherit the priority
+    gc.disable()  # a short life and a million result tuples with no cycles: the cyclic GC would only walk them
     request, files, window = pickle.loads(sys.stdin.buffer.read())
     try:
         reply: tuple[str, object] = ("ok", FocusReader(request).read(files, window))
