@@ -58,6 +58,12 @@ def test_malloc_trim_is_found_and_called_on_glibc() -> None:
     assert osutil._malloc_trim(0) in (0, 1)  # 1: memory was released, 0: none left to release
 
 
+def _count(script: str, mode: str) -> int:
+    """What ``script`` prints, run in a fresh interpreter (the allocator set as ``mode`` says)."""
+    out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
+    return int(out.stdout)
+
+
 ARENAS = """
 import ctypes, re, sys, tempfile, threading
 from exporter.osutil import tune_malloc
@@ -87,13 +93,8 @@ with tempfile.NamedTemporaryFile("r") as f:
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc arenas are glibc's")
 def test_malloc_arenas_are_capped() -> None:
     """16 threads allocating at once get arenas of their own, unless capped (as ``run`` does at start)."""
-
-    def arenas(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, check=True)
-        return int(out.stdout)
-
-    assert arenas("tuned") == 2
-    assert arenas("none") > 2  # glibc's default: up to 8 per core
+    assert _count(ARENAS, "tuned") == 2
+    assert _count(ARENAS, "none") > 2  # glibc's default: up to 8 per core
 
 
 MMAPPED = """
@@ -117,10 +118,5 @@ print(libc.mallinfo2().hblks - before)
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_large_buffers_stay_mappings_of_their_own() -> None:
     """After a large buffer is freed, the next one is still mmapped (given back when freed), not heap."""
-
-    def mmapped(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", MMAPPED, mode], capture_output=True, text=True, check=True)
-        return int(out.stdout)
-
-    assert mmapped("tuned") == 1
-    assert mmapped("default") == 0  # glibc's dynamic threshold: from the heap
+    assert _count(MMAPPED, "tuned") == 1
+    assert _count(MMAPPED, "default") == 0  # glibc's dynamic threshold: from the heap

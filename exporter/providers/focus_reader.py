@@ -27,27 +27,6 @@ from exporter.model import FetchWindow
 from exporter.osutil import become_background_child
 from exporter.providers.base import SourceError
 
-COLUMNS = (
-    "ChargePeriodStart",
-    "ChargePeriodEnd",
-    "ProviderName",
-    "ServiceProviderName",
-    "SubAccountId",
-    "SubAccountName",
-    "BillingAccountId",
-    "BillingAccountName",
-    "ServiceName",
-    "BilledCost",
-    "EffectiveCost",
-    "BillingCurrency",
-    "Tags",
-    "ConsumedQuantity",
-    "ConsumedUnit",
-    "x_Model",
-    "x_TokenType",
-)
-
-
 # Parquet column types used as numbers without a round trip through text
 NUMERIC_TYPES: tuple[str, ...] = ("DOUBLE", "FLOAT", "REAL", "DECIMAL", "NUMERIC", "HUGEINT", "BIGINT", "INTEGER")
 NUMERIC_TYPES += ("SMALLINT", "TINYINT", "UHUGEINT", "UBIGINT", "UINTEGER", "USMALLINT", "UTINYINT")
