@@ -44,27 +44,26 @@ SAMPLE_S = 0.5  # seconds between two samples of the exporter's memory
 Scrape = tuple[float, float, bool, int, str, float, float]
 
 
-def _rss_kb(pid: int) -> int:
+def _status(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
+    """Fields of /proc/<pid>/status, in kB for the memory ones."""
+    out: dict[str, int] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+        key, _, rest = line.partition(":")
+        if key in keys:
+            out[key] = int(rest.split()[0])
+    return out
 
 
 def _sample(pid: int) -> dict[str, int]:
     """The process's memory, threads and open files, and the RSS of its children (the FOCUS reader, while a
     refresh reads the files)."""
-    out: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "Threads"):
-            out[key] = int(rest.split()[0])
+    out = _status(pid, ("VmRSS", "VmHWM", "Threads"))
     out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
     children = 0
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
             kids = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
-            children += sum(_rss_kb(int(k)) for k in kids)
+            children += sum(_status(int(k), ("VmRSS",)).get("VmRSS", 0) for k in kids)
         except OSError:  # the thread or the child ended between two reads
             continue
     out["children_rss"] = children

@@ -1,6 +1,7 @@
-"""Linux process tuning for the refresh path: a lower CPU priority for the FOCUS reader process, freed heap returned.
+"""Linux process tuning: the FOCUS reader process's priority and parent-death signal, glibc's allocator set for
+many threads and large buffers, freed heap returned.
 
-Both are best effort: elsewhere (macOS, musl, a refused call) they do nothing.
+All best effort: elsewhere (macOS, musl, a refused call) they do nothing.
 """
 
 from __future__ import annotations
@@ -10,12 +11,26 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 BACKGROUND_NICE = 10
 PR_SET_PDEATHSIG = 1
+
+
+def _libc(name: str, argtypes: list[Any] | None = None, restype: Any = ctypes.c_int) -> Any | None:
+    """A C library function (on Linux), or None where there is none by that name."""
+    if sys.platform != "linux":
+        return None
+    try:
+        fn = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    if argtypes is not None:
+        fn.argtypes = argtypes
+    fn.restype = restype
+    return fn
 
 
 def become_background_child(nice: int = BACKGROUND_NICE) -> None:
@@ -27,26 +42,15 @@ def become_background_child(nice: int = BACKGROUND_NICE) -> None:
         os.nice(nice)
     except OSError:
         log.debug("could not lower the process's priority", exc_info=True)
-    try:
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
+    prctl = _libc("prctl")
+    if prctl is None:
         return
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() == 1:  # the exporter died before prctl took effect
         os._exit(1)
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    if sys.platform != "linux":
-        return None
-    try:
-        fn = ctypes.CDLL(None).malloc_trim  # glibc only (musl has none)
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-    return fn  # type: ignore[no-any-return]
-
-
-_malloc_trim = _load_malloc_trim()
+_malloc_trim = _libc("malloc_trim", [ctypes.c_size_t])  # glibc only (musl has none)
 
 M_ARENA_MAX = -8  # glibc's mallopt parameters
 M_MMAP_THRESHOLD = -3
@@ -66,13 +70,9 @@ def tune_malloc(arenas: int = 2) -> bool:
 
     Call it before the threads start. Returns whether glibc took both (False elsewhere).
     """
-    if _malloc_trim is None:  # not glibc
+    mallopt = _libc("mallopt", [ctypes.c_int, ctypes.c_int])
+    if _malloc_trim is None or mallopt is None:  # not glibc
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_ARENA_MAX, arenas)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 

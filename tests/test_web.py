@@ -492,14 +492,6 @@ def _request(port: int) -> socket.socket:
     return sock
 
 
-def _read_all(sock: socket.socket, pause: float = 0.0) -> bytes:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-        time.sleep(pause)
-    return b"".join(chunks)
-
-
 def test_a_large_body_reaches_a_slow_reader_whole() -> None:
     app = _big_app(4 * BLOCKING_SEND_MIN)
     with running(app) as s:
@@ -531,7 +523,10 @@ def test_a_client_that_stops_reading_a_large_body_is_dropped(monkeypatch: pytest
             time.sleep(0.05)
         assert threading.active_count() == before  # it gave up on the client
         sock.settimeout(10)
-        got = _read_all(sock)  # what had been sent, then the close
+        chunks = []
+        while chunk := sock.recv(65536):  # what had been sent, then the close
+            chunks.append(chunk)
+        got = b"".join(chunks)
         sock.close()
     assert got.startswith(b"HTTP/1.1 200 OK\r\n")
     assert len(got) < len(app.snapshot.text)  # the send stopped part way

@@ -34,7 +34,7 @@ from exporter.model import (
     UsageRecord,
 )
 from exporter.providers.base import ProviderContext, SourceError
-from exporter.providers.focus_reader import FocusRead, ReadRequest
+from exporter.providers.focus_reader import FocusRead, FocusReader
 
 # The reader's stderr kept for an error message: enough for DuckDB's or Python's last words
 STDERR_TAIL = 2000
@@ -179,10 +179,10 @@ class FocusProvider:
         runaway query instead of leaving it running in an abandoned thread; and the reader, at nice 10, takes
         neither the CPU nor the GIL from the scrapes.
         """
-        settings = ReadRequest(
+        reader = FocusReader(
             self.config.cost_column, self.config.memory_limit, self.config.threads, self.ctx.scratch_dir
         )
-        request = pickle.dumps((settings, files, window), pickle.HIGHEST_PROTOCOL)
+        request = pickle.dumps((reader, files, window), pickle.HIGHEST_PROTOCOL)
         timeout = self.ctx.remaining_seconds(self.config.timeout)
         try:
             proc = subprocess.Popen(

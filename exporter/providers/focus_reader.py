@@ -1,7 +1,7 @@
 """The FOCUS reader: one DuckDB pass over the files, in a process of its own, one per refresh.
 
 ``FocusProvider.fetch`` starts it as ``python -m exporter.providers.focus_reader``. It reads a pickled
-``(ReadRequest, files, FetchWindow)`` on stdin and writes a pickled ``("ok", FocusRead)``, or ``("error",
+``(FocusReader, files, FetchWindow)`` on stdin and writes a pickled ``("ok", FocusRead)``, or ``("error",
 message)`` for a ``SourceError``, on stdout, then exits. Anything else ends it with a traceback on stderr and a
 non-zero exit, which the exporter reports as the refresh's error. It imports DuckDB and this module only (not
 the config's models), so that it starts in a fraction of a second; only the exporter talks to it, over its
@@ -77,23 +77,13 @@ class FocusRead(NamedTuple):
 
 
 @dataclass(frozen=True)
-class ReadRequest:
-    """The source's settings the reader needs."""
+class FocusReader:
+    """The SQL of a FOCUS refresh, with the source's settings it needs (sent to the reader process as it is)."""
 
     cost_column: str
     memory_limit: str | None
     threads: int
     scratch_dir: str | None
-
-
-class FocusReader:
-    """The SQL of a FOCUS refresh."""
-
-    def __init__(self, request: ReadRequest) -> None:
-        self.cost_column = request.cost_column
-        self.memory_limit = request.memory_limit
-        self.threads = request.threads
-        self.scratch_dir = request.scratch_dir
 
     def read(self, files: list[str], window: FetchWindow) -> FocusRead:
         """Everything the refresh needs from the files, in one DuckDB pass (run in the reader process)."""
@@ -305,9 +295,9 @@ class FocusReader:
 def main() -> int:
     become_background_child()  # the exporter's scrapes come first; DuckDB's threads inherit the priority
     gc.disable()  # a short life and a million result tuples with no cycles: the cyclic GC would only walk them
-    request, files, window = pickle.loads(sys.stdin.buffer.read())
+    reader, files, window = pickle.loads(sys.stdin.buffer.read())
     try:
-        reply: tuple[str, object] = ("ok", FocusReader(request).read(files, window))
+        reply: tuple[str, object] = ("ok", reader.read(files, window))
     except SourceError as e:
         reply = ("error", str(e))
     sys.stdout.buffer.write(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
