@@ -9,20 +9,23 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# uv, pinned (as in the Makefile): it installs exactly the versions in uv.lock, the ones CI passed with
+RUN pip install --no-cache-dir uv==0.13.9
+COPY pyproject.toml uv.lock README.md ./
 COPY exporter ./exporter
-# Every SDK (the [all] extra): one image serves any mix of sources.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[all]"
+# Every SDK (the [all] extra): one image serves any mix of sources. --locked fails the build if
+# uv.lock no longer matches pyproject.toml, rather than resolving anew.
+RUN UV_PROJECT_ENVIRONMENT=/opt/spend-exporter UV_PYTHON_DOWNLOADS=never \
+    uv sync --locked --no-editable --no-cache --extra all --python /usr/local/bin/python3.11
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/spend-exporter/bin:$PATH
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin spend-exporter \
  && mkdir -p /etc/spend-exporter /var/lib/spend-exporter/data /var/lib/spend-exporter/examples/data \
  && chown -R 10001:10001 /var/lib/spend-exporter
-COPY --from=build /wheels /tmp/wheels
-RUN pip install --no-cache-dir --no-index --find-links /tmp/wheels "spend-exporter[all]" \
- && rm -rf /tmp/wheels
+COPY --from=build /opt/spend-exporter /opt/spend-exporter
 WORKDIR /var/lib/spend-exporter
 # A named volume mounted here starts with this directory's owner, so the
 # cache is writable by the unprivileged user.

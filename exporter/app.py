@@ -70,9 +70,12 @@ class App:
         rng: random.Random | None = None,
         store: Store | None = None,
         stale_ok: bool = False,
+        one_shot: bool = False,
     ) -> None:
-        """``stale_ok``: start on a saved snapshot from an earlier hour of today (``run``; see warmstart)."""
+        """``stale_ok``: start on a saved snapshot from an earlier hour of today (``run``; see warmstart).
+        ``one_shot``: a command that refreshes once and exits (``check``, ``once``): no "next try" to announce."""
         self.config = config
+        self.one_shot = one_shot
         self.now = now
         self.store = store or Store(config.cache_path)
         self.resolver = Resolver(config)
@@ -313,6 +316,9 @@ class App:
                 next_refresh=nxt,
             )
         )
+        if self.one_shot:
+            log.warning("source %s refresh failed: %s", src.name, msg)
+            return RefreshOutcome(src.name, ok=False, duration=duration, error=msg)
         log.warning(
             "source %s refresh failed (%d in a row), keeping the last good data; next try in %.0fs: %s",
             src.name,
@@ -530,5 +536,6 @@ def build_app(
     now: Callable[[], dt.datetime] = utc_now,
     rng: random.Random | None = None,
     stale_ok: bool = False,
+    one_shot: bool = False,
 ) -> App:
-    return App(config, now=now, rng=rng, stale_ok=stale_ok)
+    return App(config, now=now, rng=rng, stale_ok=stale_ok, one_shot=one_shot)

@@ -126,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_CONFIG
 
 
-def _build(config: Config, stale_ok: bool = False) -> Any:
+def _build(config: Config, stale_ok: bool = False, one_shot: bool = False) -> Any:
     from exporter.app import build_app
 
     try:
-        return build_app(config, stale_ok=stale_ok)
+        return build_app(config, stale_ok=stale_ok, one_shot=one_shot)
     except OSError as e:
         print(f"error: cache_path {config.cache_path}: {e.strerror or e}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
@@ -187,7 +187,7 @@ def cmd_run(config: Config, raw: dict[str, Any], args: argparse.Namespace) -> in
 
 
 def cmd_check(config: Config) -> int:
-    app = _build(config)
+    app = _build(config, one_shot=True)
     try:
         outcomes = app.refresh_all()
         rows = [("SOURCE", "STATUS", "RECORDS", "MONTH-TO-DATE USD", "DURATION")]
@@ -213,7 +213,7 @@ def cmd_check(config: Config) -> int:
 
 
 def cmd_once(config: Config, output: str | None) -> int:
-    app = _build(config)
+    app = _build(config, one_shot=True)
     try:
         outcomes = app.refresh_all()
         data = app.snapshot.text

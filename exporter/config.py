@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -31,23 +32,28 @@ DEFAULT_PORT = 9877
 
 _DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d|w))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_NUMBER_RE = re.compile(r"^[-+]?\d+(?:\.\d+)?$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(value: Any) -> float:
-    """``6h``, ``15m``, ``1h30m``, ``90s`` or a number of seconds → seconds."""
+    """``6h``, ``15m``, ``1h30m``, ``90s``, ``500ms`` → seconds.
+
+    A bare number (``15``) is refused: Prometheus durations carry a unit, and ``15`` could mean minutes as well
+    as seconds.
+    """
     if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}")
-    if isinstance(value, int | float):
-        if value <= 0:
-            raise ValueError(f"invalid duration {value!r}: must be positive")
-        return float(value)
-    if isinstance(value, str):
-        s = value.strip()
-        if _DURATION_RE.match(s):
-            total = sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(s))
-            if total > 0:
-                return total
+        raise ValueError(f"invalid duration {value!r} (use e.g. 15m, 6h, 1d)")
+    text = str(value).strip() if isinstance(value, int | float | str) else None
+    if text is not None and _NUMBER_RE.match(text):
+        if float(text) <= 0:
+            raise ValueError(f"invalid duration {value!r}: must be greater than 0, with a unit (e.g. 15s)")
+        raise ValueError(f"invalid duration {value!r}: a unit is required, e.g. '{text.lstrip('+')}s'")
+    if text is not None and _DURATION_RE.match(text):
+        total = sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(text))
+        if total > 0:
+            return total
+        raise ValueError(f"invalid duration {value!r}: must be greater than 0")
     raise ValueError(f"invalid duration {value!r} (use e.g. 15m, 6h, 1d)")
 
 
@@ -83,6 +89,32 @@ Duration = Annotated[
 ]
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME_RE.match(value):
+        # never echo the value: what lands here by mistake is most often the secret itself
+        raise ValueError(
+            "not a valid environment variable name (letters, digits and _, not starting with a digit): "
+            "give the name of the variable that holds the secret, not the secret"
+        )
+    return value
+
+
+EnvName = Annotated[
+    str,
+    AfterValidator(_env_name),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _ENV_NAME_RE.pattern,
+            "description": "The name of an environment variable (not its value).",
+        }
+    ),
+]
+"""The name of an environment variable; every ``*_env`` key is one."""
 
 
 class _Model(BaseModel):
@@ -202,7 +234,7 @@ class AdminApiSource(SourceBase):
 
     FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"request_timeout", "max_retries", "max_retry_wait"}
     interval: Duration = 900.0
-    admin_key_env: NonEmptyStr
+    admin_key_env: EnvName
     base_url: str | None = None
     request_timeout: Duration = 60.0
     """Timeout of one HTTP request (bounded by what is left of ``timeout``)."""
@@ -214,7 +246,7 @@ class AdminApiSource(SourceBase):
 
 class OpenAISource(AdminApiSource):
     type: Literal["openai"]
-    admin_key_env: NonEmptyStr = "OPENAI_ADMIN_KEY"
+    admin_key_env: EnvName = "OPENAI_ADMIN_KEY"
     usage_endpoints: list[Literal["completions", "embeddings", "images", "audio_speeches", "audio_transcriptions"]] = [
         "completions"
     ]
@@ -222,7 +254,7 @@ class OpenAISource(AdminApiSource):
 
 class AnthropicSource(AdminApiSource):
     type: Literal["anthropic"]
-    admin_key_env: NonEmptyStr = "ANTHROPIC_ADMIN_KEY"
+    admin_key_env: EnvName = "ANTHROPIC_ADMIN_KEY"
 
 
 SqlName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)]
@@ -399,12 +431,14 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out or "(root)"
 
 
-def _interpolate(node: Any, loc: tuple[Any, ...], env: dict[str, str], errors: list[str]) -> Any:
+def _interpolate(node: Any, loc: tuple[Any, ...], env: dict[str, str], errors: list[str], failed: set[str]) -> Any:
+    """Replace ``${VAR}`` references; a key whose value could not be built goes into ``failed``."""
     if isinstance(node, dict):
-        return {k: _interpolate(v, (*loc, k), env, errors) for k, v in node.items()}
+        return {k: _interpolate(v, (*loc, k), env, errors, failed) for k, v in node.items()}
     if isinstance(node, list):
-        return [_interpolate(v, (*loc, i), env, errors) for i, v in enumerate(node)]
+        return [_interpolate(v, (*loc, i), env, errors, failed) for i, v in enumerate(node)]
     if isinstance(node, str) and "${" in node:
+        where = _path(loc)
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
@@ -412,11 +446,25 @@ def _interpolate(node: Any, loc: tuple[Any, ...], env: dict[str, str], errors: l
                 return env[name]
             if default is not None:
                 return default
-            errors.append(f"{_path(loc)}: environment variable {name} is not set")
+            errors.append(f"{where}: environment variable {name} is not set")
+            failed.add(where)
             return ""
 
-        return _ENV_RE.sub(sub, node)
+        out = _ENV_RE.sub(sub, node)
+        if "${" in _ENV_RE.sub("", node):
+            # "${sk-...}": a value pasted where a name belongs; say so without echoing it
+            errors.append(
+                f"{where}: invalid environment variable reference: write ${{NAME}} or ${{NAME:-default}}, "
+                "NAME made of letters, digits and _ (not starting with a digit)"
+            )
+            failed.add(where)
+        return out
     return node
+
+
+def _under(line: str, paths: set[str]) -> bool:
+    """``line`` is an error about one of ``paths`` or a key inside it."""
+    return any(line.startswith((p + ":", p + ".", p + "[")) for p in paths)
 
 
 def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
@@ -486,14 +534,18 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(["(root): the configuration must be a mapping"])
     errors: list[str] = []
+    failed: set[str] = set()
     written = data
-    data = _interpolate(data, (), env, errors)
+    data = _interpolate(data, (), env, errors, failed)
     cfg: Config | None = None
+    later: list[str] = []
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        errors.extend(_describe(err, data) for err in e.errors(include_url=False))
-    _duplicates(data, errors)
+        later.extend(_describe(err, data) for err in e.errors(include_url=False))
+    _duplicates(data, later)
+    # a key whose ${VAR} failed has already its error; what validation says of the half-built value only confuses
+    errors.extend(line for line in later if not _under(line, failed))
     if errors or cfg is None:
         raise ConfigError(_hide_env_values(errors, written, env))
     return cfg
@@ -557,7 +609,10 @@ def redacted(raw: dict[str, Any]) -> dict[str, Any]:
             return {k: walk(v, str(k)) for k, v in node.items()}
         if isinstance(node, list):
             return [walk(v, key) for v in node]
-        if isinstance(node, str) and _SECRET_KEY.search(key) and not key.endswith("_env"):
+        if isinstance(node, str) and key.endswith("_env"):
+            # the name of a variable is not a secret; anything else here is probably the value pasted by mistake
+            return node if _ENV_NAME_RE.match(node) or _ENV_RE.fullmatch(node) else REDACTED
+        if isinstance(node, str) and _SECRET_KEY.search(key):
             return node if _ENV_RE.fullmatch(node) else REDACTED
         if isinstance(node, str) and "@" in node:
             # a password in a URL (https://user:pass@proxy) is a secret whatever the key's name

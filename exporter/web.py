@@ -11,7 +11,8 @@
     basic_auth_users:
       alice: $2y$10$...                    # bcrypt
 
-The file is re-read when it changes, as the exporter-toolkit does.
+The file is re-read when it changes, as the exporter-toolkit does. With basic auth on, ``/-/healthy`` and
+``/-/ready`` still answer without credentials (``UNAUTHENTICATED_PATHS``), so that probes work.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ CLIENT_AUTH_TYPES = {
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
 TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+# Kubernetes probes (and the image's HEALTHCHECK) send no credentials: these answer a fixed text and nothing else,
+# so they stay open with basic auth on. TLS, and a required client certificate, still apply to them.
+UNAUTHENTICATED_PATHS = frozenset({"/-/healthy", "/-/ready"})
 
 
 class WebConfigError(Exception):
@@ -496,9 +500,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self._body_refused():
             return
-        if not self._authorised():
-            return
         path = self.path.split("?", 1)[0]
+        if path not in UNAUTHENTICATED_PATHS and not self._authorised():
+            return
         app = self.server.app
         if path == "/metrics":
             snap = app.snapshot

@@ -1,6 +1,7 @@
 """The command line, run as a user runs it: ``once``, ``check`` and ``run`` in a subprocess.
 
-These use the real clock, so the FOCUS files are written relative to today (UTC).
+Each subprocess runs on a fixed clock (``tests.clock``: libfaketime, starting at ``FIXED_NOW``), and the
+FOCUS files are written relative to that day, so no figure depends on when the suite runs.
 """
 
 from __future__ import annotations
@@ -24,14 +25,18 @@ from typing import Any
 import pytest
 
 from exporter.cli import write_atomic
+from tests.clock import FIXED_NOW, fixed_clock_env
 from tests.helpers import series
+from tests.test_config import cli_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "exporter.cli"]
 
 
 def cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=fixed_clock_env()
+    )
 
 
 def promtool_check(path: Path) -> subprocess.CompletedProcess[bytes]:
@@ -43,8 +48,8 @@ def promtool_check(path: Path) -> subprocess.CompletedProcess[bytes]:
 
 @pytest.fixture
 def workdir(tmp_path: Path, focus: Any) -> Path:
-    """A config with one good FOCUS source: 40 days up to today, 10 USD a day."""
-    today = dt.datetime.now(dt.UTC).date()
+    """A config with one good FOCUS source: 40 days up to the fixed clock's today, 10 USD a day."""
+    today = FIXED_NOW.date()
     rows = [focus.daily(today - dt.timedelta(days=i), 10.0, ServiceName="Amazon EC2") for i in range(40)]
     focus.write(tmp_path / "exports" / "aws.csv", rows)
     (tmp_path / "good.yml").write_text(
@@ -64,7 +69,7 @@ def workdir(tmp_path: Path, focus: Any) -> Path:
 
 
 def month_to_date() -> float:
-    return 10.0 * dt.datetime.now(dt.UTC).day
+    return 10.0 * FIXED_NOW.day
 
 
 # --------------------------------------------------------------------------- once
@@ -147,6 +152,25 @@ def test_check_exits_1_when_a_source_fails(workdir: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("command", ["check", "once"])
+def test_one_shot_commands_say_what_failed_without_the_run_loop_wording(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """``check`` and ``once`` have no last good data to keep and no next try: the log says only what failed."""
+    cfg = tmp_path / "broken.yml"
+    cfg.write_text(
+        f"cache_path: {tmp_path / 'cache.sqlite'}\n"
+        f"sources:\n  - {{name: broken, type: focus, paths: ['{tmp_path / 'nothing-here' / '*.csv'}']}}\n"
+    )
+    extra = ["--output", str(tmp_path / "spend.prom")] if command == "once" else []
+    r = cli_in_process(capsys, command, "--config.file", str(cfg), *extra)
+    assert r.returncode == 1
+    assert "source broken refresh failed: no files match" in r.stderr
+    assert f"broken: no files match {tmp_path / 'nothing-here' / '*.csv'}" in r.stderr
+    for wording in ("keeping the last good data", "next try", "in a row"):
+        assert wording not in r.stderr, r.stderr
+
+
 def test_bad_flags_exit_2(workdir: Path) -> None:
     assert cli("check", "--config.file", "good.yml", "--log.level", "loud", cwd=workdir).returncode == 2
     assert cli("frobnicate", cwd=workdir).returncode == 2
@@ -180,6 +204,7 @@ def running(workdir: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=fixed_clock_env(),
     )
     try:
         yield proc, port
@@ -264,7 +289,12 @@ def test_installed_console_script(workdir: Path) -> None:
     if not script.exists():
         pytest.skip("the console script is not installed next to this interpreter")
     r = subprocess.run(
-        [str(script), "check", "--config.file", "good.yml"], capture_output=True, text=True, cwd=workdir, timeout=60
+        [str(script), "check", "--config.file", "good.yml"],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        timeout=60,
+        env=fixed_clock_env(),
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("SOURCE")

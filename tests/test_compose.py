@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.clock import FIXED_NOW, fixed_clock_env
 from tests.e2e.stack import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -213,6 +214,15 @@ def test_dockerfile_runs_the_exporter() -> None:
     assert "9877" in [a for w, a in FINAL_STAGE if w == "EXPOSE"][-1]
 
 
+def test_dockerfile_installs_from_the_lock() -> None:
+    """The image gets the versions CI passed with: uv.lock, synced with --locked, never a fresh resolution."""
+    build = " ".join(a for w, a in INSTR if w in ("RUN", "COPY"))
+    assert "uv.lock" in build
+    syncs = [a for w, a in INSTR if w == "RUN" and "uv sync" in a]
+    assert syncs and all("--locked" in a for a in syncs)
+    assert not [a for w, a in INSTR if w == "RUN" and re.search(r"pip (install|wheel)\b.*spend-exporter|pip wheel", a)]
+
+
 def test_dockerfile_copies_only_what_exists_and_dockerignore_keeps_secrets_out() -> None:
     for w, a in INSTR:
         if w == "COPY" and "--from" not in a:
@@ -225,7 +235,7 @@ def test_dockerfile_copies_only_what_exists_and_dockerignore_keeps_secrets_out()
     ]
     assert ignore[0] == "*", "the build context is an allow-list"
     allowed = {line.lstrip("!").rstrip("/") for line in ignore if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "exporter"}
+    assert allowed == {"pyproject.toml", "uv.lock", "README.md", "exporter"}
 
 
 def test_compose_file_names_no_host_path_outside_the_repository() -> None:
@@ -290,7 +300,7 @@ def test_the_exporter_writes_only_to_its_cache_volume(tmp_path: Path, focus: Any
     work = tmp_path / "spend-exporter"
     data = work / "data"
     data.mkdir(parents=True)
-    today = dt.datetime.now(dt.UTC).date()
+    today = FIXED_NOW.date()
     focus.write(
         work / "examples" / "data" / "a.csv", [focus.daily(today - dt.timedelta(days=i), 3.0) for i in range(40)]
     )
@@ -301,7 +311,10 @@ def test_the_exporter_writes_only_to_its_cache_volume(tmp_path: Path, focus: Any
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    exe = f"{sys.executable} -m exporter.cli"
+    # the exporter's clock starts at FIXED_NOW; libfaketime is preloaded into it alone: in unshare or sh, it would
+    # hold a file open on /dev/shm, which could then not be remounted read-only
+    faked = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(fixed_clock_env({}).items()))
+    exe = f"env {faked} {sys.executable} -m exporter.cli"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(ROOT)}
     once = subprocess.run(
         _read_only_except(data, f"{exe} once --config.file config.yml --output data/spend.prom"),

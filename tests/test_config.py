@@ -1,24 +1,33 @@
-"""Configuration: bad files through the real CLI, interpolation, all errors at once, the JSON Schema.
+"""Configuration: bad files through the CLI, interpolation, all errors at once, the JSON Schema.
 
-Each file in ``tests/data/bad-configs/`` starts with one or more ``# expect: <fragment>`` lines;
-``spend-exporter check`` on it must exit 2 and print every fragment, with no traceback.
+Each file in ``tests/data/bad-configs/`` starts with one or more ``# expect: <fragment>`` lines, and may go on
+with ``# expect-absent: <fragment>`` lines; ``spend-exporter check`` on it must exit 2, print every expected
+fragment and none of the absent ones (a secret pasted in the wrong place, a second confusing error), with no
+traceback. The CLI's ``main`` runs in this process for each file; one file also goes through a real interpreter.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import typing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from exporter.cli import main
 from exporter.config import (
     REDACTED,
+    SOURCE_TYPES,
+    Config,
     ConfigError,
     FocusSource,
     format_duration,
@@ -32,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BAD = Path(__file__).resolve().parent / "data" / "bad-configs"
 BAD_FILES = sorted(BAD.glob("*.yml"))
 CLI = [sys.executable, "-m", "exporter.cli"]
+PASTED_KEY = "sk-admin-abc123"  # what tests/data/bad-configs/admin-key-env-is-a-key.yml pastes
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -44,38 +54,88 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, env=env or _env(), cwd=cwd or ROOT)
 
 
-def expectations(path: Path) -> list[str]:
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
+    """``exporter.cli.main(args)`` in this process, as ``python -m exporter.cli`` would run it.
+
+    ``main`` points the root logger at the (captured) stderr and sets SDK loggers' levels: put them back, so that
+    later tests in this worker (and pytest's own log capture) see logging as they expect.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {n: lg.level for n, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    capsys.readouterr()
+    try:
+        try:
+            code = main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, lg in logging.Logger.manager.loggerDict.items():
+            if isinstance(lg, logging.Logger):
+                lg.setLevel(levels.get(name, logging.NOTSET))
+    return Result(code, out.out, out.err)
+
+
+def expectations(path: Path, kind: str = "expect") -> list[str]:
+    """The ``# expect:`` (or ``# expect-absent:``) fragments of the comment lines that open ``path``."""
     out = []
     for line in path.read_text().splitlines():
-        if not line.startswith("# expect:"):
+        if not line.startswith("# expect"):
             break
-        out.append(line.removeprefix("# expect:").strip())
+        tag, _, fragment = line.removeprefix("# ").partition(":")
+        if tag == kind:
+            out.append(fragment.strip())
     return out
 
 
-@pytest.fixture(scope="module")
-def bad_results() -> dict[str, subprocess.CompletedProcess[str]]:
-    """Runs ``check`` on every bad config at once (a few CPUs' worth of interpreters)."""
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = pool.map(lambda p: run_cli("check", "--config.file", str(p)), BAD_FILES)
-        return {p.name: r for p, r in zip(BAD_FILES, results, strict=True)}
+@pytest.fixture
+def no_test_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bad configs name unset ``SPEND_EXPORTER_TEST_*`` variables: make sure none is set."""
+    for k in list(os.environ):
+        if k.startswith("SPEND_EXPORTER_TEST_"):
+            monkeypatch.delenv(k)
 
 
-def test_there_are_enough_bad_configs() -> None:
-    assert len(BAD_FILES) >= 30
-    for p in BAD_FILES:
-        assert expectations(p), f"{p.name} has no '# expect:' line"
-
-
-@pytest.mark.parametrize("path", BAD_FILES, ids=[p.stem for p in BAD_FILES])
-def test_bad_config_names_its_key(path: Path, bad_results: dict[str, subprocess.CompletedProcess[str]]) -> None:
-    r = bad_results[path.name]
+def assert_bad_config_output(path: Path, r: Result | subprocess.CompletedProcess[str]) -> None:
     assert r.returncode == 2, r.stderr
     assert r.stdout == ""
     assert "Traceback" not in r.stderr
     assert r.stderr.startswith(f"error: invalid configuration {path}:")
     for fragment in expectations(path):
         assert fragment in r.stderr, f"{fragment!r} not in:\n{r.stderr}"
+    for fragment in expectations(path, "expect-absent"):
+        assert fragment not in r.stderr, f"{fragment!r} in:\n{r.stderr}"
+
+
+def test_there_are_enough_bad_configs() -> None:
+    assert len(BAD_FILES) >= 30
+    for p in BAD_FILES:
+        assert expectations(p), f"{p.name} has no '# expect:' line"
+        assert p.read_text().startswith("# expect:"), f"{p.name} does not start with '# expect:'"
+
+
+@pytest.mark.usefixtures("no_test_env")
+@pytest.mark.parametrize("path", BAD_FILES, ids=[p.stem for p in BAD_FILES])
+def test_bad_config_names_its_key(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert_bad_config_output(path, cli_in_process(capsys, "check", "--config.file", str(path)))
+
+
+def test_a_bad_config_through_the_real_interpreter() -> None:
+    """End to end, as a user runs it: a secret pasted where a variable's name belongs is refused, not shown."""
+    path = BAD / "admin-key-env-is-a-key.yml"
+    r = run_cli("check", "--config.file", str(path), "--log.level", "debug")
+    assert_bad_config_output(path, r)
+    assert PASTED_KEY not in r.stderr + r.stdout
 
 
 def test_all_errors_are_reported_at_once() -> None:
@@ -95,17 +155,17 @@ def test_all_errors_are_reported_at_once() -> None:
     ]
 
 
-def test_missing_config_file_exits_2(tmp_path: Path) -> None:
-    r = run_cli("check", "--config.file", str(tmp_path / "nope.yml"))
+def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    r = cli_in_process(capsys, "check", "--config.file", str(tmp_path / "nope.yml"))
     assert r.returncode == 2
     assert f"{tmp_path / 'nope.yml'}: no such file" in r.stderr
     assert "Traceback" not in r.stderr
 
 
-def test_unreadable_config_file_exits_2(tmp_path: Path) -> None:
+def test_unreadable_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = tmp_path / "binary.yml"
     p.write_bytes(b"\xff\xfe\x00garbage")
-    r = run_cli("check", "--config.file", str(p))
+    r = cli_in_process(capsys, "check", "--config.file", str(p))
     assert r.returncode == 2
     assert "cannot read" in r.stderr
     assert "Traceback" not in r.stderr
@@ -154,6 +214,105 @@ def test_unset_variables_are_all_reported_with_their_keys() -> None:
     ]
 
 
+def test_an_unset_variable_is_the_only_error_of_its_key() -> None:
+    raw = {
+        "sources": [
+            {"name": "o", "type": "openai", "admin_key_env": "${NOPE_KEY}"},
+            {"name": "${NOPE_NAME}", "type": "anthropic"},
+            {"name": "${NOPE_NAME}", "type": "anthropic"},
+            {"name": "f", "type": "${NOPE_TYPE}", "paths": ["x"]},
+            {"name": "g", "type": "focus", "paths": ["x"], "interval": "${NOPE_INTERVAL}"},
+        ]
+    }
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, env={})
+    # not also "String should have at least 1 character", "duplicate source name ''", "unknown source type ''"...
+    assert e.value.errors == [
+        "sources[0].admin_key_env: environment variable NOPE_KEY is not set",
+        "sources[1].name: environment variable NOPE_NAME is not set",
+        "sources[2].name: environment variable NOPE_NAME is not set",
+        "sources[3].type: environment variable NOPE_TYPE is not set",
+        "sources[4].interval: environment variable NOPE_INTERVAL is not set",
+    ]
+
+
+def test_an_invalid_reference_is_an_error_that_does_not_echo_it() -> None:
+    raw = {
+        "cache_path": "/srv/${SPEND_DIR}/cache.sqlite",
+        "sources": [
+            {"name": "o", "type": "openai", "admin_key_env": "${sk-admin-Qw3rTy}"},
+            {"name": "a", "type": "anthropic", "base_url": "https://u:${sk-ant-pw-9x}@proxy/", "admin_key_env": "K"},
+            {"name": "f", "type": "focus", "paths": ["${1DIR}/x", "${}", "${UNCLOSED"]},
+        ],
+    }
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, env={"SPEND_DIR": "d"})
+    hint = "invalid environment variable reference: write ${NAME} or ${NAME:-default}"
+    assert [line.split(":", 1)[0] for line in e.value.errors] == [
+        "sources[0].admin_key_env",
+        "sources[1].base_url",
+        "sources[2].paths[0]",
+        "sources[2].paths[1]",
+        "sources[2].paths[2]",
+    ]
+    assert all(hint in line for line in e.value.errors), e.value.errors
+    text = "\n".join(e.value.errors)
+    for secret in ("Qw3rTy", "sk-ant-pw-9x", "1DIR", "UNCLOSED"):
+        assert secret not in text
+
+
+def _models(model: type[BaseModel], seen: set[type[BaseModel]]) -> None:
+    if model in seen:
+        return
+    seen.add(model)
+    for f in model.model_fields.values():
+        stack: list[Any] = [f.annotation]
+        while stack:
+            t = stack.pop()
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                _models(t, seen)
+            stack.extend(typing.get_args(t))
+
+
+def env_name_fields() -> list[tuple[str, Any]]:
+    """Every ``*_env`` key of every configuration model: (Model.key, the field's type with its validators)."""
+    models: set[type[BaseModel]] = set()
+    for m in (Config, *SOURCE_TYPES.values()):
+        _models(m, models)
+    return sorted(
+        (f"{m.__name__}.{name}", typing.Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation)
+        for m in models
+        for name, f in m.model_fields.items()
+        if name.endswith("_env")
+    )
+
+
+def test_every_env_key_takes_a_name_not_a_value() -> None:
+    fields = env_name_fields()
+    assert {name for name, _ in fields} >= {"OpenAISource.admin_key_env", "AnthropicSource.admin_key_env"}
+    for name, typ in fields:
+        adapter = TypeAdapter(typ)
+        for good in ("OPENAI_ADMIN_KEY", "_x", "a1"):
+            assert adapter.validate_python(good) == good
+        for value in (PASTED_KEY, "", "1ABC", "MY KEY", "sk_live_Abc=", "${X}"):
+            with pytest.raises(ValidationError) as e:
+                adapter.validate_python(value)
+            (err,) = e.value.errors()
+            assert "not a valid environment variable name" in err["msg"], (name, value)
+            if value:
+                assert value not in err["msg"], (name, value)
+
+
+@pytest.mark.parametrize("source", ["openai", "anthropic"])
+def test_a_key_pasted_as_admin_key_env_is_refused_without_echoing_it(source: str) -> None:
+    raw = {"sources": [{"name": "ai", "type": source, "admin_key_env": PASTED_KEY}]}
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, env={PASTED_KEY: "x"})
+    (line,) = e.value.errors
+    assert line.startswith("sources[0].admin_key_env: not a valid environment variable name")
+    assert PASTED_KEY not in line
+
+
 def test_interpolation_through_the_cli(tmp_path: Path) -> None:
     data = tmp_path / "exports"
     data.mkdir()
@@ -193,6 +352,25 @@ def test_redacted_keeps_references_not_values() -> None:
     assert raw["my_token"] == "abc-literal-secret"  # the input is not modified
 
 
+def test_redacted_hides_an_env_key_holding_a_value() -> None:
+    """Defence in depth: parse_config refuses these, but /config must not show one if it ever got through."""
+    raw = {
+        "sources": [
+            {"name": "o", "type": "openai", "admin_key_env": PASTED_KEY},
+            {"name": "a", "type": "anthropic", "admin_key_env": "ANTHROPIC_ADMIN_KEY"},
+            {"name": "b", "type": "anthropic", "admin_key_env": "${SPEND_EXPORTER_TEST_KEY_NAME}"},
+        ],
+        "guard": {"token_env": "Bearer abc.def-ghi"},
+    }
+    out = redacted(raw)
+    text = json.dumps(out)
+    assert PASTED_KEY not in text and "abc.def-ghi" not in text
+    assert out["sources"][0]["admin_key_env"] == REDACTED
+    assert out["guard"]["token_env"] == REDACTED
+    assert out["sources"][1]["admin_key_env"] == "ANTHROPIC_ADMIN_KEY"
+    assert out["sources"][2]["admin_key_env"] == "${SPEND_EXPORTER_TEST_KEY_NAME}"
+
+
 # --------------------------------------------------------------------------- durations and schema
 
 
@@ -206,17 +384,54 @@ def test_redacted_keeps_references_not_values() -> None:
         ("90s", 90),
         ("500ms", 0.5),
         ("2w", 1209600),
-        (45, 45),
+        (" 1m ", 60),
     ],
 )
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["soon", "", "6", "h", "-1h", "1.5", "0m", True, 0, -3, "6 hours"])
+@pytest.mark.parametrize("text", ["soon", "", "6", "h", "-1h", "1.5", "0m", True, 0, -3, "6 hours", 45, 1.5, None])
 def test_invalid_durations(text: object) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (15, "invalid duration 15: a unit is required, e.g. '15s'"),
+        (2.5, "invalid duration 2.5: a unit is required, e.g. '2.5s'"),
+        ("15", "invalid duration '15': a unit is required, e.g. '15s'"),
+        ("0s", "invalid duration '0s': must be greater than 0"),
+        ("0h0m", "invalid duration '0h0m': must be greater than 0"),
+        (0, "invalid duration 0: must be greater than 0, with a unit (e.g. 15s)"),
+        (-5, "invalid duration -5: must be greater than 0, with a unit (e.g. 15s)"),
+        ("soon", "invalid duration 'soon' (use e.g. 15m, 6h, 1d)"),
+    ],
+)
+def test_invalid_duration_messages(value: object, message: str) -> None:
+    with pytest.raises(ValueError) as e:
+        parse_duration(value)
+    assert str(e.value) == message
+
+
+def test_a_bare_number_is_refused_for_every_duration_key() -> None:
+    """Timeouts and retry waits too, not only intervals: every Duration key reads the same way."""
+    raw = {
+        "sources": [
+            {"name": "f", "type": "focus", "paths": ["x"], "interval": 15, "timeout": 30, "poll_interval": 1},
+            {"name": "o", "type": "openai", "request_timeout": 60, "max_retry_wait": "60s"},
+        ]
+    }
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, env={})
+    assert e.value.errors == [
+        "sources[0].interval: invalid duration 15: a unit is required, e.g. '15s'",
+        "sources[0].timeout: invalid duration 30: a unit is required, e.g. '30s'",
+        "sources[0].poll_interval: invalid duration 1: a unit is required, e.g. '1s'",
+        "sources[1].request_timeout: invalid duration 60: a unit is required, e.g. '60s'",
+    ]
 
 
 def test_format_duration_round_trips() -> None:
@@ -224,8 +439,8 @@ def test_format_duration_round_trips() -> None:
         assert parse_duration(format_duration(s)) == s
 
 
-def test_config_schema_is_valid_json_schema(tmp_path: Path) -> None:
-    r = run_cli("config-schema")
+def test_config_schema_is_valid_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    r = cli_in_process(capsys, "config-schema")
     assert r.returncode == 0, r.stderr
     schema = json.loads(r.stdout)
     validator_cls = jsonschema.validators.validator_for(schema)

@@ -205,6 +205,7 @@ def test_backoff_honours_retry_after_within_backoff_max() -> None:
     assert backoff_delay(short, 10) == 120, "never longer than the interval"
 
 
+@pytest.mark.real_timers  # which of two timeouts fires first is decided by timed waits
 def test_refresh_timeout(tmp_path: Path, clock: Any, focus: Any, app_factory: Any) -> None:
     write_days(focus, tmp_path / "focus" / "a.csv", dt.date(2025, 2, 1), clock().date())
     # 1 ms: reading files through DuckDB always takes longer

@@ -317,6 +317,17 @@ def test_config_is_redacted(tmp_path: Path) -> None:
         a.close()
 
 
+def test_config_page_hides_a_key_pasted_as_an_env_name(app: App) -> None:
+    """The config refuses ``admin_key_env: <a key>``; should one get through, /config still does not show it."""
+    pasted = "sk-admin-Wm4qZ7pasted"
+    raw = {"sources": [{"name": "openai", "type": "openai", "admin_key_env": pasted}]}
+    with running(app, raw=raw) as s:
+        r = get(s, "/config")
+        assert r.status == 200
+        assert pasted.encode() not in r.body
+        assert json.loads(r.body)["sources"][0]["admin_key_env"] == "<redacted>"
+
+
 # --------------------------------------------------------------------------- TLS
 
 
@@ -420,11 +431,39 @@ def test_basic_auth(app: App, auth_config: Path) -> None:
             {"Authorization": "Bearer " + PASSWORD},
             {"Authorization": "Basic " + base64.b64encode(b"alice").decode()},
         ):
-            for path in ("/metrics", "/status", "/config", "/", "/-/ready"):
+            for path in ("/metrics", "/status", "/config", "/", "/nope", "/-/healthy/", "/-/ready/x"):
                 r = get(s, path, headers=headers)
                 assert r.status == 401, (headers, path)
                 assert r.headers["WWW-Authenticate"] == 'Basic realm="spend-exporter"'
                 assert b"spend_" not in r.body and b"focus" not in r.body
+
+
+def test_probes_answer_without_credentials_with_basic_auth_on(app: App, auth_config: Path, tmp_path: Path) -> None:
+    """Kubernetes probes send no credentials: /-/healthy and /-/ready stay open (a fixed text, nothing else)."""
+    with running(app, auth_config) as s:
+        for headers in ({}, basic("alice", "wrong password"), basic("alice", PASSWORD)):
+            for method in ("GET", "HEAD"):
+                r = get(s, "/-/healthy", method=method, headers=headers)
+                assert r.status == 200 and "WWW-Authenticate" not in r.headers
+                assert r.body == (b"Healthy\n" if method == "GET" else b"")
+                r = get(s, "/-/ready?probe=kubelet", method=method, headers=headers)
+                assert r.status == 200
+                assert r.body == (b"Ready\n" if method == "GET" else b"")
+        # everything else still needs them
+        for path in ("/metrics", "/status", "/config", "/"):
+            assert get(s, path).status == 401, path
+            assert get(s, path, headers=basic("alice", PASSWORD)).status == 200, path
+    # not ready yet: the probe sees the 503 (not a 401), and the body says nothing about the sources
+    cfg, _ = _secret_config(tmp_path)
+    fresh = build_app(cfg, now=lambda: NOW)
+    try:
+        with running(fresh, auth_config) as s:
+            r = get(s, "/-/ready")
+            assert r.status == 503
+            assert r.body == b"Not ready: waiting for the first refresh of every source\n"
+            assert get(s, "/status").status == 401
+    finally:
+        fresh.close()
 
 
 def test_tls_and_basic_auth_together(app: App, pki: Pki, auth_config: Path) -> None:

@@ -3,11 +3,17 @@
 Alertmanager delivers to a local HTTP receiver that speaks for PagerDuty, Slack and the generic webhook. The
 test's copies of the configs differ from the shipped ones only in URLs, secret-file locations and intervals
 (asserted below), so what is tested is the shipped routing, grouping, inhibition, templates and rules.
+
+Everything runs on the real clock: Prometheus and Alertmanager are Go programs, which libfaketime cannot move,
+and the exporter must share their clock (the staleness alerts and panels subtract its timestamps from
+Prometheus's ``time()``). The demo data is written relative to that clock; ``demo_clock`` and
+``this_months_budget_spend`` make what is asserted hold on every date and at every time of day.
 """
 
 from __future__ import annotations
 
 import copy
+import csv
 import datetime as dt
 import importlib.util
 import json
@@ -35,6 +41,7 @@ pytestmark = pytest.mark.e2e
 
 T = TypeVar("T")
 WAIT = 60.0  # upper bound of every wait; the whole module normally takes well under a minute
+MIDNIGHT_MARGIN = dt.timedelta(minutes=5)  # the module starts at least this long before 00:00 UTC, or after it
 FOR = "3s"  # every alert's for:, shortened
 
 
@@ -214,6 +221,66 @@ def _load_demo_generator() -> Any:
     return mod
 
 
+def demo_clock() -> dt.datetime:
+    """The real time to write the demo data for, at least ``MIDNIGHT_MARGIN`` before the next 00:00 UTC.
+
+    What the exporter makes of the data moves at midnight: the newest complete day becomes today (the AI rows
+    have hours of it), so the demo's anomaly, yesterday, is no longer the day SpendDailyAnomaly looks at; on
+    the 1st of a month, month to date starts again and the budgets go back to 0. A module run across midnight
+    would see either happen part way through, so close to midnight it waits for the new day to begin.
+    """
+    now = dt.datetime.now(dt.UTC)
+    midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    if midnight - now < MIDNIGHT_MARGIN:
+        time.sleep((midnight - now).total_seconds() + 1)
+        now = dt.datetime.now(dt.UTC)
+    return now
+
+
+def this_months_budget_spend(demo: Any, data: Path, now: dt.datetime) -> None:
+    """This month's spend for the demo budgets, where examples/generate_demo.py writes none (on the 1st).
+
+    The generator writes the clouds' days up to yesterday and the AI hours up to the last complete one, and
+    sizes this month's part of them to the budgets: data-platform over its limit, ai-platform past its
+    warning. On the 1st of a month no cloud day is in this month (data-platform would read $0), and before
+    01:00 no AI hour either (nor would ai-platform). That spend is then written here, sized as the generator
+    sizes it, as a row for today in a series of each budget: month to date counts today's rows, while the
+    newest complete day stays yesterday, the anomaly's.
+    """
+    start = dt.datetime.combine(now.date(), dt.time(), tzinfo=dt.UTC)
+
+    def row(usd: float, **cols: str) -> dict[str, str]:
+        return {
+            **dict.fromkeys(demo.HEADER, ""),
+            "BillingCurrency": "USD",
+            "ChargeCategory": "Usage",
+            "ChargePeriodStart": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "ChargePeriodEnd": (start + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "BilledCost": f"{usd:.6f}",
+            "EffectiveCost": f"{usd:.6f}",
+            **cols,
+        }
+
+    # series and accounts as the generator writes them (an account with a second name would break the panels
+    # that join spend_account_info)
+    aws = {"ProviderName": "AWS", "BillingAccountId": "111111111111", "BillingAccountName": "prod"}
+    aws |= {"SubAccountId": "111111111111", "SubAccountName": "prod", "ServiceName": "Amazon RDS"}
+    openai = {"ProviderName": "OpenAI", "BillingAccountId": "org-openai", "BillingAccountName": "OpenAI organisation"}
+    openai |= {"SubAccountId": "proj_ml", "SubAccountName": "ML Platform", "ServiceName": "chat", "x_Model": "gpt-4o"}
+    rows = []
+    if now.day == 1:  # yesterday, the generator's newest cloud day, is last month's
+        usd = demo.DATA_BUDGET_RATIO * demo.DATA_BUDGET_USD
+        rows.append(row(usd, Tags=json.dumps({"team": "data"}), **aws))
+    if now.day == 1 and now.hour == 0:  # and so is its newest AI hour, the last complete one
+        usd = demo.AI_BUDGET_RATIO * demo.AI_BUDGET_USD
+        rows.append(row(usd, **openai))  # proj_ml: team ml-platform by the demo config's attribution rules
+    if rows:
+        with open(data / "this-month.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=demo.HEADER)
+            w.writeheader()
+            w.writerows(rows)
+
+
 def _exporter_argv() -> list[str]:
     script = Path(sys.executable).with_name("spend-exporter")
     if script.exists():
@@ -239,7 +306,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         # the exporter on the demo, exactly as `make run` does: relative paths from its working directory
         work = tmp / "exporter"
-        _load_demo_generator().generate(work / "examples" / "data", now=dt.datetime.now(dt.UTC))
+        demo, now = _load_demo_generator(), demo_clock()
+        demo.generate(work / "examples" / "data", now=now)
+        this_months_budget_spend(demo, work / "examples" / "data", now)
         shutil.copy(ROOT / "examples" / "demo-config.yml", work / "demo-config.yml")
         exp_port = free_port()
         start(

@@ -1,19 +1,20 @@
-"""The focus source's Athena engine: the real boto3 Athena client against moto's server on 127.0.0.1.
+"""The focus source's Athena engine: the real boto3 Athena client against ``AthenaEmulator`` on 127.0.0.1.
 
-moto runs the executions; ``AthenaPager`` (``tests/emulators/athena.py``), an
-``Emulator`` in front of moto, pages ``GetQueryResults`` and sets the bytes
-scanned, as Athena does.
+The emulator (``tests/emulators/athena.py``) speaks Athena's wire format in the protocol the installed botocore
+uses (awsJson1_1 up to 1.44.8, rest-json from 1.44.9): executions that go QUEUED → RUNNING → SUCCEEDED or
+FAILED, bytes scanned, ``GetQueryResults`` in ``NextToken`` pages with the header row first. It runs no SQL: each
+test queues the rows its query returns (``seed``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,7 +24,7 @@ from exporter.model import FetchWindow
 from exporter.providers.base import ProviderContext, SourceError, Throttled
 from exporter.providers.focus import FocusProvider
 from exporter.providers.focus_athena import billing_periods, build_query, scan_cost_usd
-from tests.emulators.athena import AthenaPager, MotoServer, post, seed
+from tests.emulators.athena import AthenaEmulator, call, has_page_token, operation
 from tests.emulators.server import Fault, Request
 from tests.helpers import Calls, use_static_aws_credentials
 
@@ -139,16 +140,19 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def moto_server() -> Iterator[MotoServer]:
-    server = MotoServer().start()
-    yield server
-    server.stop()
+def athena_server() -> Iterator[AthenaEmulator]:
+    emu = AthenaEmulator(access_key_id=ACCESS_KEY)
+    emu.start()
+    yield emu
+    emu.stop()
 
 
 @pytest.fixture
-def moto_url(moto_server: MotoServer) -> str:
-    moto_server.reset()
-    return moto_server.url
+def athena(athena_server: AthenaEmulator) -> AthenaEmulator:
+    """The module's emulator, reset: Athena's own page cap of 1000 rows, nothing scanned, every query succeeding
+    at its first poll; tests change these settings before they start a query."""
+    athena_server.reset()
+    return athena_server
 
 
 class Accounting(Calls):
@@ -174,18 +178,17 @@ def source(url: str, **overrides: Any) -> FocusSource:
     return src
 
 
-def _queries(moto_url: str) -> list[str]:
-    import boto3
-
-    client = boto3.client("athena", region_name="us-east-1", endpoint_url=moto_url)
+def _queries(url: str) -> list[str]:
+    """The query strings the workgroup ran, read back through Athena's API with boto3."""
+    client = boto3.client("athena", region_name="us-east-1", endpoint_url=url)
     ids = client.list_query_executions()["QueryExecutionIds"]
     return [client.get_query_execution(QueryExecutionId=i)["QueryExecution"]["Query"] for i in ids]
 
 
-def test_fetch_aggregates_costs_from_the_query_results(moto_url: str) -> None:
-    seed(moto_url, ROWS + AI_ROWS)
+def test_fetch_aggregates_costs_from_the_query_results(athena: AthenaEmulator) -> None:
+    athena.seed(ROWS + AI_ROWS)
     acc = Accounting()
-    src = source(moto_url, model_column="x_model", token_type_column="x_tokentype")
+    src = source(athena.url, model_column="x_model", token_type_column="x_tokentype")
     result = FocusProvider(src, acc.ctx()).fetch(WINDOW)
 
     got = {
@@ -223,7 +226,8 @@ def test_fetch_aggregates_costs_from_the_query_results(moto_url: str) -> None:
     assert acc.op_counts() == Counter(StartQueryExecution=1, GetQueryExecution=1, GetQueryResults=1, DataScanned=1)
     assert all(st == "success" for _, st, _ in acc.calls)
 
-    (query,) = _queries(moto_url)
+    (query,) = _queries(athena.url)
+    assert athena.queries() == [query]
     assert "billing_period IN ('2026-10', '2026-11')" in query
     assert "chargeperiodstart >= TIMESTAMP '2026-10-01 00:00:00'" in query
     assert "chargeperiodstart < TIMESTAMP '2026-11-22 00:00:00'" in query
@@ -236,13 +240,12 @@ def test_fetch_aggregates_costs_from_the_query_results(moto_url: str) -> None:
     assert "chargeperiodstart <= TIMESTAMP '2026-11-21 11:00:00'" in query
 
 
-def test_without_model_and_token_type_columns_the_query_names_none(moto_url: str) -> None:
-    q = build_query(source(moto_url), WINDOW, ["team"])
+def test_without_model_and_token_type_columns_the_query_names_none(athena: AthenaEmulator) -> None:
+    q = build_query(source(athena.url), WINDOW, ["team"])
     assert "x_model" not in q and "x_tokentype" not in q
     assert "'' AS model" in q
     # token counts without a token type are input tokens, as with the DuckDB engine
-    seed(
-        moto_url,
+    athena.seed(
         [
             row(
                 "2026-11-20",
@@ -258,11 +261,11 @@ def test_without_model_and_token_type_columns_the_query_names_none(moto_url: str
             )
         ],
     )
-    (u,) = FocusProvider(source(moto_url), Accounting().ctx()).fetch(WINDOW).usage
+    (u,) = FocusProvider(source(athena.url), Accounting().ctx()).fetch(WINDOW).usage
     assert u.tokens == {"input": 10} and u.model == ""
 
 
-def test_the_query_names_only_the_partitions_of_the_window(moto_url: str) -> None:
+def test_the_query_names_only_the_partitions_of_the_window(athena: AthenaEmulator) -> None:
     warm = FetchWindow(start=dt.date(2026, 11, 18), end=dt.date(2026, 11, 21), now=NOW)
     assert billing_periods(warm) == ["2026-11"]
     assert billing_periods(FetchWindow(dt.date(2025, 12, 30), dt.date(2026, 2, 1), NOW)) == [
@@ -270,43 +273,40 @@ def test_the_query_names_only_the_partitions_of_the_window(moto_url: str) -> Non
         "2026-01",
         "2026-02",
     ]
-    src = source(moto_url, cost_column="EffectiveCost", partition_column="month")
+    src = source(athena.url, cost_column="EffectiveCost", partition_column="month")
     q = build_query(src, warm, ["team", "Team"])
     assert "month IN ('2026-11') AND" in q
     assert "SUM(effectivecost)" in q
     assert "COALESCE(element_at(tags, 'team'), element_at(tags, 'Team'))" in q
     assert '"cur"."focus_export"' in q
-    q = build_query(source(moto_url, partition_column=None), warm, ["o'brien"])
+    q = build_query(source(athena.url, partition_column=None), warm, ["o'brien"])
     assert "billing_period" not in q and " IN ('2026-" not in q and "element_at(tags, 'o''brien')" in q
 
 
-def test_polls_until_the_query_finishes(moto_url: str) -> None:
-    # moto's state manager: each execution needs 3 GetQueryExecution calls per state change
-    post(
-        f"{moto_url}/moto-api/state-manager/set-transition",
-        {"model_name": "athena::execution", "transition": {"progression": "manual", "times": 3}},
-    )
-    try:
-        seed(moto_url, ROWS)
-        acc = Accounting()
-        result = FocusProvider(source(moto_url), acc.ctx()).fetch(WINDOW)
-    finally:
-        post(f"{moto_url}/moto-api/state-manager/unset-transition", {"model_name": "athena::execution"})
+def test_polls_until_the_query_finishes(athena: AthenaEmulator) -> None:
+    # each execution answers 3 GetQueryExecution calls QUEUED, the next 3 RUNNING, then SUCCEEDED
+    athena.polls_per_state = 3
+    athena.seed(ROWS)
+    acc = Accounting()
+    result = FocusProvider(source(athena.url), acc.ctx()).fetch(WINDOW)
     assert len(result.costs) == len(ROWS)
     assert acc.op_counts()["GetQueryExecution"] >= 3
+    assert acc.op_counts()["GetQueryExecution"] == 7  # it stops polling at the first SUCCEEDED
+    assert [e.state for e in athena.executions.values()] == ["SUCCEEDED"]
 
 
-def test_pages_through_results_and_counts_the_bytes_scanned(moto_url: str) -> None:
-    seed(moto_url, ROWS)
+def test_pages_through_results_and_counts_the_bytes_scanned(athena: AthenaEmulator) -> None:
+    athena.page_size, athena.scanned = 2, 3 * TB
+    athena.seed(ROWS)
     acc = Accounting()
-    with AthenaPager(moto_url, page_size=2, scanned=3 * TB) as pager:
-        result = FocusProvider(source(pager.url), acc.ctx()).fetch(WINDOW)
-        ops = pager.operations()
+    result = FocusProvider(source(athena.url), acc.ctx()).fetch(WINDOW)
+    ops = athena.operations()
     assert len(result.costs) == len(ROWS)
     # header + 5 rows in pages of 2: 3 pages, each request counted
     assert ops.count("GetQueryResults") == 3
     assert acc.op_counts()["GetQueryResults"] == 3
-    tokens = [json.loads(r.body).get("NextToken") for r in pager.requests if r.body and b"NextToken" in r.body]
+    # the NextToken of each later page, in the body (awsJson1_1) or the query string (rest-json)
+    tokens = [call(r)[1]["NextToken"] for r in athena.requests if has_page_token(r)]
     assert tokens == ["2", "4"]
     assert acc.spent == pytest.approx(15.0)  # 3 TB x $5
     assert [c for op, _, c in acc.calls if op == "DataScanned"] == [pytest.approx(15.0)]
@@ -319,67 +319,66 @@ def test_scan_cost_rounds_up_to_a_megabyte_with_a_10_mb_minimum() -> None:
     assert scan_cost_usd(TB) == pytest.approx(5.0)
 
 
-def test_a_failed_query_raises_and_its_scan_is_still_counted(moto_url: str) -> None:
-    seed(moto_url, ROWS)
+def test_a_failed_query_raises_and_its_scan_is_still_counted(athena: AthenaEmulator) -> None:
+    athena.scanned, athena.fail = TB, "TABLE_NOT_FOUND: line 1:1: Table cur.focus_export does not exist"
+    athena.seed(ROWS)
     acc = Accounting()
-    with (
-        AthenaPager(
-            moto_url, scanned=TB, fail="TABLE_NOT_FOUND: line 1:1: Table cur.focus_export does not exist"
-        ) as pager,
-        pytest.raises(SourceError, match="failed: TABLE_NOT_FOUND"),
-    ):
-        FocusProvider(source(pager.url), acc.ctx()).fetch(WINDOW)
+    with pytest.raises(SourceError, match="failed: TABLE_NOT_FOUND"):
+        FocusProvider(source(athena.url), acc.ctx()).fetch(WINDOW)
     assert ("DataScanned", "error", pytest.approx(5.0)) in acc.calls
     assert acc.op_counts()["GetQueryResults"] == 0
 
 
-def test_a_failed_page_fails_the_whole_fetch(moto_url: str) -> None:
-    seed(moto_url, ROWS)
+def test_a_failed_page_fails_the_whole_fetch(athena: AthenaEmulator) -> None:
+    athena.page_size = 2
+    athena.seed(ROWS)
     acc = Accounting()
-    with AthenaPager(moto_url, page_size=2) as pager:
-        # start, one poll, the first page: the second page gets a 500
-        pager.inject(Fault("500", after=3))
-        with pytest.raises(SourceError, match="GetQueryResults failed: HTTP 500"):
-            FocusProvider(source(pager.url), acc.ctx()).fetch(WINDOW)
+    # start, one poll, the first page: the second page gets a 500
+    athena.inject(Fault("500", after=3))
+    with pytest.raises(SourceError, match="GetQueryResults failed: HTTP 500"):
+        FocusProvider(source(athena.url), acc.ctx()).fetch(WINDOW)
     assert ("GetQueryResults", "error", 0.0) in acc.calls
 
 
 def _polls(r: Request) -> bool:
-    return r.headers.get("x-amz-target", "").endswith(".GetQueryExecution")
+    return operation(r) == "GetQueryExecution"
 
 
-def test_a_throttled_poll_is_retried_with_backoff_without_running_the_query_again(moto_url: str) -> None:
-    seed(moto_url, ROWS)
+def test_a_throttled_poll_is_retried_with_backoff_without_running_the_query_again(athena: AthenaEmulator) -> None:
+    athena.page_size = 10
+    athena.seed(ROWS)
     acc = Accounting()
-    src = source(moto_url, throttle_retries=2, throttle_backoff="1ms")
-    with AthenaPager(moto_url, page_size=10) as pager:
-        # Athena's own form: HTTP 400 with the JSON __type TooManyRequestsException
-        pager.inject(Fault("throttle", times=2, when=_polls))
-        result = FocusProvider(src.model_copy(update={"endpoint_url": pager.url}), acc.ctx()).fetch(WINDOW)
-        assert len(result.costs) == len(ROWS)
-        assert acc.ops()[:4] == [
-            ("StartQueryExecution", "success"),
-            ("GetQueryExecution", "throttled"),
-            ("GetQueryExecution", "throttled"),
-            ("GetQueryExecution", "success"),
-        ]
-        # AWS's generic form, once more than the retries allow: the refresh fails as throttled
-        pager.throttle_error = "ThrottlingException"
-        pager.inject(Fault("throttle", times=3, when=_polls))
-        with pytest.raises(Throttled, match=r"throttled by AWS \(ThrottlingException\) on 3 attempts"):
-            FocusProvider(src.model_copy(update={"endpoint_url": pager.url}), acc.ctx()).fetch(WINDOW)
+    src = source(athena.url, throttle_retries=2, throttle_backoff="1ms")
+    # Athena's own form: HTTP 400 with the JSON __type TooManyRequestsException
+    athena.inject(Fault("throttle", times=2, when=_polls))
+    result = FocusProvider(src, acc.ctx()).fetch(WINDOW)
+    assert len(result.costs) == len(ROWS)
+    assert acc.ops()[:4] == [
+        ("StartQueryExecution", "success"),
+        ("GetQueryExecution", "throttled"),
+        ("GetQueryExecution", "throttled"),
+        ("GetQueryExecution", "success"),
+    ]
+    assert athena.operations().count("StartQueryExecution") == 1
+    # AWS's generic form, once more than the retries allow: the refresh fails as throttled
+    athena.throttle_error = "ThrottlingException"
+    athena.inject(Fault("throttle", times=3, when=_polls))
+    with pytest.raises(Throttled, match=r"throttled by AWS \(ThrottlingException\) on 3 attempts"):
+        FocusProvider(src, acc.ctx()).fetch(WINDOW)
 
 
-def test_a_result_without_the_expected_columns_is_an_error(moto_url: str) -> None:
-    seed(moto_url, rows=[("2026-11-20", "AWS")], columns=["day", "provider"])
+def test_a_result_without_the_expected_columns_is_an_error(athena: AthenaEmulator) -> None:
+    athena.seed(rows=[("2026-11-20", "AWS")], columns=["day", "provider"])
     with pytest.raises(SourceError, match="no column 'account_id'"):
-        FocusProvider(source(moto_url), Accounting().ctx()).fetch(WINDOW)
+        FocusProvider(source(athena.url), Accounting().ctx()).fetch(WINDOW)
 
 
-def test_athena_errors_name_the_operation(moto_url: str) -> None:
-    # an unknown workgroup: moto answers InvalidRequestException
-    with pytest.raises(SourceError, match="StartQueryExecution failed"):
-        FocusProvider(source(moto_url, workgroup="no-such-workgroup"), Accounting().ctx()).fetch(WINDOW)
+def test_athena_errors_name_the_operation(athena: AthenaEmulator) -> None:
+    # an unknown workgroup: Athena answers InvalidRequestException
+    with pytest.raises(
+        SourceError, match="StartQueryExecution failed: HTTP 400 InvalidRequestException: WorkGroup is not found"
+    ):
+        FocusProvider(source(athena.url, workgroup="no-such-workgroup"), Accounting().ctx()).fetch(WINDOW)
 
 
 def test_config_requires_the_keys_of_each_engine() -> None:
@@ -393,24 +392,24 @@ def test_config_requires_the_keys_of_each_engine() -> None:
         )
 
 
-def test_end_to_end_metrics_and_api_cost(moto_url: str, tmp_path: Path) -> None:
-    seed(moto_url, ROWS + AI_ROWS)
-    with AthenaPager(moto_url, page_size=3, scanned=2 * TB) as pager:
-        src = source(pager.url, model_column="x_model", token_type_column="x_tokentype").model_dump(mode="json")
-        cfg = parse_config(
-            {
-                "cache_path": str(tmp_path / "cache.sqlite"),
-                "currency_rates": {"EUR": 1.08},
-                "sources": [src],
-            }
-        )
-        app = build_app(cfg, now=lambda: NOW)
-        try:
-            (out,) = app.refresh_all()
-            assert out.ok, out.error
-            text = app.exposition()
-        finally:
-            app.close()
+def test_end_to_end_metrics_and_api_cost(athena: AthenaEmulator, tmp_path: Path) -> None:
+    athena.page_size, athena.scanned = 3, 2 * TB
+    athena.seed(ROWS + AI_ROWS)
+    src = source(athena.url, model_column="x_model", token_type_column="x_tokentype").model_dump(mode="json")
+    cfg = parse_config(
+        {
+            "cache_path": str(tmp_path / "cache.sqlite"),
+            "currency_rates": {"EUR": 1.08},
+            "sources": [src],
+        }
+    )
+    app = build_app(cfg, now=lambda: NOW)
+    try:
+        (out,) = app.refresh_all()
+        assert out.ok, out.error
+        text = app.exposition()
+    finally:
+        app.close()
     # the newest complete day is 2026-11-20: EUR 10 at 1.08 plus three USD lines
     samples = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])

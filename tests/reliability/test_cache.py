@@ -8,8 +8,10 @@
 - The saved snapshot is byte-identical to a fresh build, and is not used once the configuration,
   the data or the hour changed.
 
-The faults run the real ``spend-exporter run`` in a subprocess on the real clock; the kill lands
-where it should because the process itself says where it is (a failpoint that stops inside the
+The faults run the real ``spend-exporter run`` in a subprocess, its clock started at ``FIXED_NOW`` by
+libfaketime (``tests.clock``); what this process writes into the cache first is written on a clock fixed at
+the same moment, so the windows, the month and the hour never depend on the date the suite runs. The kill
+lands where it should because the process itself says where it is (a failpoint that stops inside the
 transaction, an emulator that holds its reply), never by guessing a delay.
 """
 
@@ -43,6 +45,7 @@ from exporter.app import App, build_app
 from exporter.config import parse_config
 from exporter.scheduler import fetch_window
 from exporter.store import Store
+from tests.clock import FIXED_NOW, fixed_clock_env
 from tests.emulators.ai_dataset import AIDataset, build_ai_dataset
 from tests.emulators.openai_admin import DEFAULT_ADMIN_KEY, OpenAIAdminEmulator
 from tests.emulators.server import Request, Response
@@ -79,7 +82,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 def today() -> dt.date:
-    return dt.datetime.now(dt.UTC).date()
+    """The day of ``FIXED_NOW``: the exporters started here start their clocks then (and run for minutes at most)."""
+    return FIXED_NOW.date()
 
 
 def free_port() -> int:
@@ -112,9 +116,9 @@ def write_config(tmp_path: Path, cache: Path, sources: list[dict[str, Any]] | No
 def fill(config: Path) -> str:
     """One refresh of every source into the cache, then a clean close (the state a running exporter leaves).
 
-    Returns the exposition it published.
+    Returns the exposition it published. It runs at ``FIXED_NOW``, where the ``Exporter`` processes start.
     """
-    app = build_app(parse_config(yaml.safe_load(config.read_text())))
+    app = build_app(parse_config(yaml.safe_load(config.read_text())), now=lambda: FIXED_NOW)
     try:
         assert all(o.ok for o in app.refresh_all())
         return app.exposition()
@@ -139,7 +143,7 @@ def stored_costs(cache: Path) -> dict[tuple[str, str], float]:
 
 
 class Exporter:
-    """``spend-exporter run`` in a subprocess, on 127.0.0.1."""
+    """``spend-exporter run`` in a subprocess, on 127.0.0.1, its clock starting at ``FIXED_NOW``."""
 
     def __init__(
         self,
@@ -159,7 +163,7 @@ class Exporter:
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=preexec_fn,
-            env={**os.environ, **(env or {})},
+            env=fixed_clock_env({**os.environ, **(env or {})}),
         )
 
     def get(self, path: str) -> tuple[int, str]:
@@ -309,7 +313,7 @@ class HoldingEmulator(OpenAIAdminEmulator):
 def test_kill_9_while_the_provider_answers_then_restart_serves_the_dataset(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exporters: list[Exporter]
 ) -> None:
-    now = dt.datetime.now(dt.UTC)
+    now = FIXED_NOW
     ds = build_ai_dataset(now, days=40)
     monkeypatch.setenv("OPENAI_ADMIN_KEY_CACHE_TEST", DEFAULT_ADMIN_KEY)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
@@ -499,7 +503,7 @@ def test_full_disk_carries_on_in_memory(
     store = Store(cache)
     state = store.get_state("focus")
     store.close()
-    window = fetch_window(cfg.sources[0], state, dt.datetime.now(dt.UTC), cold=False)
+    window = fetch_window(cfg.sources[0], state, FIXED_NOW, cold=False)  # the exporter's: it starts at FIXED_NOW
 
     def small_disk() -> None:
         # no file may grow past the limit (Python ignores SIGXFSZ: the write fails with EFBIG)
@@ -532,14 +536,11 @@ def test_run_serves_the_snapshot_the_previous_process_published(
     cache = tmp_path / "cache.sqlite"
     config = write_config(tmp_path, cache)
     focus.write(tmp_path / "exports" / "aws.csv", export_rows(focus))
-    hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
-    published = fill(config)
+    published = fill(config)  # at FIXED_NOW, 12:00; the exporter starts seconds later, in the same hour
     e = Exporter(config)
     exporters.append(e)
     e.wait_ready()
-    restored = e.status()["snapshot"]["restored_from_cache"]
-    if dt.datetime.now(dt.UTC) - hour < dt.timedelta(hours=1):  # (an hour that ends meanwhile rebuilds it)
-        assert restored is True
+    assert e.status()["snapshot"]["restored_from_cache"] is True
     assert e.get("/metrics") == (200, published)
     assert "Traceback" not in e.stop()
 

@@ -38,7 +38,7 @@ from exporter.config import parse_config
 from exporter.scheduler import BACKOFF_BASE
 from tests.emulators.ai_dataset import AIDataset, build_ai_dataset
 from tests.emulators.anthropic_admin import AnthropicAdminEmulator
-from tests.emulators.athena import AthenaPager, MotoServer
+from tests.emulators.athena import AthenaEmulator, has_page_token
 from tests.emulators.aws_ce import AwsCostExplorerEmulator
 from tests.emulators.azure_cost import AzureCostEmulator
 from tests.emulators.bigquery import BigQueryEmulator
@@ -326,19 +326,19 @@ _BOUND = re.compile(r"chargeperiodstart (>=|<) TIMESTAMP '([0-9: -]+)'")
 
 
 class AthenaRig(Rig):
-    """``focus`` with ``engine: athena``: boto3's Athena client → ``AthenaPager`` → moto. The table is the
-    dataset's Azure and OCI rows as one FOCUS export; the pager answers each query with its aggregation over
-    the days the query's ``chargeperiodstart`` bounds name (moto runs no SQL)."""
+    """``focus`` with ``engine: athena``: boto3's Athena client → ``AthenaEmulator``. The table is the
+    dataset's Azure and OCI rows as one FOCUS export; the emulator answers each query with its aggregation over
+    the days the query's ``chargeperiodstart`` bounds name (it runs no SQL)."""
 
     name = "focus_athena"
     provider = "focus"
+    access_key = "AKIATESTFAULTATHENA1"
 
-    def __init__(self, cloud: Dataset, moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def __init__(self, cloud: Dataset, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         self.cloud = cloud
-        self.moto = moto
         secret = f"{CANARY}-athena-secret-access-key"
         token = f"{CANARY}-athena-session-token"
-        use_static_aws_credentials(monkeypatch, tmp_path, "AKIATESTFAULTATHENA1", secret, region="us-east-1")
+        use_static_aws_credentials(monkeypatch, tmp_path, self.access_key, secret, region="us-east-1")
         monkeypatch.setenv("AWS_SESSION_TOKEN", token)
         self.secrets = [secret, token]
 
@@ -367,12 +367,12 @@ class AthenaRig(Rig):
 
     def make_emulator(self) -> Emulator:
         rows = len(self.rows(dt.date(2026, 10, 1), TODAY + dt.timedelta(days=1))) + 1  # the header is a row
-        return AthenaPager(self.moto.url, page_size=page_size(rows), results=self.results)
+        return AthenaEmulator(page_size=page_size(rows), results=self.results, access_key_id=self.access_key)
 
     def reset(self) -> None:
-        assert isinstance(self.emu, AthenaPager)
-        self.emu.throttle_error = AthenaPager.throttle_error
-        self.moto.reset()  # forget the executions (and their results) of earlier cases
+        assert isinstance(self.emu, AthenaEmulator)
+        self.emu.reset()  # forget the executions of earlier cases
+        self.emu.throttle_error = AthenaEmulator.throttle_error
 
     def source(self) -> dict[str, Any]:
         return {
@@ -400,12 +400,10 @@ class AthenaRig(Rig):
     def observed(self, text: str) -> dict[Key, float]:
         return dict(_all_mtd(text))
 
-    @staticmethod
-    def has_page_token(req: Request) -> bool:
-        return b'"NextToken"' in req.body
+    has_page_token = staticmethod(has_page_token)
 
     def throttle(self, variant: str) -> None:
-        assert isinstance(self.emu, AthenaPager)
+        assert isinstance(self.emu, AthenaEmulator)
         self.emu.throttle_error = variant
 
 
@@ -522,14 +520,6 @@ def servers() -> Iterator[dict[str, Emulator]]:
         emu.stop()
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    """moto's server, started once for the module and only when a focus_athena case runs."""
-    server = MotoServer().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def rig(
     request: pytest.FixtureRequest,
@@ -552,7 +542,7 @@ def rig(
     elif name == "openai":
         r = OpenAIRig(ai, monkeypatch)
     elif name == "focus_athena":
-        r = AthenaRig(cloud, request.getfixturevalue("moto"), monkeypatch, tmp_path)
+        r = AthenaRig(cloud, monkeypatch, tmp_path)
     else:
         r = AnthropicRig(ai, monkeypatch)
     if name not in servers:

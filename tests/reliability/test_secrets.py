@@ -17,7 +17,6 @@ stdout, stderr, the exposition, ``/status``, ``/config``, the landing page, a 4x
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import secrets
 import signal
@@ -41,6 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from tests.clock import FIXED_NOW, fixed_clock_env
 from tests.emulators.ai_dataset import build_ai_dataset
 from tests.emulators.anthropic_admin import AnthropicAdminEmulator
 from tests.emulators.aws_ce import AwsCostExplorerEmulator
@@ -51,6 +51,7 @@ from tests.emulators.oci_usage import OciUsageEmulator
 from tests.emulators.openai_admin import OpenAIAdminEmulator
 from tests.emulators.server import Emulator, Fault, Request, Response
 from tests.helpers import write_az_stub, write_oci_key
+from tests.pki import VALID_FROM, VALID_UNTIL
 
 CLI = [sys.executable, "-m", "exporter.cli"]
 TENANCY = "ocid1.tenancy.oc1..aaaatest"  # the OCI tenancy of the shared dataset
@@ -129,15 +130,14 @@ def _rsa() -> rsa.RSAPrivateKey:
 def _self_signed(d: Path) -> tuple[Path, Path, bytes]:
     key = _rsa()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(VALID_FROM)  # valid whatever the date (the exporter runs on FIXED_NOW, this process not)
+        .not_valid_after(VALID_UNTIL)
         .add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]), False
         )
@@ -155,7 +155,7 @@ def _self_signed(d: Path) -> tuple[Path, Path, bytes]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     d = tmp_path_factory.mktemp("secrets")
-    now = dt.datetime.now(dt.UTC)
+    now = FIXED_NOW  # the commands run with their clocks started there (``env`` below)
     dataset = build_dataset(now.date(), days=20)  # any data will do: this test is about credentials
     ai = build_ai_dataset(now, days=20)
     c: dict[str, str] = {
@@ -285,6 +285,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "HTTP_PROXY": "http://127.0.0.1:9",
         "HTTPS_PROXY": "http://127.0.0.1:9",
     }
+    env = fixed_clock_env(env)  # every command starts its clock at FIXED_NOW
     w = World(d, env, configs, web, cert, "prometheus", c["web password"], c, good, bad)
     yield w
     for e in [*good.values(), *bad.values()]:
@@ -570,7 +571,7 @@ def test_run_serves_no_secret_on_any_endpoint(world: World, results: dict[str, A
     assert "Incorrect API key provided: <redacted>" in errors["openai"]
     for where, body in served.bodies.items():
         assert_no_leak(world, where, body)
-        if "(auth)" not in where:
+        if "(auth)" not in where and not where.startswith(("/-/healthy ", "/-/ready ")):
             assert " 401" in where or where.startswith("/metrics (openmetrics)"), where
     assert [k for k in served.bodies if k.startswith("/metrics (auth)")] == ["/metrics (auth) 200"]
     config_shown = served.bodies["/config (auth) 200"].decode()
