@@ -21,8 +21,8 @@ from typing import Any
 
 from exporter import warmstart
 from exporter.attribution import Resolver
-from exporter.collector import clean_label_value
 from exporter.config import Config, SourceBase
+from exporter.exposition import clean_label_value
 from exporter.model import TOKEN_TYPES, FetchResult, FetchWindow, cost_tuples
 from exporter.providers import REGISTRY, create_provider
 from exporter.providers.base import PaidCallCapReached, Provider, ProviderContext, SourceError, Throttled

@@ -107,7 +107,7 @@ class FetchWindow:
         return top - dt.timedelta(hours=1)
 
 
-CostRow = tuple[dt.date, str, str, str, float, str, "str | None", str]
+CostRecordTuple = tuple[dt.date, str, str, str, float, str, "str | None", str]  # a CostRecord, field by field
 _COST_LABELS = (1, 2, 3, 6, 7)  # provider, account_id, service_name, team_tag, model
 
 
@@ -121,7 +121,7 @@ class CostRows(Sequence[CostRecord]):
 
     __slots__ = ("rows",)
 
-    def __init__(self, rows: list[CostRow]) -> None:
+    def __init__(self, rows: list[CostRecordTuple]) -> None:
         self.rows = rows
 
     def __len__(self) -> int:
@@ -163,7 +163,7 @@ class CostRows(Sequence[CostRecord]):
         return CostRows(rows), n
 
 
-def cost_tuples(costs: Sequence[CostRecord]) -> Iterable[CostRow]:
+def cost_tuples(costs: Sequence[CostRecord]) -> Iterable[CostRecordTuple]:
     """``costs`` as tuples in field order; a ``CostRows`` gives its rows without building records."""
     if isinstance(costs, CostRows):
         return costs.rows

@@ -28,16 +28,30 @@ import platform
 from pathlib import Path
 
 from exporter import __version__
-from exporter.collector import Family, render
+from exporter.budgets import BudgetFigure
+from exporter.cacheschema import SCHEMA_VERSION
 from exporter.config import Config
-from exporter.snapshot import BudgetFigure, Dates, Snapshot
-from exporter.store import SCHEMA_VERSION, Store
+from exporter.exposition import Family, render
+from exporter.forecast import Dates
+from exporter.snapshot import Snapshot
+from exporter.store import Store
 
 log = logging.getLogger(__name__)
 
 FORMAT = 2  # 2: meta holds mtd_by_source
 # what turns the store into exposition bytes: a change to any of them must not serve an old rendering
-_CODE = ("snapshot.py", "collector.py", "pricing.py", "pricing.yml", "warmstart.py")
+_CODE = (
+    "snapshot.py",
+    "metrics.py",
+    "forecast.py",
+    "budgets.py",
+    "cardinality.py",
+    "exposition.py",
+    "store.py",
+    "pricing.py",
+    "pricing.yml",
+    "warmstart.py",
+)
 
 
 def snapshot_key(config: Config) -> str:

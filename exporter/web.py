@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from exporter import __version__
-from exporter.collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 

@@ -202,7 +202,7 @@ def test_every_query_is_valid_promql(tmp_path: Path) -> None:
 
 def test_queries_use_only_the_contract_families() -> None:
     """Every spend_* name in a query is a family in DESIGN.md or one of our recording rules."""
-    from exporter.snapshot import describe_families
+    from exporter.metrics import describe_families
 
     families = {f["name"] for f in describe_families()}
     recorded = {

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from exporter.config import SOURCE_TYPES, Attribution, Budget, Config, SourceBase
+from exporter.metrics import describe_families
 from exporter.providers import REGISTRY
-from exporter.snapshot import describe_families
 
 ROOT = Path(__file__).resolve().parent.parent
 

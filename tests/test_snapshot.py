@@ -22,9 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from exporter.app import App, build_app
-from exporter.collector import escape_label_value, format_value, render_samples
+from exporter.cardinality import OTHER
 from exporter.config import parse_config
-from exporter.snapshot import COST_LABELS, EXPORTER_FAMILIES, FAMILIES, OTHER
+from exporter.exposition import escape_label_value, format_value, render_samples
+from exporter.metrics import COST_LABELS, EXPORTER_FAMILIES, FAMILIES
 from tests.helpers import series
 
 UTC = dt.UTC

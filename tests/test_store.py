@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from exporter.app import App, build_app
 from exporter.config import parse_config
-from exporter.store import Store
+from exporter.store import CostWindows, Replacement, SourceState, Store
 from tests.helpers import series
 
 DAY = dt.timedelta(days=1)
@@ -147,10 +148,10 @@ def test_corrupted_cache_is_moved_aside_and_rebuilt(
         cache.write_bytes(bytes(data))
     damaged = cache.read_bytes()
 
-    caplog.set_level(logging.WARNING, logger="exporter.store")
+    caplog.set_level(logging.WARNING, logger="exporter.cachefile")
     app = build_app(cfg, now=clock)
     try:
-        warnings = [r.getMessage() for r in caplog.records if r.name == "exporter.store"]
+        warnings = [r.getMessage() for r in caplog.records if r.name == "exporter.cachefile"]
         assert len(warnings) == 1
         assert f"cache file {cache} is unreadable" in warnings[0]
         assert "moving it to" in warnings[0]
@@ -202,7 +203,7 @@ def test_cache_of_another_schema_version_is_moved_aside(tmp_path: Path, caplog: 
     conn.execute("UPDATE meta SET value='999' WHERE key='schema_version'")
     conn.commit()
     conn.close()
-    with caplog.at_level(logging.WARNING, logger="exporter.store"):
+    with caplog.at_level(logging.WARNING, logger="exporter.cachefile"):
         store = Store(path)
     try:
         assert "schema version 999" in caplog.text
@@ -295,3 +296,96 @@ def test_failed_refresh_keeps_the_last_good_data(tmp_path: Path, clock: Any, foc
         assert state.fetched_through == today
     finally:
         app.close()
+
+
+# --------------------------------------------------------------------------- the snapshot's reads
+
+D = dt.date
+
+
+# the windows of a snapshot built on 2025-03-15 whose newest complete day is the 14th
+WINDOWS = CostWindows(
+    today=D(2025, 3, 15),
+    month_start=D(2025, 3, 1),
+    day=D(2025, 3, 14),
+    baseline=(D(2025, 2, 14), D(2025, 3, 13)),
+    recent=(D(2025, 3, 8), D(2025, 3, 14)),
+    previous_month=(D(2025, 2, 1), D(2025, 2, 28)),
+)
+
+
+def put(store: Store, source: str, costs: list[Any], usage: list[Any] | None = None, hourly: Any = None) -> None:
+    usage = usage or []
+    days = [D.fromisoformat(r[0]) for r in costs + usage]
+    rep = Replacement(min(days), max(days), costs, usage, hourly, [("openai", "proj", "Project")], [])
+    store.replace(source, rep, SourceState(source=source))
+
+
+def test_cost_by_series_sums_each_window(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.sqlite")
+    try:
+        a = ("aws", "111", "EC2", "search", "")
+        b = ("aws", "111", "S3", "search", "")
+        old = ("aws", "111", "Glacier", "search", "")
+        every_day = [((D(2025, 2, 1) + i * DAY).isoformat(), *a, 1.0) for i in range(43)]  # Feb 1 .. Mar 15
+        put(store, "s", [*every_day, ("2025-03-14", *b, 2.0), ("2025-01-10", *old, 3.0)])
+        assert store.cost_days("s", D(2025, 3, 15)) == (D(2025, 3, 14), D(2025, 1, 10))
+        assert store.cost_days("other", D(2025, 3, 15)) == (None, None)
+        assert store.has_costs("s") and not store.has_costs("other")
+        rows = {r[:5]: r[5:] for r in store.cost_by_series("s", WINDOWS)}
+        # month to date (with today), has it, through the day, the day, baseline sum and squares,
+        # seen from the baseline on, the recent 7 days, the previous month, has it
+        assert rows == {a: (15.0, 1, 14.0, 1.0, 28.0, 28.0, 1, 7.0, 28.0, 1), b: (2.0, 1, 2.0, 2.0, 0, 0, 1, 2.0, 0, 0)}
+    finally:
+        store.close()
+
+
+def test_usage_hourly_forecast_and_account_reads(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.sqlite")
+    try:
+        x = ("openai", "proj", "chat", "search", "gpt-4o")
+        y = ("openai", "proj", "chat", "search", "gpt-4o-mini")
+        hour = dt.datetime(2025, 3, 15, 9, tzinfo=dt.UTC).timestamp()
+        put(
+            store,
+            "ai",
+            [("2025-03-14", *x, 1.0)],
+            usage=[
+                ("2025-02-20", *y, 9, 9, 9, 9, 9),
+                ("2025-03-02", *x, 1, 2, 3, 4, 5),
+                ("2025-03-03", *x, 1, 0, 0, 0, 1),
+            ],
+            hourly=[(hour, *x, 10, 20, 0, 0, 3), (hour - 3600, *y, 5, 5, 0, 0, 1), (hour - 90000, *x, 7, 7, 7, 7, 7)],
+        )
+        usage = {r[:5]: r[5:] for r in store.usage_by_series("ai", D(2025, 3, 1), D(2025, 2, 1), D(2025, 3, 15))}
+        assert usage == {x: (2, 2, 3, 4, 6), y: (0, 0, 0, 0, 0)}  # y: used last month only, so 0 this month
+        hourly = {r[:5]: r[5:] for r in store.hourly_by_series("ai", hour)}
+        assert hourly == {x: (10, 20, 0, 0), y: (0, 0, 0, 0)}  # y: seen in the last day, not in this hour
+        assert store.accounts("ai") == [("openai", "proj", "Project")]
+        assert store.provider_forecasts("ai") == []
+    finally:
+        store.close()
+
+
+def test_a_damaged_file_found_by_a_snapshot_read_is_recovered(tmp_path: Path) -> None:
+    """The snapshot reads through the store's recovery: damage is moved aside, not raised into the refresh."""
+    path = tmp_path / "c.sqlite"
+    store = Store(path)
+    services = [("aws", "111", f"svc-{j}", "search", "") for j in range(10)]
+    put(store, "s", [((D(2024, 2, 1) + i * DAY).isoformat(), *s, 1.0) for i in range(400) for s in services])
+    store.close()
+    data = bytearray(path.read_bytes())
+    data[4 * 4096 :] = b"\xa5" * (len(data) - 4 * 4096)  # the cost table's pages and its indexes
+    path.write_bytes(bytes(data))
+
+    store = Store(path)
+    reset = threading.Event()
+    store.on_reset.append(reset.set)
+    try:
+        store.cost_by_series("s", WINDOWS)  # either this read or the check after start finds the damage
+        assert reset.wait(30)
+        assert store.cost_by_series("s", WINDOWS) == []
+        assert store.persistent
+        assert list(tmp_path.glob("c.sqlite.corrupt-*"))
+    finally:
+        store.close()

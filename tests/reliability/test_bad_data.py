@@ -22,8 +22,8 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 
 from exporter.app import App, build_app
-from exporter.collector import MAX_LABEL_VALUE_BYTES
 from exporter.config import parse_config
+from exporter.exposition import MAX_LABEL_VALUE_BYTES
 from tests.helpers import series
 
 UTC = dt.UTC
@@ -388,7 +388,7 @@ def test_one_megabyte_label_values_are_truncated_and_counted(env: Any, focus: An
 
 def test_the_engine_cleans_every_label_value_a_provider_returns() -> None:
     """What any provider hands over (JSON APIs can decode to lone surrogates) is cleaned before the cache."""
-    from exporter.collector import clean_label_value
+    from exporter.exposition import clean_label_value
     from exporter.model import AccountInfo, CostRecord, FetchResult, HourlyUsage, ProviderForecast, UsageRecord
 
     day = dt.date(2025, 3, 10)

@@ -1,0 +1,124 @@
+"""The cache's tables: their SQL, the schema version, and the checks that a file holds them.
+
+``exporter.cachefile`` calls ``check_tables`` on a file before anything writes to it (a file of
+another program is moved aside, not altered) and ``create_tables`` once it is open; the store
+(``exporter.store``) reads and writes the tables.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from exporter.cachefile import CacheFileError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cost (
+    source TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
+    service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL, cost_usd REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cost_source_day ON cost (source, day);
+-- covers the snapshot's aggregation: rows come out grouped by series, no sort (8x faster at 100k series)
+CREATE INDEX IF NOT EXISTS cost_series ON cost (source, provider, account_id, service_name, team, model, day, cost_usd);
+CREATE TABLE IF NOT EXISTS usage (
+    source TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
+    service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL,
+    input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
+    cache_write INTEGER NOT NULL, requests INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_source_day ON usage (source, day);
+CREATE TABLE IF NOT EXISTS hourly (
+    source TEXT NOT NULL, hour REAL NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
+    service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL,
+    input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
+    cache_write INTEGER NOT NULL, requests INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS hourly_source ON hourly (source, hour);
+CREATE TABLE IF NOT EXISTS accounts (
+    source TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL, account_name TEXT NOT NULL,
+    PRIMARY KEY (source, provider, account_id)
+);
+CREATE TABLE IF NOT EXISTS forecasts (
+    source TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL, remaining_usd REAL NOT NULL,
+    PRIMARY KEY (source, provider, account_id)
+);
+CREATE TABLE IF NOT EXISTS source_state (
+    source TEXT PRIMARY KEY,
+    config_hash TEXT,
+    last_attempt REAL,
+    last_success REAL,
+    last_error TEXT,
+    last_duration REAL,
+    data_through REAL,
+    fetched_through TEXT,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    next_refresh REAL,
+    skipped_records INTEGER NOT NULL DEFAULT 0,
+    skipped_detail TEXT
+);
+CREATE TABLE IF NOT EXISTS api_calls (
+    source TEXT NOT NULL, day TEXT NOT NULL, operation TEXT NOT NULL, status TEXT NOT NULL,
+    requests INTEGER NOT NULL, cost_usd REAL NOT NULL,
+    PRIMARY KEY (source, day, operation, status)
+);
+-- the last published snapshot, valid only while meta.generation is still the one it was built at
+CREATE TABLE IF NOT EXISTS snapshot (
+    id INTEGER PRIMARY KEY CHECK (id = 1), key TEXT NOT NULL, generation INTEGER NOT NULL,
+    meta TEXT NOT NULL, body BLOB NOT NULL
+);
+"""
+
+
+def _expected_columns() -> dict[str, list[str]]:
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(_SCHEMA)
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    out = {t: [c[1] for c in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+    conn.close()
+    return out
+
+
+_COLUMNS = _expected_columns()
+
+
+def check_tables(conn: sqlite3.Connection) -> None:
+    """A table of ours with other columns (another program's file, a hand-edited one) is not a cache we can use."""
+    for table, want in _COLUMNS.items():
+        have = [c[1] for c in conn.execute(f"PRAGMA table_info({table})")]
+        if have and have != want:
+            raise CacheFileError(f"table {table} has columns {', '.join(have)}, not the cache schema's")
+
+
+def create_tables(conn: sqlite3.Connection) -> None:
+    """Create what is missing, merge rows of an older cache once; a file of another schema version raises."""
+    had_series_index = conn.execute("SELECT 1 FROM sqlite_master WHERE name='cost_series'").fetchone()
+    check_tables(conn)
+    conn.executescript(_SCHEMA)
+    if not had_series_index:
+        _merge_cost_duplicates(conn)
+    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    if row is None:
+        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    elif row[0] != str(SCHEMA_VERSION):
+        raise CacheFileError(f"schema version {row[0]} is not {SCHEMA_VERSION}")
+    conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+
+
+def _merge_cost_duplicates(conn: sqlite3.Connection) -> None:
+    """A cache written before one-row-per-day-and-series: merge its duplicate rows once."""
+    cols = "source, day, provider, account_id, service_name, team, model"
+    dup = conn.execute(f"SELECT 1 FROM cost GROUP BY {cols} HAVING COUNT(*) > 1 LIMIT 1").fetchone()
+    if not dup:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(f"CREATE TEMP TABLE merged AS SELECT {cols}, SUM(cost_usd) FROM cost GROUP BY {cols}")
+        conn.execute("DELETE FROM cost")
+        conn.execute("INSERT INTO cost SELECT * FROM merged")
+        conn.execute("DROP TABLE merged")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
