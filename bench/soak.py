@@ -293,7 +293,7 @@ def report(
     info: dict[str, Any],
     log_text: str,
 ) -> dict[str, Any]:
-    from exporter.config import parse_duration
+    from exporter.config_types import parse_duration
 
     t_start = info["t_start"]
     lat = [s[1] for s in scrapes]

@@ -21,13 +21,15 @@ from typing import Any
 
 from exporter import warmstart
 from exporter.attribution import Resolver
-from exporter.config import Config, SourceBase
+from exporter.config import Config
 from exporter.exposition import clean_label_value
 from exporter.model import TOKEN_TYPES, FetchResult, FetchWindow, cost_tuples
-from exporter.providers import REGISTRY, create_provider
+from exporter.providers import create_provider
 from exporter.providers.base import PaidCallCapReached, Provider, ProviderContext, SourceError, Throttled
 from exporter.scheduler import Scheduler, fetch_window, next_midnight, utc_now
 from exporter.snapshot import Snapshot, SnapshotBuilder
+from exporter.sources import SOURCES
+from exporter.sources.base import SourceBase
 from exporter.store import Replacement, SourceState, Store
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ class App:
         self.builder = SnapshotBuilder(
             config,
             self.store,
-            {s.name: (REGISTRY[s.type].provider, REGISTRY[s.type].api, s.interval) for s in config.sources},
+            {s.name: (SOURCES[s.type].provider, SOURCES[s.type].api, s.interval) for s in config.sources},
             price=price,
         )
         self.scheduler = Scheduler(self, now=now, rng=rng)
@@ -445,7 +447,7 @@ class App:
                 {
                     "name": src.name,
                     "type": src.type,  # type: ignore[attr-defined]
-                    "provider": REGISTRY[src.type].provider,  # type: ignore[attr-defined]
+                    "provider": SOURCES[src.type].provider,
                     "up": st.up,
                     "refreshing": rt.refreshing,
                     "last_attempt": _iso(st.last_attempt),

@@ -3,6 +3,9 @@
 Every error names its key path (``sources[2].interval: invalid duration
 'soon'``) and all errors are reported at once. ``${VAR}`` and
 ``${VAR:-default}`` in string values are replaced from the environment.
+
+The sources' models are declared by their types (``exporter.sources``), the keys' value types in
+``exporter.config_types``; this module holds the rest of the file and the loading.
 """
 
 from __future__ import annotations
@@ -12,318 +15,27 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    ValidationError,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
-)
+from pydantic import BeforeValidator, Field, ValidationError, WithJsonSchema, field_validator, model_validator
+
+from exporter.config_types import ENV_NAME_RE, ConfigModel, NonEmptyStr
+from exporter.sources import SOURCES
+from exporter.sources.base import SourceBase
 
 DEFAULT_PORT = 9877
 
-_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d|w))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_NUMBER_RE = re.compile(r"^[-+]?\d+(?:\.\d+)?$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: Any) -> float:
-    """``6h``, ``15m``, ``1h30m``, ``90s``, ``500ms`` → seconds.
-
-    A bare number (``15``) is refused: Prometheus durations carry a unit, and ``15`` could mean minutes as well
-    as seconds.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r} (use e.g. 15m, 6h, 1d)")
-    text = str(value).strip() if isinstance(value, int | float | str) else None
-    if text is not None and _NUMBER_RE.match(text):
-        if float(text) <= 0:
-            raise ValueError(f"invalid duration {value!r}: must be greater than 0, with a unit (e.g. 15s)")
-        raise ValueError(f"invalid duration {value!r}: a unit is required, e.g. '{text.lstrip('+')}s'")
-    if text is not None and _DURATION_RE.match(text):
-        total = sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(text))
-        if total > 0:
-            return total
-        raise ValueError(f"invalid duration {value!r}: must be greater than 0")
-    raise ValueError(f"invalid duration {value!r} (use e.g. 15m, 6h, 1d)")
-
-
-def format_duration(seconds: float) -> str:
-    s = int(seconds)
-    if s != seconds:
-        return f"{seconds}s"
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if s % size == 0:
-            return f"{s // size}{unit}"
-    return f"{s}s"
-
-
-def _duration_validator(value: Any) -> float:
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        # pydantic prefixes "Value error, "; keep our text clean
-        raise ValueError(str(e)) from None
-
-
-Duration = Annotated[
-    float,
-    BeforeValidator(_duration_validator),
-    PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d|w))+$",
-            "description": "A duration such as 15m, 6h or 1d.",
-        }
-    ),
-]
-
-NonEmptyStr = Annotated[str, Field(min_length=1)]
-
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _env_name(value: str) -> str:
-    if not _ENV_NAME_RE.match(value):
-        # never echo the value: what lands here by mistake is most often the secret itself
-        raise ValueError(
-            "not a valid environment variable name (letters, digits and _, not starting with a digit): "
-            "give the name of the variable that holds the secret, not the secret"
-        )
-    return value
-
-
-EnvName = Annotated[
-    str,
-    AfterValidator(_env_name),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": _ENV_NAME_RE.pattern,
-            "description": "The name of an environment variable (not its value).",
-        }
-    ),
-]
-"""The name of an environment variable; every ``*_env`` key is one."""
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 # --------------------------------------------------------------------------- sources
 
+if TYPE_CHECKING:  # a union built at run time is no type to mypy: there, a source is a SourceBase
+    SourceConfig = SourceBase
+else:
+    SourceConfig = Annotated[Union[tuple(s.config for s in SOURCES.values())], Field(discriminator="type")]
+"""One source, of any type in ``exporter.sources.SOURCES``, told apart by its ``type`` key."""
 
-class SourceBase(_Model):
-    FETCH_NEUTRAL: ClassVar[frozenset[str]] = frozenset(
-        {"interval", "jitter", "timeout", "backoff_max", "max_api_cost_usd_per_day"}
-    )
-    """Keys that change when or how patiently a source is fetched, not what: changing one keeps the cache."""
-
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
-    interval: Duration = 6 * 3600.0
-    jitter: Annotated[float, Field(ge=0, le=0.5)] = 0.1
-    """Fraction of the interval by which each refresh is randomly delayed."""
-    timeout: Duration = 300.0
-    restatement_days: Annotated[int, Field(ge=0, le=60)] = 3
-    max_api_cost_usd_per_day: Annotated[float, Field(ge=0)] | None = None
-    backoff_max: Duration = 3600.0
-    history_days: Annotated[int, Field(ge=1, le=400)] = 35
-    """Days fetched on a cold cache besides the previous month (for baselines)."""
-
-
-class AwsSource(SourceBase):
-    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"throttle_retries", "throttle_backoff", "throttle_max_wait"}
-    type: Literal["aws"]
-    endpoint_url: str | None = None
-    region: str = "us-east-1"
-    account_id: str | None = None
-    cost_metric: Literal["UnblendedCost", "AmortizedCost", "NetUnblendedCost", "NetAmortizedCost"] = "UnblendedCost"
-    group_by_account: bool = False
-    team_tag_key: NonEmptyStr = "team"
-    include_credits: bool = False
-    forecast: bool = True
-    max_api_cost_usd_per_day: Annotated[float, Field(ge=0)] | None = 1.00
-    profile: str | None = None
-    bedrock_models: bool = True
-    """One more query per account breaks Amazon Bedrock down by usage type to fill ``model``."""
-    throttle_retries: Annotated[int, Field(ge=0, le=10)] = 4
-    throttle_backoff: Duration = 1.0
-    """First wait after a throttled call; doubled on each retry, each wait at most ``throttle_max_wait``."""
-    throttle_max_wait: Duration = 30.0
-
-
-class AzureSource(SourceBase):
-    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"throttle_retries", "throttle_backoff", "throttle_max_wait"}
-    type: Literal["azure"]
-    scopes: Annotated[list[NonEmptyStr], Field(min_length=1)]
-    cost_type: Literal["ActualCost", "AmortizedCost"] = "ActualCost"
-    team_tag_key: NonEmptyStr = "team"
-    credential: Literal["default", "cli", "environment", "managed_identity", "workload_identity"] = "default"
-    base_url: str | None = None
-    forecast: bool = True
-    cost_column: Literal["PreTaxCost", "Cost"] = "PreTaxCost"
-    openai_models: bool = True
-    """One more query per scope breaks Azure OpenAI down by meter to fill ``model``."""
-    throttle_retries: Annotated[int, Field(ge=0, le=10)] = 3
-    throttle_backoff: Duration = 5.0
-    """Wait after a 429 that names no retry-after time; doubled on each retry."""
-    throttle_max_wait: Duration = 60.0
-    """Longest wait honoured; a longer retry-after fails the refresh and the scheduler retries later."""
-
-
-class OciTeamTag(_Model):
-    namespace: NonEmptyStr
-    key: NonEmptyStr
-
-
-class OciSource(SourceBase):
-    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"retry_max_attempts", "retry_base_delay", "retry_max_delay"}
-    type: Literal["oci"]
-    tenancy_id: NonEmptyStr
-    config_file: str = "~/.oci/config"
-    profile: str = "DEFAULT"
-    auth: Literal["config_file", "instance_principal"] = "config_file"
-    team_tag: OciTeamTag | None = None
-    service_endpoint: str | None = None
-    region: str | None = None
-    currency: Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")] | None = None
-    """Currency of the OCI subscription, used for items whose ``currency`` the Usage API leaves blank."""
-    retry_max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
-    retry_base_delay: Duration = 1.0
-    retry_max_delay: Duration = 30.0
-
-
-class GcpBigQuerySource(SourceBase):
-    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {
-        "price_usd_per_tib",
-        "maximum_bytes_billed",
-        "retry_deadline",
-        "retry_base_delay",
-        "retry_max_delay",
-    }
-    type: Literal["gcp_bigquery"]
-    table: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+\.[A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$")]
-    project: str | None = None
-    """Project that runs (and pays for) the query; defaults to the table's project."""
-    location: str | None = None
-    team_label_key: NonEmptyStr = "team"
-    api_endpoint: str | None = None
-    credentials: Literal["default", "anonymous"] = "default"
-    price_usd_per_tib: Annotated[float, Field(ge=0)] = 6.25
-    partition_margin_days: Annotated[int, Field(ge=0, le=31)] = 1
-    """Partitions before the first day fetched that are still scanned (partitions are by export time)."""
-    maximum_bytes_billed: Annotated[int, Field(ge=1)] | None = None
-    retry_deadline: Duration = 60.0
-    retry_base_delay: Duration = 1.0
-    retry_max_delay: Duration = 10.0
-
-
-class AdminApiSource(SourceBase):
-    """Keys shared by the AI admin-API sources (``openai``, ``anthropic``)."""
-
-    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"request_timeout", "max_retries", "max_retry_wait"}
-    interval: Duration = 900.0
-    admin_key_env: EnvName
-    base_url: str | None = None
-    request_timeout: Duration = 60.0
-    """Timeout of one HTTP request (bounded by what is left of ``timeout``)."""
-    max_retries: Annotated[int, Field(ge=0, le=10)] = 3
-    """Retries of a throttled (429) request that says when to retry."""
-    max_retry_wait: Duration = 60.0
-    """Longest ``retry-after`` honoured; a longer one fails the refresh as throttled."""
-
-
-class OpenAISource(AdminApiSource):
-    type: Literal["openai"]
-    admin_key_env: EnvName = "OPENAI_ADMIN_KEY"
-    usage_endpoints: list[Literal["completions", "embeddings", "images", "audio_speeches", "audio_transcriptions"]] = [
-        "completions"
-    ]
-
-
-class AnthropicSource(AdminApiSource):
-    type: Literal["anthropic"]
-    admin_key_env: EnvName = "ANTHROPIC_ADMIN_KEY"
-
-
-SqlName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)]
-
-
-class FocusSource(SourceBase):
-    """FOCUS exports: local files through DuckDB, or (``engine: athena``) a table in S3 queried by Athena."""
-
-    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {
-        "poll_interval",
-        "throttle_retries",
-        "throttle_backoff",
-        "throttle_max_wait",
-        "memory_limit",
-        "threads",
-    }
-    type: Literal["focus"]
-    interval: Duration = 3600.0
-    paths: list[NonEmptyStr] = []
-    cost_column: Literal["BilledCost", "EffectiveCost"] = "BilledCost"
-    memory_limit: Annotated[str, Field(pattern=r"(?i)^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")] | None = "512MB"
-    """DuckDB: memory of one refresh's query beyond which it spills to disk (null: DuckDB's 80% of RAM)."""
-    threads: Annotated[int, Field(ge=1, le=256)] = 2
-    """DuckDB: threads of one refresh's query."""
-    engine: Literal["duckdb", "athena"] = "duckdb"
-    database: SqlName | None = None
-    table: SqlName | None = None
-    workgroup: NonEmptyStr = "primary"
-    output_location: str | None = None
-    """s3://bucket/prefix/ for query results; not needed when the workgroup sets one."""
-    region: NonEmptyStr = "us-east-1"
-    endpoint_url: str | None = None
-    partition_column: SqlName | None = "billing_period"
-    """Partition holding the billing month as YYYY-MM (AWS Data Exports' layout); null to scan the whole table."""
-    poll_interval: Duration = 1.0
-    """Wait between two GetQueryExecution polls."""
-    model_column: SqlName | None = None
-    """Athena: the table's column holding the AI model (e.g. x_model), if it has one; else model is empty."""
-    token_type_column: SqlName | None = None
-    """Athena: the table's column holding the token type (e.g. x_tokentype); else token counts are input."""
-    throttle_retries: Annotated[int, Field(ge=0, le=10)] = 4
-    """Athena: retries of a throttled request (TooManyRequestsException, ThrottlingException) before it fails."""
-    throttle_backoff: Duration = 1.0
-    """Athena: first wait after a throttled request; doubled on each retry, each wait at most ``throttle_max_wait``."""
-    throttle_max_wait: Duration = 30.0
-
-    @model_validator(mode="after")
-    def _engine_keys(self) -> FocusSource:
-        if self.engine == "duckdb" and not self.paths:
-            raise ValueError("paths: needed with engine duckdb (a list of files or globs)")
-        if self.engine == "athena" and (not self.database or not self.table):
-            raise ValueError("database and table: needed with engine athena")
-        return self
-
-
-SourceConfig = Annotated[
-    Union[AwsSource, AzureSource, OciSource, GcpBigQuerySource, OpenAISource, AnthropicSource, FocusSource],
-    Field(discriminator="type"),
-]
-
-SOURCE_TYPES: dict[str, type[SourceBase]] = {
-    "aws": AwsSource,
-    "azure": AzureSource,
-    "oci": OciSource,
-    "gcp_bigquery": GcpBigQuerySource,
-    "openai": OpenAISource,
-    "anthropic": AnthropicSource,
-    "focus": FocusSource,
-}
+SOURCE_TYPES: dict[str, type[SourceBase]] = {t: s.config for t, s in SOURCES.items()}
+"""Source ``type`` → its config model."""
 
 # --------------------------------------------------------------------------- the rest
 
@@ -334,7 +46,7 @@ StrOrList = Annotated[
 ]
 
 
-class RuleMatch(_Model):
+class RuleMatch(ConfigModel):
     provider: StrOrList | None = None
     account_id: StrOrList | None = None
     service_name: StrOrList | None = None
@@ -347,17 +59,17 @@ class RuleMatch(_Model):
         return self
 
 
-class AttributionRule(_Model):
+class AttributionRule(ConfigModel):
     match: RuleMatch
     team: NonEmptyStr
 
 
-class Attribution(_Model):
+class Attribution(ConfigModel):
     team_tag_keys: list[NonEmptyStr] = ["team", "Team"]
     rules: list[AttributionRule] = []
 
 
-class BudgetMatch(_Model):
+class BudgetMatch(ConfigModel):
     provider: StrOrList | None = None
     account_id: StrOrList | None = None
     service_name: StrOrList | None = None
@@ -365,7 +77,7 @@ class BudgetMatch(_Model):
     model: StrOrList | None = None
 
 
-class Budget(_Model):
+class Budget(ConfigModel):
     name: Annotated[str, Field(min_length=1, max_length=128)]
     amount_usd: Annotated[float, Field(gt=0)]
     team: str | None = None
@@ -374,7 +86,7 @@ class Budget(_Model):
     match: BudgetMatch = BudgetMatch()
 
 
-class Config(_Model):
+class Config(ConfigModel):
     listen_address: str = f":{DEFAULT_PORT}"
     cache_path: str = "./data/spend-cache.sqlite"
     currency_rates: dict[Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")], Annotated[float, Field(gt=0)]] = {}
@@ -611,7 +323,7 @@ def redacted(raw: dict[str, Any]) -> dict[str, Any]:
             return [walk(v, key) for v in node]
         if isinstance(node, str) and key.endswith("_env"):
             # the name of a variable is not a secret; anything else here is probably the value pasted by mistake
-            return node if _ENV_NAME_RE.match(node) or _ENV_RE.fullmatch(node) else REDACTED
+            return node if ENV_NAME_RE.match(node) or _ENV_RE.fullmatch(node) else REDACTED
         if isinstance(node, str) and _SECRET_KEY.search(key):
             return node if _ENV_RE.fullmatch(node) else REDACTED
         if isinstance(node, str) and "@" in node:

@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from exporter.config import SourceBase
 from exporter.model import FetchWindow
 from exporter.osutil import release_freed_memory
+from exporter.sources.base import SourceBase
 from exporter.store import SourceState
 
 if TYPE_CHECKING:

@@ -29,13 +29,12 @@ from exporter.config import (
     SOURCE_TYPES,
     Config,
     ConfigError,
-    FocusSource,
-    format_duration,
     load_config,
     parse_config,
-    parse_duration,
     redacted,
 )
+from exporter.config_types import format_duration, parse_duration
+from exporter.sources.focus import FocusSource
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = Path(__file__).resolve().parent / "data" / "bad-configs"

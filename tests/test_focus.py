@@ -23,10 +23,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import App, build_app
-from exporter.config import FocusSource, parse_config
+from exporter.config import parse_config
 from exporter.model import FetchResult, FetchWindow
 from exporter.providers.base import ProviderContext, SourceError
-from exporter.providers.focus import FocusProvider, normalise_provider
+from exporter.providers.focus import FocusProvider
+from exporter.providers.focus_records import normalise_provider
+from exporter.sources.focus import FocusSource
 
 UTC = dt.UTC
 NOW = dt.datetime(2025, 3, 15, 10, 30, tzinfo=UTC)

@@ -16,11 +16,18 @@ from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, TypeVar
 
-from exporter.config import AdminApiSource
-from exporter.providers.base import ProviderContext, RetryPolicy, SourceError, Throttled, retry_after_seconds
+from exporter.providers.base import (
+    MAX_PAGES,
+    ProviderContext,
+    RetryPolicy,
+    SourceError,
+    Throttled,
+    paginate,
+    retry_after_seconds,
+)
+from exporter.sources.admin_api import AdminApiSource
 
 T = TypeVar("T")
-MAX_PAGES = 1000
 
 
 class AdminApi:
@@ -47,7 +54,7 @@ class AdminApi:
         self.ctx = ctx
         self.key_hint = key_hint
         self.permission_hint = permission_hint
-        self.retry = RetryPolicy(retries=config.max_retries, max_wait=config.max_retry_wait, timeout=config.timeout)
+        self.retry = RetryPolicy.from_settings(config)
 
     def admin_key(self) -> str:
         """The admin key from the environment variable the config names, registered as a secret."""
@@ -147,18 +154,16 @@ class AdminApi:
 
         ``request(token)`` fetches and checks one page and returns (page, has_more, next_page).
         """
-        token: str | None = None
-        seen: set[str] = set()
-        for _ in range(MAX_PAGES):
-            page, has_more, next_page = self.call(operation, functools.partial(request, token))
-            yield page
+
+        def page(token: str | None) -> tuple[T, str | None]:
+            got, has_more, next_page = self.call(operation, functools.partial(request, token))
             if not has_more:
-                return
-            if not isinstance(next_page, str) or not next_page or next_page in seen:
-                raise SourceError(f"{operation}: has_more is set but next_page is missing or repeated")
-            seen.add(next_page)
-            token = next_page
-        raise SourceError(f"{operation}: more than {MAX_PAGES} pages")
+                return got, None
+            if not isinstance(next_page, str) or not next_page:
+                raise SourceError(f"{operation}: has_more is set but next_page is missing")
+            return got, next_page
+
+        return paginate(operation, page)
 
 
 def add_tokens(into: dict[str, int], tokens: dict[str, int]) -> None:

@@ -36,10 +36,10 @@ from typing import Any, cast
 
 import anthropic
 
-from exporter.config import AnthropicSource
 from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, HourlyUsage, UsageRecord
 from exporter.providers.admin_api import AdminApi, add_tokens
-from exporter.providers.base import ProviderContext
+from exporter.providers.base import ProviderContext, utc_midnight
+from exporter.sources.anthropic import AnthropicSource
 
 PROVIDER = "anthropic"
 API_VERSION = "2023-06-01"
@@ -250,8 +250,8 @@ class AnthropicProvider:
             yield from rows
 
     def fetch(self, window: FetchWindow) -> FetchResult:
-        starting = rfc3339(dt.datetime.combine(window.start, dt.time(), UTC))
-        ending = rfc3339(dt.datetime.combine(window.end + dt.timedelta(days=1), dt.time(), UTC))
+        starting = rfc3339(utc_midnight(window.start))
+        ending = rfc3339(utc_midnight(window.end, 1))
         through = window.last_complete_hour + dt.timedelta(hours=1)  # a partial hour is never claimed as held
         accounts, tags = self._workspaces()
         costs, newest = self._costs(window, starting, ending, tags)

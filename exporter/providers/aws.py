@@ -22,65 +22,24 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import boto3
-from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
 
-from exporter.config import AwsSource
-from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, ProviderForecast
-from exporter.providers.base import ProviderContext, RetryPolicy, SourceError, Throttled
+from exporter.model import AccountInfo, FetchResult, FetchWindow, ProviderForecast
+from exporter.providers.base import (
+    CostKey,
+    ProviderContext,
+    RetryPolicy,
+    SourceError,
+    cost_records,
+    paginate,
+    utc_midnight,
+)
+from exporter.providers.boto import boto_call, boto_clients
+from exporter.sources.aws import AwsSource
 
 PROVIDER = "aws"
 CE_REQUEST_COST_USD = 0.01
 ACCOUNT_CACHE = dt.timedelta(days=1)
-MAX_PAGES = 1000  # a runaway NextPageToken loop is a bug on one side or the other; stop it
 BEDROCK_SERVICE = "Amazon Bedrock"
-THROTTLE_CODES = frozenset(
-    {"LimitExceededException", "ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
-)
-
-
-def boto_clients(
-    session: Any,
-    ctx: ProviderContext,
-    timeout: float,
-    endpoint_url: str | None,
-    services: tuple[str, ...],
-    max_read_timeout: float | None = None,
-) -> list[Any]:
-    """boto3 clients for one refresh: timeouts follow the time left in it, botocore's own retries are off
-    (retries are ours, so every request is counted), and the credentials are registered as secrets."""
-    left = max(min(timeout, ctx.remaining_seconds(timeout)), 1.0)
-    botocfg = BotoConfig(
-        connect_timeout=min(left, 10.0),
-        read_timeout=min(left, max_read_timeout) if max_read_timeout else left,
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        user_agent_extra="spend-exporter",
-    )
-    creds = session.get_credentials()
-    if creds is None:
-        raise SourceError(
-            "no AWS credentials found (environment, shared config and credentials files, SSO, container or "
-            "instance role)"
-        )
-    frozen = creds.get_frozen_credentials()
-    ctx.register_secret(frozen.secret_key)
-    ctx.register_secret(frozen.token)
-    return [session.client(name, endpoint_url=endpoint_url, config=botocfg) for name in services]
-
-
-def boto_error(operation: str, e: Exception) -> SourceError:
-    """A botocore exception as ``Throttled`` or ``SourceError`` with the service's code and message."""
-    if isinstance(e, ClientError):
-        err = e.response.get("Error", {})
-        code = str(err.get("Code") or "")
-        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        message = str(err.get("Message") or "").strip()
-        if code in THROTTLE_CODES or "rate exceeded" in message.lower():
-            return Throttled(f"{operation}: throttled by AWS ({code})")
-        detail = f": {message}" if message else ""
-        kind = f" {code}" if code and code != str(status) else ""  # botocore makes the status the code of a bare error
-        return SourceError(f"{operation} failed: HTTP {status}{kind}{detail}")
-    return SourceError(f"{operation} failed: {e.__class__.__name__}: {e}")
 
 
 FORECAST_METRIC = {
@@ -156,8 +115,6 @@ def bedrock_edition_model(service_name: str) -> str:
 
 # -- the provider ---------------------------------------------------------------------------
 
-_Key = tuple[dt.date, str, str, str | None, str, str]  # day, account, service, team tag, model, currency
-
 
 class AwsProvider:
     """AWS Cost Explorer: daily cost by service and team tag, per account when asked, plus the forecast."""
@@ -166,12 +123,7 @@ class AwsProvider:
         self.cfg = config
         self.ctx = ctx
         self._sleep = sleep
-        self._retry = RetryPolicy(
-            retries=config.throttle_retries,
-            max_wait=config.throttle_max_wait,
-            timeout=config.timeout,
-            backoff=config.throttle_backoff,
-        )
+        self._retry = RetryPolicy.from_settings(config)
         self._session = boto3.Session(profile_name=config.profile, region_name=config.region)
         self._own_account: str | None = config.account_id
         self._accounts: list[tuple[str, str]] | None = None  # (id, name) of linked accounts
@@ -189,37 +141,19 @@ class AwsProvider:
     # -- calls ------------------------------------------------------------------------------------
     def _call(self, operation: str, method: Callable[..., Any], cost_usd: float, **params: Any) -> dict[str, Any]:
         """One request through the context, retried with backoff while Cost Explorer throttles."""
-
-        def attempt() -> Any:
-            try:
-                return method(**params)
-            except (ClientError, BotoCoreError) as e:
-                raise boto_error(operation, e) from None
-
-        response = self.ctx.call(operation, attempt, self._retry, cost_usd=cost_usd, sleep=self._sleep)
-        if not isinstance(response, dict):
-            raise SourceError(f"{operation}: unexpected response type {type(response).__name__}")
-        return response
+        return boto_call(self.ctx, self._retry, operation, method, params, cost_usd=cost_usd, sleep=self._sleep)
 
     def _paged(self, operation: str, method: Callable[..., Any], items_key: str, **params: Any) -> list[dict[str, Any]]:
         """All pages of a paid Cost Explorer call, following NextPageToken by hand."""
-        pages: list[dict[str, Any]] = []
-        token: str | None = None
-        seen: set[str] = set()
-        while True:
-            req = dict(params)
-            if token:
-                req["NextPageToken"] = token
-            page = self._call(operation, method, CE_REQUEST_COST_USD, **req)
-            if not isinstance(page.get(items_key), list):
+
+        def page(token: str | None) -> tuple[dict[str, Any], str | None]:
+            req = {**params, "NextPageToken": token} if token else params
+            got = self._call(operation, method, CE_REQUEST_COST_USD, **req)
+            if not isinstance(got.get(items_key), list):
                 raise SourceError(f"{operation}: malformed response (no {items_key} list)")
-            pages.append(page)
-            token = page.get("NextPageToken") or None
-            if token is None:
-                return pages
-            if token in seen or len(pages) >= MAX_PAGES:
-                raise SourceError(f"{operation}: pagination does not end (page {len(pages)})")
-            seen.add(token)
+            return got, got.get("NextPageToken") or None
+
+        return list(paginate(operation, page))
 
     # -- accounts -----------------------------------------------------------------------------
     def _caller_account(self, sts: Any) -> str:
@@ -325,7 +259,7 @@ class AwsProvider:
             targets = [(self._caller_account(sts), None)]
 
         tag = {"Type": "TAG", "Key": self.cfg.team_tag_key}
-        totals: dict[_Key, Decimal] = defaultdict(Decimal)
+        totals: dict[CostKey, Decimal] = defaultdict(Decimal)
         newest: dt.date | None = None
         for account_id, acct_filter in targets:
             rows = self._groups(ce, period, [{"Type": "DIMENSION", "Key": "SERVICE"}, tag], self._filter(acct_filter))
@@ -351,26 +285,9 @@ class AwsProvider:
                     totals[key] += amount
                     newest = day if newest is None or day > newest else newest
 
-        costs = [
-            CostRecord(
-                day=day,
-                provider=PROVIDER,
-                account_id=account,
-                service_name=service,
-                amount=float(amount),
-                currency=unit or "USD",
-                team_tag=team,
-                model=model,
-            )
-            for (day, account, service, team, model, unit), amount in sorted(
-                totals.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or "", kv[0][4], kv[0][5])
-            )
-        ]
+        costs = cost_records(PROVIDER, totals, "USD")
         forecasts = self._forecasts(ce, window, targets) if self.cfg.forecast else None
-        data_through = None
-        if newest is not None:
-            end = dt.datetime.combine(newest + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
-            data_through = min(end, window.now)
+        data_through = min(utc_midnight(newest, 1), window.now) if newest is not None else None
         return FetchResult(
             days=days,
             costs=costs,

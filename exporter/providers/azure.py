@@ -19,13 +19,12 @@ import datetime as dt
 import functools
 import ipaddress
 import os
-import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from azure.core.exceptions import (
     AzureError,
@@ -52,9 +51,27 @@ from azure.mgmt.costmanagement.models import (
 )
 
 from exporter import __version__
-from exporter.config import AzureSource
-from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, ProviderForecast
-from exporter.providers.base import ProviderContext, RetryPolicy, SourceError, Throttled
+from exporter.model import AccountInfo, FetchResult, FetchWindow, ProviderForecast
+from exporter.providers.azure_results import (
+    AZURE_OPENAI_SERVICES,
+    Table,
+    openai_model,
+    retry_after,
+    scope_account,
+    skiptoken,
+    subscription_id,
+)
+from exporter.providers.base import (
+    CostKey,
+    ProviderContext,
+    RetryPolicy,
+    SourceError,
+    Throttled,
+    cost_records,
+    paginate,
+    utc_midnight,
+)
+from exporter.sources.azure import AzureSource
 
 PROVIDER = "azure"
 CLIENT_TYPE = "spend-exporter"
@@ -62,63 +79,6 @@ CLIENT_TYPE = "spend-exporter"
 ARM_SCOPE = "https://management.azure.com/.default"
 SUBSCRIPTIONS_API_VERSION = "2022-12-01"
 NAME_CACHE = dt.timedelta(days=1)
-MAX_PAGES = 1000
-RETRY_AFTER_HEADER = re.compile(r"^x-ms-ratelimit-microsoft\.costmanagement-[a-z0-9-]+-retry-after$", re.IGNORECASE)
-AZURE_OPENAI_SERVICES = frozenset({"Azure OpenAI", "Azure OpenAI Service", "Foundry Models", "Cognitive Services"})
-_SUBSCRIPTION = re.compile(r"^/?subscriptions/(?P<id>[^/]+)", re.IGNORECASE)
-
-# -- Azure OpenAI model names --------------------------------------------------------------
-
-_MODEL_FAMILY = re.compile(
-    r"^(gpt|chatgpt|o\d|text-embedding|text-davinci|davinci|babbage|ada|dall-?e|whisper|tts|sora|codex|"
-    r"computer-use|model-router|phi|llama|mistral|deepseek|grok)",
-    re.IGNORECASE,
-)
-# Meter words that come after the model name: direction, deployment type, unit.
-_METER_WORDS = frozenset(
-    (  # noqa: SIM905
-        "inp input in outp output out opt cached cchd cache cd rsn reasoning glbl global gl regional rgnl regnl "
-        "dz datazone data zone batch bt tokens token tkns 1k 1m ft finetune fine tuned training trng hosting "
-        "hours hour hr images image img characters chars audio aud realtime rt standard std hd provisioned ptu "
-        "developer dev"
-    ).split()
-)
-
-
-def openai_model(meter: str) -> str:
-    """The model an Azure OpenAI meter names, or "" when it names none.
-
-    ``gpt-4o-0806-Inp-glbl Tokens`` → ``gpt-4o``; ``gpt-35-turbo-16k Output Tokens`` → ``gpt-35-turbo-16k``;
-    ``text-embedding-3-large Tokens`` → ``text-embedding-3-large``.
-    """
-    name = meter.strip()
-    if not _MODEL_FAMILY.match(name):
-        return ""
-    parts: list[str] = []
-    for tok in re.split(r"[\s_-]+", name.lower()):
-        if not tok:
-            continue
-        if tok in _METER_WORDS or re.fullmatch(r"\d{4}", tok) or not re.fullmatch(r"[a-z0-9.]+", tok):
-            break  # a version (MMDD or YYYY), a meter word or a size like 1024*1024: the name is over
-        parts.append(tok)
-    return "-".join(parts)
-
-
-def scope_account(scope: str) -> str:
-    """The subscription id of a subscription or resource-group scope; other scopes stand for themselves."""
-    m = _SUBSCRIPTION.match(scope.strip())
-    return m.group("id").lower() if m else "/" + scope.strip().strip("/")
-
-
-def _usage_date(value: Any) -> dt.date:
-    if isinstance(value, bool):
-        raise ValueError("boolean date")
-    if isinstance(value, int | float):
-        value = str(int(value))
-    s = str(value).strip()
-    if re.fullmatch(r"\d{8}", s):
-        return dt.date(int(s[:4]), int(s[4:6]), int(s[6:]))
-    return dt.date.fromisoformat(s[:10])
 
 
 def _credential(kind: str) -> Any:
@@ -158,55 +118,6 @@ def _loopback_http(url: str | None) -> bool:
         return False
 
 
-class _Table:
-    """A Cost Management result read by column name."""
-
-    def __init__(self, operation: str, result: Any) -> None:
-        props = getattr(result, "properties", None) if result is not None else None
-        if result is None:  # 204 No Content: nothing in this scope and period
-            self.columns: dict[str, int] = {}
-            self.rows: list[list[Any]] = []
-            self.next_link: str | None = None
-            return
-        columns = getattr(props, "columns", None)
-        rows = getattr(props, "rows", None)
-        if props is None or not isinstance(columns, list) or not isinstance(rows, list):
-            raise SourceError(f"{operation}: malformed response (no properties.columns/rows)")
-        names = [getattr(c, "name", None) for c in columns]
-        if not all(isinstance(n, str) for n in names):
-            raise SourceError(f"{operation}: malformed response (a column without a name)")
-        self.columns = {str(n).lower(): i for i, n in enumerate(names)}
-        for r in rows:
-            if not isinstance(r, list) or len(r) != len(names):
-                raise SourceError(f"{operation}: malformed response (a row does not match the columns)")
-        self.rows = rows
-        link = getattr(props, "next_link", None)
-        self.next_link = link if isinstance(link, str) and link else None
-
-    def index(self, operation: str, *names: str) -> int:
-        for n in names:
-            if n.lower() in self.columns:
-                return self.columns[n.lower()]
-        raise SourceError(f"{operation}: response has no {' or '.join(names)} column")
-
-    def maybe(self, *names: str) -> int | None:
-        for n in names:
-            if n.lower() in self.columns:
-                return self.columns[n.lower()]
-        return None
-
-
-def _skiptoken(operation: str, next_link: str) -> str:
-    values = {k.lower(): v for k, v in parse_qs(urlsplit(next_link).query).items()}
-    token = (values.get("$skiptoken") or values.get("skiptoken") or [""])[0]
-    if not token:
-        raise SourceError(f"{operation}: nextLink has no $skiptoken")
-    return token
-
-
-_Key = tuple[dt.date, str, str, str | None, str, str]  # day, account, service, team tag, model, currency
-
-
 class AzureProvider:
     """Azure Cost Management: daily cost per scope by service and team tag, plus the scope's forecast."""
 
@@ -214,12 +125,7 @@ class AzureProvider:
         self.cfg = config
         self.ctx = ctx
         self._sleep = sleep
-        self._retry = RetryPolicy(
-            retries=config.throttle_retries,
-            max_wait=config.throttle_max_wait,
-            timeout=config.timeout,
-            backoff=config.throttle_backoff,
-        )
+        self._retry = RetryPolicy.from_settings(config)
         self._credential = _credential(config.credential)
         self._client = CostManagementClient(
             self._credential,
@@ -248,17 +154,6 @@ class AzureProvider:
             opts["enforce_https"] = False
         return opts
 
-    @staticmethod
-    def _retry_after(headers: Any) -> float | None:
-        waits = []
-        for name, value in (headers or {}).items():
-            if RETRY_AFTER_HEADER.match(name) or name.lower() == "retry-after":
-                try:
-                    waits.append(float(value))
-                except (TypeError, ValueError):
-                    continue
-        return max(waits) if waits else None
-
     def _call(self, operation: str, fn: Callable[[], Any]) -> Any:
         """One request through the context; 429s are retried after the wait the service names."""
 
@@ -277,7 +172,7 @@ class AzureProvider:
                     headers = getattr(e.response, "headers", None) or {}
                     raise Throttled(
                         f"{operation}: throttled by Cost Management (429)",
-                        retry_after=self._retry_after(headers),
+                        retry_after=retry_after(headers),
                     ) from None
                 raise SourceError(f"{operation} failed: HTTP {status}: {_first_line(e)}") from None
             except (ServiceRequestError, ServiceResponseError) as e:
@@ -289,22 +184,15 @@ class AzureProvider:
 
         return self.ctx.call(operation, attempt, self._retry, sleep=self._sleep)
 
-    def _pages(self, operation: str, run: Callable[[dict[str, str]], Any]) -> list[_Table]:
+    def _pages(self, operation: str, run: Callable[[dict[str, str]], Any]) -> list[Table]:
         """Every page of a query: the same body posted again with each nextLink's $skiptoken."""
-        tables: list[_Table] = []
-        params: dict[str, str] = {}
-        seen: set[str] = set()
-        while True:
-            page_params = dict(params)
-            table = _Table(operation, self._call(operation, functools.partial(run, page_params)))
-            tables.append(table)
-            if table.next_link is None:
-                return tables
-            token = _skiptoken(operation, table.next_link)
-            if token in seen or len(tables) >= MAX_PAGES:
-                raise SourceError(f"{operation}: pagination does not end (page {len(tables)})")
-            seen.add(token)
-            params = {"$skiptoken": token}
+
+        def page(token: str | None) -> tuple[Table, str | None]:
+            params = {"$skiptoken": token} if token else {}
+            table = Table(operation, self._call(operation, functools.partial(run, params)))
+            return table, None if table.next_link is None else skiptoken(operation, table.next_link)
+
+        return list(paginate(operation, page))
 
     def _register_token(self) -> None:
         """Get a token up front: a credential problem gets a clear message, and the token is scrubbed from errors."""
@@ -335,7 +223,7 @@ class AzureProvider:
             type=self.cfg.cost_type,
             timeframe="Custom",
             time_period=QueryTimePeriod(
-                from_property=dt.datetime.combine(window.start, dt.time(), tzinfo=dt.UTC),
+                from_property=utc_midnight(window.start),
                 to=dt.datetime.combine(window.end, dt.time(23, 59, 59), tzinfo=dt.UTC),
             ),
             dataset=dataset,
@@ -350,25 +238,16 @@ class AzureProvider:
         for t in self._pages(op, run):
             if not t.rows:
                 continue
-            i_cost = t.index(op, col, "PreTaxCost", "Cost")
-            i_date = t.index(op, "UsageDate")
-            i_cur = t.index(op, "Currency", "BillingCurrency", "BillingCurrencyCode")
+            cost = t.cost_columns(op, col)
             i_group = t.index(op, group.name)
             i_tagkey, i_tagval = t.maybe("TagKey"), t.maybe("TagValue")
             i_tagcol = t.maybe(self.cfg.team_tag_key) if i_tagval is None else None
             if i_tagval is None and i_tagcol is None:
                 raise SourceError(f"{op}: response has no TagValue column")
             for r in t.rows:
-                try:
-                    day = _usage_date(r[i_date])
-                    amount = Decimal(str(r[i_cost]))
-                    if not amount.is_finite():
-                        raise ValueError("not finite")
-                    currency = str(r[i_cur] or "").strip()
-                    if not currency:
-                        raise ValueError("no currency")
-                except (ValueError, TypeError, InvalidOperation) as e:
-                    raise SourceError(f"{op}: malformed row ({e})") from None
+                day, amount, currency = cost.read(op, r)
+                if not currency:
+                    raise SourceError(f"{op}: malformed row (no currency)")
                 if i_tagval is not None:
                     key = str(r[i_tagkey] or "") if i_tagkey is not None else self.cfg.team_tag_key
                     value = r[i_tagval]
@@ -391,7 +270,7 @@ class AzureProvider:
             type=self.cfg.cost_type,
             timeframe="Custom",
             time_period=ForecastTimePeriod(
-                from_property=dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC),
+                from_property=utc_midnight(start),
                 to=dt.datetime.combine(last, dt.time(23, 59, 59), tzinfo=dt.UTC),
             ),
             dataset=ForecastDataset(
@@ -411,23 +290,15 @@ class AzureProvider:
         for t in self._pages(op, run):
             if not t.rows:
                 continue
-            i_cost = t.index(op, col, "PreTaxCost", "Cost")
-            i_date = t.index(op, "UsageDate")
-            i_cur = t.index(op, "Currency", "BillingCurrency", "BillingCurrencyCode")
+            cost = t.cost_columns(op, col)
             i_status = t.maybe("CostStatus")
             for r in t.rows:
-                try:
-                    day = _usage_date(r[i_date])
-                    amount = Decimal(str(r[i_cost]))
-                    if not amount.is_finite():
-                        raise ValueError("not finite")
-                except (ValueError, TypeError, InvalidOperation) as e:
-                    raise SourceError(f"{op}: malformed row ({e})") from None
+                day, amount, currency = cost.read(op, r)
                 if i_status is not None and str(r[i_status]).lower() != "forecast":
                     continue
                 if start <= day <= last:
                     total += amount
-                    currencies.add(str(r[i_cur] or "").strip())
+                    currencies.add(currency)
         if not currencies:
             return None  # too little history: Cost Management forecasts nothing
         if len(currencies) > 1 or "" in currencies:
@@ -461,7 +332,7 @@ class AzureProvider:
         if not days:
             return FetchResult(days=[])
         self._register_token()
-        totals: dict[_Key, Decimal] = defaultdict(Decimal)
+        totals: dict[CostKey, Decimal] = defaultdict(Decimal)
         newest: dt.date | None = None
         accounts: dict[str, str] = {}
         forecasts: dict[str, list[tuple[Decimal, str]]] = defaultdict(list)
@@ -484,9 +355,9 @@ class AzureProvider:
                     if window.start <= day <= window.end:
                         totals[(day, account, service, team, openai_model(meter), currency)] += amount
                         newest = day if newest is None or day > newest else newest
-            m = _SUBSCRIPTION.match(scope.strip())
-            if m:
-                name = self._subscription_name(m.group("id"), window.now)
+            subscription = subscription_id(scope)
+            if subscription is not None:
+                name = self._subscription_name(subscription, window.now)
                 if name:
                     accounts[account] = name
             if self.cfg.forecast:
@@ -506,24 +377,8 @@ class AzureProvider:
                 currency = currencies.pop() if currencies else (seen[0] if len(seen) == 1 else "USD")
                 total = sum((a for a, _ in parts), Decimal(0))
                 provider_forecasts.append(ProviderForecast(PROVIDER, account, float(total), currency))
-        costs = [
-            CostRecord(
-                day=day,
-                provider=PROVIDER,
-                account_id=account,
-                service_name=service,
-                amount=float(amount),
-                currency=currency,
-                team_tag=team,
-                model=model,
-            )
-            for (day, account, service, team, model, currency), amount in sorted(
-                totals.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or "", kv[0][4], kv[0][5])
-            )
-        ]
-        data_through = None
-        if newest is not None:
-            data_through = min(dt.datetime.combine(newest + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC), window.now)
+        costs = cost_records(PROVIDER, totals)
+        data_through = min(utc_midnight(newest, 1), window.now) if newest is not None else None
         return FetchResult(
             days=days,
             costs=costs,

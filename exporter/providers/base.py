@@ -12,14 +12,20 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import email.utils
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from decimal import Decimal
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from exporter.model import FetchResult, FetchWindow
+from exporter.model import CostRecord, FetchResult, FetchWindow
+
+if TYPE_CHECKING:
+    # not at run time: the FOCUS reader process imports this module and starts without pydantic and the models
+    from exporter.sources.base import RetrySettings
 
 
 class SourceError(Exception):
@@ -43,6 +49,20 @@ class Throttled(SourceError):
 
 
 T = TypeVar("T")
+P = TypeVar("P")
+
+MAX_PAGES = 1000
+"""Pages of one listing after which ``paginate`` gives up: a runaway page-token loop is a bug on one side."""
+
+
+class Retrying(Protocol):
+    """A source's config that says how its throttled requests are retried (``ThrottleRetry``, ``AdminApiSource``)."""
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def retry_settings(self) -> RetrySettings: ...
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,60 @@ class RetryPolicy:
     max_wait: float
     timeout: float
     backoff: float | None = None
+
+    @classmethod
+    def from_settings(cls, config: Retrying) -> RetryPolicy:
+        """The policy a source's config sets: its retry keys, within its refresh ``timeout``."""
+        s = config.retry_settings
+        return cls(retries=s.retries, max_wait=s.max_wait, timeout=config.timeout, backoff=s.backoff)
+
+
+def paginate(
+    operation: str, fetch: Callable[[str | None], tuple[P, str | None]], max_pages: int = MAX_PAGES
+) -> Iterator[P]:
+    """Every page of a listing paged by token: ``fetch(token)`` returns a page and the next token (None at the end).
+
+    The first call gets ``None``. A token seen before, or more than ``max_pages`` pages, is a loop that would
+    never end: ``SourceError``.
+    """
+    token: str | None = None
+    seen: set[str] = set()
+    for number in itertools.count(1):
+        page, token = fetch(token)
+        yield page
+        if not token:
+            return
+        if token in seen or number >= max_pages:
+            raise SourceError(f"{operation}: pagination does not end (page {number})")
+        seen.add(token)
+
+
+CostKey = tuple[dt.date, str, str, str | None, str, str]
+"""What a provider sums costs by: day, account, service, team tag, model, currency."""
+
+
+def cost_records(provider: str, totals: Mapping[CostKey, Decimal], default_currency: str = "") -> list[CostRecord]:
+    """Costs summed by ``CostKey`` as records, in key order (untagged first); a blank currency is the default."""
+    return [
+        CostRecord(
+            day=day,
+            provider=provider,
+            account_id=account,
+            service_name=service,
+            amount=float(amount),
+            currency=currency or default_currency,
+            team_tag=team,
+            model=model,
+        )
+        for (day, account, service, team, model, currency), amount in sorted(
+            totals.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or "", kv[0][4], kv[0][5])
+        )
+    ]
+
+
+def utc_midnight(day: dt.date, plus_days: int = 0) -> dt.datetime:
+    """00:00 UTC of ``day`` (or of ``plus_days`` later): where a day of billing data starts."""
+    return dt.datetime.combine(day + dt.timedelta(days=plus_days), dt.time(), tzinfo=dt.UTC)
 
 
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:

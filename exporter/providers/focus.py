@@ -13,7 +13,6 @@ in ``ConsumedUnit`` ``Tokens``, and ``Requests`` rows for request counts.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import gc
 import glob
 import json
@@ -23,94 +22,14 @@ import subprocess
 import sys
 from typing import Any
 
-from exporter.config import FocusSource
-from exporter.model import (
-    TOKEN_TYPES,
-    AccountInfo,
-    CostRows,
-    FetchResult,
-    FetchWindow,
-    HourlyUsage,
-    UsageRecord,
-)
+from exporter.model import AccountInfo, CostRows, FetchResult, FetchWindow
 from exporter.providers.base import ProviderContext, SourceError
 from exporter.providers.focus_reader import FocusRead, FocusReader
+from exporter.providers.focus_records import add_usage, hourly_records, normalise_provider, usage_records
+from exporter.sources.focus import FocusSource
 
 # The reader's stderr kept for an error message: enough for DuckDB's or Python's last words
 STDERR_TAIL = 2000
-
-PROVIDER_NAMES = {
-    "aws": "aws",
-    "amazon web services": "aws",
-    "amazon": "aws",
-    "microsoft": "azure",
-    "microsoft azure": "azure",
-    "azure": "azure",
-    "google cloud": "gcp",
-    "google cloud platform": "gcp",
-    "google": "gcp",
-    "gcp": "gcp",
-    "oracle": "oci",
-    "oracle cloud infrastructure": "oci",
-    "oci": "oci",
-    "openai": "openai",
-    "anthropic": "anthropic",
-}
-
-TOKEN_TYPE_ALIASES = {
-    "input": "input",
-    "prompt": "input",
-    "uncached_input": "input",
-    "output": "output",
-    "completion": "output",
-    "cache_read": "cache_read",
-    "cached_input": "cache_read",
-    "cache_write": "cache_write",
-    "cache_creation": "cache_write",
-}
-
-
-@functools.lru_cache(maxsize=4096)  # called once per aggregated row: 1M calls on a 1M-row export
-def normalise_provider(name: str | None) -> str:
-    n = (name or "").strip().lower()
-    return PROVIDER_NAMES.get(n, n.replace(" ", "_") or "unknown")
-
-
-UsageKey = tuple[Any, ...]  # (day, or hour start), provider, account_id, service_name, team tag, model
-
-
-def usage_records(usage: dict[UsageKey, dict[str, int]]) -> list[UsageRecord]:
-    """Daily usage summed by ``FocusProvider._add_usage`` under ``UsageKey``s, as records."""
-    return [
-        UsageRecord(
-            day=k[0],
-            provider=k[1],
-            account_id=k[2],
-            service_name=k[3],
-            team_tag=k[4],
-            model=k[5],
-            tokens={t: v[t] for t in TOKEN_TYPES if t in v},
-            requests=v.get("requests", 0),
-        )
-        for k, v in usage.items()
-    ]
-
-
-def hourly_records(hourly: dict[UsageKey, dict[str, int]]) -> list[HourlyUsage]:
-    """Hourly usage summed by ``FocusProvider._add_usage`` under ``UsageKey``s, as records."""
-    return [
-        HourlyUsage(
-            hour_start=k[0].astimezone(dt.UTC),
-            provider=k[1],
-            account_id=k[2],
-            service_name=k[3],
-            team_tag=k[4],
-            model=k[5],
-            tokens={t: v[t] for t in TOKEN_TYPES if t in v},
-            requests=v.get("requests", 0),
-        )
-        for k, v in hourly.items()
-    ]
 
 
 class FocusProvider:
@@ -244,11 +163,11 @@ class FocusProvider:
         usage: dict[tuple[Any, ...], dict[str, int]] = {}
         for day, prov, acct, svc, tags, model, unit, token_type, qty in read.usage:
             key = (day, normalise_provider(prov), acct, svc, self.team_from_tags(tags), model)
-            self._add_usage(usage.setdefault(key, {}), unit, token_type, qty)
+            add_usage(usage.setdefault(key, {}), unit, token_type, qty)
         hourly: dict[tuple[Any, ...], dict[str, int]] = {}
         for ts, prov, acct, svc, tags, model, unit, token_type, qty in read.hourly:
             key = (ts, normalise_provider(prov), acct, svc, self.team_from_tags(tags), model)
-            self._add_usage(hourly.setdefault(key, {}), unit, token_type, qty)
+            add_usage(hourly.setdefault(key, {}), unit, token_type, qty)
         accounts = [AccountInfo(normalise_provider(p), a, n) for p, a, n in read.accounts]
         through = read.through
         if through is not None and not isinstance(through, dt.datetime):
@@ -263,13 +182,3 @@ class FocusProvider:
             data_through=data_through,
             skipped={"unparsable_row": read.bad} if read.bad else {},
         )
-
-    @staticmethod
-    def _add_usage(acc: dict[str, int], unit: str, token_type: str, qty: float) -> None:
-        if unit.startswith("request"):
-            acc["requests"] = acc.get("requests", 0) + int(qty)
-            return
-        tt = TOKEN_TYPE_ALIASES.get(token_type.strip(), "input" if not token_type else None)
-        if tt is None:
-            return
-        acc[tt] = acc.get(tt, 0) + int(qty)

@@ -35,21 +35,17 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import boto3
-from botocore.exceptions import BotoCoreError, ClientError
 
-from exporter.config import FocusSource
-from exporter.model import (
-    AccountInfo,
-    CostRecord,
-    FetchResult,
-    FetchWindow,
-)
-from exporter.providers.aws import boto_clients, boto_error
-from exporter.providers.base import ProviderContext, RetryPolicy, SourceError
+from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow
+from exporter.providers.base import ProviderContext, RetryPolicy, SourceError, paginate, utc_midnight
+from exporter.providers.boto import boto_call, boto_clients
+from exporter.providers.focus_records import add_usage, hourly_records, normalise_provider, usage_records
+from exporter.sources.focus import FocusSource
 
 USD_PER_TB = 5.0
 MIN_BILLED_BYTES = 10 * 1024 * 1024
 PAGE_SIZE = 1000  # GetQueryResults' maximum
+MAX_RESULT_PAGES = 100_000  # 10^8 result rows: far beyond what one refresh could hold, so only a token loop reaches it
 DONE_STATES = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
@@ -87,8 +83,7 @@ def build_query(config: FocusSource, window: FetchWindow, team_tag_keys: list[st
     rows (token or request counts) by unit, token type and, over the last 24 complete hours, hour: the
     columns ``unit``, ``token_type`` and ``hour`` are NULL on every other row.
     """
-    lo = dt.datetime.combine(window.start, dt.time(), tzinfo=dt.UTC)
-    hi = dt.datetime.combine(window.end + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    lo, hi = utc_midnight(window.start), utc_midnight(window.end, 1)
     hour_lo = window.last_complete_hour - dt.timedelta(hours=23)
     cost = config.cost_column.lower()
     model = f"COALESCE({config.model_column}, '')" if config.model_column else "''"
@@ -144,12 +139,7 @@ class AthenaFocus:
         self.cfg = config
         self.ctx = ctx
         self._sleep = sleep
-        self._retry = RetryPolicy(
-            retries=config.throttle_retries,
-            max_wait=config.throttle_max_wait,
-            timeout=config.timeout,
-            backoff=config.throttle_backoff,
-        )
+        self._retry = RetryPolicy.from_settings(config)
         self._session = boto3.Session(region_name=config.region)
 
     def close(self) -> None:
@@ -163,17 +153,9 @@ class AthenaFocus:
 
     def _call(self, operation: str, method: Callable[..., Any], **params: Any) -> dict[str, Any]:
         """One request through the context, retried with backoff while Athena throttles."""
-
-        def attempt() -> Any:
-            try:
-                return method(**params)
-            except (ClientError, BotoCoreError) as e:
-                raise boto_error(f"Athena {operation}", e) from None
-
-        response = self.ctx.call(operation, attempt, self._retry, sleep=self._sleep)
-        if not isinstance(response, dict):
-            raise SourceError(f"Athena {operation}: unexpected response type {type(response).__name__}")
-        return response
+        return boto_call(
+            self.ctx, self._retry, operation, method, params, label=f"Athena {operation}", sleep=self._sleep
+        )
 
     def fetch(self, window: FetchWindow) -> FetchResult:
         client = self._client()
@@ -231,48 +213,40 @@ class AthenaFocus:
     def _results(self, client: Any, qid: str, window: FetchWindow) -> FetchResult:
         rows: list[list[str | None]] = []
         index: dict[str, int] = {}
-        token: str | None = None
-        seen: set[str] = set()
-        first = True
-        while True:
+
+        def page(token: str | None) -> tuple[list[Any], str | None]:
             req: dict[str, Any] = {"QueryExecutionId": qid, "MaxResults": PAGE_SIZE}
             if token:
                 req["NextToken"] = token
-            page = self._call("GetQueryResults", client.get_query_results, **req)
-            rs = page.get("ResultSet")
+            got = self._call("GetQueryResults", client.get_query_results, **req)
+            rs = got.get("ResultSet")
             if not isinstance(rs, dict) or not isinstance(rs.get("Rows"), list):
                 raise SourceError("Athena GetQueryResults: malformed response (no ResultSet.Rows)")
-            page_rows = rs["Rows"]
-            if first:
+            page_rows: list[Any] = rs["Rows"]
+            if token is None:
                 names = [
                     str(c.get("Name") or "").lower() for c in rs.get("ResultSetMetadata", {}).get("ColumnInfo", [])
                 ]
-                index = {n: i for i, n in enumerate(names)}
+                index.update((n, i) for i, n in enumerate(names))
                 missing = [c for c in self.COLUMNS if c not in index]
                 if missing:
                     raise SourceError(f"Athena GetQueryResults: result has no column {missing[0]!r}")
                 # the first row of a SELECT's first page is the header
                 if page_rows and [_value(d) for d in page_rows[0].get("Data", [])] == names:
                     page_rows = page_rows[1:]
-                first = False
+            return page_rows, got.get("NextToken") or None
+
+        for page_rows in paginate("Athena GetQueryResults", page, max_pages=MAX_RESULT_PAGES):
             for row in page_rows:
                 v = [_value(d) for d in row.get("Data", [])]
                 if len(v) < len(index):
                     raise SourceError("Athena GetQueryResults: a row has fewer values than columns")
                 rows.append(v)
-            token = page.get("NextToken")
-            if not token:
-                break
-            if token in seen:
-                raise SourceError("Athena GetQueryResults: NextToken repeats; giving up")
-            seen.add(token)
         return self._aggregate(rows, index, window)
 
     @staticmethod
     def _aggregate(rows: list[list[str | None]], index: dict[str, int], window: FetchWindow) -> FetchResult:
         """The result rows as ``FocusProvider``'s DuckDB engine returns them (usage rows summed back to records)."""
-        from exporter.providers.focus import FocusProvider, hourly_records, normalise_provider, usage_records
-
         costs: dict[tuple[Any, ...], float] = {}
         usage: dict[tuple[Any, ...], dict[str, int]] = {}
         hourly: dict[tuple[Any, ...], dict[str, int]] = {}
@@ -299,10 +273,10 @@ class AthenaFocus:
                 costs[key] = costs.get(key, 0.0) + amount
             unit, token_type = col("unit"), col("token_type") or ""
             if unit and qty is not None:
-                FocusProvider._add_usage(usage.setdefault((day, *series), {}), unit, token_type, qty)
+                add_usage(usage.setdefault((day, *series), {}), unit, token_type, qty)
                 hour = _timestamp(col("hour"))
                 if hour is not None:
-                    FocusProvider._add_usage(hourly.setdefault((hour, *series), {}), unit, token_type, qty)
+                    add_usage(hourly.setdefault((hour, *series), {}), unit, token_type, qty)
             name = col("account_name")
             if name and account_id:
                 accounts[(provider, account_id)] = name

@@ -36,9 +36,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 
-from exporter.config import GcpBigQuerySource
 from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow
-from exporter.providers.base import ProviderContext, SourceError, Throttled
+from exporter.providers.base import ProviderContext, SourceError, Throttled, utc_midnight
+from exporter.sources.gcp_bigquery import GcpBigQuerySource
 
 PROVIDER = "gcp"
 TIB = 1 << 40
@@ -151,10 +151,6 @@ def billable_bytes(processed: int) -> int:
     return max(-(-processed // MIB) * MIB, MIN_BILLED_BYTES)
 
 
-def _midnight(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-
-
 class GcpBigQueryProvider:
     """Daily GCP cost from the Cloud Billing export in BigQuery.
 
@@ -193,10 +189,10 @@ class GcpBigQueryProvider:
         return retry
 
     def _params(self, window: FetchWindow) -> list[Any]:
-        start = _midnight(window.start)
+        start = utc_midnight(window.start)
         return [
             bigquery.ScalarQueryParameter("start_time", "TIMESTAMP", start),
-            bigquery.ScalarQueryParameter("end_time", "TIMESTAMP", _midnight(window.end + dt.timedelta(days=1))),
+            bigquery.ScalarQueryParameter("end_time", "TIMESTAMP", utc_midnight(window.end, 1)),
             bigquery.ScalarQueryParameter(
                 "partition_start", "TIMESTAMP", start - dt.timedelta(days=self.cfg.partition_margin_days)
             ),

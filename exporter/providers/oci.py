@@ -27,19 +27,15 @@ from typing import Any
 
 import oci
 
-from exporter.config import OciSource
 from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow
-from exporter.providers.base import ProviderContext, SourceError, Throttled
+from exporter.providers.base import ProviderContext, SourceError, Throttled, paginate, utc_midnight
+from exporter.sources.oci import OciSource
 
 PROVIDER = "oci"
 OPERATION = "RequestSummarizedUsages"
 GROUP_BY = ["service", "compartmentName", "tenantName"]
 MAX_PAGES = 10_000  # a runaway opc-next-page loop is a bug, not data
 UNKNOWN_SERVICE = "unknown"
-
-
-def _midnight(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
 
 class OciProvider:
@@ -130,8 +126,8 @@ class OciProvider:
         team_tag = self.cfg.team_tag
         details = oci.usage_api.models.RequestSummarizedUsagesDetails(
             tenant_id=self.cfg.tenancy_id,
-            time_usage_started=_midnight(window.start),
-            time_usage_ended=_midnight(window.end + dt.timedelta(days=1)),  # exclusive
+            time_usage_started=utc_midnight(window.start),
+            time_usage_ended=utc_midnight(window.end, 1),  # exclusive
             granularity="DAILY",
             query_type="COST",
             group_by=list(GROUP_BY),
@@ -139,23 +135,19 @@ class OciProvider:
             if team_tag
             else None,
         )
-        items: list[Any] = []
-        page: str | None = None
-        for _ in range(MAX_PAGES):
+
+        def page(token: str | None) -> tuple[list[Any], str | None]:
             with self.ctx.api_call(OPERATION):
-                response = self._request(client, details, page, retry_strategy)
+                response = self._request(client, details, token, retry_strategy)
                 page_items = getattr(response.data, "items", None)
                 if not isinstance(page_items, list):
                     # the SDK maps a body that is not JSON to an empty model too: the two look alike here
                     raise SourceError("OCI Usage API returned a malformed or unexpected body: no list of items")
                 if not all(isinstance(getattr(i, "time_usage_started", None), dt.datetime) for i in page_items):
                     raise SourceError("OCI Usage API returned an unexpected body: an item without timeUsageStarted")
-            items.extend(page_items)
-            page = response.next_page
-            if not page:
-                break
-        else:
-            raise SourceError(f"OCI Usage API returned more than {MAX_PAGES} pages; giving up")
+            return page_items, response.next_page or None
+
+        items = [item for got in paginate(f"OCI Usage API {OPERATION}", page, max_pages=MAX_PAGES) for item in got]
         return self._result(window, items)
 
     def _request(self, client: Any, details: Any, page: str | None, retry_strategy: Any) -> Any:

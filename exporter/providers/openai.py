@@ -33,10 +33,10 @@ from typing import Any
 
 import openai
 
-from exporter.config import OpenAISource
 from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, HourlyUsage, UsageRecord
 from exporter.providers.admin_api import AdminApi, add_tokens
-from exporter.providers.base import ProviderContext
+from exporter.providers.base import ProviderContext, utc_midnight
+from exporter.sources.openai import OpenAISource
 
 PROVIDER = "openai"
 UTC = dt.UTC
@@ -138,7 +138,7 @@ def usage_tokens(endpoint: str, r: Any) -> dict[str, int]:
 
 
 def _epoch(day: dt.date) -> int:
-    return int(dt.datetime.combine(day, dt.time(), UTC).timestamp())
+    return int(utc_midnight(day).timestamp())
 
 
 class OpenAIProvider:

@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 
-from exporter.config import AnthropicSource, parse_config
+from exporter.config import parse_config
 from exporter.model import TOKEN_TYPES, FetchResult, FetchWindow
 from exporter.pricing import PriceTable
 from exporter.providers.anthropic import AnthropicProvider, cents_to_usd, usage_tokens
 from exporter.providers.base import SourceError, Throttled
+from exporter.sources.anthropic import AnthropicSource
 from tests.emulators.ai_dataset import (
     HAIKU,
     RESEARCH,

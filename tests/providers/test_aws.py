@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from exporter.config import AwsSource, parse_config
+from exporter.config import parse_config
 from exporter.model import FetchResult, FetchWindow
 from exporter.providers.aws import AwsProvider, bedrock_edition_model, bedrock_model
 from exporter.providers.base import PaidCallCapReached, ProviderContext, SourceError, Throttled
+from exporter.sources.aws import AwsSource
 from tests.emulators.aws_ce import AwsCostExplorerEmulator, CostExplorerData
 from tests.emulators.dataset import CloudRow, Dataset, build_dataset
 from tests.emulators.server import Fault

@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 
-from exporter.config import AzureSource, parse_config
+from exporter.config import parse_config
 from exporter.model import FetchResult, FetchWindow
-from exporter.providers.azure import AzureProvider, openai_model, scope_account
+from exporter.providers.azure import AzureProvider
+from exporter.providers.azure_results import openai_model, scope_account
 from exporter.providers.base import ProviderContext, SourceError, Throttled
+from exporter.sources.azure import AzureSource
 from tests import helpers
 from tests.emulators.azure_cost import AzureCostEmulator
 from tests.emulators.dataset import CloudRow, Dataset, build_dataset

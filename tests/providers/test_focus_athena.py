@@ -19,11 +19,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import build_app
-from exporter.config import ConfigError, FocusSource, parse_config
+from exporter.config import ConfigError, parse_config
 from exporter.model import FetchWindow
 from exporter.providers.base import ProviderContext, SourceError, Throttled
 from exporter.providers.focus import FocusProvider
 from exporter.providers.focus_athena import billing_periods, build_query, scan_cost_usd
+from exporter.sources.focus import FocusSource
 from tests.emulators.athena import AthenaEmulator, call, has_page_token, operation
 from tests.emulators.server import Fault, Request
 from tests.helpers import Calls, use_static_aws_credentials

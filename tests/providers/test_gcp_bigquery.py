@@ -14,10 +14,11 @@ from google.api_core.exceptions import BadRequest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from exporter.config import GcpBigQuerySource, parse_config
+from exporter.config import parse_config
 from exporter.model import AccountInfo, FetchResult, FetchWindow
 from exporter.providers.base import PaidCallCapReached, ProviderContext, SourceError, Throttled
 from exporter.providers.gcp_bigquery import QUERY, GcpBigQueryProvider, billable_bytes, model_from_sku
+from exporter.sources.gcp_bigquery import GcpBigQuerySource
 from tests.emulators.bigquery import BigQueryEmulator
 from tests.emulators.dataset import Dataset, build_dataset
 from tests.emulators.server import Fault

@@ -21,10 +21,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from exporter.config import OciSource, parse_config
+from exporter.config import parse_config
 from exporter.model import AccountInfo, FetchResult, FetchWindow
 from exporter.providers.base import ProviderContext, SourceError, Throttled
 from exporter.providers.oci import OciProvider
+from exporter.sources.oci import OciSource
 from tests.emulators.dataset import Dataset, build_dataset
 from tests.emulators.oci_usage import OciUsageEmulator
 from tests.emulators.server import Fault

@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 
-from exporter.config import OpenAISource, parse_config
+from exporter.config import parse_config
 from exporter.model import TOKEN_TYPES, FetchResult, FetchWindow
 from exporter.pricing import PriceTable
 from exporter.providers.base import SourceError, Throttled
 from exporter.providers.openai import OpenAIProvider, completion_tokens, parse_line_item, token_type_of
+from exporter.sources.openai import OpenAISource
 from tests.emulators.ai_dataset import (
     EMBED,
     GPT4O,

@@ -1,0 +1,83 @@
+"""What every source type declares: the keys all sources share, the throttle keys, and its ``SourceSpec``."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from typing import Annotated, ClassVar, NamedTuple
+
+from pydantic import Field
+
+from exporter.config_types import ConfigModel, Duration
+
+
+class SourceBase(ConfigModel):
+    FETCH_NEUTRAL: ClassVar[frozenset[str]] = frozenset(
+        {"interval", "jitter", "timeout", "backoff_max", "max_api_cost_usd_per_day"}
+    )
+    """Keys that change when or how patiently a source is fetched, not what: changing one keeps the cache."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
+    interval: Duration = 6 * 3600.0
+    jitter: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    """Fraction of the interval by which each refresh is randomly delayed."""
+    timeout: Duration = 300.0
+    restatement_days: Annotated[int, Field(ge=0, le=60)] = 3
+    max_api_cost_usd_per_day: Annotated[float, Field(ge=0)] | None = None
+    backoff_max: Duration = 3600.0
+    history_days: Annotated[int, Field(ge=1, le=400)] = 35
+    """Days fetched on a cold cache besides the previous month (for baselines)."""
+    type: str
+    """The source type; each narrows it to its own ``Literal``, on which the config's union is discriminated."""
+
+
+class RetrySettings(NamedTuple):
+    """How a source retries a throttled request, whatever its keys are called (``RetryPolicy.from_settings``)."""
+
+    retries: int
+    max_wait: float
+    backoff: float | None = None
+    """First wait after a throttle without the server's hint; None: such a throttle is not retried."""
+
+
+class ThrottleRetry(SourceBase):
+    """The ``throttle_*`` keys of a source whose API throttles and says so without always saying how long."""
+
+    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"throttle_retries", "throttle_backoff", "throttle_max_wait"}
+    throttle_retries: Annotated[int, Field(ge=0, le=10)] = 4
+    """Retries of a throttled request before the refresh fails."""
+    throttle_backoff: Duration = 1.0
+    """First wait after a throttled request; doubled on each retry, each wait at most ``throttle_max_wait``."""
+    throttle_max_wait: Duration = 30.0
+    """Longest wait honoured; a longer retry hint fails the refresh and the scheduler retries later."""
+
+    @property
+    def retry_settings(self) -> RetrySettings:
+        return RetrySettings(self.throttle_retries, self.throttle_max_wait, self.throttle_backoff)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One source type: its config model, and what the engine, the installer and the docs need to know of it.
+
+    ``exporter.sources.SOURCES`` lists one per type; the config's union, the provider factory and the docs
+    tests are built from that table.
+    """
+
+    config: type[SourceBase]
+    provider: str
+    """Value of the ``provider`` label on ``spend_exporter_source_*`` metrics."""
+    implementation: str
+    """The provider class as ``module:Class``, imported only when a source of this type is configured."""
+    api: str
+    """The billing API it reads, named in HELP texts and docs."""
+    extra: str
+    """The pip extra that installs its SDK ("" if none)."""
+    docs: str
+    """The page that documents it, from the repository's root."""
+    type: str = field(init=False)
+    """The ``type`` key's value, read from the model's ``Literal``."""
+
+    def __post_init__(self) -> None:
+        (tag,) = typing.get_args(self.config.model_fields["type"].annotation)
+        object.__setattr__(self, "type", tag)
