@@ -56,6 +56,9 @@ def gzip_accepted(accept_encoding: str | None) -> bool:
 
 
 class Server(ThreadingHTTPServer):
+    """One thread per connection; TLS is set up per connection from the current web config, so a changed
+    certificate or client-certificate requirement applies to the next connection without a restart."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
@@ -135,6 +138,8 @@ class Server(ThreadingHTTPServer):
 
 
 class Handler(BaseHTTPRequestHandler):
+    """The endpoints, and the stdlib's request parsing made strict (see the module docstring)."""
+
     server: Server
     raw_requestline: bytes
     protocol_version = "HTTP/1.1"

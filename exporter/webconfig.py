@@ -40,11 +40,13 @@ TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3
 
 
 class WebConfigError(Exception):
-    pass
+    """The web config file cannot be read or is invalid; the message names the key, never a secret."""
 
 
 @dataclass
 class WebConfig:
+    """One reading of the web config file: TLS settings (paths taken relative to the file) and bcrypt hashes by user."""
+
     cert_file: str | None = None
     key_file: str | None = None
     client_ca_file: str | None = None
