@@ -127,11 +127,15 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     for r in out["ratios"]:
         print(
             f"  {r['series_target']:>7} {'gzip ' if r['gzip'] else 'plain'} exporter/bare median "
-            f"{r['exporter_over_bare']:.2f}x  naive/exporter {r['naive_over_exporter']:.1f}x  "
-            f"x16 throughput exporter/bare {r['throughput16_exporter_over_bare']:.2f}"
+            f"{_fmt(r['exporter_over_bare'], '.2f')}x  naive/exporter {_fmt(r['naive_over_exporter'], '.1f')}x  "
+            f"x16 throughput exporter/bare {_fmt(r['throughput16_exporter_over_bare'], '.2f')}"
         )
     save("scrape", out)
     return out
+
+
+def _fmt(ratio: float | None, spec: str) -> str:
+    return "–" if ratio is None else format(ratio, spec)  # a side left out with --kinds
 
 
 def ratios(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -137,7 +137,8 @@ def _build(config: Config, stale_ok: bool = False, one_shot: bool = False) -> An
 
 
 def cmd_run(config: Config, raw: dict[str, Any], args: argparse.Namespace) -> int:
-    from exporter.web import WebConfigError, serve
+    from exporter.web import serve
+    from exporter.webconfig import WebConfigError
 
     address = args.listen_address or config.listen_address
     try:

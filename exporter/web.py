@@ -1,44 +1,29 @@
 """HTTP: /metrics (pre-rendered bytes), /, /-/healthy, /-/ready, /status, /config.
 
-``--web.config.file`` takes the exporter-toolkit format::
-
-    tls_server_config:
-      cert_file: server.crt
-      key_file: server.key
-      client_ca_file: ca.crt              # optional
-      client_auth_type: RequireAndVerifyClientCert
-      min_version: TLS12
-    basic_auth_users:
-      alice: $2y$10$...                    # bcrypt
-
-The file is re-read when it changes, as the exporter-toolkit does. With basic auth on, ``/-/healthy`` and
-``/-/ready`` still answer without credentials (``UNAUTHENTICATED_PATHS``), so that probes work.
+A ``ThreadingHTTPServer`` hardened for what a scrape port meets (docs/reliability.md, "HTTP fuzzing"): strict
+framing, 405 for every other method, no HTTP/0.9 or HTTP/2, ``Host`` required on HTTP/1.1, a lingering close,
+an idle timeout, and large bodies sent in one blocking call. TLS and basic auth come from ``--web.config.file``
+(``exporter.webconfig``). With basic auth on, ``/-/healthy`` and ``/-/ready`` still answer without credentials
+(``UNAUTHENTICATED_PATHS``), so that probes work.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
 import json
 import logging
-import os
 import socket
 import ssl
 import struct
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from exporter import __version__
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from exporter.webconfig import Authenticator, WebConfig, WebConfigError, WebConfigWatcher, make_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -52,216 +37,9 @@ IDLE_TIMEOUT = 60.0
 # a body at least this long goes out in one blocking send (Handler._send_body)
 BLOCKING_SEND_MIN = 256 << 10
 
-CLIENT_AUTH_TYPES = {
-    "NoClientCert": ssl.CERT_NONE,
-    "RequestClientCert": ssl.CERT_OPTIONAL,
-    "RequireAnyClientCert": ssl.CERT_REQUIRED,
-    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
-}
-TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 # Kubernetes probes (and the image's HEALTHCHECK) send no credentials: these answer a fixed text and nothing else,
 # so they stay open with basic auth on. TLS, and a required client certificate, still apply to them.
 UNAUTHENTICATED_PATHS = frozenset({"/-/healthy", "/-/ready"})
-
-
-class WebConfigError(Exception):
-    pass
-
-
-@dataclass
-class WebConfig:
-    cert_file: str | None = None
-    key_file: str | None = None
-    client_ca_file: str | None = None
-    client_auth_type: str = "NoClientCert"
-    min_version: str = "TLS12"
-    users: dict[str, bytes] = field(default_factory=dict)
-
-    @property
-    def tls(self) -> bool:
-        return self.cert_file is not None
-
-
-def load_web_config(path: str | None) -> WebConfig:
-    if not path:
-        return WebConfig()
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as e:
-        # str(e) quotes the offending line, which may hold a password hash: give only where and what
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise WebConfigError(
-            f"web config {path}: invalid YAML{where}: {getattr(e, 'problem', None) or e.__class__.__name__}"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise WebConfigError(
-            f"web config {path}: cannot read: {e.__class__.__name__}: {getattr(e, 'strerror', None) or 'not UTF-8'}"
-        ) from None
-    if not isinstance(data, dict):
-        raise WebConfigError(f"web config {path}: must be a mapping")
-    unknown = set(data) - {"tls_server_config", "basic_auth_users", "http_server_config"}
-    if unknown:
-        raise WebConfigError(f"web config {path}: {sorted(unknown)[0]}: unknown key")
-    wc = WebConfig()
-    tls = data.get("tls_server_config") or {}
-    if not isinstance(tls, dict):
-        raise WebConfigError(f"web config {path}: tls_server_config: must be a mapping")
-    allowed = {
-        "cert_file",
-        "key_file",
-        "client_ca_file",
-        "client_auth_type",
-        "min_version",
-        "max_version",
-        "cipher_suites",
-    }
-    for k in tls:
-        if k not in allowed:
-            raise WebConfigError(f"web config {path}: tls_server_config.{k}: unknown or unsupported key")
-    base = Path(path).parent
-
-    def rel(p: Any) -> str | None:
-        return str(base / p) if p else None
-
-    wc.cert_file, wc.key_file = rel(tls.get("cert_file")), rel(tls.get("key_file"))
-    if bool(wc.cert_file) != bool(wc.key_file):
-        raise WebConfigError(f"web config {path}: tls_server_config: cert_file and key_file go together")
-    wc.client_ca_file = rel(tls.get("client_ca_file"))
-    wc.client_auth_type = str(
-        tls.get("client_auth_type") or ("RequireAndVerifyClientCert" if wc.client_ca_file else "NoClientCert")
-    )
-    if wc.client_auth_type not in CLIENT_AUTH_TYPES:
-        raise WebConfigError(
-            f"web config {path}: tls_server_config.client_auth_type: invalid value {wc.client_auth_type!r}"
-        )
-    if wc.client_auth_type in ("RequireAndVerifyClientCert", "VerifyClientCertIfGiven") and not wc.client_ca_file:
-        raise WebConfigError(
-            f"web config {path}: tls_server_config.client_ca_file: needed with client_auth_type {wc.client_auth_type}"
-        )
-    wc.min_version = str(tls.get("min_version") or "TLS12")
-    if wc.min_version not in TLS_VERSIONS:
-        raise WebConfigError(f"web config {path}: tls_server_config.min_version: must be TLS12 or TLS13")
-    users = data.get("basic_auth_users") or {}
-    if not isinstance(users, dict):
-        raise WebConfigError(f"web config {path}: basic_auth_users: must be a mapping of user to bcrypt hash")
-    for user, h in users.items():
-        if not isinstance(h, str) or not h.startswith(("$2a$", "$2b$", "$2y$")):
-            raise WebConfigError(f"web config {path}: basic_auth_users.{user}: not a bcrypt hash")
-        wc.users[str(user)] = h.replace("$2y$", "$2b$", 1).encode()
-    if wc.tls:
-        make_ssl_context(wc)  # fail at start, not at the first connection
-    return wc
-
-
-def make_ssl_context(wc: WebConfig) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = TLS_VERSIONS[wc.min_version]
-    try:
-        ctx.load_cert_chain(wc.cert_file or "", wc.key_file)
-        if wc.client_ca_file:
-            ctx.load_verify_locations(wc.client_ca_file)
-    except (OSError, ssl.SSLError) as e:
-        raise WebConfigError(
-            f"TLS: cannot load certificates: {e.__class__.__name__}: {getattr(e, 'strerror', None) or e}"
-        ) from None
-    ctx.verify_mode = CLIENT_AUTH_TYPES[wc.client_auth_type]
-    return ctx
-
-
-class Authenticator:
-    """bcrypt basic auth with a cache of verified credentials, so a scrape does not pay bcrypt each time."""
-
-    def __init__(self) -> None:
-        self._ok: set[tuple[str, bytes]] = set()
-        self._dummies: dict[bytes, bytes] = {}
-        self._lock = threading.Lock()
-
-    def dummy_hash(self, wc: WebConfig) -> bytes:
-        """A valid hash at the users' bcrypt cost, checked for an unknown user so that a wrong user takes as
-        long as a wrong password (an invalid hash would fail at once and tell which users exist)."""
-        import bcrypt
-
-        cost = next(iter(wc.users.values()))[4:6]
-        with self._lock:
-            h = self._dummies.get(cost)
-        if h is None:
-            rounds = int(cost) if cost.isdigit() and 4 <= int(cost) <= 31 else 10
-            h = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(rounds=rounds))
-            with self._lock:
-                self._dummies[cost] = h
-        return h
-
-    def check(self, wc: WebConfig, header: str | None) -> bool:
-        if not wc.users:
-            return True
-        if not header or not header.lower().startswith("basic "):
-            return False
-        try:
-            user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        import bcrypt
-
-        hashed = wc.users.get(user)
-        key = (user, hashlib.sha256(password.encode() + (hashed or b"")).digest())
-        with self._lock:
-            if hashed is not None and key in self._ok:
-                return True
-        try:
-            ok = bcrypt.checkpw(password.encode(), hashed or self.dummy_hash(wc))
-        except ValueError:
-            ok = False
-        ok = ok and hashed is not None
-        if ok:
-            with self._lock:
-                if len(self._ok) > 1000:
-                    self._ok.clear()
-                self._ok.add(key)
-        return ok
-
-
-class WebConfigWatcher:
-    """Re-reads the web config file when it, or a certificate or key it names, changes.
-
-    A broken edit keeps the previous config. Watching the certificate files too means a renewed
-    certificate (cert-manager, certbot) is served without a restart, as the exporter-toolkit does.
-    """
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self.config = load_web_config(path)
-        self._mtime = self._stat()
-        self._lock = threading.Lock()
-
-    def _stat(self) -> tuple[int, ...] | None:
-        if not self.path:
-            return None
-        cfg: WebConfig = self.config
-        files = [self.path, *(f for f in (cfg.cert_file, cfg.key_file, cfg.client_ca_file) if f)]
-        out = []
-        for f in files:
-            try:
-                out.append(os.stat(f).st_mtime_ns)
-            except OSError:
-                out.append(-1)
-        return tuple(out)
-
-    def current(self) -> WebConfig:
-        if self.path:
-            m = self._stat()
-            if m != self._mtime:
-                with self._lock:
-                    if m != self._mtime:
-                        self._mtime = m
-                        try:
-                            self.config = load_web_config(self.path)
-                            self._mtime = self._stat()  # the new config may name other files
-                            log.info("web config %s reloaded", self.path)
-                        except WebConfigError as e:
-                            log.error("web config reload failed, keeping the previous one: %s", e)
-        return self.config
 
 
 def negotiate(accept: str | None) -> bool:
@@ -278,6 +56,9 @@ def gzip_accepted(accept_encoding: str | None) -> bool:
 
 
 class Server(ThreadingHTTPServer):
+    """One thread per connection; TLS is set up per connection from the current web config, so a changed
+    certificate or client-certificate requirement applies to the next connection without a restart."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
@@ -357,6 +138,8 @@ class Server(ThreadingHTTPServer):
 
 
 class Handler(BaseHTTPRequestHandler):
+    """The endpoints, and the stdlib's request parsing made strict (see the module docstring)."""
+
     server: Server
     raw_requestline: bytes
     protocol_version = "HTTP/1.1"

@@ -31,7 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.app import App, build_app
 from exporter.config import load_config
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
-from exporter.web import BLOCKING_SEND_MIN, Handler, Server, WebConfigError, load_web_config
+from exporter.web import BLOCKING_SEND_MIN, Handler, Server
+from exporter.webconfig import WebConfigError, load_web_config
 from tests.helpers import running
 from tests.pki import make_ca, make_leaf, write_pem
 

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from exporter.app import App, build_app
 from exporter.config import load_config
-from exporter.web import Authenticator, Server, WebConfig, WebConfigError, load_web_config, make_ssl_context
+from exporter.web import Server
+from exporter.webconfig import Authenticator, WebConfig, WebConfigError, load_web_config, make_ssl_context
 from tests.helpers import running
 from tests.pki import cert_pem, key_pem, make_ca, make_leaf, write_pem
 
