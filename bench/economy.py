@@ -58,12 +58,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         os.environ.pop(k, None)
     import random
 
-    from exporter.app import build_app
+    from exporter.cli import assemble
     from exporter.config import parse_config
     from exporter.providers.aws import AwsProvider
     from exporter.providers.base import ProviderContext
-    from exporter.scheduler import fetch_window
     from exporter.store import SourceState
+    from exporter.timing import fetch_window
     from tests.emulators.aws_ce import AwsCostExplorerEmulator
     from tests.emulators.dataset import build_dataset
 
@@ -91,7 +91,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             ],
         }
         cfg = parse_config(raw)
-        app = build_app(cfg, now=now, rng=random.Random(1))
+        app, scheduler = assemble(cfg, now=now, rng=random.Random(1))
         refreshes = 0
         t0 = time.perf_counter()
         calls_per_refresh: list[int] = []
@@ -99,9 +99,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             clock["t"] = start + dt.timedelta(seconds=i * SCRAPE_S)
             if i * SCRAPE_S in restart_at:
                 app.close()
-                app = build_app(cfg, now=now, rng=random.Random(i))
+                app, scheduler = assemble(cfg, now=now, rng=random.Random(i))
             before = len(emu.requests)
-            ran = app.scheduler.run_pending()
+            ran = scheduler.run_pending()
             if ran:
                 refreshes += len(ran)
                 calls_per_refresh.append(len(emu.requests) - before)

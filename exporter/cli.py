@@ -8,6 +8,7 @@ Flags follow the exporter conventions (``--config.file``, ``--web.listen-address
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
@@ -16,12 +17,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exporter import __version__
 from exporter.config import Config, ConfigError, json_schema, load_config, parse_listen_address, redacted
 from exporter.osutil import tune_malloc
+from exporter.timing import utc_now
+
+if TYPE_CHECKING:
+    import random
+
+    from exporter.app import App
+    from exporter.scheduler import Scheduler
 
 log = logging.getLogger("exporter")
 
@@ -126,11 +135,24 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_CONFIG
 
 
-def _build(config: Config, stale_ok: bool = False, one_shot: bool = False) -> Any:
+def assemble(
+    config: Config,
+    now: Callable[[], dt.datetime] = utc_now,
+    rng: random.Random | None = None,
+    stale_ok: bool = False,
+    one_shot: bool = False,
+) -> tuple[App, Scheduler]:
+    """The engine and the scheduler that drives it, on one clock (``build_app`` says what the flags do)."""
     from exporter.app import build_app
+    from exporter.scheduler import Scheduler
 
+    app = build_app(config, now=now, rng=rng, stale_ok=stale_ok, one_shot=one_shot)
+    return app, Scheduler(app, now=now)
+
+
+def _build(config: Config, stale_ok: bool = False, one_shot: bool = False) -> tuple[App, Scheduler]:
     try:
-        return build_app(config, stale_ok=stale_ok, one_shot=one_shot)
+        return assemble(config, stale_ok=stale_ok, one_shot=one_shot)
     except OSError as e:
         print(f"error: cache_path {config.cache_path}: {e.strerror or e}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
@@ -149,7 +171,7 @@ def cmd_run(config: Config, raw: dict[str, Any], args: argparse.Namespace) -> in
     if not any(k.startswith("MALLOC_") for k in os.environ):  # the operator's own settings win
         tune_malloc()
     # a snapshot saved earlier today serves at once; one from an earlier hour is rebuilt right after start
-    app = _build(config, stale_ok=True)
+    app, scheduler = _build(config, stale_ok=True)
     try:
         server = serve(app, host, port, args.web_config_file, redacted(raw))
     except WebConfigError as e:
@@ -167,7 +189,7 @@ def cmd_run(config: Config, raw: dict[str, Any], args: argparse.Namespace) -> in
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    app.scheduler.start()
+    scheduler.start()
     threading.Thread(target=app.rebuild_stale_snapshot, name="snapshot-rebuild", daemon=True).start()
     t = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     t.start()
@@ -183,12 +205,15 @@ def cmd_run(config: Config, raw: dict[str, Any], args: argparse.Namespace) -> in
     stop.wait()
     log.info("shutting down")
     server.shutdown()
+    scheduler.stop()
     app.close()
     return 0
 
 
 def cmd_check(config: Config) -> int:
-    app = _build(config, one_shot=True)
+    from exporter.status import month_to_date
+
+    app, _ = _build(config, one_shot=True)
     try:
         outcomes = app.refresh_all()
         rows = [("SOURCE", "STATUS", "RECORDS", "MONTH-TO-DATE USD", "DURATION")]
@@ -198,7 +223,7 @@ def cmd_check(config: Config) -> int:
                     o.source,
                     "ok" if o.ok else "FAILED",
                     str(o.records),
-                    f"{app.month_to_date(o.source):,.2f}",
+                    f"{month_to_date(app.snapshot, o.source):,.2f}",
                     f"{o.duration:.2f}s",
                 )
             )
@@ -214,7 +239,7 @@ def cmd_check(config: Config) -> int:
 
 
 def cmd_once(config: Config, output: str | None) -> int:
-    app = _build(config, one_shot=True)
+    app, _ = _build(config, one_shot=True)
     try:
         outcomes = app.refresh_all()
         data = app.snapshot.text

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from exporter import __version__
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from exporter.status import status_report
 from exporter.webconfig import Authenticator, WebConfig, WebConfigError, WebConfigWatcher, make_ssl_context
 
 log = logging.getLogger(__name__)
@@ -312,7 +313,7 @@ class Handler(BaseHTTPRequestHandler):
                     503, b"Not ready: waiting for the first refresh of every source\n", "text/plain; charset=utf-8"
                 )
         elif path == "/status":
-            self._reply(200, json.dumps(app.status(), indent=2).encode() + b"\n", "application/json")
+            self._reply(200, json.dumps(status_report(app), indent=2).encode() + b"\n", "application/json")
         elif path == "/config":
             self._reply(200, json.dumps(self.server.app_config_redacted, indent=2).encode() + b"\n", "application/json")
         else:
@@ -328,7 +329,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def landing_page(app: Any) -> str:
-    st = app.status()
+    st = status_report(app)
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(s['name'])}</td><td>{e(s['type'])}</td>"

@@ -22,13 +22,16 @@ import duckdb
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.app import App, build_app
+from exporter.app import App
+from exporter.cli import assemble
 from exporter.config import parse_config
 from exporter.model import FetchResult, FetchWindow
 from exporter.providers.base import ProviderContext, SourceError
 from exporter.providers.focus import FocusProvider
 from exporter.providers.focus_records import normalise_provider
+from exporter.scheduler import Scheduler
 from exporter.sources.focus import FocusSource
+from exporter.status import status_report
 
 UTC = dt.UTC
 NOW = dt.datetime(2025, 3, 15, 10, 30, tzinfo=UTC)
@@ -573,7 +576,7 @@ def test_the_reader_reports_its_errors_as_the_source_error(tmp_path: Path, focus
 def engine(tmp_path: Path, clock: Any) -> Iterator[Any]:
     apps: list[App] = []
 
-    def make(**top: Any) -> App:
+    def make(**top: Any) -> tuple[App, Scheduler]:
         raw: dict[str, Any] = {
             "cache_path": str(tmp_path / "cache.sqlite"),
             "sources": [
@@ -581,9 +584,9 @@ def engine(tmp_path: Path, clock: Any) -> Iterator[Any]:
             ],
             **top,
         }
-        app = build_app(parse_config(raw), now=clock)
+        app, scheduler = assemble(parse_config(raw), now=clock)
         apps.append(app)
-        return app
+        return app, scheduler
 
     yield make
     for a in apps:
@@ -611,14 +614,14 @@ def test_currency_conversion_and_missing_rates(
         rows.append(focus.daily(day, 5000.0, ServiceName="Yen", BillingCurrency="JPY"))
         rows.append(focus.daily(day, 1.0, ServiceName="Blank", BillingCurrency=""))
     focus.write(tmp_path / "exports" / "a.csv", rows)
-    app = engine(currency_rates={"EUR": 1.08})
+    app, _ = engine(currency_rates={"EUR": 1.08})
     with caplog.at_level(logging.WARNING):
         (out,) = app.refresh_all()
     assert out.ok
     mtd = samples(app, "spend_cost_month_to_date_usd")
     assert mtd == {"Euro": pytest.approx(15 * 108.0), "Dollar": pytest.approx(150.0)}, "no rate: never taken as USD"
     assert samples(app, "spend_exporter_source_records_skipped") == {"focus": 30.0}
-    st = app.status()["sources"][0]
+    st = status_report(app)["sources"][0]
     assert st["records_skipped_last_refresh"] == {"no_rate_JPY": 15, "no_rate_BLANK": 15}
     assert "currency with no rate (JPY)" in caplog.text
     assert "add it to currency_rates" in caplog.text
@@ -626,15 +629,15 @@ def test_currency_conversion_and_missing_rates(
 
 def test_files_added_later_are_picked_up(tmp_path: Path, focus: Any, engine: Any, clock: Any) -> None:
     focus.write(tmp_path / "exports" / "2025-03-a.csv", [focus.daily(dt.date(2025, 3, 14), 10.0, ServiceName="A")])
-    app = engine()
-    app.scheduler.run_pending()
+    app, scheduler = engine()
+    scheduler.run_pending()
     assert samples(app, "spend_cost_month_to_date_usd") == {"A": 10.0}
     focus.write(tmp_path / "exports" / "2025-03-b.csv", [focus.daily(dt.date(2025, 3, 14), 2.0, ServiceName="B")])
     clock.advance(minutes=30)
-    assert app.scheduler.run_pending() == [], "not before the interval"
+    assert scheduler.run_pending() == [], "not before the interval"
     assert samples(app, "spend_cost_month_to_date_usd") == {"A": 10.0}
     clock.advance(minutes=30)
-    assert app.scheduler.run_pending() == ["focus"]
+    assert scheduler.run_pending() == ["focus"]
     assert samples(app, "spend_cost_month_to_date_usd") == {"A": 10.0, "B": 2.0}
 
 
@@ -655,7 +658,9 @@ def test_accounts_teams_and_models_reach_metrics(tmp_path: Path, focus: Any, eng
         focus.daily(dt.date(2025, 3, 14), 7.0, ServiceName="Tagged", Tags='{"Team": "payments"}'),
     ]
     focus.write(tmp_path / "exports" / "a.csv", rows)
-    app = engine(attribution={"team_tag_keys": ["team"], "rules": [{"match": {"account_id": "proj_x"}, "team": "ml"}]})
+    app, _ = engine(
+        attribution={"team_tag_keys": ["team"], "rules": [{"match": {"account_id": "proj_x"}, "team": "ml"}]}
+    )
     app.refresh_all()
     fams = {f.name: f for f in text_string_to_metric_families(app.exposition())}
     daily = {s.labels["service_name"]: s.labels for s in fams["spend_cost_daily_usd"].samples}

@@ -1,6 +1,6 @@
 """The scheduler with a fake clock: intervals, jitter, backoff, timeouts, the paid-call cap, month boundaries.
 
-Nothing sleeps: the test moves the clock and calls ``app.scheduler.run_pending()``, which refreshes
+Nothing sleeps: the test moves the clock and calls ``scheduler.run_pending()``, which refreshes
 every source due at the clock's time, as the background workers would.
 """
 
@@ -16,11 +16,14 @@ from typing import Any
 
 import pytest
 
-from exporter.app import App, build_app
+from exporter.app import App
+from exporter.cli import assemble
 from exporter.config import parse_config
 from exporter.providers.base import PaidCallCapReached
-from exporter.scheduler import BACKOFF_BASE, backoff_delay, fetch_window
+from exporter.scheduler import Scheduler
+from exporter.status import status_report
 from exporter.store import SourceState
+from exporter.timing import BACKOFF_BASE, backoff_delay, fetch_window
 from exporter.web import landing_page
 from tests.emulators.aws_ce import AwsCostExplorerEmulator
 from tests.emulators.dataset import build_dataset
@@ -62,10 +65,10 @@ def write_days(focus: Any, path: Path, first: dt.date, last: dt.date, cost: Any 
 def app_factory(clock: Any) -> Iterator[Any]:
     apps: list[App] = []
 
-    def make(cfg: Any, **kw: Any) -> App:
-        app = build_app(cfg, now=clock, **kw)
+    def make(cfg: Any, **kw: Any) -> tuple[App, Scheduler]:
+        app, scheduler = assemble(cfg, now=clock, **kw)
         apps.append(app)
-        return app
+        return app, scheduler
 
     yield make
     for a in apps:
@@ -73,7 +76,7 @@ def app_factory(clock: Any) -> Iterator[Any]:
 
 
 def due_in(app: App, name: str, clock: Any) -> float:
-    return app.scheduler.due_at(name) - clock().timestamp()
+    return app.due_at(name) - clock().timestamp()
 
 
 # --------------------------------------------------------------------------- interval and jitter
@@ -81,28 +84,28 @@ def due_in(app: App, name: str, clock: Any) -> float:
 
 def test_interval_is_respected(tmp_path: Path, clock: Any, focus: Any, app_factory: Any) -> None:
     write_days(focus, tmp_path / "focus" / "a.csv", dt.date(2025, 2, 1), clock().date())
-    app = app_factory(config(tmp_path, focus_source(tmp_path)))
+    app, scheduler = app_factory(config(tmp_path, focus_source(tmp_path)))
     assert not app.ready()
-    assert app.scheduler.run_pending() == ["focus"]
+    assert scheduler.run_pending() == ["focus"]
     assert app.ready()
     assert due_in(app, "focus", clock) == 3600
     for minutes in (1, 30, 58):
         clock.set(dt.datetime(2025, 3, 15, 10, 30, tzinfo=UTC) + dt.timedelta(minutes=minutes))
-        assert app.scheduler.run_pending() == []
+        assert scheduler.run_pending() == []
     clock.set(dt.datetime(2025, 3, 15, 11, 29, 59, tzinfo=UTC))
-    assert app.scheduler.run_pending() == []
+    assert scheduler.run_pending() == []
     clock.advance(seconds=1)
-    assert app.scheduler.run_pending() == ["focus"]
-    assert app.scheduler.run_pending() == [], "a source runs once per due time"
-    assert app.status()["sources"][0]["next_refresh"] == "2025-03-15T12:30:00Z"
+    assert scheduler.run_pending() == ["focus"]
+    assert scheduler.run_pending() == [], "a source runs once per due time"
+    assert status_report(app)["sources"][0]["next_refresh"] == "2025-03-15T12:30:00Z"
 
 
 def test_jitter_delays_within_its_fraction(tmp_path: Path, clock: Any, focus: Any, app_factory: Any) -> None:
     write_days(focus, tmp_path / "focus" / "a.csv", dt.date(2025, 2, 1), clock().date())
-    app = app_factory(config(tmp_path, focus_source(tmp_path, jitter=0.2)), rng=random.Random(1))
+    app, scheduler = app_factory(config(tmp_path, focus_source(tmp_path, jitter=0.2)), rng=random.Random(1))
     delays = []
     for _ in range(6):
-        assert app.scheduler.run_pending() == ["focus"]
+        assert scheduler.run_pending() == ["focus"]
         delay = due_in(app, "focus", clock)
         assert 3600 <= delay <= 3600 * 1.2
         delays.append(delay)
@@ -131,8 +134,8 @@ def test_fetch_window_cold_and_warm() -> None:
 
 def test_cold_cache_fetches_history_for_baselines(tmp_path: Path, clock: Any, focus: Any, app_factory: Any) -> None:
     write_days(focus, tmp_path / "focus" / "a.csv", dt.date(2024, 12, 1), clock().date())
-    app = app_factory(config(tmp_path, focus_source(tmp_path)))
-    app.scheduler.run_pending()
+    app, scheduler = app_factory(config(tmp_path, focus_source(tmp_path)))
+    scheduler.run_pending()
     first, last = app.store.query("SELECT MIN(day), MAX(day) FROM cost")[0]
     assert (first, last) == ("2025-02-01", "2025-03-15")
     assert value(app, "spend_cost_previous_month_usd") == pytest.approx(28 * 10.0)
@@ -146,8 +149,8 @@ def test_backoff_on_failure_keeps_last_good_data_then_recovers(
     tmp_path: Path, clock: Any, focus: Any, app_factory: Any
 ) -> None:
     path = write_days(focus, tmp_path / "focus" / "a.csv", dt.date(2025, 2, 1), clock().date())
-    app = app_factory(config(tmp_path, focus_source(tmp_path, backoff_max="5m")))
-    app.scheduler.run_pending()
+    app, scheduler = app_factory(config(tmp_path, focus_source(tmp_path, backoff_max="5m")))
+    scheduler.run_pending()
     mtd = value(app, "spend_cost_month_to_date_usd")
     assert mtd == pytest.approx(150.0)
     assert value(app, "spend_exporter_source_up", source="focus") == 1.0
@@ -157,8 +160,8 @@ def test_backoff_on_failure_keeps_last_good_data_then_recovers(
     clock.advance(hours=1)
     delays = []
     for failures in range(1, 7):
-        assert app.scheduler.run_pending() == ["focus"]
-        st = app.status()["sources"][0]
+        assert scheduler.run_pending() == ["focus"]
+        st = status_report(app)["sources"][0]
         assert st["up"] is False
         assert st["consecutive_failures"] == failures
         assert "no files match" in st["last_error"]
@@ -168,13 +171,13 @@ def test_backoff_on_failure_keeps_last_good_data_then_recovers(
         delay = due_in(app, "focus", clock)
         delays.append(delay)
         clock.advance(seconds=delay - 1)
-        assert app.scheduler.run_pending() == [], "not before the backoff delay"
+        assert scheduler.run_pending() == [], "not before the backoff delay"
         clock.advance(seconds=1)
     assert delays == [BACKOFF_BASE, 60, 120, 240, 300, 300]  # doubling, capped by backoff_max
 
     hidden.rename(path)
-    assert app.scheduler.run_pending() == ["focus"]
-    st = app.status()["sources"][0]
+    assert scheduler.run_pending() == ["focus"]
+    st = status_report(app)["sources"][0]
     assert st["up"] is True and st["consecutive_failures"] == 0 and st["last_error"] is None
     assert value(app, "spend_exporter_source_up", source="focus") == 1.0
     assert value(app, "spend_exporter_source_last_success_timestamp_seconds", source="focus") == clock().timestamp()
@@ -183,14 +186,14 @@ def test_backoff_on_failure_keeps_last_good_data_then_recovers(
 
 def test_corrupt_file_fails_the_refresh(tmp_path: Path, clock: Any, focus: Any, app_factory: Any) -> None:
     write_days(focus, tmp_path / "focus" / "a.csv", dt.date(2025, 2, 1), clock().date())
-    app = app_factory(config(tmp_path, focus_source(tmp_path)))
-    app.scheduler.run_pending()
+    app, scheduler = app_factory(config(tmp_path, focus_source(tmp_path)))
+    scheduler.run_pending()
     (tmp_path / "focus" / "b.parquet").write_bytes(b"PAR1" + bytes(range(256)) * 4)
     clock.advance(hours=1)
-    app.scheduler.run_pending()
+    scheduler.run_pending()
     assert value(app, "spend_exporter_source_up", source="focus") == 0.0
     assert value(app, "spend_cost_month_to_date_usd") == pytest.approx(150.0)
-    assert app.status()["sources"][0]["last_error"].startswith("reading FOCUS files failed")
+    assert status_report(app)["sources"][0]["last_error"].startswith("reading FOCUS files failed")
     assert due_in(app, "focus", clock) == BACKOFF_BASE
 
 
@@ -209,7 +212,7 @@ def test_backoff_honours_retry_after_within_backoff_max() -> None:
 def test_refresh_timeout(tmp_path: Path, clock: Any, focus: Any, app_factory: Any) -> None:
     write_days(focus, tmp_path / "focus" / "a.csv", dt.date(2025, 2, 1), clock().date())
     # 1 ms: reading files through DuckDB always takes longer
-    app = app_factory(config(tmp_path, focus_source(tmp_path, timeout="1ms")))
+    app, _ = app_factory(config(tmp_path, focus_source(tmp_path, timeout="1ms")))
     out = app.refresh("focus")
     assert not out.ok
     assert out.error == "refresh timed out after 0.001s"
@@ -229,17 +232,17 @@ def test_one_failing_source_never_stops_another(tmp_path: Path, clock: Any, focu
         focus_source(tmp_path, "empty"),
         focus_source(tmp_path, "late", timeout="1ms"),
     )
-    app = app_factory(cfg)
-    assert app.scheduler.run_pending() == ["good", "broken", "empty", "late"]
+    app, scheduler = app_factory(cfg)
+    assert scheduler.run_pending() == ["good", "broken", "empty", "late"]
     up = {dict(k)["source"]: v for k, v in series(app.exposition(), "spend_exporter_source_up").items()}
     assert up == {"good": 1.0, "broken": 0.0, "empty": 0.0, "late": 0.0}
     assert value(app, "spend_cost_month_to_date_usd", service_name="Good") == pytest.approx(150.0)
     assert app.ready()
     # the failing ones retry on their backoff while the good one keeps its interval
     clock.advance(seconds=30)
-    assert app.scheduler.run_pending() == ["broken", "empty", "late"]
+    assert scheduler.run_pending() == ["broken", "empty", "late"]
     clock.advance(minutes=60)
-    assert "good" in app.scheduler.run_pending()
+    assert "good" in scheduler.run_pending()
     assert value(app, "spend_exporter_source_up", source="good") == 1.0
 
 
@@ -250,9 +253,9 @@ def test_daily_paid_call_cap(
     tmp_path: Path, clock: Any, focus: Any, app_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     write_days(focus, tmp_path / "focus" / "a.csv", dt.date(2025, 2, 1), clock().date())
-    app = app_factory(config(tmp_path, focus_source(tmp_path, max_api_cost_usd_per_day=0.05)))
-    app.scheduler.run_pending()
-    ctx = app._context(app.source("focus"))
+    app, scheduler = app_factory(config(tmp_path, focus_source(tmp_path, max_api_cost_usd_per_day=0.05)))
+    scheduler.run_pending()
+    ctx = app._fetchers["focus"].context()
     for _ in range(5):
         with ctx.api_call("GetCostAndUsage", cost_usd=0.01):
             pass
@@ -271,7 +274,7 @@ def test_daily_paid_call_cap(
     assert "paid-call cap reached" in caplog.text
     assert app.store.api_cost_on("focus", clock().date()) == pytest.approx(0.05)
 
-    st = app.status()["sources"][0]
+    st = status_report(app)["sources"][0]
     assert st["paid_call_cap_reached"] is True
     assert st["api_cost_usd_today"] == pytest.approx(0.05)
     assert st["max_api_cost_usd_per_day"] == 0.05
@@ -280,13 +283,13 @@ def test_daily_paid_call_cap(
     # the scheduler makes no refresh for the rest of the UTC day
     reads = app.store.query("SELECT SUM(requests) FROM api_calls WHERE operation='read_files'")[0][0]
     clock.advance(hours=2)
-    assert app.scheduler.run_pending() == ["focus"]
+    assert scheduler.run_pending() == ["focus"]
     out = app.refresh("focus")
     assert out.skipped and not out.ok and out.error == "paid-call cap reached for today"
     assert app.store.query("SELECT SUM(requests) FROM api_calls WHERE operation='read_files'")[0][0] == reads
-    assert app.status()["sources"][0]["next_refresh"] == "2025-03-16T00:00:00Z"
+    assert status_report(app)["sources"][0]["next_refresh"] == "2025-03-16T00:00:00Z"
     clock.set(dt.datetime(2025, 3, 15, 23, 59, 59, tzinfo=UTC))
-    assert app.scheduler.run_pending() == []
+    assert scheduler.run_pending() == []
 
     app.rebuild_snapshot()
     assert value(app, "spend_exporter_api_cost_usd_total", source="focus") == pytest.approx(0.05)
@@ -295,9 +298,9 @@ def test_daily_paid_call_cap(
 
     # a new UTC day: the cap starts again
     clock.set(dt.datetime(2025, 3, 16, 0, 0, tzinfo=UTC))
-    assert app.status()["sources"][0]["paid_call_cap_reached"] is False
-    assert app.scheduler.run_pending() == ["focus"]
-    assert app.status()["sources"][0]["up"] is True
+    assert status_report(app)["sources"][0]["paid_call_cap_reached"] is False
+    assert scheduler.run_pending() == ["focus"]
+    assert status_report(app)["sources"][0]["up"] is True
     with ctx.api_call("GetCostAndUsage", cost_usd=0.01):
         pass
     assert app.store.api_cost_on("focus", clock().date()) == pytest.approx(0.01)
@@ -306,8 +309,8 @@ def test_daily_paid_call_cap(
 
 
 def test_failed_paid_call_is_still_charged(tmp_path: Path, clock: Any, app_factory: Any) -> None:
-    app = app_factory(config(tmp_path, focus_source(tmp_path, max_api_cost_usd_per_day=0.02)))
-    ctx = app._context(app.source("focus"))
+    app, _ = app_factory(config(tmp_path, focus_source(tmp_path, max_api_cost_usd_per_day=0.02)))
+    ctx = app._fetchers["focus"].context()
     for _ in range(2):
         with pytest.raises(RuntimeError), ctx.api_call("GetCostAndUsage", cost_usd=0.01):
             raise RuntimeError("HTTP 500")
@@ -317,13 +320,13 @@ def test_failed_paid_call_is_still_charged(tmp_path: Path, clock: Any, app_facto
 
 
 def test_no_cap_configured_means_no_limit(tmp_path: Path, clock: Any, app_factory: Any) -> None:
-    app = app_factory(config(tmp_path, focus_source(tmp_path)))
-    ctx = app._context(app.source("focus"))
+    app, _ = app_factory(config(tmp_path, focus_source(tmp_path)))
+    ctx = app._fetchers["focus"].context()
     for _ in range(300):
         with ctx.api_call("Paid", cost_usd=0.01):
             pass
     assert app.store.api_cost_on("focus", clock().date()) == pytest.approx(3.0)
-    assert app.status()["sources"][0]["paid_call_cap_reached"] is False
+    assert status_report(app)["sources"][0]["paid_call_cap_reached"] is False
 
 
 @pytest.fixture
@@ -336,9 +339,9 @@ def test_paid_call_cap_with_cost_explorer(tmp_path: Path, clock: Any, app_factor
     clock.set(dt.datetime(2025, 3, 15, 12, 0, tzinfo=UTC))
     with AwsCostExplorerEmulator(build_dataset(clock().date())) as emu:
         src = {"name": "aws", "type": "aws", "endpoint_url": emu.url, "interval": "2h"}
-        app = app_factory(config(tmp_path, {**src, "max_api_cost_usd_per_day": 0.06}))
-        assert app.scheduler.run_pending() == ["aws"]
-        assert app.status()["sources"][0]["up"] is True
+        app, scheduler = app_factory(config(tmp_path, {**src, "max_api_cost_usd_per_day": 0.06}))
+        assert scheduler.run_pending() == ["aws"]
+        assert status_report(app)["sources"][0]["up"] is True
         first_day_cost = app.store.api_cost_on("aws", clock().date())
         assert 0 < first_day_cost <= 0.06
 
@@ -347,26 +350,26 @@ def test_paid_call_cap_with_cost_explorer(tmp_path: Path, clock: Any, app_factor
             clock.advance(hours=2, minutes=30)
             if clock().date() != dt.date(2025, 3, 15):
                 break
-            app.scheduler.run_pending()
-            if app.status()["sources"][0]["paid_call_cap_reached"]:
+            scheduler.run_pending()
+            if status_report(app)["sources"][0]["paid_call_cap_reached"]:
                 break
-        st = app.status()["sources"][0]
+        st = status_report(app)["sources"][0]
         assert st["paid_call_cap_reached"] is True
         assert "paid-call cap reached" in st["last_error"]
         assert st["api_cost_usd_today"] <= 0.06
         assert st["next_refresh"] == "2025-03-16T00:00:00Z"
         sent = len(emu.requests)
         clock.set(dt.datetime(2025, 3, 15, 23, 0, tzinfo=UTC))
-        assert app.scheduler.run_pending() == []
+        assert scheduler.run_pending() == []
         assert app.refresh("aws").skipped
         assert len(emu.requests) == sent, "no request reaches Cost Explorer once the cap is reached"
         assert value(app, "spend_exporter_api_cost_usd_total", source="aws") == pytest.approx(st["api_cost_usd_today"])
 
         clock.set(dt.datetime(2025, 3, 16, 0, 0, tzinfo=UTC))
-        assert app.scheduler.run_pending() == ["aws"]
+        assert scheduler.run_pending() == ["aws"]
         assert len(emu.requests) > sent
-        assert app.status()["sources"][0]["up"] is True
-        assert app.status()["sources"][0]["paid_call_cap_reached"] is False
+        assert status_report(app)["sources"][0]["up"] is True
+        assert status_report(app)["sources"][0]["paid_call_cap_reached"] is False
 
 
 # --------------------------------------------------------------------------- month boundary
@@ -376,8 +379,8 @@ def test_month_boundary(tmp_path: Path, clock: Any, focus: Any, app_factory: Any
     clock.set(dt.datetime(2025, 3, 31, 12, 0, tzinfo=UTC))
     path = tmp_path / "focus" / "a.csv"
     write_days(focus, path, dt.date(2025, 2, 1), dt.date(2025, 3, 31), cost=lambda d: 2.0 if d.month == 2 else 3.0)
-    app = app_factory(config(tmp_path, focus_source(tmp_path)))
-    app.scheduler.run_pending()
+    app, scheduler = app_factory(config(tmp_path, focus_source(tmp_path)))
+    scheduler.run_pending()
     assert value(app, "spend_cost_month_to_date_usd") == pytest.approx(31 * 3.0)
     assert value(app, "spend_cost_previous_month_usd") == pytest.approx(28 * 2.0)
     assert value(app, "spend_cost_daily_usd") == pytest.approx(3.0)
@@ -399,7 +402,7 @@ def test_month_boundary(tmp_path: Path, clock: Any, focus: Any, app_factory: Any
 
     # the first April data arrives
     write_days(focus, path, dt.date(2025, 2, 1), dt.date(2025, 4, 1), cost=lambda d: {2: 2.0, 3: 3.0, 4: 5.0}[d.month])
-    assert app.scheduler.run_pending() == ["focus"]
+    assert scheduler.run_pending() == ["focus"]
     assert value(app, "spend_cost_month_to_date_usd") == pytest.approx(5.0)
     assert value(app, "spend_cost_previous_month_usd") == pytest.approx(31 * 3.0)
-    assert app.status()["sources"][0]["month_to_date_usd"] == pytest.approx(5.0)
+    assert status_report(app)["sources"][0]["month_to_date_usd"] == pytest.approx(5.0)

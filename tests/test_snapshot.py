@@ -26,6 +26,7 @@ from exporter.cardinality import OTHER
 from exporter.config import parse_config
 from exporter.exposition import escape_label_value, format_value, render_samples
 from exporter.metrics import COST_LABELS, EXPORTER_FAMILIES, FAMILIES
+from exporter.status import month_to_date, status_report
 from tests.helpers import series
 
 UTC = dt.UTC
@@ -184,12 +185,12 @@ def test_status_month_to_date_is_what_metrics_serves(tmp_path: Path, focus: Any,
     text = app.exposition()
     served = series(text, "spend_cost_month_to_date_usd")
     assert any(dict(k)["service_name"] == OTHER for k in served)
-    status = {s["name"]: s["month_to_date_usd"] for s in app.status()["sources"]}
+    status = {s["name"]: s["month_to_date_usd"] for s in status_report(app)["sources"]}
     providers = {"clouds": {"aws", "azure"}, "ai": {"openai"}}
     for name, provs in providers.items():
         got = math.fsum(v for k, v in served.items() if dict(k)["provider"] in provs)
         assert status[name] == round(got, 2)
-        assert app.month_to_date(name) == pytest.approx(got)  # spend-exporter check prints this one
+        assert month_to_date(app.snapshot, name) == pytest.approx(got)  # spend-exporter check prints this one
     assert status["clouds"] == pytest.approx(
         round(sum(15 * (1.0 + i / 3) for i in range(6)) + 15 * 7.77 * 1.08, 2), abs=0.005
     )

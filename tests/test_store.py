@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from exporter.app import App, build_app
+from exporter.cli import assemble
 from exporter.config import parse_config
+from exporter.status import status_report
 from exporter.store import CostWindows, Replacement, SourceState, Store
 from tests.helpers import series
 
@@ -67,35 +69,35 @@ def test_restart_within_interval_makes_no_call(tmp_path: Path, clock: Any, focus
     today = clock().date()
     csv = focus.write(tmp_path / "exports" / "a.csv", history(today, focus, dt.date(2025, 2, 1)))
     cfg = make_config(tmp_path)
-    app = build_app(cfg, now=clock)
-    assert app.scheduler.run_pending() == ["focus"]
+    app, scheduler = assemble(cfg, now=clock)
+    assert scheduler.run_pending() == ["focus"]
     assert reads(app) == 1
     mtd = value(app, "spend_cost_month_to_date_usd", service_name="Amazon EC2")
     assert mtd == pytest.approx(15 * 10.0)  # March 1..15
-    status = app.status()["sources"][0]
+    status = status_report(app)["sources"][0]
     app.close()
 
     # the files are gone: any read would fail and mark the source down
     csv.unlink()
     clock.advance(minutes=50)
-    app = build_app(cfg, now=clock)
+    app, scheduler = assemble(cfg, now=clock)
     try:
         assert app.ready(), "a warm cache is ready at once"
-        assert app.scheduler.run_pending() == []
+        assert scheduler.run_pending() == []
         assert reads(app) == 1
         assert value(app, "spend_cost_month_to_date_usd", service_name="Amazon EC2") == mtd
         assert value(app, "spend_exporter_source_up", source="focus") == 1.0
         assert value(app, "spend_exporter_source_last_success_timestamp_seconds", source="focus") == (
             dt.datetime(2025, 3, 15, 10, 30, tzinfo=dt.UTC).timestamp()
         )
-        again = app.status()["sources"][0]
+        again = status_report(app)["sources"][0]
         assert again["last_success"] == status["last_success"]
         assert again["next_refresh"] == status["next_refresh"] == "2025-03-15T11:30:00Z"
         # once the interval has passed the source is due again: it fails (no files), and says so
         clock.advance(minutes=10)
-        assert app.scheduler.run_pending() == ["focus"]
+        assert scheduler.run_pending() == ["focus"]
         assert value(app, "spend_exporter_source_up", source="focus") == 0.0
-        assert "no files match" in app.status()["sources"][0]["last_error"]
+        assert "no files match" in status_report(app)["sources"][0]["last_error"]
         assert value(app, "spend_cost_month_to_date_usd", service_name="Amazon EC2") == mtd
     finally:
         app.close()
@@ -109,18 +111,18 @@ def test_changed_source_settings_refetch_on_restart(tmp_path: Path, clock: Any, 
     assert value(app, "spend_cost_daily_usd") == 10.0
     app.close()
     clock.advance(minutes=5)
-    app = build_app(make_config(tmp_path, cost_column="EffectiveCost"), now=clock)
+    app, scheduler = assemble(make_config(tmp_path, cost_column="EffectiveCost"), now=clock)
     try:
         # the old figures were for another cost column: not served, and fetched again at once
         assert series(app.exposition(), "spend_cost_daily_usd") == {}
-        assert app.scheduler.run_pending() == ["focus"]
+        assert scheduler.run_pending() == ["focus"]
         assert value(app, "spend_cost_daily_usd") == 4.0
         # an interval change alone is not a different data set
     finally:
         app.close()
-    app = build_app(make_config(tmp_path, cost_column="EffectiveCost", interval="2h"), now=clock)
+    app, scheduler = assemble(make_config(tmp_path, cost_column="EffectiveCost", interval="2h"), now=clock)
     try:
-        assert app.scheduler.run_pending() == []
+        assert scheduler.run_pending() == []
         assert value(app, "spend_cost_daily_usd") == 4.0
     finally:
         app.close()
@@ -149,7 +151,7 @@ def test_corrupted_cache_is_moved_aside_and_rebuilt(
     damaged = cache.read_bytes()
 
     caplog.set_level(logging.WARNING, logger="exporter.cachefile")
-    app = build_app(cfg, now=clock)
+    app, scheduler = assemble(cfg, now=clock)
     try:
         warnings = [r.getMessage() for r in caplog.records if r.name == "exporter.cachefile"]
         assert len(warnings) == 1
@@ -161,7 +163,7 @@ def test_corrupted_cache_is_moved_aside_and_rebuilt(
         # the new cache is empty and works
         assert not app.ready()
         assert series(app.exposition(), "spend_cost_month_to_date_usd") == {}
-        assert app.scheduler.run_pending() == ["focus"]
+        assert scheduler.run_pending() == ["focus"]
         assert value(app, "spend_cost_month_to_date_usd") == pytest.approx(150.0)
         assert sqlite3.connect(cache).execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
@@ -181,9 +183,9 @@ def test_fetch_neutral_settings_keep_the_cache(tmp_path: Path, clock: Any, focus
     app.close()
     clock.advance(minutes=5)
     (tmp_path / "exports" / "a.csv").unlink()  # a refetch would now fail: none may happen
-    app = build_app(make_config(tmp_path, **change), now=clock)
+    app, scheduler = assemble(make_config(tmp_path, **change), now=clock)
     try:
-        assert app.scheduler.run_pending() == []
+        assert scheduler.run_pending() == []
         assert value(app, "spend_cost_daily_usd") == 10.0
     finally:
         app.close()
@@ -230,7 +232,7 @@ def test_restated_day_replaces_old_figure_and_final_day_is_never_refetched(
     vanished_day = dt.date(2025, 3, 14)
     path = tmp_path / "exports" / "a.csv"
     focus.write(path, history(today, focus, dt.date(2025, 2, 1)))
-    app = build_app(make_config(tmp_path), now=clock)
+    app, scheduler = assemble(make_config(tmp_path), now=clock)
     try:
         app.refresh_all()
 
@@ -253,8 +255,8 @@ def test_restated_day_replaces_old_figure_and_final_day_is_never_refetched(
             rows.append(r)
         focus.write(path, rows)
         clock.advance(hours=1)
-        assert app.scheduler.run_pending() == ["focus"]
-        assert app.status()["sources"][0]["up"] is True
+        assert scheduler.run_pending() == ["focus"]
+        assert status_report(app)["sources"][0]["up"] is True
 
         assert stored(restated_day) == [(25.0,)], "a restated day replaces the old figure, never adds to it"
         assert stored(vanished_day) == [], "a day fetched again with no rows is stored empty"
@@ -269,7 +271,7 @@ def test_restated_day_replaces_old_figure_and_final_day_is_never_refetched(
             if r["ChargePeriodStart"].date() in (dt.date(2025, 3, 11), dt.date(2025, 3, 12)):
                 r["BilledCost"] = 50.0
         focus.write(path, rows)
-        assert app.scheduler.run_pending() == ["focus"]
+        assert scheduler.run_pending() == ["focus"]
         assert stored(dt.date(2025, 3, 12)) == [(50.0,)]
         assert stored(dt.date(2025, 3, 11)) == [(10.0,)]
         assert stored(final_day) == [(10.0,)]

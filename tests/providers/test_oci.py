@@ -336,6 +336,7 @@ def test_metrics_equal_the_dataset_then_keep_last_good_data_while_the_api_fails(
     emulator: OciUsageEmulator, oci_key: OciKey, tmp_path: Path
 ) -> None:
     from exporter.app import build_app
+    from exporter.status import status_report
 
     raw_source = source(emulator, oci_key).model_dump(mode="json")
     cfg = parse_config({"cache_path": str(tmp_path / "cache.sqlite"), "sources": [raw_source]})
@@ -373,7 +374,7 @@ def test_metrics_equal_the_dataset_then_keep_last_good_data_while_the_api_fails(
         text = app.exposition()
         assert series(text, "spend_exporter_source_up") == {(("provider", "oci"), ("source", "oci")): 1.0}
         assert series(text, "spend_cost_month_to_date_usd") == mtd
-        status = json.loads(json.dumps(app.status()))
+        status = json.loads(json.dumps(status_report(app)))
         assert status["sources"][0]["last_error"] is None
     finally:
         app.close()
@@ -383,6 +384,7 @@ def test_unrated_and_blank_currency_items_are_counted_by_the_engine(
     emulator: OciUsageEmulator, oci_key: OciKey, tmp_path: Path
 ) -> None:
     from exporter.app import build_app
+    from exporter.status import status_report
 
     emulator.null_amount_days = {dt.date(2024, 5, 19)}
     emulator.blank_currency_days = {dt.date(2024, 5, 18)}
@@ -392,7 +394,7 @@ def test_unrated_and_blank_currency_items_are_counted_by_the_engine(
     app = build_app(cfg, now=lambda: NOW)
     try:
         app.refresh_all()
-        skipped = app.status()["sources"][0]["records_skipped_last_refresh"]
+        skipped = status_report(app)["sources"][0]["records_skipped_last_refresh"]
         result = OciProvider(source(emulator, oci_key), ProviderContext("x")).fetch(WINDOW)
         n_nan = sum(1 for c in result.costs if math.isnan(c.amount))
         n_blank = sum(1 for c in result.costs if c.currency == "" and not math.isnan(c.amount))

@@ -24,6 +24,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from exporter.app import App, build_app
 from exporter.config import parse_config
 from exporter.exposition import MAX_LABEL_VALUE_BYTES
+from exporter.status import status_report
 from tests.helpers import series
 
 UTC = dt.UTC
@@ -125,7 +126,7 @@ def test_currency_without_a_rate_is_skipped_counted_and_logged(
     assert got == pytest.approx({"Amazon EC2": 140.0, "Azure VM": 14 * 5 * 1.08, "Mixed": 28.0})
     assert "Tokyo" not in got and "Blank" not in got, "never read as USD"
     assert one(app, "spend_exporter_source_records_skipped") == 14 * 3
-    st = app.status()["sources"][0]
+    st = status_report(app)["sources"][0]
     assert st["records_skipped_last_refresh"] == {"no_rate_JPY": 28, "no_rate_BLANK": 14}
     assert st["month_to_date_usd"] == pytest.approx(140 + 14 * 5 * 1.08 + 28)
     assert one(app, "spend_budget_spent_usd") == pytest.approx(140 + 14 * 5 * 1.08 + 28)
@@ -182,7 +183,7 @@ def test_nan_and_infinite_amounts_are_skipped_and_counted(
     assert sum(tokens.values()) == 500
     # the NaN token count keeps its row's cost (the amount is fine) and drops only its tokens
     bad_rows = 2 * len(BAD_AMOUNTS) + 3
-    assert app.status()["sources"][0]["records_skipped_last_refresh"] == {"unparsable_row": bad_rows}
+    assert status_report(app)["sources"][0]["records_skipped_last_refresh"] == {"unparsable_row": bad_rows}
     assert one(app, "spend_exporter_source_records_skipped") == bad_rows
     assert any(f"{bad_rows} FOCUS rows" in r.getMessage() for r in caplog.records)
     for line in app.exposition().splitlines():
@@ -229,7 +230,7 @@ def test_absurd_dates_never_reach_a_figure(env: Any, focus: Any, tmp_path: Path)
     for svc in [r["ServiceName"] for r in outside + unparsable]:
         assert f'"{svc}"' not in text, f"{svc} reached the exposition"
     # rows outside the window are history the export holds, not errors; unparsable ones are counted
-    assert app.status()["sources"][0]["records_skipped_last_refresh"] == {"unparsable_row": len(unparsable)}
+    assert status_report(app)["sources"][0]["records_skipped_last_refresh"] == {"unparsable_row": len(unparsable)}
     assert one(app, "spend_exporter_source_data_through_timestamp_seconds") <= NOW.timestamp()
     assert_good_survives(app)
     promtool_ok(app)
@@ -333,7 +334,7 @@ def test_invalid_utf8(env: Any, focus: Any, tmp_path: Path) -> None:
     assert out.error is not None and "utf-8" in out.error and "a.csv" in out.error, out.error
     assert one(app, "spend_exporter_source_up") == 0.0
     assert mtd(app) == before
-    assert "utf-8" in app.status()["sources"][0]["last_error"]
+    assert "utf-8" in status_report(app)["sources"][0]["last_error"]
     promtool_ok(app)
 
 

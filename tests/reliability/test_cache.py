@@ -43,8 +43,9 @@ import yaml
 
 from exporter.app import App, build_app
 from exporter.config import parse_config
-from exporter.scheduler import fetch_window
+from exporter.status import budgets_status, status_report
 from exporter.store import Store
+from exporter.timing import fetch_window
 from tests.clock import FIXED_NOW, fixed_clock_env
 from tests.emulators.ai_dataset import AIDataset, build_ai_dataset
 from tests.emulators.openai_admin import DEFAULT_ADMIN_KEY, OpenAIAdminEmulator
@@ -578,8 +579,8 @@ def test_restart_serves_the_saved_snapshot_identical_to_a_fresh_build(
         assert app.snapshot.text == fresh_build(app)
         fresh = app.builder.build(app.now(), ["focus"])
         assert app.snapshot.openmetrics()[0] == fresh.openmetrics()[0]
-        assert app.budgets_status()[0]["spent_usd"] == pytest.approx(12.5 * clock().day)
-        assert app.status()["snapshot"]["restored_from_cache"] is True
+        assert budgets_status(app.snapshot)[0]["spent_usd"] == pytest.approx(12.5 * clock().day)
+        assert status_report(app)["snapshot"]["restored_from_cache"] is True
     finally:
         app.close()
 
@@ -594,7 +595,7 @@ def test_restored_snapshot_carries_the_month_to_date_status_shows(
         served = sum(series(app.exposition(), "spend_cost_month_to_date_usd").values())
         assert served == pytest.approx(12.5 * clock().day)
         assert app.snapshot.mtd_by_source == {"focus": pytest.approx(served)}
-        assert app.status()["sources"][0]["month_to_date_usd"] == round(served, 2)
+        assert status_report(app)["sources"][0]["month_to_date_usd"] == round(served, 2)
     finally:
         app.close()
 
@@ -617,7 +618,7 @@ def test_saved_snapshot_without_month_to_date_is_not_used(warm: tuple[Path, dict
     app = build_app(parse_config(raw), now=clock)
     try:
         assert not app.snapshot_restored
-        assert app.status()["sources"][0]["month_to_date_usd"] == pytest.approx(12.5 * clock().day)
+        assert status_report(app)["sources"][0]["month_to_date_usd"] == pytest.approx(12.5 * clock().day)
     finally:
         app.close()
 

@@ -17,8 +17,11 @@ from typing import Any
 
 import pytest
 
-from exporter.app import App, build_app
+from exporter.app import App
+from exporter.cli import assemble
 from exporter.config import parse_config
+from exporter.scheduler import Scheduler
+from exporter.status import status_report
 from tests.helpers import series
 
 UTC = dt.UTC
@@ -98,12 +101,14 @@ class Clock:
 
 
 @pytest.fixture
-def env(tmp_path: Path, focus: Any) -> Iterator[Callable[..., tuple[App, Clock, Callable[[list[dt.date]], None]]]]:
+def env(
+    tmp_path: Path, focus: Any
+) -> Iterator[Callable[..., tuple[App, Scheduler, Clock, Callable[[list[dt.date]], None]]]]:
     apps: list[App] = []
 
     def make(
         start: dt.datetime, source: dict[str, Any] | None = None, **top: Any
-    ) -> tuple[App, Clock, Callable[[list[dt.date]], None]]:
+    ) -> tuple[App, Scheduler, Clock, Callable[[list[dt.date]], None]]:
         clock = Clock(start)
         path = tmp_path / "exports" / "focus.csv"
 
@@ -131,9 +136,9 @@ def env(tmp_path: Path, focus: Any) -> Iterator[Callable[..., tuple[App, Clock, 
                 **top,
             }
         )
-        app = build_app(cfg, now=clock)
+        app, scheduler = assemble(cfg, now=clock)
         apps.append(app)
-        return app, clock, write
+        return app, scheduler, clock, write
 
     yield make
     for a in apps:
@@ -160,9 +165,9 @@ def budget(text: str, family: str) -> dict[str, float]:
 
 
 def test_month_to_date_starts_over_at_zero_and_never_vanishes(env: Any) -> None:
-    app, clock, write = env(at(2025, 3, 31, 12))
+    app, scheduler, clock, write = env(at(2025, 3, 31, 12))
     write(days(dt.date(2025, 2, 1), dt.date(2025, 3, 31)))
-    assert app.scheduler.run_pending() == ["focus"]
+    assert scheduler.run_pending() == ["focus"]
     march = days(dt.date(2025, 3, 1), dt.date(2025, 3, 31))
 
     clock.t = at(2025, 3, 31, 23, 59, 59)
@@ -202,8 +207,8 @@ def test_month_to_date_starts_over_at_zero_and_never_vanishes(env: Any) -> None:
         assert budget(text, "spend_budget_forecast_usd") == pytest.approx(
             {"total": sum(forecast.values()), "search": forecast["Amazon EC2"], "ai": forecast["GPT-4o"]}
         )
-        assert [b["used_ratio"] for b in app.status()["budgets"]] == [0.0, 0.0, 0.0]
-        assert app.status()["sources"][0]["month_to_date_usd"] == 0.0
+        assert [b["used_ratio"] for b in status_report(app)["budgets"]] == [0.0, 0.0, 0.0]
+        assert status_report(app)["sources"][0]["month_to_date_usd"] == 0.0
         promtool_ok(app)
 
     # the first April data arrives (today's partial day counts in month-to-date, not in the daily figure)
@@ -220,7 +225,7 @@ def test_month_to_date_starts_over_at_zero_and_never_vanishes(env: Any) -> None:
 
 def test_a_series_without_cost_this_month_reads_zero_until_it_ages_out(env: Any, focus: Any, tmp_path: Path) -> None:
     """A service used in February and not since: 0 month-to-date all through March, gone in May."""
-    app, clock, _ = env(at(2025, 3, 10, 12))
+    app, _, clock, _ = env(at(2025, 3, 10, 12))
     rows = [r for d in days(dt.date(2025, 2, 1), dt.date(2025, 5, 1)) for r in rows_for(d, ("Amazon EC2",))]
     rows += [r for d in days(dt.date(2025, 2, 1), dt.date(2025, 2, 20)) for r in rows_for(d, ("Virtual Machines",))]
     focus.write(tmp_path / "exports" / "focus.csv", rows)
@@ -241,7 +246,7 @@ def test_a_series_without_cost_this_month_reads_zero_until_it_ages_out(env: Any,
 
 
 def test_year_boundary(env: Any) -> None:
-    app, clock, write = env(at(2025, 12, 31, 18))
+    app, _, clock, write = env(at(2025, 12, 31, 18))
     write(days(dt.date(2025, 11, 1), dt.date(2025, 12, 31)))
     assert app.refresh("focus").ok
     december = days(dt.date(2025, 12, 1), dt.date(2025, 12, 31))
@@ -284,7 +289,7 @@ def test_year_boundary(env: Any) -> None:
     ids=lambda v: v.strftime("%Y-%m-%dT%H:%M") if isinstance(v, dt.datetime) else str(v),
 )
 def test_forecast_in_february(env: Any, now: dt.datetime, days_in_month: int) -> None:
-    app, _, write = env(now)
+    app, _, _, write = env(now)
     today = now.date()
     newest = today - DAY
     write(days(today.replace(day=1) - 40 * DAY, today))  # today's partial day too: month-to-date only
@@ -320,7 +325,7 @@ def check_sane(app: App, clock: Clock, slack: float = 0.0) -> None:
     durations = series(text, "spend_exporter_source_refresh_duration_seconds").values()
     assert durations and all(v >= 0 for v in durations), "no negative durations"
     interval = app.source("focus").interval
-    due_in = app.scheduler.due_at("focus") - clock().timestamp()
+    due_in = app.due_at("focus") - clock().timestamp()
     assert due_in <= interval * 1.1 + slack + 1, "the schedule never stalls"
     assert series(text, "spend_exporter_source_up") == {(("provider", "focus"), ("source", "focus")): 1.0}
     promtool_ok(app)
@@ -330,14 +335,14 @@ def check_sane(app: App, clock: Clock, slack: float = 0.0) -> None:
 def test_clock_jumps_forwards(env: Any, jump_days: int) -> None:
     start = at(2025, 3, 10, 12)
     end = start + jump_days * DAY
-    app, clock, write = env(start)
+    app, scheduler, clock, write = env(start)
     write(days(dt.date(2024, 12, 1), end.date()))  # the provider has every day; the exporter asks up to "today"
-    assert app.scheduler.run_pending() == ["focus"]
+    assert scheduler.run_pending() == ["focus"]
     first_days = store_days(app)
     assert first_days[-1] == "2025-03-10"
 
     clock.t = end
-    assert app.scheduler.run_pending() == ["focus"], "due at once after a jump forwards"
+    assert scheduler.run_pending() == ["focus"], "due at once after a jump forwards"
     held = store_days(app)
     today = end.date()
     assert held[-1] == today.isoformat()
@@ -360,9 +365,9 @@ def test_clock_jumps_forwards(env: Any, jump_days: int) -> None:
     check_sane(app, clock)
     # and the schedule carries on from the new time
     clock.t = end + dt.timedelta(minutes=30)
-    assert app.scheduler.run_pending() == []
+    assert scheduler.run_pending() == []
     clock.t = end + dt.timedelta(hours=1, minutes=7)
-    assert app.scheduler.run_pending() == ["focus"]
+    assert scheduler.run_pending() == ["focus"]
 
 
 @pytest.mark.parametrize(
@@ -372,17 +377,17 @@ def test_clock_jumps_forwards(env: Any, jump_days: int) -> None:
 )
 def test_clock_jumps_backwards(env: Any, back: dt.timedelta) -> None:
     ahead = at(2025, 4, 2, 8)  # the clock ran ahead into April, then NTP puts it back
-    app, clock, write = env(ahead)
+    app, scheduler, clock, write = env(ahead)
     write(days(dt.date(2025, 1, 1), dt.date(2025, 4, 30)))
     assert app.refresh("focus").ok
     clock.t = ahead - back
     today = clock.t.date()
     if back < dt.timedelta(hours=1):
         # a small correction: the next refresh is a little later than planned, never stalled
-        assert app.scheduler.run_pending() == []
-        assert app.scheduler.due_at("focus") - clock.t.timestamp() <= 3600 * 1.1 + back.total_seconds()
+        assert scheduler.run_pending() == []
+        assert app.due_at("focus") - clock.t.timestamp() <= 3600 * 1.1 + back.total_seconds()
     else:
-        assert app.scheduler.run_pending() == ["focus"], "a refresh due a day ahead would stall the schedule"
+        assert scheduler.run_pending() == ["focus"], "a refresh due a day ahead would stall the schedule"
     text = app.exposition()
     # figures follow the corrected clock: days after today (held from the clock that ran ahead) count nowhere
     month = days(today.replace(day=1), today)
@@ -394,7 +399,7 @@ def test_clock_jumps_backwards(env: Any, back: dt.timedelta) -> None:
     assert by(text, "spend_cost_previous_month_usd") == pytest.approx(
         {s: sum(cost(s, d) for d in prev) for s in SERIES}
     )
-    assert app.status()["sources"][0]["month_to_date_usd"] == pytest.approx(
+    assert status_report(app)["sources"][0]["month_to_date_usd"] == pytest.approx(
         round(sum(cost(s, d) for s in SERIES for d in month), 2)
     )
     check_sane(app, clock, slack=back.total_seconds() if back < dt.timedelta(hours=1) else 0.0)
@@ -402,7 +407,7 @@ def test_clock_jumps_backwards(env: Any, back: dt.timedelta) -> None:
 
     # time moves on normally from the corrected clock; the days the clock ran ahead over are fetched again
     clock.t = ahead + dt.timedelta(hours=2)
-    assert app.scheduler.run_pending() == ["focus"]
+    assert scheduler.run_pending() == ["focus"]
     held = store_days(app)
     assert held == [d.isoformat() for d in days(dt.date.fromisoformat(held[0]), ahead.date())]
     april = days(dt.date(2025, 4, 1), ahead.date())
@@ -415,35 +420,35 @@ def test_clock_jumps_backwards(env: Any, back: dt.timedelta) -> None:
 def test_a_new_month_refreshes_at_once_then_keeps_its_interval(env: Any, tmp_path: Path) -> None:
     """At 00:00 UTC on the 1st a source refreshes without waiting out its interval, once: the previous month
     closes and the provider's own forecast (kept from the last refresh) becomes the new month's."""
-    app, clock, write = env(at(2025, 3, 31, 22), source={"interval": "6h", "backoff_max": "1h"})
+    app, scheduler, clock, write = env(at(2025, 3, 31, 22), source={"interval": "6h", "backoff_max": "1h"})
     write(days(dt.date(2025, 2, 1), dt.date(2025, 3, 31)))
-    assert app.scheduler.run_pending() == ["focus"]
+    assert scheduler.run_pending() == ["focus"]
     clock.t = at(2025, 3, 31, 23, 59, 59)
-    assert app.scheduler.run_pending() == []
+    assert scheduler.run_pending() == []
     clock.t = at(2025, 4, 1, 0, 0, 0)
-    assert app.scheduler.run_pending() == ["focus"], "due at the turn of the month"
-    assert app.scheduler.run_pending() == [], "once"
+    assert scheduler.run_pending() == ["focus"], "due at the turn of the month"
+    assert scheduler.run_pending() == [], "once"
     clock.t = at(2025, 4, 1, 5, 0)
-    assert app.scheduler.run_pending() == []
+    assert scheduler.run_pending() == []
     clock.t = at(2025, 4, 1, 6, 40)
-    assert app.scheduler.run_pending() == ["focus"], "then every interval again"
+    assert scheduler.run_pending() == ["focus"], "then every interval again"
 
     # a source that fails at the turn of the month backs off as usual (no refresh loop)
     clock.t = at(2025, 5, 1, 0, 0, 0)
     (tmp_path / "exports" / "focus.csv").write_text("not,a,focus,file\n")
-    assert app.scheduler.run_pending() == ["focus"]
-    assert app.status()["sources"][0]["up"] is False
-    assert app.scheduler.run_pending() == []
-    assert 0 < app.scheduler.due_at("focus") - clock.t.timestamp() <= 3600 * 1.1
+    assert scheduler.run_pending() == ["focus"]
+    assert status_report(app)["sources"][0]["up"] is False
+    assert scheduler.run_pending() == []
+    assert 0 < app.due_at("focus") - clock.t.timestamp() <= 3600 * 1.1
     promtool_ok(app)
 
 
 def test_a_paid_call_cap_reached_on_a_day_the_clock_went_back_over_is_lifted(env: Any) -> None:
-    app, clock, write = env(at(2025, 3, 12, 20))
+    app, _, clock, write = env(at(2025, 3, 12, 20))
     write(days(dt.date(2025, 2, 1), dt.date(2025, 3, 12)))
     assert app.refresh("focus").ok
     # the cap was reached on the 12th (as _check_cap records it): no paid call until midnight
-    app._rt["focus"].cap_reached_until = dt.datetime(2025, 3, 13, tzinfo=UTC).timestamp()
+    app._fetchers["focus"].cap_reached_until = dt.datetime(2025, 3, 13, tzinfo=UTC).timestamp()
     assert app.cap_reached("focus")
     clock.t = at(2025, 3, 12, 8)  # a correction of 12 h: still the 12th, whose cap stays
     assert app.cap_reached("focus")

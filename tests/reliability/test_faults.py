@@ -33,9 +33,12 @@ from typing import Any
 
 import pytest
 
-from exporter.app import App, build_app
+from exporter.app import App
+from exporter.cli import assemble
 from exporter.config import parse_config
-from exporter.scheduler import BACKOFF_BASE
+from exporter.scheduler import Scheduler
+from exporter.status import status_report
+from exporter.timing import BACKOFF_BASE
 from tests.emulators.ai_dataset import AIDataset, build_ai_dataset
 from tests.emulators.anthropic_admin import AnthropicAdminEmulator
 from tests.emulators.athena import AthenaEmulator, has_page_token
@@ -603,7 +606,7 @@ def assert_no_secret(rig: Rig, *texts: str) -> None:
         assert all(s not in t for t in texts)
 
 
-def make_app(rig: Rig, tmp_path: Path, clock: Clock, timeout: float = TIMEOUT) -> App:
+def make_app(rig: Rig, tmp_path: Path, clock: Clock, timeout: float = TIMEOUT) -> tuple[App, Scheduler]:
     src = {
         "name": rig.name,
         "interval": "6h",
@@ -620,7 +623,7 @@ def make_app(rig: Rig, tmp_path: Path, clock: Clock, timeout: float = TIMEOUT) -
         },
         env={},
     )
-    return build_app(cfg, now=clock, rng=random.Random(0))
+    return assemble(cfg, now=clock, rng=random.Random(0))
 
 
 @pytest.mark.parametrize(("rig", "kind"), [pytest.param(p, f, id=f"{p}-{f}") for p, f in CASES], indirect=["rig"])
@@ -628,7 +631,7 @@ def test_fault(rig: Rig, kind: str, tmp_path: Path, caplog: pytest.LogCaptureFix
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.DEBUG, logger="exporter")
     clock = Clock(NOW)
-    app = make_app(rig, tmp_path, clock, SHORT_TIMEOUT if kind == "timeout" else TIMEOUT)
+    app, scheduler = make_app(rig, tmp_path, clock, SHORT_TIMEOUT if kind == "timeout" else TIMEOUT)
     try:
         # 1. a good refresh: the dataset's figures, read from five pages
         first = app.refresh(rig.name)
@@ -645,14 +648,14 @@ def test_fault(rig: Rig, kind: str, tmp_path: Path, caplog: pytest.LogCaptureFix
         # 2. the fault; the refresh the scheduler runs when due fails
         rig.emu.inject(make_fault(kind, rig))
         clock.set_ts(state.next_refresh)
-        assert app.scheduler.run_pending() == [rig.name]
+        assert scheduler.run_pending() == [rig.name]
         text = app.exposition()
         assert rig.observed(text) == rig.observed(good), "the last good figures must stay"
         assert source_up(text, rig.name) == 0
         success = "spend_exporter_source_last_success_timestamp_seconds"
         assert source_up(text, rig.name, success) == source_up(good, rig.name, success) == NOW.timestamp()
         assert store_rows(app, rig.name) == good_rows, "the store must hold the last good data only"
-        status = app.status()
+        status = status_report(app)
         (st,) = status["sources"]
         assert st["up"] is False
         assert st["consecutive_failures"] == 1
@@ -665,9 +668,9 @@ def test_fault(rig: Rig, kind: str, tmp_path: Path, caplog: pytest.LogCaptureFix
         state = app.store.get_state(rig.name)
         first_wait = state.next_refresh - clock().timestamp()
         clock.set_ts(state.next_refresh - 1)
-        assert app.scheduler.run_pending() == [], "refreshed before the backoff ran out"
+        assert scheduler.run_pending() == [], "refreshed before the backoff ran out"
         clock.set_ts(state.next_refresh)
-        assert app.scheduler.run_pending() == [rig.name]
+        assert scheduler.run_pending() == [rig.name]
         state = app.store.get_state(rig.name)
         assert state.consecutive_failures == 2
         second_wait = state.next_refresh - clock().timestamp()
@@ -677,22 +680,22 @@ def test_fault(rig: Rig, kind: str, tmp_path: Path, caplog: pytest.LogCaptureFix
         assert rig.observed(text) == rig.observed(good)
         assert store_rows(app, rig.name) == good_rows
 
-        status_text = json.dumps(app.status())
+        status_text = json.dumps(status_report(app))
         assert_no_secret(rig, text, status_text, caplog.text, error)
 
         # 4. the emulator heals; the scheduler's next due refresh succeeds by itself
         rig.emu.clear_faults()
         clock.set_ts(state.next_refresh - 1)
-        assert app.scheduler.run_pending() == []
+        assert scheduler.run_pending() == []
         clock.set_ts(state.next_refresh)
-        assert app.scheduler.run_pending() == [rig.name]
+        assert scheduler.run_pending() == [rig.name]
         healed = app.exposition()
         assert source_up(healed, rig.name) == 1
         assert_figures(rig, healed)
-        (st,) = app.status()["sources"]
+        (st,) = status_report(app)["sources"]
         assert st["up"] is True and st["last_error"] is None and st["consecutive_failures"] == 0
         assert app.store.get_state(rig.name).next_refresh == clock().timestamp() + INTERVAL
-        assert_no_secret(rig, healed, json.dumps(app.status()), caplog.text)
+        assert_no_secret(rig, healed, json.dumps(status_report(app)), caplog.text)
     finally:
         # a refresh abandoned at its timeout ends at its SDK's own timeout: wait for it, so that it
         # neither writes to a closed store nor sends requests into the next test
@@ -707,7 +710,7 @@ def test_a_retry_after_longer_than_the_backoff_is_honoured(rig: Rig, tmp_path: P
     """Throttled with a hint longer than a refresh may wait: the refresh fails at once, and the next
     try is the hint (120 s) rather than the 30 s / 60 s backoff, until the backoff outgrows it (240 s)."""
     clock = Clock(NOW)
-    app = make_app(rig, tmp_path, clock)
+    app, scheduler = make_app(rig, tmp_path, clock)
     try:
         assert app.refresh(rig.name).ok
         good = app.exposition()
@@ -716,7 +719,7 @@ def test_a_retry_after_longer_than_the_backoff_is_honoured(rig: Rig, tmp_path: P
         waits = []
         for failures in (1, 2, 3, 4):
             clock.set_ts(app.store.get_state(rig.name).next_refresh)
-            assert app.scheduler.run_pending() == [rig.name]
+            assert scheduler.run_pending() == [rig.name]
             state = app.store.get_state(rig.name)
             assert state.consecutive_failures == failures
             waits.append(state.next_refresh - clock().timestamp())
@@ -725,7 +728,7 @@ def test_a_retry_after_longer_than_the_backoff_is_honoured(rig: Rig, tmp_path: P
         assert rig.observed(app.exposition()) == rig.observed(good)
         rig.emu.clear_faults()
         clock.set_ts(app.store.get_state(rig.name).next_refresh)
-        assert app.scheduler.run_pending() == [rig.name]
+        assert scheduler.run_pending() == [rig.name]
         assert source_up(app.exposition(), rig.name) == 1
     finally:
         app.close()

@@ -1,0 +1,146 @@
+"""Running one source's provider: its context, the paid-call cap, and each fetch under the source's timeout."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from exporter.model import FetchResult, FetchWindow
+from exporter.providers import create_provider
+from exporter.providers.base import PaidCallCapReached, Provider, ProviderContext, SourceError
+from exporter.sources.base import SourceBase
+from exporter.store import Store
+from exporter.timing import next_midnight
+
+log = logging.getLogger(__name__)
+
+
+class SourceFetcher:
+    """One source's provider and the context it is given, both made on first use.
+
+    The context counts each API call in the store, holds back a paid call over the source's
+    ``max_api_cost_usd_per_day`` until the next UTC midnight, and knows the secrets to scrub from error
+    text. Each fetch runs in a thread of its own, so that a hung API cannot outlive the source's ``timeout``.
+    """
+
+    def __init__(
+        self,
+        src: SourceBase,
+        store: Store,
+        now: Callable[[], dt.datetime],
+        *,
+        team_tag_keys: Sequence[str],
+        cache_path: str,
+    ) -> None:
+        self.src = src
+        self._store = store
+        self._now = now
+        self._team_tag_keys = team_tag_keys
+        self._cache_path = cache_path
+        self._ctx: ProviderContext | None = None
+        self._provider: Provider | None = None
+        self.cap_reached_until: float | None = None  # unix time: no paid call before it
+
+    def context(self) -> ProviderContext:
+        ctx = self._ctx
+        if ctx is None:
+            src = self.src
+            ctx = ProviderContext(
+                src.name,
+                team_tag_keys=list(self._team_tag_keys),
+                on_call=self._record_call,
+                check_cap=self._check_cap,
+                logger=logging.getLogger(f"exporter.providers.{getattr(src, 'type', src.name)}"),
+                scratch_dir=None
+                if self._cache_path == ":memory:"
+                else os.path.join(os.path.dirname(os.path.abspath(self._cache_path)), "tmp"),
+            )
+            # a password in an endpoint URL (http://user:pass@proxy) is a secret, and SDK errors quote the URL
+            for value in src.model_dump(mode="json").values():
+                for m in re.finditer(r"://[^/@:\s]*:([^/@\s]+)@", value if isinstance(value, str) else ""):
+                    ctx.register_secret(m.group(1))
+                    ctx.register_secret(urllib.parse.unquote(m.group(1)))
+            self._ctx = ctx
+        return ctx
+
+    def _record_call(self, operation: str, status: str, cost: float) -> None:
+        self._store.record_call(self.src.name, self._now().date(), operation, status, cost)
+
+    def _check_cap(self, cost: float) -> None:
+        src = self.src
+        cap = src.max_api_cost_usd_per_day
+        if cap is None:
+            return
+        now = self._now()
+        spent = self._store.api_cost_on(src.name, now.date())
+        if spent + cost > cap + 1e-9:
+            until = next_midnight(now)
+            self.cap_reached_until = until.timestamp()
+            msg = (
+                f"paid-call cap reached: ${spent:.2f} of max_api_cost_usd_per_day ${cap:.2f} spent today; "
+                f"no more paid calls until {until:%Y-%m-%d %H:%M} UTC"
+            )
+            log.warning("source %s: %s", src.name, msg)
+            raise PaidCallCapReached(msg)
+
+    def cap_reached(self) -> bool:
+        """The paid-call cap was reached today: no refresh until the next UTC midnight."""
+        until = self.cap_reached_until
+        now = self._now()
+        if until is not None and until > next_midnight(now).timestamp():
+            self.cap_reached_until = until = None  # the clock went back a day or more: a new day's cap
+        return until is not None and now.timestamp() < until
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the source's secrets (as it is when no fetch has begun)."""
+        return text if self._ctx is None else self._ctx.scrub(text)
+
+    def _get_provider(self) -> Provider:
+        p = self._provider
+        if p is None:
+            p = create_provider(self.src, self.context())
+            self._provider = p
+        return p
+
+    def fetch(self, window: FetchWindow) -> FetchResult:
+        """Run the provider's fetch in its own thread, so that a hung API cannot outlive the timeout."""
+        src = self.src
+        ctx = self.context()
+        deadline = time.monotonic() + src.timeout
+        ctx.set_deadline(deadline)
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["result"] = self._get_provider().fetch(window)
+            except BaseException as e:
+                box["error"] = e
+
+        t = threading.Thread(target=run, name=f"fetch-{src.name}", daemon=True)
+        t.start()
+        t.join(src.timeout)
+        if t.is_alive():
+            # the thread is abandoned; drop the provider so the next refresh gets fresh clients
+            self._provider = None
+            raise TimeoutError(f"refresh timed out after {src.timeout:g}s")
+        if "error" in box:
+            raise box["error"]
+        result = box.get("result")
+        if not isinstance(result, FetchResult):
+            raise SourceError(f"provider returned {type(result).__name__}, not a FetchResult")
+        return result
+
+    def close(self) -> None:
+        if self._provider is None:
+            return
+        try:
+            self._provider.close()
+        except Exception:
+            log.debug("closing a provider failed", exc_info=True)

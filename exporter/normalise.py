@@ -1,0 +1,83 @@
+"""Record normalisation: a provider's ``FetchResult`` becomes the rows the store holds for one refresh.
+
+Every amount is converted to USD and every record gets its team (``attribution.Resolver``); records
+outside the fetch window, amounts that are not a finite number and currencies with no rate are
+skipped and counted by reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import Counter
+
+from exporter.attribution import Resolver
+from exporter.model import TOKEN_TYPES, FetchResult, FetchWindow, cost_tuples
+from exporter.store import Replacement
+
+
+def normalise(r: Resolver, window: FetchWindow, result: FetchResult) -> tuple[Replacement, int, Counter[str]]:
+    """The store's rows for ``result``, how many cost and usage records they hold, and what was skipped, by reason."""
+    skipped: Counter[str] = Counter({k: n for k, n in result.skipped.items() if n > 0})
+    lo, hi = window.start, window.end
+    costs = []
+    for day, provider, account_id, service_name, amount, currency, team_tag, model in cost_tuples(result.costs):
+        if not lo <= day <= hi:
+            skipped["outside_window"] += 1
+            continue
+        usd = r.to_usd(amount, currency)
+        if usd is None:
+            bad = amount is None or not math.isfinite(amount)
+            skipped["not_a_number" if bad else f"no_rate_{(currency or 'blank').upper()[:8]}"] += 1
+            continue
+        team = r.team(team_tag, provider, account_id, service_name, model)
+        costs.append((day.isoformat(), provider, account_id, service_name, team, model or "", usd))
+    usage = []
+    for u in result.usage:
+        if not lo <= u.day <= hi:
+            skipped["outside_window"] += 1
+            continue
+        team = r.team(u.team_tag, u.provider, u.account_id, u.service_name, u.model)
+        usage.append(
+            (u.day.isoformat(), u.provider, u.account_id, u.service_name, team, u.model)
+            + tuple(int(u.tokens.get(t, 0)) for t in TOKEN_TYPES)
+            + (int(u.requests),)
+        )
+    hourly = None
+    if result.hourly is not None:
+        hourly = []
+        for h in result.hourly:
+            team = r.team(h.team_tag, h.provider, h.account_id, h.service_name, h.model)
+            hourly.append(
+                (h.hour_start.timestamp(), h.provider, h.account_id, h.service_name, team, h.model)
+                + tuple(int(h.tokens.get(t, 0)) for t in TOKEN_TYPES)
+                + (int(h.requests),)
+            )
+    forecasts = None
+    if result.forecasts is not None:
+        forecasts = []
+        for f in result.forecasts:
+            usd = r.to_usd(f.remaining_amount, f.currency)
+            if usd is None:
+                skipped[f"forecast_no_rate_{(f.currency or 'blank').upper()[:8]}"] += 1
+                continue
+            forecasts.append((f.provider, f.account_id, usd))
+    rep = Replacement(
+        start=lo,
+        end=hi,
+        costs=costs,
+        usage=usage,
+        hourly=hourly,
+        accounts=[(a.provider, a.account_id, a.account_name) for a in result.accounts],
+        forecasts=forecasts,
+    )
+    return rep, len(costs) + len(usage), skipped
+
+
+def data_through(rep: Replacement) -> float | None:
+    """The end of the newest day with a cost or usage record, for a provider that does not say it."""
+    days = [c[0] for c in rep.costs] + [u[0] for u in rep.usage]
+    if not days:
+        return None
+    newest = dt.date.fromisoformat(max(days)) + dt.timedelta(days=1)
+    return dt.datetime.combine(newest, dt.time(), tzinfo=dt.UTC).timestamp()

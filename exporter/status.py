@@ -1,0 +1,86 @@
+"""What ``/status`` and ``/`` show, and the month-to-date ``spend-exporter check`` prints.
+
+Cheap to answer: the spend figures come from the published snapshot, not the store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from exporter.app import App
+from exporter.snapshot import Snapshot
+
+
+def status_report(app: App) -> dict[str, Any]:
+    """The engine's state: each source's schedule, errors and API cost, the cache, the snapshot and the budgets."""
+    now = app.now()
+    snap = app.snapshot  # one snapshot for the whole answer, even if a rebuild publishes another meanwhile
+    sources = []
+    for src in app.config.sources:
+        st = app.store.get_state(src.name)
+        rt = app.runtime(src.name)
+        cap = src.max_api_cost_usd_per_day
+        sources.append(
+            {
+                "name": src.name,
+                "type": src.type,
+                "provider": app.provider_name(src.name),
+                "up": st.up,
+                "refreshing": rt.refreshing,
+                "last_attempt": _iso(st.last_attempt),
+                "last_success": _iso(st.last_success),
+                "last_error": st.last_error,
+                "consecutive_failures": st.consecutive_failures,
+                "next_refresh": _iso(app.due_at(src.name) or now.timestamp()),
+                "data_through": _iso(st.data_through),
+                "fetched_through": st.fetched_through.isoformat() if st.fetched_through else None,
+                "last_duration_seconds": st.last_duration,
+                "records_last_refresh": rt.records,
+                "records_skipped_last_refresh": json.loads(st.skipped_detail) if st.skipped_detail else {},
+                "interval_seconds": src.interval,
+                "api_cost_usd_today": round(app.store.api_cost_on(src.name, now.date()), 6),
+                "max_api_cost_usd_per_day": cap,
+                "paid_call_cap_reached": app.cap_reached(src.name),
+                "month_to_date_usd": round(snap.mtd_by_source.get(src.name, 0.0), 2),
+            }
+        )
+    return {
+        "ready": app.ready(),
+        "cache": {"path": app.store.path, "persistent": app.store.persistent, "problem": app.store.problem},
+        "snapshot": {
+            "restored_from_cache": app.snapshot_restored,
+            "built_at": _iso(snap.built_at),
+            "series": snap.series,
+            "bytes": len(snap.text),
+        },
+        "sources": sources,
+        "budgets": budgets_status(snap),
+    }
+
+
+def month_to_date(snap: Snapshot, name: str) -> float:
+    """The source's month-to-date in USD as ``/metrics`` serves it (the sum of its month-to-date series)."""
+    return snap.mtd_by_source.get(name, 0.0)
+
+
+def budgets_status(snap: Snapshot) -> list[dict[str, Any]]:
+    """The snapshot's budgets: the figures ``/metrics`` serves."""
+    return [
+        {
+            "name": b.name,
+            "team": b.team,
+            "amount_usd": b.amount_usd,
+            "spent_usd": round(b.spent_usd, 2),
+            "used_ratio": round(b.spent_usd / b.amount_usd, 4),
+            "warning_ratio": b.warning_ratio,
+        }
+        for b in snap.budgets
+    ]
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
