@@ -59,10 +59,11 @@ test-deps: ## install prometheus, promtool, alertmanager, amtool and libfaketime
 
 promtool-deps: test-deps
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff, mypy and the import contracts (layers, no circles: [tool.importlinter] in pyproject.toml)
 	$(VENV)/bin/ruff check exporter tests bench examples
 	$(VENV)/bin/ruff format --check exporter tests bench examples
 	$(VENV)/bin/mypy exporter
+	$(VENV)/bin/lint-imports --no-cache
 
 unit: $(STAMP) test-deps ## the pytest suite, in parallel
 	$(VENV)/bin/pytest $(PYTEST)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections import Counter
+from typing import Any
 
 from exporter.attribution import Resolver
-from exporter.model import TOKEN_TYPES, FetchResult, FetchWindow, cost_tuples
+from exporter.model import TOKEN_TYPES, FetchResult, FetchWindow, HourlyUsage, UsageRecord, cost_tuples
 from exporter.store import Replacement
 
 
@@ -37,22 +38,12 @@ def normalise(r: Resolver, window: FetchWindow, result: FetchResult) -> tuple[Re
         if not lo <= u.day <= hi:
             skipped["outside_window"] += 1
             continue
-        team = r.team(u.team_tag, u.provider, u.account_id, u.service_name, u.model)
-        usage.append(
-            (u.day.isoformat(), u.provider, u.account_id, u.service_name, team, u.model)
-            + tuple(int(u.tokens.get(t, 0)) for t in TOKEN_TYPES)
-            + (int(u.requests),)
-        )
+        usage.append(_usage_row(u.day.isoformat(), u, r))
     hourly = None
     if result.hourly is not None:
         hourly = []
         for h in result.hourly:
-            team = r.team(h.team_tag, h.provider, h.account_id, h.service_name, h.model)
-            hourly.append(
-                (h.hour_start.timestamp(), h.provider, h.account_id, h.service_name, team, h.model)
-                + tuple(int(h.tokens.get(t, 0)) for t in TOKEN_TYPES)
-                + (int(h.requests),)
-            )
+            hourly.append(_usage_row(h.hour_start.timestamp(), h, r))
     forecasts = None
     if result.forecasts is not None:
         forecasts = []
@@ -81,3 +72,10 @@ def data_through(rep: Replacement) -> float | None:
         return None
     newest = dt.date.fromisoformat(max(days)) + dt.timedelta(days=1)
     return dt.datetime.combine(newest, dt.time(), tzinfo=dt.UTC).timestamp()
+
+
+def _usage_row(when: str | float, u: UsageRecord | HourlyUsage, r: Resolver) -> tuple[Any, ...]:
+    """A daily or hourly usage record as stored: its day or hour, its series, tokens by type, requests."""
+    team = r.team(u.team_tag, u.provider, u.account_id, u.service_name, u.model)
+    tokens = tuple(int(u.tokens.get(t, 0)) for t in TOKEN_TYPES)
+    return (when, u.provider, u.account_id, u.service_name, team, u.model, *tokens, int(u.requests))
