@@ -24,6 +24,7 @@ from exporter.config import Config
 from exporter.exposition import clean_label_value
 from exporter.fetcher import SourceFetcher
 from exporter.normalise import data_through, normalise
+from exporter.pricing import PriceTable
 from exporter.providers.base import PaidCallCapReached, SourceError, Throttled
 from exporter.snapshot import Snapshot, SnapshotBuilder
 from exporter.sources import SOURCES
@@ -93,16 +94,18 @@ class App:
         }
         self._rt = {s.name: Runtime() for s in config.sources}
         self._snapshot_lock = threading.Lock()
-        price = _load_prices(config)
+        self.prices = PriceTable.load(
+            {m: {str(k): v for k, v in p.items()} for m, p in config.pricing.items()}, at=self.now()
+        )
         self.builder = SnapshotBuilder(
             config,
             self.store,
             {s.name: (self._provider_names[s.name], SOURCES[s.type].api, s.interval) for s in config.sources},
-            price=price,
+            prices=self.prices,
         )
         self._drop_stale_sources()
         self.store.on_reset.append(self.builder.invalidate)  # a damaged cache was replaced by an empty one
-        self._snapshot_key = warmstart.snapshot_key(config)
+        self._snapshot_key = warmstart.snapshot_key(config, self.prices.version)
         self.snapshot_restored = False  # serving the snapshot saved before the restart
         self.snapshot_stale = False  # ... and it is from an earlier hour: rebuild_snapshot() soon
         restored = warmstart.load(self.store, self._snapshot_key, self.now(), stale_ok)
@@ -320,15 +323,6 @@ def _warn_skipped(name: str, skipped: Counter[str]) -> None:
             )
         elif reason == "not_a_number":
             log.warning("source %s: skipped %d amounts that are not a finite number (NaN or infinite)", name, n)
-
-
-def _load_prices(config: Config) -> Callable[[str, str, int], float | None] | None:
-    try:
-        from exporter.pricing import PriceTable
-    except ImportError:
-        return None
-    table = PriceTable.load({m: {str(k): v for k, v in p.items()} for m, p in config.pricing.items()})
-    return table.cost
 
 
 def build_app(

@@ -11,7 +11,8 @@ import sqlite3
 
 from exporter.cachefile import CacheFileError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# 2: usage and hourly gain cache_write_1h (1-hour prompt-cache writes); a version 1 file is migrated in place
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -26,14 +27,14 @@ CREATE TABLE IF NOT EXISTS usage (
     source TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
     service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL,
     input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
-    cache_write INTEGER NOT NULL, requests INTEGER NOT NULL
+    cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, cache_write_1h INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_source_day ON usage (source, day);
 CREATE TABLE IF NOT EXISTS hourly (
     source TEXT NOT NULL, hour REAL NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
     service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL,
     input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
-    cache_write INTEGER NOT NULL, requests INTEGER NOT NULL
+    cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, cache_write_1h INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS hourly_source ON hourly (source, hour);
 CREATE TABLE IF NOT EXISTS accounts (
@@ -83,11 +84,22 @@ def _expected_columns() -> dict[str, list[str]]:
 _COLUMNS = _expected_columns()
 
 
+# columns added since version 1, by table: (name, definition), appended in this order by the migration
+_ADDED = {
+    "usage": [("cache_write_1h", "INTEGER NOT NULL DEFAULT 0")],
+    "hourly": [("cache_write_1h", "INTEGER NOT NULL DEFAULT 0")],
+}
+
+
 def check_tables(conn: sqlite3.Connection) -> None:
-    """A table of ours with other columns (another program's file, a hand-edited one) is not a cache we can use."""
+    """A table of ours with other columns (another program's file, a hand-edited one) is not a cache we can use.
+
+    A version 1 table, without the columns added since, is ours: ``create_tables`` migrates it.
+    """
     for table, want in _COLUMNS.items():
         have = [c[1] for c in conn.execute(f"PRAGMA table_info({table})")]
-        if have and have != want:
+        older = want[: len(want) - len(_ADDED.get(table, []))]
+        if have and have != want and have != older:
             raise CacheFileError(f"table {table} has columns {', '.join(have)}, not the cache schema's")
 
 
@@ -95,15 +107,41 @@ def create_tables(conn: sqlite3.Connection) -> None:
     """Create what is missing, merge rows of an older cache once; a file of another schema version raises."""
     had_series_index = conn.execute("SELECT 1 FROM sqlite_master WHERE name='cost_series'").fetchone()
     check_tables(conn)
+    _migrate(conn)
     conn.executescript(_SCHEMA)
     if not had_series_index:
         _merge_cost_duplicates(conn)
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     if row is None:
         conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    elif row[0] == "1":  # migrated above
+        conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
     elif row[0] != str(SCHEMA_VERSION):
         raise CacheFileError(f"schema version {row[0]} is not {SCHEMA_VERSION}")
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """A version 1 cache gets the columns added since, in place and in one transaction (its rows read 0 there).
+
+    The user's cache is never moved aside for a new column: its history may hold more days than the
+    billing APIs still return.
+    """
+    missing = []
+    for table, added in _ADDED.items():
+        have = {c[1] for c in conn.execute(f"PRAGMA table_info({table})")}
+        if have:
+            missing += [(table, name, ddl) for name, ddl in added if name not in have]
+    if not missing:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, name, ddl in missing:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _merge_cost_duplicates(conn: sqlite3.Connection) -> None:

@@ -95,9 +95,10 @@ class Config(ConfigModel):
     sources: list[SourceConfig] = []
     budgets: list[Budget] = []
     pricing: dict[
-        NonEmptyStr, dict[Literal["input", "output", "cache_read", "cache_write"], Annotated[float, Field(ge=0)]]
+        NonEmptyStr,
+        dict[Literal["input", "output", "cache_read", "cache_write", "cache_write_1h"], Annotated[float, Field(ge=0)]],
     ] = {}
-    """USD per 1M tokens by model and token type; overrides exporter/pricing.yml."""
+    """USD per 1M tokens by model and token type; overrides the genai-prices list prices (exporter/pricing.py)."""
 
     @field_validator("currency_rates")
     @classmethod

@@ -71,6 +71,13 @@ FAMILIES: list[MetricSpec] = [
         "Estimated AI cost in USD of the last complete UTC hour: hourly usage times the price table.",
         COST_LABELS,
     ),
+    MetricSpec(
+        "spend_ai_price_ratio",
+        "gauge",
+        "Billed AI cost divided by its list-price estimate (usage times the price table) over the last 7 complete "
+        "UTC days with costs; below 1: a negotiated discount or batch use, above 1: a stale price table.",
+        ("provider", "account_id", "model"),
+    ),
     MetricSpec("spend_budget_limit_usd", "gauge", "Monthly budget limit in USD.", BUDGET_LABELS),
     MetricSpec("spend_budget_spent_usd", "gauge", "Month-to-date spend in USD matching the budget.", BUDGET_LABELS),
     MetricSpec(

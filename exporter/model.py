@@ -15,7 +15,9 @@ from typing import Any, TypeVar, overload
 
 _R = TypeVar("_R")
 
-TOKEN_TYPES = ("input", "output", "cache_read", "cache_write")
+# cache_write: 5-minute prompt-cache writes (or the only kind a provider has); cache_write_1h: 1-hour writes,
+# billed at a higher rate. spend_ai_tokens_month_to_date shows the two summed as cache_write.
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,9 @@ import math
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from exporter import __version__
 from exporter.budgets import BudgetFigure, SeriesCost, budget_figures, budget_fragments
@@ -38,9 +39,14 @@ from exporter.forecast import (
 )
 from exporter.metrics import CACHED, COST_LABELS, EXPORTER_FAMILIES, FAMILIES, SOURCE_LABELS
 from exporter.model import TOKEN_TYPES
+from exporter.pricing import PriceTable
 from exporter.store import CostWindows, Store
 
 log = logging.getLogger(__name__)
+
+# spend_ai_tokens_month_to_date's token_type values: cache_write there is 5-minute plus 1-hour writes
+EXPOSED_TOKEN_TYPES = ("input", "output", "cache_read", "cache_write")
+RATIO_DAYS = 7  # spend_ai_price_ratio: billed cost ÷ list-price estimate over this many complete days
 
 
 @dataclass
@@ -52,6 +58,7 @@ class SourceView:
     overflow: int
     unpriced: list[tuple[str, str, float]]  # provider, model, tokens
     mtd_usd: float  # the sum of the month-to-date samples rendered in ``fragments``
+    price_ratios: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (provider, account, model)
 
 
 @dataclass
@@ -96,13 +103,15 @@ class SnapshotBuilder:
         config: Config,
         store: Store,
         source_meta: dict[str, tuple[str, str, float]],
-        price: Callable[[str, str, int], float | None] | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
-        """``source_meta``: source name → (provider label, API name, interval seconds)."""
+        """``source_meta``: source name → (provider label, API name, interval seconds).
+        ``prices``: the AI list prices (``PriceTable.load()`` with the configuration's ``pricing:`` when None)."""
         self.config = config
         self.store = store
         self.source_meta = source_meta
-        self._price = price
+        self.prices = prices if prices is not None else PriceTable.load(_overrides(config))
+        self._ratios: dict[tuple[str, str, str], float] = {}
         self._views: dict[str, tuple[dt.date, SourceView]] = {}
         self._lock = threading.Lock()
         self._unpriced_logged: set[tuple[str, str]] = set()
@@ -144,11 +153,16 @@ class SnapshotBuilder:
     def _build_view(self, source: str, dates: Dates) -> SourceView:
         cost_rows = self._cost_rows(source, dates)
         # AI usage, month to date; series with usage last month read 0 in a new month rather than vanish (as costs)
+        n_tt = len(TOKEN_TYPES)
+        raw_usage = self.store.usage_by_series(source, dates.month_start, dates.prev_month_start, dates.today)
+        hourly, unpriced = self._priced(source, dates, raw_usage)
         usage_rows: Rows = [
-            (_truncate(r[:5]), {tt: float(r[5 + i]) for i, tt in enumerate(TOKEN_TYPES)} | {"requests": float(r[9])})
-            for r in self.store.usage_by_series(source, dates.month_start, dates.prev_month_start, dates.today)
+            (
+                _truncate(r[:5]),
+                {tt: float(r[5 + i]) for i, tt in enumerate(TOKEN_TYPES)} | {"requests": float(r[5 + n_tt])},
+            )
+            for r in raw_usage
         ]
-        hourly, unpriced = self._priced(source, dates, usage_rows)
 
         series = [
             SeriesCost(
@@ -179,13 +193,20 @@ class SnapshotBuilder:
         frags["spend_ai_tokens_month_to_date"] = render_samples(
             "spend_ai_tokens_month_to_date",
             (*COST_LABELS, "token_type"),
-            sorted(((*lab, tt), v[tt]) for lab, v in usage_rows for tt in TOKEN_TYPES),
+            sorted(((*lab, tt), _exposed_tokens(v, tt)) for lab, v in usage_rows for tt in EXPOSED_TOKEN_TYPES),
         )
         frags["spend_ai_requests_month_to_date"] = render_samples(
             "spend_ai_requests_month_to_date", COST_LABELS, sorted((lab, v["requests"]) for lab, v in usage_rows)
         )
         frags["spend_ai_cost_last_hour_usd"] = render_samples(
             "spend_ai_cost_last_hour_usd", COST_LABELS, sorted((lab, rounded(v["v"])) for lab, v in hourly_rows)
+        )
+
+        ratios = self._price_ratios(source, dates)
+        frags["spend_ai_price_ratio"] = render_samples(
+            "spend_ai_price_ratio",
+            ("provider", "account_id", "model"),
+            sorted((_truncate(k), round(v, 6)) for k, v in ratios.items()),
         )
 
         # provider forecasts and accounts
@@ -214,6 +235,7 @@ class SnapshotBuilder:
             overflow=overflow,
             unpriced=[(p, m, t) for (p, m), t in sorted(unpriced.items())],
             mtd_usd=math.fsum(rounded(v["spend_cost_month_to_date_usd"]) for _, v in cost_rows),
+            price_ratios=ratios,
         )
 
     def _cost_rows(self, source: str, dates: Dates) -> Rows:
@@ -256,43 +278,67 @@ class SnapshotBuilder:
         return rows
 
     def _priced(
-        self, source: str, dates: Dates, usage_rows: Rows
+        self, source: str, dates: Dates, usage: list[tuple[Any, ...]]
     ) -> tuple[dict[tuple[str, ...], float], dict[tuple[str, str], float]]:
         """The last complete hour's cost per series, and this month's tokens of unpriced models by (provider, model).
 
-        Series seen in the last day get 0 when the hour has no usage; a series with tokens of a model
-        missing from the price table has no figure.
+        Series seen in the last day get 0 when the hour has no usage; a series with tokens the price
+        table cannot price has no figure (never a cost of 0). ``usage``: ``Store.usage_by_series`` rows.
         """
+        estimate = self.prices.estimate
+        n_tt = len(TOKEN_TYPES)
         hourly: dict[tuple[str, ...], float] = {}
-        unpriced: dict[tuple[str, str], float] = {}
         for r in self.store.hourly_by_series(source, dates.last_complete_hour.timestamp()):
-            labels = _truncate(r[:5])
-            total = 0.0
-            priced = True
-            for i, tt in enumerate(TOKEN_TYPES):
-                tokens = int(r[5 + i])
-                if not tokens:
-                    continue
-                c = self._price(labels[4], tt, tokens) if self._price else None
-                if c is None:
-                    priced = False
-                else:
-                    total += c
-            if priced:
-                hourly[labels] = total
-        for labels, v in usage_rows:
-            if self._price is None:
-                break
-            model = labels[4]
-            missing = sum(v[tt] for tt in TOKEN_TYPES if v[tt] and self._price(model, tt, int(v[tt])) is None)
-            if missing:
-                unpriced[(labels[0], model)] = unpriced.get((labels[0], model), 0.0) + missing
-                if (source, model) not in self._unpriced_logged:
-                    self._unpriced_logged.add((source, model))
+            est = estimate(r[0], r[4], dict(zip(TOKEN_TYPES, r[5 : 5 + n_tt], strict=True)))
+            if not est.unpriced_tokens:
+                hourly[_truncate(r[:5])] = est.usd
+        unpriced: dict[tuple[str, str], float] = {}
+        for r in usage:
+            est = estimate(r[0], r[4], dict(zip(TOKEN_TYPES, r[5 : 5 + n_tt], strict=True)))
+            if est.unpriced_tokens:
+                key = (_truncate(r[:1])[0], _truncate(r[4:5])[0])
+                unpriced[key] = unpriced.get(key, 0.0) + est.unpriced_tokens
+                if (source, r[4]) not in self._unpriced_logged:
+                    self._unpriced_logged.add((source, r[4]))
                     log.warning(
-                        "source %s: model %r is not in the price table; its tokens are not priced", source, model
+                        "source %s: model %r of %s has tokens the price table (%s) cannot price; they are not "
+                        "priced (add the model under pricing: in the config)",
+                        source,
+                        r[4],
+                        r[0],
+                        self.prices.version,
                     )
         return hourly, unpriced
+
+    def _price_ratios(self, source: str, dates: Dates) -> dict[tuple[str, str, str], float]:
+        """Billed cost ÷ list-price estimate per (provider, account_id, model), over the last ``RATIO_DAYS``
+        complete days that have costs (a cost API that lags does not read as a discount).
+
+        Only where the model has both costs and usage there, the estimate is above 0 and no token of the
+        model in the window is unpriced.
+        """
+        newest, _ = self.store.cost_days(source, dates.today)
+        if newest is None:
+            return {}
+        first = newest - dt.timedelta(days=RATIO_DAYS - 1)
+        billed = {(p, a, m): c for p, a, m, c in self.store.ai_cost_by_model(source, first, newest)}
+        if not billed:
+            return {}
+        n_tt = len(TOKEN_TYPES)
+        out: dict[tuple[str, str, str], float] = {}
+        for r in self.store.usage_by_model(source, first, newest):
+            key = (r[0], r[1], r[2])
+            if key not in billed:
+                continue
+            est = self.prices.estimate(r[0], r[2], dict(zip(TOKEN_TYPES, r[3 : 3 + n_tt], strict=True)))
+            if est.usd > 0 and not est.unpriced_tokens:
+                out[key] = billed[key] / est.usd
+        return out
+
+    def price_ratio(self, provider: str, account_id: str, model: str) -> float | None:
+        """``spend_ai_price_ratio`` of the latest build: billed cost ÷ list-price estimate; None where unknown."""
+        with self._lock:
+            return self._ratios.get((provider, account_id, model))
 
     # -- whole snapshot ----------------------------------------------------------------
     def build(self, now: dt.datetime, sources: Iterable[str]) -> Snapshot:
@@ -315,6 +361,11 @@ class SnapshotBuilder:
             if fam.name in budget_frags:
                 fam.fragments = [budget_frags[fam.name]]
                 n_series += budget_frags[fam.name].count(b"\n")
+        ratios: dict[tuple[str, str, str], float] = {}
+        for s in names:
+            ratios.update(views[s].price_ratios)
+        with self._lock:
+            self._ratios = ratios
         exporter_frags = self._exporter_fragments(names, views)
         for name, mtype, help_, _labels in EXPORTER_FAMILIES:
             frag = exporter_frags[name]
@@ -387,3 +438,15 @@ class SnapshotBuilder:
             "spend_exporter_build_info", ("version", "pythonversion"), [((__version__, platform.python_version()), 1.0)]
         )
         return out
+
+
+def _exposed_tokens(v: dict[str, float], token_type: str) -> float:
+    """A series' tokens as ``spend_ai_tokens_month_to_date`` shows them: cache_write is 5-minute plus 1-hour."""
+    if token_type == "cache_write":
+        return v["cache_write"] + v["cache_write_1h"]
+    return v[token_type]
+
+
+def _overrides(config: Config) -> dict[str, dict[str, float]]:
+    """``pricing:`` of the configuration as ``PriceTable.load`` takes it."""
+    return {m: {str(k): float(p) for k, p in prices.items()} for m, prices in config.pricing.items()}

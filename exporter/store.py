@@ -54,8 +54,15 @@ class SourceState:
 # Rows as the store holds them, without their source: everything normalised (ISO day, team attributed, USD).
 StoredCostRow = tuple[str, str, str, str, str, str, float]  # day, provider, account_id, service_name, team, model, usd
 # day (or the hour's unix time in ``hourly``), provider, account_id, service_name, team, model,
-# input, output, cache_read, cache_write tokens, requests
+# input, output, cache_read, cache_write, cache_write_1h tokens (model.TOKEN_TYPES), requests
 StoredUsageRow = tuple[Any, ...]
+
+
+_TOKENS = "input, output, cache_read, cache_write, cache_write_1h"  # model.TOKEN_TYPES, in its order
+_USAGE_COLUMNS = (
+    f"(source, day, provider, account_id, service_name, team, model, {_TOKENS}, requests) VALUES ({'?,' * 12}?)"
+)
+_HOURLY_COLUMNS = _USAGE_COLUMNS.replace("day", "hour", 1)
 
 
 @dataclass
@@ -173,10 +180,10 @@ class Store:
             c.execute("DELETE FROM cost WHERE source=? AND day BETWEEN ? AND ?", (source, s, e))
             c.executemany("INSERT INTO cost VALUES (?,?,?,?,?,?,?,?)", [(source, *k, v) for k, v in costs.items()])
             c.execute("DELETE FROM usage WHERE source=? AND day BETWEEN ? AND ?", (source, s, e))
-            c.executemany("INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [(source, *r) for r in rep.usage])
+            c.executemany(f"INSERT INTO usage {_USAGE_COLUMNS}", [(source, *r) for r in rep.usage])
             if rep.hourly is not None:
                 c.execute("DELETE FROM hourly WHERE source=?", (source,))
-                c.executemany("INSERT INTO hourly VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [(source, *r) for r in rep.hourly])
+                c.executemany(f"INSERT INTO hourly {_HOURLY_COLUMNS}", [(source, *r) for r in rep.hourly])
             c.executemany("INSERT OR REPLACE INTO accounts VALUES (?,?,?,?)", [(source, *a) for a in rep.accounts])
             if rep.forecasts is not None:
                 c.execute("DELETE FROM forecasts WHERE source=?", (source,))
@@ -349,14 +356,16 @@ class Store:
     ) -> list[tuple[Any, ...]]:
         """One row per AI usage series of ``source`` with usage from ``since`` through ``through``.
 
-        Columns: provider, account_id, service_name, team, model; then input, output, cache_read and
-        cache_write tokens and requests from ``month_start`` on (0 for a series with none there).
+        Columns: provider, account_id, service_name, team, model; then input, output, cache_read,
+        cache_write and cache_write_1h tokens and requests from ``month_start`` on (0 for a series with
+        none there).
         """
         return self.query(
             "SELECT provider, account_id, service_name, team, model, "
             "SUM(CASE WHEN day >= :ms THEN input ELSE 0 END), SUM(CASE WHEN day >= :ms THEN output ELSE 0 END), "
             "SUM(CASE WHEN day >= :ms THEN cache_read ELSE 0 END), "
             "SUM(CASE WHEN day >= :ms THEN cache_write ELSE 0 END), "
+            "SUM(CASE WHEN day >= :ms THEN cache_write_1h ELSE 0 END), "
             "SUM(CASE WHEN day >= :ms THEN requests ELSE 0 END) FROM usage "
             "WHERE source = :s AND day >= :p0 AND day <= :today "
             "GROUP BY provider, account_id, service_name, team, model",
@@ -366,16 +375,39 @@ class Store:
     def hourly_by_series(self, source: str, hour: float) -> list[tuple[Any, ...]]:
         """One row per AI usage series of ``source`` with hourly usage in the day up to the hour at ``hour``.
 
-        Columns: provider, account_id, service_name, team, model; then input, output, cache_read and
-        cache_write tokens in the hour starting at ``hour`` (unix time; 0 for a series with none then).
+        Columns: provider, account_id, service_name, team, model; then input, output, cache_read,
+        cache_write and cache_write_1h tokens in the hour starting at ``hour`` (unix time; 0 for a series
+        with none then).
         """
         return self.query(
             "SELECT provider, account_id, service_name, team, model, "
             "SUM(CASE WHEN hour = :h THEN input ELSE 0 END), SUM(CASE WHEN hour = :h THEN output ELSE 0 END), "
-            "SUM(CASE WHEN hour = :h THEN cache_read ELSE 0 END), SUM(CASE WHEN hour = :h THEN cache_write ELSE 0 END) "
+            "SUM(CASE WHEN hour = :h THEN cache_read ELSE 0 END), "
+            "SUM(CASE WHEN hour = :h THEN cache_write ELSE 0 END), "
+            "SUM(CASE WHEN hour = :h THEN cache_write_1h ELSE 0 END) "
             "FROM hourly WHERE source = :s AND hour > :h - 86400 AND hour <= :h "
             "GROUP BY provider, account_id, service_name, team, model",
             {"h": hour, "s": source},
+        )
+
+    def ai_cost_by_model(self, source: str, first: dt.date, last: dt.date) -> list[tuple[str, str, str, float]]:
+        """(provider, account_id, model, USD): ``source``'s billed cost per AI model, ``first`` through ``last``."""
+        return [
+            (r[0], r[1], r[2], float(r[3]))
+            for r in self.query(
+                "SELECT provider, account_id, model, SUM(cost_usd) FROM cost "
+                "WHERE source = ? AND day BETWEEN ? AND ? AND model != '' GROUP BY provider, account_id, model",
+                (source, first.isoformat(), last.isoformat()),
+            )
+        ]
+
+    def usage_by_model(self, source: str, first: dt.date, last: dt.date) -> list[tuple[Any, ...]]:
+        """(provider, account_id, model, then tokens by ``model.TOKEN_TYPES``) from ``first`` through ``last``."""
+        return self.query(
+            "SELECT provider, account_id, model, SUM(input), SUM(output), SUM(cache_read), SUM(cache_write), "
+            "SUM(cache_write_1h) FROM usage WHERE source = ? AND day BETWEEN ? AND ? "
+            "GROUP BY provider, account_id, model",
+            (source, first.isoformat(), last.isoformat()),
         )
 
     def provider_forecasts(self, source: str) -> list[tuple[str, str, float]]:

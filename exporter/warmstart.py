@@ -7,7 +7,8 @@ snapshot is used only when it is exactly what a build would give now:
 - it was saved under the same *key*: a hash of the configuration (every key but
   ``listen_address``; so sources, budgets, attribution, rates, pricing and the
   series cap), the exporter's version, the cache schema, the Python version
-  (``spend_exporter_build_info`` shows it) and the code that renders it;
+  (``spend_exporter_build_info`` shows it), the price table's version (the
+  ``genai-prices`` release: a price update rebuilds) and the code that renders it;
 - the store's data *generation* has not moved since it was built (every write to
   the store moves it on: a refresh, a failed refresh's state, an API call counted,
   a source forgotten), so it can never disagree with the cache;
@@ -33,6 +34,7 @@ from exporter.cacheschema import SCHEMA_VERSION
 from exporter.config import Config
 from exporter.exposition import Family, render
 from exporter.forecast import Dates
+from exporter.pricing import library_version
 from exporter.snapshot import Snapshot
 from exporter.store import Store
 
@@ -49,15 +51,17 @@ _CODE = (
     "exposition.py",
     "store.py",
     "pricing.py",
-    "pricing.yml",
     "warmstart.py",
 )
 
 
-def snapshot_key(config: Config) -> str:
+def snapshot_key(config: Config, price_version: str | None = None) -> str:
+    """``price_version``: ``PriceTable.version`` of the table the snapshot prices with (the installed
+    genai-prices when None), so that a price update rebuilds the snapshot."""
     data = config.model_dump(mode="json", exclude={"listen_address"})
     h = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode())
-    h.update(f"|{__version__}|{SCHEMA_VERSION}|{FORMAT}|{platform.python_version()}|".encode())
+    prices = price_version if price_version is not None else library_version()
+    h.update(f"|{__version__}|{SCHEMA_VERSION}|{FORMAT}|{platform.python_version()}|{prices}|".encode())
     here = Path(__file__).parent
     for name in _CODE:
         try:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from exporter.app import App, build_app
+from exporter.cacheschema import SCHEMA_VERSION
 from exporter.cli import assemble
 from exporter.config import parse_config
 from exporter.status import status_report
@@ -209,10 +210,67 @@ def test_cache_of_another_schema_version_is_moved_aside(tmp_path: Path, caplog: 
         store = Store(path)
     try:
         assert "schema version 999" in caplog.text
-        assert store.query("SELECT value FROM meta WHERE key='schema_version'") == [("1",)]
+        assert store.query("SELECT value FROM meta WHERE key='schema_version'") == [(str(SCHEMA_VERSION),)]
         assert list(tmp_path.glob("cache.sqlite.corrupt-*"))
     finally:
         store.close()
+
+
+def test_a_version_1_cache_is_migrated_in_place(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A cache written before 1-hour cache writes were kept apart: new columns, its rows kept, nothing moved aside."""
+    path = tmp_path / "cache.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1'), ('generation', '7')")
+    conn.execute("INSERT INTO cost VALUES ('ai', '2025-03-02', 'anthropic', 'w', 'messages', 't', 'claude', 1.5)")
+    conn.execute(
+        "INSERT INTO usage VALUES ('ai', '2025-03-02', 'anthropic', 'w', 'messages', 't', 'claude', 1,2,3,4,5)"
+    )
+    hour = dt.datetime(2025, 3, 15, 9, tzinfo=dt.UTC).timestamp()
+    conn.execute("INSERT INTO hourly VALUES ('ai', ?, 'anthropic', 'w', 'messages', 't', 'claude', 6,7,8,9,1)", (hour,))
+    conn.commit()
+    conn.close()
+    with caplog.at_level(logging.INFO, logger="exporter.cachefile"):
+        store = Store(path)
+    try:
+        assert not list(tmp_path.glob("cache.sqlite.corrupt-*")), caplog.text
+        assert store.query("SELECT value FROM meta WHERE key='schema_version'") == [(str(SCHEMA_VERSION),)]
+        x = ("anthropic", "w", "messages", "t", "claude")
+        assert store.usage_by_series("ai", D(2025, 3, 1), D(2025, 3, 1), D(2025, 3, 15)) == [(*x, 1, 2, 3, 4, 0, 5)]
+        assert store.hourly_by_series("ai", hour) == [(*x, 6, 7, 8, 9, 0)]
+        assert store.cost_days("ai", D(2025, 3, 15)) == (D(2025, 3, 2), D(2025, 3, 2))
+        put(store, "ai", [], usage=[("2025-03-03", *x, 1, 1, 1, 1, 2, 1)])
+        assert store.usage_by_model("ai", D(2025, 3, 1), D(2025, 3, 3)) == [("anthropic", "w", "claude", 2, 3, 4, 5, 2)]
+    finally:
+        store.close()
+    # and it opens again as a version 2 cache
+    Store(path).close()
+
+
+# the cache's usage and hourly tables as version 1 wrote them (the other tables are unchanged)
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE cost (
+    source TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
+    service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL, cost_usd REAL NOT NULL
+);
+CREATE INDEX cost_source_day ON cost (source, day);
+CREATE INDEX cost_series ON cost (source, provider, account_id, service_name, team, model, day, cost_usd);
+CREATE TABLE usage (
+    source TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
+    service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL,
+    input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
+    cache_write INTEGER NOT NULL, requests INTEGER NOT NULL
+);
+CREATE INDEX usage_source_day ON usage (source, day);
+CREATE TABLE hourly (
+    source TEXT NOT NULL, hour REAL NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
+    service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL,
+    input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
+    cache_write INTEGER NOT NULL, requests INTEGER NOT NULL
+);
+CREATE INDEX hourly_source ON hourly (source, hour);
+"""
 
 
 def test_cache_is_wal(tmp_path: Path) -> None:
@@ -352,17 +410,28 @@ def test_usage_hourly_forecast_and_account_reads(tmp_path: Path) -> None:
             store,
             "ai",
             [("2025-03-14", *x, 1.0)],
+            # tokens: input, output, cache_read, cache_write, cache_write_1h; then requests
             usage=[
-                ("2025-02-20", *y, 9, 9, 9, 9, 9),
-                ("2025-03-02", *x, 1, 2, 3, 4, 5),
-                ("2025-03-03", *x, 1, 0, 0, 0, 1),
+                ("2025-02-20", *y, 9, 9, 9, 9, 9, 9),
+                ("2025-03-02", *x, 1, 2, 3, 4, 8, 5),
+                ("2025-03-03", *x, 1, 0, 0, 0, 2, 1),
             ],
-            hourly=[(hour, *x, 10, 20, 0, 0, 3), (hour - 3600, *y, 5, 5, 0, 0, 1), (hour - 90000, *x, 7, 7, 7, 7, 7)],
+            hourly=[
+                (hour, *x, 10, 20, 0, 0, 6, 3),
+                (hour - 3600, *y, 5, 5, 0, 0, 0, 1),
+                (hour - 90000, *x, 7, 7, 7, 7, 7, 7),
+            ],
         )
         usage = {r[:5]: r[5:] for r in store.usage_by_series("ai", D(2025, 3, 1), D(2025, 2, 1), D(2025, 3, 15))}
-        assert usage == {x: (2, 2, 3, 4, 6), y: (0, 0, 0, 0, 0)}  # y: used last month only, so 0 this month
+        assert usage == {x: (2, 2, 3, 4, 10, 6), y: (0, 0, 0, 0, 0, 0)}  # y: used last month only, so 0 this month
         hourly = {r[:5]: r[5:] for r in store.hourly_by_series("ai", hour)}
-        assert hourly == {x: (10, 20, 0, 0), y: (0, 0, 0, 0)}  # y: seen in the last day, not in this hour
+        assert hourly == {x: (10, 20, 0, 0, 6), y: (0, 0, 0, 0, 0)}  # y: seen in the last day, not in this hour
+        # the price ratio's reads: billed cost and tokens per (provider, account, model) over some days
+        assert store.ai_cost_by_model("ai", D(2025, 3, 8), D(2025, 3, 14)) == [("openai", "proj", "gpt-4o", 1.0)]
+        assert store.ai_cost_by_model("ai", D(2025, 3, 1), D(2025, 3, 13)) == []
+        assert store.usage_by_model("ai", D(2025, 3, 1), D(2025, 3, 14)) == [
+            ("openai", "proj", "gpt-4o", 2, 2, 3, 4, 10)
+        ]
         assert store.accounts("ai") == [("openai", "proj", "Project")]
         assert store.provider_forecasts("ai") == []
     finally:

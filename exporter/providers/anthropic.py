@@ -21,8 +21,9 @@ and ``anthropic-version: 2023-06-01``:
 organization's default workspace, exported as ``account_id="default"``.
 Token usage is the Messages API's (``service_name="messages"``):
 ``uncached_input_tokens`` → input, ``cache_read_input_tokens`` → cache_read,
-``cache_creation.ephemeral_5m_input_tokens`` + ``ephemeral_1h_input_tokens``
-→ cache_write, ``output_tokens`` → output. The usage report has no request
+``cache_creation.ephemeral_5m_input_tokens`` → cache_write,
+``ephemeral_1h_input_tokens`` → cache_write_1h (priced at the 1-hour rate),
+``output_tokens`` → output. The usage report has no request
 count, so ``requests`` is 0.
 """
 
@@ -83,16 +84,17 @@ def usage_tokens(r: Mapping[str, Any]) -> dict[str, int]:
     """Token counts of one messages usage result, by the exporter's token types."""
     creation = r.get("cache_creation")
     if isinstance(creation, Mapping):
-        cache_write = int(creation.get("ephemeral_5m_input_tokens") or 0) + int(
-            creation.get("ephemeral_1h_input_tokens") or 0
-        )
-    else:  # responses from before the TTL split
+        cache_write = int(creation.get("ephemeral_5m_input_tokens") or 0)
+        cache_write_1h = int(creation.get("ephemeral_1h_input_tokens") or 0)
+    else:  # responses from before the TTL split: every write was a 5-minute one
         cache_write = int(r.get("cache_creation_input_tokens") or 0)
+        cache_write_1h = 0
     return {
         "input": int(r["uncached_input_tokens"]),
         "output": int(r["output_tokens"]),
         "cache_read": int(r.get("cache_read_input_tokens") or 0),
         "cache_write": cache_write,
+        "cache_write_1h": cache_write_1h,
     }
 
 

@@ -6,7 +6,7 @@ started for each refresh (``focus_reader``); this module turns what it sends
 back into records. Files added to the glob are picked up at the next refresh.
 
 Optional columns beyond FOCUS, used where present: ``x_Model`` (AI model),
-``x_TokenType`` (input|output|cache_read|cache_write) with ``ConsumedQuantity``
+``x_TokenType`` (input|output|cache_read|cache_write|cache_write_1h) with ``ConsumedQuantity``
 in ``ConsumedUnit`` ``Tokens``, and ``Requests`` rows for request counts.
 """
 

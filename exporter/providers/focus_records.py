@@ -40,6 +40,8 @@ TOKEN_TYPE_ALIASES = {
     "cached_input": "cache_read",
     "cache_write": "cache_write",
     "cache_creation": "cache_write",
+    "cache_write_5m": "cache_write",
+    "cache_write_1h": "cache_write_1h",  # 1-hour prompt-cache writes, priced at their own rate
 }
 
 

@@ -4,8 +4,8 @@ Deterministic for a given ``now``: hourly token counts for every complete
 hour of the ``days`` days up to ``now``, per (account, API key, model). The
 emulators aggregate these rows into the admin APIs' daily and hourly
 buckets, and bill them at ``BILLING_PRICES`` (the dataset's own price list,
-independent of ``exporter/pricing.yml``, so that the cost APIs also bill
-``UNPRICED_MODEL``, which the exporter's price table does not know).
+independent of the exporter's price table (genai-prices), so that the cost APIs
+also bill ``UNPRICED_MODEL``, which the exporter does not price).
 
 Amounts are ``Decimal``: OpenAI cost rows to the micro-dollar, Anthropic cost
 rows to the hundredth of a cent (the API reports cents as a decimal string),
@@ -78,7 +78,7 @@ ACCOUNTS: dict[str, list[AIAccount]] = {
 }
 
 UNPRICED_MODEL = "ft:gpt-4o-mini-2024-07-18:acme:payments:8kQx2"
-"""A fine-tuned model: billed by OpenAI's cost API, absent from exporter/pricing.yml."""
+"""A fine-tuned model: billed by OpenAI's cost API, priced by the exporter only when ``pricing:`` lists it."""
 
 # What the providers bill, USD per 1M tokens. Anthropic bills 5-minute and 1-hour cache writes apart.
 BILLING_PRICES: dict[str, dict[str, Decimal]] = {
@@ -175,12 +175,13 @@ class AIUsageRow:
 
     @property
     def tokens(self) -> dict[str, int]:
-        """By the exporter's token types."""
+        """By the exporter's token types (``exporter.model.TOKEN_TYPES``): 5-minute and 1-hour cache writes apart."""
         return {
             "input": self.input,
             "output": self.output,
             "cache_read": self.cache_read,
-            "cache_write": self.cache_write,
+            "cache_write": self.cache_write_5m,
+            "cache_write_1h": self.cache_write_1h,
         }
 
     def scaled(self, factor: int) -> AIUsageRow:
@@ -242,6 +243,8 @@ class AIDataset:
     usage: list[AIUsageRow]
     extra_costs: list[AICostRow]  # non-token line items (web search)
     accounts: dict[str, list[AIAccount]] = field(default_factory=lambda: ACCOUNTS)
+    # negotiated prices: (provider, the API's account id) → the share of the list price billed (0.8: 20% off)
+    discounts: dict[tuple[str, str | None], Decimal] = field(default_factory=dict)
 
     # -- what the APIs are built from ---------------------------------------------
     @property
@@ -297,6 +300,7 @@ class AIDataset:
             tokens.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "", *kv[0][3:])
         ):
             usd = Decimal(n) * BILLING_PRICES[model][billed] / MILLION
+            usd *= self.discounts.get((provider, account_id), Decimal(1))
             if provider == "openai":
                 amount = usd.quantize(Decimal("0.000001"))
                 line_item = f"{model}, {OPENAI_LINE_ITEM[billed]}"
@@ -353,6 +357,25 @@ class AIDataset:
             if team is not None and teams[acct] != team:
                 continue
             total += c.amount
+        return total
+
+    def list_cost(self, provider: str, *, start: dt.date, end: dt.date, account_id: str, model: str) -> Decimal:
+        """Usage of the days ``start``..``end`` at list prices (``BILLING_PRICES``, no discount), unrounded."""
+        total = Decimal(0)
+        for r in self.rows(provider):
+            acct = r.account_id if r.account_id is not None else "default"
+            if acct != account_id or r.model != model or not start <= r.day <= end:
+                continue
+            prices = BILLING_PRICES[model]
+            for billed, n in (
+                ("input", r.input),
+                ("output", r.output),
+                ("cache_read", r.cache_read),
+                ("cache_write_5m", r.cache_write_5m),
+                ("cache_write_1h", r.cache_write_1h),
+            ):
+                if n:
+                    total += Decimal(n) * prices[billed] / MILLION
         return total
 
     def token_sum(
@@ -480,4 +503,4 @@ def runaway(
     ]
     if usage == ds.usage:
         raise ValueError(f"no usage of {model} by {account_id} in the hour starting {hour:%Y-%m-%d %H:%M}")
-    return AIDataset(now=ds.now, start=ds.start, usage=usage, extra_costs=list(ds.extra_costs), accounts=ds.accounts)
+    return dataclasses.replace(ds, usage=usage, extra_costs=list(ds.extra_costs))

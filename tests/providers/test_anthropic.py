@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
+import dataclasses
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -135,9 +136,12 @@ def test_daily_tokens_equal_the_dataset(h: Harness, ds: AIDataset) -> None:
         for tt in TOKEN_TYPES:
             expected = ds.token_sum("anthropic", tt, start=start, account_id=account, model=model)
             assert got[(account, model, tt)] == expected, (account, model, tt)
-    # cache_write is the 5-minute plus the 1-hour writes
-    cw = sum(r.cache_write_5m + r.cache_write_1h for r in ds.rows("anthropic") if r.hour >= start)
-    assert sum(v for (_, _, tt), v in got.items() if tt == "cache_write") == cw
+    # cache_write is the 5-minute writes, cache_write_1h the 1-hour ones: each has its own price
+    cw5 = sum(r.cache_write_5m for r in ds.rows("anthropic") if r.hour >= start)
+    cw1 = sum(r.cache_write_1h for r in ds.rows("anthropic") if r.hour >= start)
+    assert cw1 > 0
+    assert sum(v for (_, _, tt), v in got.items() if tt == "cache_write") == cw5
+    assert sum(v for (_, _, tt), v in got.items() if tt == "cache_write_1h") == cw1
     assert len({(u.day, u.account_id, u.model) for u in res.usage}) == len(res.usage)
 
 
@@ -305,14 +309,17 @@ def test_cents_to_usd() -> None:
             cents_to_usd(bad)
 
 
-def test_usage_tokens_sum_both_cache_ttls() -> None:
+def test_usage_tokens_keep_the_two_cache_ttls_apart() -> None:
     r = {
         "uncached_input_tokens": 10,
         "cache_creation": {"ephemeral_1h_input_tokens": 3, "ephemeral_5m_input_tokens": 4},
         "cache_read_input_tokens": 5,
         "output_tokens": 6,
     }
-    assert usage_tokens(r) == {"input": 10, "output": 6, "cache_read": 5, "cache_write": 7}
+    assert usage_tokens(r) == {"input": 10, "output": 6, "cache_read": 5, "cache_write": 4, "cache_write_1h": 3}
+    # a response from before the TTL split: every write was a 5-minute one
+    old = {"uncached_input_tokens": 1, "cache_creation_input_tokens": 7, "output_tokens": 2}
+    assert usage_tokens(old) == {"input": 1, "output": 2, "cache_read": 0, "cache_write": 7, "cache_write_1h": 0}
 
 
 # --------------------------------------------------------------------------- end to end
@@ -364,10 +371,15 @@ def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AID
 
         start = dt.datetime.combine(MONTH_START, dt.time(), dt.UTC)
         tokens = family_samples(text, "spend_ai_tokens_month_to_date")
-        assert {lab["token_type"] for lab, _ in tokens} == set(TOKEN_TYPES)
+        assert {lab["token_type"] for lab, _ in tokens} == {"input", "output", "cache_read", "cache_write"}
         for labels, value in tokens:
-            expected_tokens = ds.token_sum(
-                "anthropic", labels["token_type"], start=start, account_id=labels["account_id"], model=labels["model"]
+            # the exposed cache_write is 5-minute plus 1-hour writes
+            types = (
+                ("cache_write", "cache_write_1h") if labels["token_type"] == "cache_write" else (labels["token_type"],)
+            )
+            expected_tokens = sum(
+                ds.token_sum("anthropic", tt, start=start, account_id=labels["account_id"], model=labels["model"])
+                for tt in types
             )
             assert value == expected_tokens, labels
 
@@ -387,20 +399,95 @@ def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AID
         assert burning[key] == pytest.approx(RUNAWAY_FACTOR * normal[key], rel=1e-3)
         table = PriceTable.load()
         hour_end = LAST_HOUR + dt.timedelta(hours=1)
-        expected_cost = sum(
-            table.cost(
-                HAIKU,
-                tt,
-                h.emu.dataset.token_sum(
+        expected = table.estimate(
+            "anthropic",
+            HAIKU,
+            {
+                tt: h.emu.dataset.token_sum(
                     "anthropic", tt, start=LAST_HOUR, end=hour_end, account_id=SUPPORT, model=HAIKU
-                ),
-            )
-            or 0.0
-            for tt in TOKEN_TYPES
+                )
+                for tt in TOKEN_TYPES
+            },
         )
-        assert burning[key] == pytest.approx(expected_cost, abs=CENT)
+        assert expected.unpriced_tokens == 0
+        assert burning[key] == pytest.approx(expected.usd, abs=CENT)
         assert {k: v for k, v in burning.items() if k != key} == pytest.approx(
             {k: v for k, v in normal.items() if k != key}
         )
+    finally:
+        app.close()
+
+
+def _app(h: Harness, ds: AIDataset, tmp_path: Path) -> Any:
+    from exporter.app import build_app
+
+    cfg = parse_config(
+        {
+            "cache_path": str(tmp_path / "cache.sqlite"),
+            "attribution": {"rules": ds.attribution_rules()},
+            "sources": [
+                {"name": "anthropic", "type": "anthropic", "admin_key_env": ENV, "base_url": h.emu.url},
+            ],
+        },
+        env={},
+    )
+    return build_app(cfg, now=lambda: NOW)
+
+
+def test_one_hour_cache_writes_are_priced_at_the_one_hour_rate(h: Harness, ds: AIDataset, tmp_path: Path) -> None:
+    """The last hour of a workspace writing 1-hour caches: $6/1M for those tokens, not the 5-minute $3.75."""
+    h.emu.dataset = runaway(ds, "anthropic", RESEARCH, SONNET)  # 40x: the rates' difference is dollars, not cents
+    app = _app(h, ds, tmp_path)
+    try:
+        assert [o.ok for o in app.refresh_all()] == [True]
+        got = {
+            (lab["account_id"], lab["model"]): v
+            for lab, v in family_samples(app.exposition(), "spend_ai_cost_last_hour_usd")
+        }[(RESEARCH, SONNET)]
+        end = LAST_HOUR + dt.timedelta(hours=1)
+
+        def n(tt: str) -> int:
+            return h.emu.dataset.token_sum("anthropic", tt, start=LAST_HOUR, end=end, account_id=RESEARCH, model=SONNET)
+
+        assert n("cache_write_1h") > 10_000
+        # Claude Sonnet 4's list prices per 1M tokens, by hand
+        by_hand = (
+            n("input") * 3.00
+            + n("output") * 15.00
+            + n("cache_read") * 0.30
+            + n("cache_write") * 3.75
+            + n("cache_write_1h") * 6.00
+        ) / 1e6
+        at_5m_rate = by_hand - n("cache_write_1h") * (6.00 - 3.75) / 1e6
+        assert got == pytest.approx(by_hand, abs=CENT)
+        assert abs(got - at_5m_rate) > 0.05
+        # and the day's bill agrees: the emulator bills 1-hour writes at their own rate too
+        assert app.builder.price_ratio("anthropic", RESEARCH, SONNET) == pytest.approx(1.0, abs=1e-4)
+    finally:
+        app.close()
+
+
+def test_price_ratio_shows_a_negotiated_discount(h: Harness, ds: AIDataset, tmp_path: Path) -> None:
+    """Billed cost ÷ list-price estimate over the 7 complete days: below 1 for the workspace billed 15% off."""
+    h.emu.dataset = dataclasses.replace(ds, discounts={("anthropic", SUPPORT): Decimal("0.85")})
+    app = _app(h, ds, tmp_path)
+    try:
+        assert [o.ok for o in app.refresh_all()] == [True]
+        ratios = {
+            (lab["account_id"], lab["model"]): v for lab, v in family_samples(app.exposition(), "spend_ai_price_ratio")
+        }
+        first, last = dt.date(2026, 11, 15), dt.date(2026, 11, 21)
+        billed = h.emu.dataset
+        want = {
+            (acct, model): float(
+                billed.cost_sum("anthropic", start=first, end=last, account_id=acct, model=model)
+                / billed.list_cost("anthropic", start=first, end=last, account_id=acct, model=model)
+            )
+            for acct, model in {(r.account_id or "default", r.model) for r in ds.rows("anthropic")}
+        }
+        assert ratios == pytest.approx(want, rel=1e-6)
+        assert ratios[(SUPPORT, HAIKU)] == pytest.approx(0.85, abs=1e-4)
+        assert ratios[(RESEARCH, SONNET)] == pytest.approx(1.0, abs=1e-4)
+        assert app.builder.price_ratio("anthropic", SUPPORT, SONNET) == pytest.approx(ratios[(SUPPORT, SONNET)])
     finally:
         app.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
+import dataclasses
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -176,7 +177,7 @@ def test_hourly_usage_of_the_last_day(h: Harness, ds: AIDataset) -> None:
                 model=x.model,
                 endpoints=["completions"],
             )
-            assert x.tokens[tt] == expected, (x, tt)
+            assert x.tokens.get(tt, 0) == expected, (x, tt)
     assert {(x.account_id, x.model) for x in last} == {
         (r.account_id, r.model) for r in ds.rows("openai") if r.hour == LAST_HOUR and r.endpoint == "completions"
     }
@@ -198,9 +199,10 @@ def test_runaway_hour_shows_in_hourly_usage(h: Harness, ds: AIDataset) -> None:
         assert a[(LABS, GPT4O)][tt] == RUNAWAY_FACTOR * b[(LABS, GPT4O)][tt]
     assert {k: v for k, v in a.items() if k != (LABS, GPT4O)} == {k: v for k, v in b.items() if k != (LABS, GPT4O)}
     table = PriceTable.load()
-    cost_before = sum(table.cost(GPT4O, tt, n) or 0.0 for tt, n in b[(LABS, GPT4O)].items())
-    cost_after = sum(table.cost(GPT4O, tt, n) or 0.0 for tt, n in a[(LABS, GPT4O)].items())
-    assert cost_after == pytest.approx(RUNAWAY_FACTOR * cost_before, rel=1e-3)
+    cost_before = table.estimate("openai", GPT4O, b[(LABS, GPT4O)])
+    cost_after = table.estimate("openai", GPT4O, a[(LABS, GPT4O)])
+    assert cost_before.unpriced_tokens == cost_after.unpriced_tokens == 0
+    assert cost_after.usd == pytest.approx(RUNAWAY_FACTOR * cost_before.usd, rel=1e-3)
     # the day's costs follow, as on the real API
     labs_today = [c.amount for c in after.costs if c.day == NOW.date() and c.account_id == LABS and c.model == GPT4O]
     assert labs_today[0] > 5 * sum(
@@ -487,18 +489,76 @@ def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AID
         assert burning[key] == pytest.approx(RUNAWAY_FACTOR * normal[key], rel=1e-3)
         table = PriceTable.load()
         hour_end = LAST_HOUR + dt.timedelta(hours=1)
-        expected_cost = sum(
-            table.cost(
-                GPT4O,
-                tt,
-                h.emu.dataset.token_sum("openai", tt, start=LAST_HOUR, end=hour_end, account_id=LABS, model=GPT4O),
-            )
-            or 0.0
-            for tt in TOKEN_TYPES
+        expected = table.estimate(
+            "openai",
+            GPT4O,
+            {
+                tt: h.emu.dataset.token_sum("openai", tt, start=LAST_HOUR, end=hour_end, account_id=LABS, model=GPT4O)
+                for tt in TOKEN_TYPES
+            },
         )
-        assert burning[key] == pytest.approx(expected_cost, abs=CENT)
+        assert expected.unpriced_tokens == 0
+        assert burning[key] == pytest.approx(expected.usd, abs=CENT)
         assert {k: v for k, v in burning.items() if k != key} == pytest.approx(
             {k: v for k, v in normal.items() if k != key}
         )
+    finally:
+        app.close()
+
+
+def test_embeddings_are_priced(h: Harness, ds: AIDataset, tmp_path: Path) -> None:
+    """text-embedding-3-small, read from the embeddings usage endpoint, has a last-hour cost at its list price."""
+    from exporter.app import build_app
+
+    app = build_app(_app_config(tmp_path, h.emu, ds), now=lambda: NOW)
+    try:
+        assert [o.ok for o in app.refresh_all()] == [True]
+        text = app.exposition()
+        assert any(r.path == "/v1/organization/usage/embeddings" for r in h.emu.requests)
+        cost = {
+            (lab["account_id"], lab["model"], lab["service_name"]): v
+            for lab, v in family_samples(text, "spend_ai_cost_last_hour_usd")
+        }
+        tokens = ds.token_sum(
+            "openai", "input", start=LAST_HOUR, end=LAST_HOUR + dt.timedelta(hours=1), account_id=SEARCH, model=EMBED
+        )
+        assert tokens > 0
+        # $0.02 per 1M tokens, OpenAI's list price, worked out by hand
+        assert cost[(SEARCH, EMBED, "embeddings")] == pytest.approx(tokens * 0.02 / 1e6, abs=1e-6)
+        unpriced = {lab["model"] for lab, _ in family_samples(text, "spend_exporter_unpriced_tokens")}
+        assert unpriced == {UNPRICED_MODEL}
+    finally:
+        app.close()
+
+
+def test_price_ratio_shows_a_negotiated_discount(h: Harness, ds: AIDataset, tmp_path: Path) -> None:
+    """Billed cost ÷ list-price estimate over the 7 complete days: 0.8 for the project billed 20% off, 1 elsewhere."""
+    from exporter.app import build_app
+
+    h.emu.dataset = dataclasses.replace(ds, discounts={("openai", LABS): Decimal("0.8")})
+    app = build_app(_app_config(tmp_path, h.emu, ds), now=lambda: NOW)
+    try:
+        assert [o.ok for o in app.refresh_all()] == [True]
+        ratios = {
+            (lab["account_id"], lab["model"]): v
+            for lab, v in family_samples(app.exposition(), "spend_ai_price_ratio")
+            if lab["provider"] == "openai"
+        }
+        first, last = dt.date(2026, 11, 15), dt.date(2026, 11, 21)  # the 7 complete days before NOW
+        billed_ds = h.emu.dataset
+        want = {
+            (acct, model): float(
+                billed_ds.cost_sum("openai", start=first, end=last, account_id=acct, model=model)
+                / billed_ds.list_cost("openai", start=first, end=last, account_id=acct, model=model)
+            )
+            for acct, model in {(r.account_id, r.model) for r in ds.rows("openai")}
+            if model != UNPRICED_MODEL  # its tokens are unpriced: no ratio
+        }
+        assert ratios == pytest.approx(want, rel=1e-6)
+        assert ratios[(LABS, GPT4O)] == pytest.approx(0.8, abs=1e-4)
+        assert ratios[(SEARCH, EMBED)] == pytest.approx(1.0, abs=1e-4)
+        assert app.builder.price_ratio("openai", LABS, GPT4O) == pytest.approx(ratios[(LABS, GPT4O)], abs=1e-6)
+        assert app.builder.price_ratio("openai", "proj_PAYMENTSd4e5", UNPRICED_MODEL) is None
+        assert app.builder.price_ratio("openai", LABS, "gpt-5") is None
     finally:
         app.close()
