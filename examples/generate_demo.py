@@ -21,8 +21,15 @@ import datetime as dt
 import json
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    from exporter.pricing import PriceTable
+except ImportError:  # run as a script from a checkout without the package installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from exporter.pricing import PriceTable
 
 HEADER = [
     "BillingAccountId",
@@ -78,19 +85,19 @@ CLOUDS = {
 }
 TEAMS = ["search", "payments", "data", None]  # None: untagged → unallocated
 
-# provider: (ProviderName, service, projects, models with $/1M input, output)
+# provider: (ProviderName, service, projects, models); billed at the exporter's list prices (exporter/pricing.py)
 AI = {
     "openai": (
         "OpenAI",
         "chat",
         [("proj_search", "Search"), ("proj_ml", "ML Platform")],
-        [("gpt-4o", 2.50, 10.00), ("gpt-4o-mini", 0.15, 0.60)],
+        ["gpt-4o", "gpt-4o-mini"],
     ),
     "anthropic": (
         "Anthropic",
         "messages",
         [("wrkspc_ml", "ML Platform"), ("wrkspc_support", "Support bots")],
-        [("claude-sonnet-4-5", 3.00, 15.00), ("claude-haiku-4-5", 1.00, 5.00)],
+        ["claude-sonnet-4-5", "claude-haiku-4-5"],
     ),
 }
 AI_TEAM = {"proj_search": "search", "proj_ml": "ml-platform", "wrkspc_ml": "ml-platform", "wrkspc_support": None}
@@ -212,9 +219,10 @@ def generate(
     ai_rows: list[Row] = []
     last_hour = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
     hourly_from = dt.datetime.combine(yesterday, dt.time(), tzinfo=dt.UTC)
+    prices = PriceTable.load(at=now)
     for prov, (pname, svc, projects, models) in AI.items():
         for proj_id, proj_name in projects:
-            for model, p_in, p_out in models:
+            for model in models:
                 tokens_per_hour = rnd.uniform(2e5, 2e6)
                 periods: list[tuple[dt.datetime, dt.timedelta]] = []
                 for d in range(days - 1):
@@ -229,12 +237,8 @@ def generate(
                     tin = int(tokens_per_hour * hours * rnd.uniform(0.8, 1.2))
                     tout = tin // 4
                     tcache = tin // 3
-                    for tt, n, price in (
-                        ("input", tin, p_in),
-                        ("output", tout, p_out),
-                        ("cache_read", tcache, p_in / 10),
-                    ):
-                        cost = n * price / 1e6
+                    for tt, n in (("input", tin), ("output", tout), ("cache_read", tcache)):
+                        cost = _list_cost(prices, prov, model, tt, n)
                         ai_rows.append(
                             Row(
                                 {
@@ -284,9 +288,10 @@ def generate(
     if not series:
         month_start = today.replace(day=1)
         # size this month's spend to the demo budgets (see demo-config.yml)
-        _scale(
+        _scale_tokens(
             [r for r in ai_rows if r.day >= month_start and r.team == "ml-platform"],
             AI_BUDGET_RATIO * AI_BUDGET_USD,
+            prices,
         )
         _scale(
             [r for r in rows if r.day >= month_start and r.team == "data"],
@@ -327,6 +332,29 @@ def _scale(rows: list[Row], target: float) -> None:
         for col in ("BilledCost", "EffectiveCost"):
             r.values[col] = f"{float(r.values[col]) * k:.6f}"
         r.usd *= k
+
+
+def _list_cost(prices: PriceTable, provider: str, model: str, token_type: str, n: int) -> float:
+    """``n`` tokens at the list price the exporter uses: the demo's AI bill is exactly list price."""
+    est = prices.estimate(provider, model, {token_type: n})
+    if est.unpriced_tokens:
+        raise SystemExit(f"the price table has no {token_type} price for {provider} {model}")
+    return est.usd
+
+
+def _scale_tokens(rows: list[Row], target: float, prices: PriceTable) -> None:
+    """Size AI spend by the tokens used, so that cost stays tokens × list price (requests follow)."""
+    total = sum(r.usd for r in rows)
+    if total <= 0:
+        return
+    k = target / total
+    for r in rows:
+        n = round(int(r.values["ConsumedQuantity"]) * k)
+        r.values["ConsumedQuantity"] = str(max(n, 1) if r.values["ConsumedUnit"] == "Requests" else n)
+        if r.values["ConsumedUnit"] != "Tokens":
+            continue
+        r.usd = _list_cost(prices, r.provider, r.values["x_Model"], r.values["x_TokenType"], n)
+        r.values["BilledCost"] = r.values["EffectiveCost"] = f"{r.usd:.6f}"
 
 
 def _to_parquet(src: Path, dst: Path) -> None:

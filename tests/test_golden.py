@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from examples.generate_demo import generate
 from exporter.app import App, build_app
 from exporter.config import parse_config
+from exporter.pricing import TOKEN_KEYS, PriceTable
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden" / "demo.prom"
@@ -170,6 +171,40 @@ def test_all_six_providers_have_month_to_date_spend(exposition: str) -> None:
 )
 def test_every_design_family_has_a_sample(exposition: str, family: str) -> None:
     assert _by_family(exposition)[family], f"{family} has no sample in the demo"
+
+
+def test_demo_ai_costs_are_list_prices(demo: App) -> None:
+    """The demo's AI bill is its tokens at the exporter's list prices, to the cent, per model; ratio 1."""
+    (source,) = demo.source_names()
+    first, last = dt.date(2000, 1, 1), FIXED.date()
+    billed: dict[tuple[str, str], float] = defaultdict(float)
+    for provider, _account, model, usd in demo.store.ai_cost_by_model(source, first, last):
+        billed[(provider, model)] += usd
+    tokens: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for provider, _account, model, *counts in demo.store.usage_by_model(source, first, last):
+        for tt, n in zip(TOKEN_KEYS, counts, strict=True):
+            tokens[(provider, model)][tt] += n
+    assert (
+        set(billed)
+        == set(tokens)
+        == {
+            ("openai", "gpt-4o"),
+            ("openai", "gpt-4o-mini"),
+            ("anthropic", "claude-sonnet-4-5"),
+            ("anthropic", "claude-haiku-4-5"),
+        }
+    )
+    table = PriceTable.load(at=FIXED)
+    for key, usd in billed.items():
+        est = table.estimate(*key, tokens[key])
+        assert est.unpriced_tokens == 0, key
+        assert round(usd, 2) == round(est.usd, 2), key
+    ratios = series_values(demo.exposition(), "spend_ai_price_ratio")
+    assert len(ratios) == 8 and all(v == pytest.approx(1.0, abs=1e-6) for v in ratios), ratios
+
+
+def series_values(text: str, family: str) -> list[float]:
+    return [s.value for f in text_string_to_metric_families(text) if f.name == family for s in f.samples]
 
 
 def test_demo_tells_its_story(exposition: str) -> None:

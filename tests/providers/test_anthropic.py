@@ -7,10 +7,10 @@ end to end through ``build_app`` into ``/metrics``, with the runaway hour.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections import defaultdict
-import dataclasses
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path

@@ -7,10 +7,10 @@ through ``build_app`` into ``/metrics``, including the runaway-burn scenario.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections import defaultdict
-import dataclasses
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path

@@ -585,6 +585,35 @@ def test_restart_serves_the_saved_snapshot_identical_to_a_fresh_build(
         app.close()
 
 
+def test_a_price_update_rebuilds_the_saved_snapshot(
+    warm: tuple[Path, dict[str, Any]], clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The price table's version is in the snapshot key: a new genai-prices release is never served an old pricing."""
+    from exporter import pricing, warmstart
+
+    _, raw = warm
+    cfg = parse_config(raw)
+    installed = pricing.PriceTable.load().version
+    assert installed.startswith("genai-prices ")
+    assert warmstart.snapshot_key(cfg) == warmstart.snapshot_key(cfg, installed)
+    assert warmstart.snapshot_key(cfg, installed) != warmstart.snapshot_key(cfg, "genai-prices 99.0.0")
+    assert warmstart.snapshot_key(cfg, installed) != warmstart.snapshot_key(cfg, installed + " + pricing")
+
+    monkeypatch.setattr(pricing, "library_version", lambda: "genai-prices 99.0.0")  # as after an upgrade
+    app = build_app(cfg, now=clock)
+    try:
+        assert app.prices.version == "genai-prices 99.0.0"
+        assert not app.snapshot_restored
+    finally:
+        app.close()
+    monkeypatch.undo()
+    app = build_app(cfg, now=clock)  # back on the installed release: its own snapshot was replaced, so built again
+    try:
+        assert not app.snapshot_restored
+    finally:
+        app.close()
+
+
 def test_restored_snapshot_carries_the_month_to_date_status_shows(
     warm: tuple[Path, dict[str, Any]], clock: Any
 ) -> None:
@@ -732,7 +761,7 @@ def test_forgetting_a_source_keeps_the_others(tmp_path: Path, others: int) -> No
         names = ["a", "b"][: others + 1]
         for name in names:
             rows = [(f"2025-03-{d:02d}", "aws", "1", "EC2", "t", "", 1.0) for d in range(1, 11)]
-            usage = [("2025-03-01", "openai", "p", "api", "t", "gpt", 1, 2, 3, 4, 5)]
+            usage = [("2025-03-01", "openai", "p", "api", "t", "gpt", 1, 2, 3, 4, 0, 5)]
             rep = Replacement(dt.date(2025, 3, 1), dt.date(2025, 3, 10), rows, usage, [], [("aws", "1", "x")], [])
             store.replace(name, rep, SourceState(source=name, config_hash="h"))
         store.forget_source("a")
