@@ -25,11 +25,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    from exporter.pricing import PriceTable
-except ImportError:  # run as a script from a checkout without the package installed
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from exporter.pricing import PriceTable
+# the exporter's price table, of the checkout this file is in (else the installed package: the compose demo)
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "exporter" / "pricing.py").is_file() and str(_CHECKOUT) not in sys.path:
+    sys.path.insert(0, str(_CHECKOUT))
+from exporter.pricing import PriceTable  # noqa: E402
 
 HEADER = [
     "BillingAccountId",

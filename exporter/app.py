@@ -112,6 +112,7 @@ class App:
         if restored is not None:
             self._snapshot: Snapshot = restored[0]
             self.snapshot_restored, self.snapshot_stale = True, not restored[1]
+            self.builder.load_price_ratios(self.now(), self._sources)  # the burn rate's scale before a build
         else:
             self._snapshot = self.rebuild_snapshot()
 

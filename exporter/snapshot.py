@@ -335,6 +335,15 @@ class SnapshotBuilder:
                 out[key] = billed[key] / est.usd
         return out
 
+    def load_price_ratios(self, now: dt.datetime, sources: Iterable[str]) -> None:
+        """The price ratios as a build at ``now`` would give them, without building (a start on a saved snapshot)."""
+        dates = Dates(now)
+        ratios: dict[tuple[str, str, str], float] = {}
+        for s in sources:
+            ratios.update(self._price_ratios(s, dates))
+        with self._lock:
+            self._ratios = ratios
+
     def price_ratio(self, provider: str, account_id: str, model: str) -> float | None:
         """``spend_ai_price_ratio`` of the latest build: billed cost ÷ list-price estimate; None where unknown."""
         with self._lock:

@@ -672,3 +672,37 @@ def test_accounts_teams_and_models_reach_metrics(tmp_path: Path, focus: Any, eng
     assert {"provider": "openai", "account_id": "proj_x", "account_name": "X"} in info
     tokens = {s.labels["token_type"]: s.value for s in fams["spend_ai_tokens_month_to_date"].samples}
     assert tokens == {"input": 1000.0, "output": 0.0, "cache_read": 0.0, "cache_write": 0.0}
+
+
+def test_one_hour_cache_writes_from_focus_are_kept_apart(tmp_path: Path, focus: Any, engine: Any) -> None:
+    """``x_TokenType`` cache_write_1h: shown within cache_write, priced at its own rate (the price ratio is 1)."""
+    day = dt.date(2025, 3, 14)
+
+    def row(token_type: str, usd: float) -> dict[str, Any]:
+        return focus.daily(
+            day,
+            usd,
+            ProviderName="Anthropic",
+            SubAccountId="wrkspc_x",
+            ServiceName="messages",
+            x_Model="claude-sonnet-4-20250514",
+            x_TokenType=token_type,
+            ConsumedQuantity=1_000_000,
+            ConsumedUnit="Tokens",
+        )
+
+    # Claude Sonnet 4's list prices: 5-minute writes $3.75, 1-hour writes $6.00 per 1M tokens
+    focus.write(tmp_path / "exports" / "a.csv", [row("cache_write_5m", 3.75), row("cache_write_1h", 6.00)])
+    app, _ = engine()
+    app.refresh_all()
+    fams = {f.name: f for f in text_string_to_metric_families(app.exposition())}
+    tokens = {s.labels["token_type"]: s.value for s in fams["spend_ai_tokens_month_to_date"].samples}
+    assert tokens == {"input": 0.0, "output": 0.0, "cache_read": 0.0, "cache_write": 2_000_000.0}
+    ratio = {s.labels["model"]: s.value for s in fams["spend_ai_price_ratio"].samples}
+    assert ratio == {"claude-sonnet-4-20250514": 1.0}  # both at 3.75 would read 9.75 / 7.50 = 1.3
+    assert app.builder.price_ratio("anthropic", "wrkspc_x", "claude-sonnet-4-20250514") == 1.0
+    app.close()
+    # a restart on the saved snapshot knows the ratio before any build (the burn rate is scaled by it)
+    again, _ = engine()
+    assert again.snapshot_restored
+    assert again.builder.price_ratio("anthropic", "wrkspc_x", "claude-sonnet-4-20250514") == 1.0

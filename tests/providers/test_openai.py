@@ -506,13 +506,18 @@ def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AID
         app.close()
 
 
-def test_embeddings_are_priced(h: Harness, ds: AIDataset, tmp_path: Path) -> None:
-    """text-embedding-3-small, read from the embeddings usage endpoint, has a last-hour cost at its list price."""
+def test_embeddings_are_priced_and_unknown_models_counted(
+    h: Harness, ds: AIDataset, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """text-embedding-3-small, read from the embeddings usage endpoint, has a last-hour cost at its list price;
+    the fine-tuned model the table cannot price is counted and logged once, never priced at 0."""
     from exporter.app import build_app
 
     app = build_app(_app_config(tmp_path, h.emu, ds), now=lambda: NOW)
     try:
-        assert [o.ok for o in app.refresh_all()] == [True]
+        with caplog.at_level(logging.WARNING, logger="exporter.snapshot"):
+            assert [o.ok for o in app.refresh_all()] == [True]
+            assert [o.ok for o in app.refresh_all()] == [True]
         text = app.exposition()
         assert any(r.path == "/v1/organization/usage/embeddings" for r in h.emu.requests)
         cost = {
@@ -525,8 +530,13 @@ def test_embeddings_are_priced(h: Harness, ds: AIDataset, tmp_path: Path) -> Non
         assert tokens > 0
         # $0.02 per 1M tokens, OpenAI's list price, worked out by hand
         assert cost[(SEARCH, EMBED, "embeddings")] == pytest.approx(tokens * 0.02 / 1e6, abs=1e-6)
-        unpriced = {lab["model"] for lab, _ in family_samples(text, "spend_exporter_unpriced_tokens")}
-        assert unpriced == {UNPRICED_MODEL}
+        unpriced = {lab["model"]: v for lab, v in family_samples(text, "spend_exporter_unpriced_tokens")}
+        start = dt.datetime.combine(MONTH_START, dt.time(), dt.UTC)
+        assert unpriced == {
+            UNPRICED_MODEL: sum(ds.token_sum("openai", tt, start=start, model=UNPRICED_MODEL) for tt in TOKEN_TYPES)
+        }
+        assert not any(lab["model"] == UNPRICED_MODEL for lab, _ in family_samples(text, "spend_ai_cost_last_hour_usd"))
+        assert caplog.text.count(UNPRICED_MODEL) == 1, caplog.text
     finally:
         app.close()
 
