@@ -151,7 +151,8 @@ class SnapshotBuilder:
         return view
 
     def _build_view(self, source: str, dates: Dates) -> SourceView:
-        cost_rows = self._cost_rows(source, dates)
+        newest, oldest = self.store.cost_days(source, dates.today)
+        cost_rows = self._cost_rows(source, dates, newest, oldest)
         # AI usage, month to date; series with usage last month read 0 in a new month rather than vanish (as costs)
         n_tt = len(TOKEN_TYPES)
         raw_usage = self.store.usage_by_series(source, dates.month_start, dates.prev_month_start, dates.today)
@@ -202,7 +203,7 @@ class SnapshotBuilder:
             "spend_ai_cost_last_hour_usd", COST_LABELS, sorted((lab, rounded(v["v"])) for lab, v in hourly_rows)
         )
 
-        ratios = self._price_ratios(source, dates)
+        ratios = self._price_ratios(source, newest)
         frags["spend_ai_price_ratio"] = render_samples(
             "spend_ai_price_ratio",
             ("provider", "account_id", "model"),
@@ -238,10 +239,9 @@ class SnapshotBuilder:
             price_ratios=ratios,
         )
 
-    def _cost_rows(self, source: str, dates: Dates) -> Rows:
-        """The cost families of each series of ``source``, unfolded."""
+    def _cost_rows(self, source: str, dates: Dates, newest: dt.date | None, oldest: dt.date | None) -> Rows:
+        """The cost families of each series of ``source``, unfolded (``Store.cost_days``: its newest and oldest)."""
         store = self.store
-        newest, oldest = store.cost_days(source, dates.today)
         if newest is None and not store.has_costs(source):
             return []
         d = newest or dates.today - dt.timedelta(days=1)
@@ -310,23 +310,24 @@ class SnapshotBuilder:
                     )
         return hourly, unpriced
 
-    def _price_ratios(self, source: str, dates: Dates) -> dict[tuple[str, str, str], float]:
+    def _price_ratios(self, source: str, newest: dt.date | None) -> dict[tuple[str, str, str], float]:
         """Billed cost ÷ list-price estimate per (provider, account_id, model), over the last ``RATIO_DAYS``
         complete days that have costs (a cost API that lags does not read as a discount).
 
         Only where the model has both costs and usage there, the estimate is above 0 and no token of the
         model in the window is unpriced.
         """
-        newest, _ = self.store.cost_days(source, dates.today)
-        if newest is None:
+        if newest is None:  # the newest complete day with costs (Store.cost_days)
             return {}
         first = newest - dt.timedelta(days=RATIO_DAYS - 1)
-        billed = {(p, a, m): c for p, a, m, c in self.store.ai_cost_by_model(source, first, newest)}
-        if not billed:
-            return {}
+        usage = self.store.usage_by_model(source, first, newest)
+        if not usage:
+            return {}  # a source without AI usage: its (maybe many) cost rows are not read
+        providers = {r[0] for r in usage}
+        billed = {(p, a, m): c for p, a, m, c in self.store.ai_cost_by_model(source, providers, first, newest)}
         n_tt = len(TOKEN_TYPES)
         out: dict[tuple[str, str, str], float] = {}
-        for r in self.store.usage_by_model(source, first, newest):
+        for r in usage:
             key = (r[0], r[1], r[2])
             if key not in billed:
                 continue
@@ -340,7 +341,7 @@ class SnapshotBuilder:
         dates = Dates(now)
         ratios: dict[tuple[str, str, str], float] = {}
         for s in sources:
-            ratios.update(self._price_ratios(s, dates))
+            ratios.update(self._price_ratios(s, self.store.cost_days(s, dates.today)[0]))
         with self._lock:
             self._ratios = ratios
 

@@ -390,14 +390,22 @@ class Store:
             {"h": hour, "s": source},
         )
 
-    def ai_cost_by_model(self, source: str, first: dt.date, last: dt.date) -> list[tuple[str, str, str, float]]:
-        """(provider, account_id, model, USD): ``source``'s billed cost per AI model, ``first`` through ``last``."""
+    def ai_cost_by_model(
+        self, source: str, providers: Iterable[str], first: dt.date, last: dt.date
+    ) -> list[tuple[str, str, str, float]]:
+        """(provider, account_id, model, USD): ``source``'s billed cost per AI model of ``providers``, ``first``
+        through ``last`` (the index cost_series reads just those providers' rows, not a cloud's many others)."""
+        provs = sorted(set(providers))
+        if not provs:
+            return []
+        marks = ",".join("?" * len(provs))
         return [
             (r[0], r[1], r[2], float(r[3]))
             for r in self.query(
-                "SELECT provider, account_id, model, SUM(cost_usd) FROM cost "
-                "WHERE source = ? AND day BETWEEN ? AND ? AND model != '' GROUP BY provider, account_id, model",
-                (source, first.isoformat(), last.isoformat()),
+                "SELECT provider, account_id, model, SUM(cost_usd) FROM cost INDEXED BY cost_series "
+                f"WHERE source = ? AND provider IN ({marks}) AND model != '' AND day BETWEEN ? AND ? "
+                "GROUP BY provider, account_id, model",
+                (source, *provs, first.isoformat(), last.isoformat()),
             )
         ]
 

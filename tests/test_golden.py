@@ -51,6 +51,7 @@ DESIGN_FAMILIES = [
     "spend_ai_tokens_month_to_date",
     "spend_ai_requests_month_to_date",
     "spend_ai_cost_last_hour_usd",
+    "spend_ai_price_ratio",
     "spend_budget_limit_usd",
     "spend_budget_spent_usd",
     "spend_budget_forecast_usd",
@@ -178,7 +179,7 @@ def test_demo_ai_costs_are_list_prices(demo: App) -> None:
     (source,) = demo.source_names()
     first, last = dt.date(2000, 1, 1), FIXED.date()
     billed: dict[tuple[str, str], float] = defaultdict(float)
-    for provider, _account, model, usd in demo.store.ai_cost_by_model(source, first, last):
+    for provider, _account, model, usd in demo.store.ai_cost_by_model(source, ["openai", "anthropic"], first, last):
         billed[(provider, model)] += usd
     tokens: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for provider, _account, model, *counts in demo.store.usage_by_model(source, first, last):

@@ -427,8 +427,10 @@ def test_usage_hourly_forecast_and_account_reads(tmp_path: Path) -> None:
         hourly = {r[:5]: r[5:] for r in store.hourly_by_series("ai", hour)}
         assert hourly == {x: (10, 20, 0, 0, 6), y: (0, 0, 0, 0, 0)}  # y: seen in the last day, not in this hour
         # the price ratio's reads: billed cost and tokens per (provider, account, model) over some days
-        assert store.ai_cost_by_model("ai", D(2025, 3, 8), D(2025, 3, 14)) == [("openai", "proj", "gpt-4o", 1.0)]
-        assert store.ai_cost_by_model("ai", D(2025, 3, 1), D(2025, 3, 13)) == []
+        got = store.ai_cost_by_model("ai", ["openai"], D(2025, 3, 8), D(2025, 3, 14))
+        assert got == [("openai", "proj", "gpt-4o", 1.0)]
+        assert store.ai_cost_by_model("ai", ["openai"], D(2025, 3, 1), D(2025, 3, 13)) == []
+        assert store.ai_cost_by_model("ai", ["anthropic"], D(2025, 3, 8), D(2025, 3, 14)) == []
         assert store.usage_by_model("ai", D(2025, 3, 1), D(2025, 3, 14)) == [
             ("openai", "proj", "gpt-4o", 2, 2, 3, 4, 10)
         ]
