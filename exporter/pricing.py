@@ -153,8 +153,8 @@ class PriceTable:
     def estimate(self, provider: str, model: str, tokens: Mapping[str, int]) -> Estimate:
         """The list-price cost of ``tokens`` (token key → count) of ``model``.
 
-        Tokens of a model or token type without a price are counted in ``unpriced_tokens``, not priced;
-        zero tokens cost 0 even for an unknown model.
+        Tokens of a model or token type without a price (a key outside ``TOKEN_KEYS`` included) are counted
+        in ``unpriced_tokens``, not priced; zero tokens cost 0 even for an unknown model.
         """
         usd = 0.0
         unpriced = 0
