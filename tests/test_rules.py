@@ -24,6 +24,7 @@ ALERT_NAMES = {
     "SpendBudgetForecastExceeded": "warning",
     "SpendDailyAnomaly": "warning",
     "SpendAIBurnRateHigh": "critical",
+    "SpendAIHourlyCostHigh": "critical",
     "SpendExporterDown": "critical",
     "SpendSourceDown": "warning",
     "SpendSourceDataStale": "warning",
@@ -37,6 +38,7 @@ MONEY_ALERTS = {
     "SpendBudgetForecastExceeded",
     "SpendDailyAnomaly",
     "SpendAIBurnRateHigh",
+    "SpendAIHourlyCostHigh",
     "SpendExporterAPICostHigh",
 }
 
@@ -88,7 +90,7 @@ def test_scrape_job_is_the_one_the_alert_watches() -> None:
 # --------------------------------------------------------------------------- alert conventions
 
 
-def test_the_ten_alerts_exist_with_their_severity() -> None:
+def test_the_shipped_alerts_exist_with_their_severity() -> None:
     got = {name: r["labels"]["severity"] for name, r in alert_rules().items()}
     assert got == ALERT_NAMES
 
