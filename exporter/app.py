@@ -15,18 +15,20 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from exporter import timing, warmstart
+from exporter import burn, timing, warmstart
 from exporter.attribution import Resolver
 from exporter.config import Config
 from exporter.exposition import clean_label_value
 from exporter.fetcher import SourceFetcher
+from exporter.model import MinuteUsage
 from exporter.normalise import data_through, normalise
 from exporter.providers.base import PaidCallCapReached, SourceError, Throttled
 from exporter.snapshot import Snapshot, SnapshotBuilder
 from exporter.sources import SOURCES
+from exporter.sources.admin_api import AdminApiSource
 from exporter.sources.base import SourceBase
 from exporter.store import SourceState, Store
 
@@ -53,6 +55,26 @@ class Runtime:
     records: int = 0
     refreshing: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class BurnState:
+    """A source's burn rate: the last good window, and when its light refresh is next due."""
+
+    data: burn.BurnData | None = None
+    failures: int = 0
+    next_at: float = 0.0  # unix time; 0: due now
+    last_error: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def burn_backoff(src: AdminApiSource, failures: int, retry_after: float | None = None) -> float:
+    """Seconds to the next burn fetch after ``failures`` failures in a row: doubled from ``burn_interval``,
+    at most ``burn_window`` (so staleness is judged again well before the rate is withdrawn)."""
+    delay = min(src.burn_interval * 2 ** max(failures - 1, 0), src.burn_window)
+    if retry_after:
+        delay = max(delay, min(retry_after, src.burn_window))
+    return float(delay)
 
 
 def _source_hash(src: SourceBase) -> str:
@@ -92,8 +114,14 @@ class App:
             for s in config.sources
         }
         self._rt = {s.name: Runtime() for s in config.sources}
+        self._burn = {s.name: BurnState() for s in config.sources if isinstance(s, AdminApiSource)}
         self._snapshot_lock = threading.Lock()
         price = _load_prices(config)
+        # i14-merge: PriceTable.estimate
+        self._estimate: burn.Estimate = _estimator(price)
+        # i14-merge: SnapshotBuilder.price_ratio
+        self._ratio: burn.Ratio = lambda *_: None
+        self._burn_unpriced_logged: set[tuple[str, str]] = set()
         self.builder = SnapshotBuilder(
             config,
             self.store,
@@ -133,7 +161,8 @@ class App:
     def exposition(self) -> str:
         return self._snapshot.text.decode()
 
-    def rebuild_snapshot(self) -> Snapshot:
+    def rebuild_snapshot(self, save: bool = True) -> Snapshot:
+        """Build and publish the snapshot; ``save``: keep it in the cache for a warm restart (not for the burn's)."""
         with self._snapshot_lock:
             now = self.now()
             # every write happens inside a refresh: with none running, this build matches the data at this
@@ -144,7 +173,7 @@ class App:
             self._snapshot = snap
             self.snapshot_restored = self.snapshot_stale = False
             try:
-                if consistent:
+                if consistent and save:
                     warmstart.save(self.store, self._snapshot_key, generation, snap, now)
             except Exception:
                 log.warning("could not save the snapshot in the cache", exc_info=True)
@@ -301,6 +330,99 @@ class App:
         )
         return RefreshOutcome(src.name, ok=False, duration=duration, error=msg)
 
+    # -- the burn rate ----------------------------------------------------------------------
+    def burn_sources(self) -> list[str]:
+        """The sources with a burn rate (the AI admin-API sources), in the configuration's order."""
+        return list(self._burn)
+
+    def burn_due_at(self, name: str) -> float:
+        """Unix time at which the source's burn refresh is next due (0: now)."""
+        return self._burn[name].next_at
+
+    def burn_window_end(self, name: str) -> float | None:
+        """End of the newest burn window held for the source (unix), None before the first good fetch."""
+        data = self._burn[name].data
+        return data.end.timestamp() if data else None
+
+    def burning_keys(self, provider: str, account_id: str, model: str) -> list[str]:
+        """The API key ids with usage in the latest burn window of ``account_id`` (project or workspace) and
+        ``model`` (for the guard)."""
+        keys: set[str] = set()
+        for st in self._burn.values():
+            if st.data is not None:
+                keys.update(st.data.keys.get((provider, account_id, model), ()))
+        return sorted(keys)
+
+    def refresh_burn(self, name: str) -> RefreshOutcome:
+        """The light refresh: minute usage of the burn window, priced; publishes the snapshot.
+
+        It writes nothing to the store but the API calls it makes. A failure keeps the last good window
+        (its end timestamp then ages) and backs off; it never touches the source's daily state.
+        """
+        src = self._sources[name]
+        assert isinstance(src, AdminApiSource)
+        st = self._burn[name]
+        with st.lock:
+            now = self.now()
+            started = time.monotonic()
+            out: RefreshOutcome
+            try:
+                result = self._fetchers[name].fetch_minutes(now, min(src.timeout, src.burn_interval))
+                data = burn.burn_data(result, self._burn_labels, self._estimate, self._ratio, st.data)
+            except Exception as e:
+                duration = time.monotonic() - started
+                if isinstance(e, SourceError):
+                    msg = str(e)
+                elif isinstance(e, TimeoutError):
+                    msg = f"burn fetch timed out after {min(src.timeout, src.burn_interval):g}s"
+                else:
+                    msg = f"{e.__class__.__name__}: {e}"
+                msg = self._fetchers[name].scrub(msg)[:2000]
+                st.failures += 1
+                delay = burn_backoff(src, st.failures, e.retry_after if isinstance(e, Throttled) else None)
+                st.next_at = now.timestamp() + delay
+                st.last_error = msg
+                log.warning(
+                    "source %s burn refresh failed (%d in a row), keeping the last good window; next try in %.0fs: %s",
+                    name,
+                    st.failures,
+                    delay,
+                    msg,
+                )
+                out = RefreshOutcome(name, ok=False, duration=duration, error=msg)
+            else:
+                st.data, st.failures, st.last_error = data, 0, None
+                st.next_at = now.timestamp() + src.burn_interval
+                for _provider, model in data.unpriced:
+                    if (name, model) not in self._burn_unpriced_logged:
+                        self._burn_unpriced_logged.add((name, model))
+                        log.warning(
+                            "source %s: model %r has minute usage the price table cannot price; it has no burn rate",
+                            name,
+                            model,
+                        )
+                out = RefreshOutcome(name, ok=True, records=len(result.minutes), duration=time.monotonic() - started)
+            self._publish_burn(name, now)
+        try:
+            self.rebuild_snapshot(save=False)
+        except Exception:
+            log.exception("building the snapshot failed; serving the previous one")
+        return out
+
+    def _publish_burn(self, name: str, now: dt.datetime) -> None:
+        src = self._sources[name]
+        assert isinstance(src, AdminApiSource)
+        data = self._burn[name].data
+        stale = data is not None and burn.is_stale(data.end, now, src.burn_window, src.burn_delay)
+        frags, overflow = burn.fragments(
+            name, self._provider_names[name], data, stale, self.config.max_series_per_source
+        )
+        self.builder.set_burn(name, frags, overflow)
+
+    def _burn_labels(self, m: MinuteUsage) -> tuple[str, ...]:
+        team = self.resolver.team(m.team_tag, m.provider, m.account_id, m.service_name, m.model)
+        return tuple(clean_label_value(v)[0] for v in (m.provider, m.account_id, m.service_name, team, m.model))
+
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Close the providers and the store (stop the scheduler that drives this engine first)."""
@@ -329,6 +451,24 @@ def _load_prices(config: Config) -> Callable[[str, str, int], float | None] | No
         return None
     table = PriceTable.load({m: {str(k): v for k, v in p.items()} for m, p in config.pricing.items()})
     return table.cost
+
+
+def _estimator(price: Callable[[str, str, int], float | None] | None) -> burn.Estimate:
+    """``(provider, model, tokens) -> (usd, unpriced tokens)`` from the price table's per-type cost."""
+
+    def estimate(provider: str, model: str, tokens: Mapping[str, int]) -> tuple[float, int]:
+        usd, missing = 0.0, 0
+        for token_type, n in tokens.items():
+            if not n:
+                continue
+            c = price(model, token_type, n) if price else None
+            if c is None:
+                missing += n
+            else:
+                usd += c
+        return usd, missing
+
+    return estimate
 
 
 def build_app(
