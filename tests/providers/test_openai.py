@@ -35,7 +35,9 @@ from tests.emulators.ai_dataset import (
     build_ai_dataset,
     runaway,
 )
+from tests.conftest import Clock
 from tests.emulators.openai_admin import DEFAULT_ADMIN_KEY, OpenAIAdminEmulator
+from tests.emulators.scenario import Scenario, runaway_schedule
 from tests.emulators.server import Fault
 from tests.helpers import FetchHarness, family_samples
 
@@ -502,3 +504,53 @@ def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AID
         )
     finally:
         app.close()
+
+
+# --------------------------------------------------------------------------- minute buckets (the burn rate)
+
+
+def test_burn_minutes_of_the_runaway_to_the_cent(ds: AIDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$10/h jumping to $475/h at T0; at T0+10m30s the window [T0-10m, T0+5m) holds $41.25: $165.00/h."""
+    t0 = dt.datetime(2026, 11, 22, 9, 0, tzinfo=dt.UTC)
+    clock = Clock(t0 + dt.timedelta(minutes=10, seconds=30))
+    scenario = Scenario([runaway_schedule(t0)], clock, start=t0 - dt.timedelta(hours=2))
+    with OpenAIAdminEmulator(ds, scenario=scenario) as emu:
+        h = Harness(emu, monkeypatch)
+        p = h.provider()
+        try:
+            got = p.fetch_minutes(clock())
+        finally:
+            p.close()
+    assert (got.start, got.end) == (t0 - dt.timedelta(minutes=10), t0 + dt.timedelta(minutes=5))
+    assert h.calls == [("usage_completions_minutes", "success", 0.0)]
+    assert {m.minute_start for m in got.minutes} == {got.start + dt.timedelta(minutes=i) for i in range(15)}
+    assert {(m.account_id, m.model, m.api_key_id, m.service_name) for m in got.minutes} == {
+        (LABS, GPT4O, "key_labs_D4", "chat")
+    }
+    table = PriceTable.load()
+    usd = sum(table.cost(m.model, tt, n) or 0.0 for m in got.minutes for tt, n in m.tokens.items())
+    assert abs(usd - float(scenario.cost(got.start, got.end))) < 1e-6
+    assert round(usd * 3600 / 900, 2) == 165.00  # (10 × 10 + 475 × 5) / 60 dollars in 15 minutes, per hour
+    assert sum(m.requests for m in got.minutes) == 6 * 15
+
+
+def test_burn_minutes_never_include_a_minute_still_filling_in(ds: AIDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A steady $10/h: whatever the second of the clock, the window reads exactly $10/h, never less."""
+    t0 = dt.datetime(2026, 11, 22, 9, 0, tzinfo=dt.UTC)
+    clock = Clock(t0)
+    scenario = Scenario([runaway_schedule(t0, after="10")], clock, start=t0 - dt.timedelta(hours=2))
+    table = PriceTable.load()
+    with OpenAIAdminEmulator(ds, scenario=scenario) as emu:
+        h = Harness(emu, monkeypatch)
+        p = h.provider(burn_window="5m")
+        try:
+            for seconds in (0, 59, 61, 299, 301):
+                clock.set(t0 + dt.timedelta(seconds=seconds))
+                # the emulator shows the newest minutes partly filled: a naive read of the last 5 minutes drops
+                naive = scenario.rows_between("openai", "completions", clock() - dt.timedelta(minutes=5), clock())
+                assert sum(r.output for r in naive) < 5 * 1_000_000 / 60
+                got = p.fetch_minutes(clock())
+                usd = sum(table.cost(m.model, tt, n) or 0.0 for m in got.minutes for tt, n in m.tokens.items())
+                assert round(usd * 3600 / 300, 2) == 10.00, seconds
+        finally:
+            p.close()
