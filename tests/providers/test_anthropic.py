@@ -23,6 +23,7 @@ from exporter.pricing import PriceTable
 from exporter.providers.anthropic import AnthropicProvider, cents_to_usd, usage_tokens
 from exporter.providers.base import SourceError, Throttled
 from exporter.sources.anthropic import AnthropicSource
+from tests.conftest import Clock
 from tests.emulators.ai_dataset import (
     HAIKU,
     RESEARCH,
@@ -33,7 +34,6 @@ from tests.emulators.ai_dataset import (
     build_ai_dataset,
     runaway,
 )
-from tests.conftest import Clock
 from tests.emulators.anthropic_admin import DEFAULT_ADMIN_KEY, AnthropicAdminEmulator
 from tests.emulators.scenario import Scenario, Stream, per_minute
 from tests.emulators.server import Fault

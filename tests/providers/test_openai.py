@@ -23,6 +23,7 @@ from exporter.pricing import PriceTable
 from exporter.providers.base import SourceError, Throttled
 from exporter.providers.openai import OpenAIProvider, completion_tokens, parse_line_item, token_type_of
 from exporter.sources.openai import OpenAISource
+from tests.conftest import Clock
 from tests.emulators.ai_dataset import (
     EMBED,
     GPT4O,
@@ -35,7 +36,6 @@ from tests.emulators.ai_dataset import (
     build_ai_dataset,
     runaway,
 )
-from tests.conftest import Clock
 from tests.emulators.openai_admin import DEFAULT_ADMIN_KEY, OpenAIAdminEmulator
 from tests.emulators.scenario import Scenario, runaway_schedule
 from tests.emulators.server import Fault
