@@ -34,7 +34,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         data = scale_data(n)
         now = dt.datetime.now(dt.UTC)
         t0 = now - dt.timedelta(minutes=10)
-        scenario = Scenario([runaway_schedule(t0)], lambda: now, start=now - dt.timedelta(hours=2))
+        scenario = Scenario([runaway_schedule(t0)], lambda t=now: t, start=now - dt.timedelta(hours=2))
         with OpenAIAdminEmulator(build_ai_dataset(now, days=2), scenario=scenario) as emu:
             cfg = yaml.safe_load((data / "config.yml").read_text())
             cfg["sources"].append(
@@ -45,7 +45,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                     "base_url": emu.url + "/v1",
                 }
             )
-            app = build_app(parse_config(cfg), now=lambda: now)
+            app = build_app(parse_config(cfg), now=lambda t=now: t)
             app.rebuild_snapshot()  # the cost views built and cached, as after the daily refreshes
             burns, publishes = [], []
             for _ in range(args.repeat):
