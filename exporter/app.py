@@ -344,6 +344,26 @@ class App:
         data = self._burn[name].data
         return data.end.timestamp() if data else None
 
+    def burn_status(self, name: str) -> dict[str, object] | None:
+        """The source's burn state for ``/status`` (None for a source without a burn rate)."""
+        st = self._burn.get(name)
+        if st is None:
+            return None
+        src = self._sources[name]
+        assert isinstance(src, AdminApiSource)
+        data = st.data
+        return {
+            "window_start": data.start.isoformat().replace("+00:00", "Z") if data else None,
+            "window_end": data.end.isoformat().replace("+00:00", "Z") if data else None,
+            "stale": data is not None and burn.is_stale(data.end, self.now(), src.burn_window, src.burn_delay),
+            "last_error": st.last_error,
+            "consecutive_failures": st.failures,
+            "next_refresh": dt.datetime.fromtimestamp(max(st.next_at, 0), dt.UTC).isoformat().replace("+00:00", "Z"),
+            "series": len(data.rates) if data else 0,
+            # minute tokens of the window the price table could not price: those series have no burn rate
+            "unpriced_tokens": {f"{p}/{m}": n for (p, m), n in sorted(data.unpriced.items())} if data else {},
+        }
+
     def burning_keys(self, provider: str, account_id: str, model: str) -> list[str]:
         """The API key ids with usage in the latest burn window of ``account_id`` (project or workspace) and
         ``model`` (for the guard)."""

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from exporter import burn
-from exporter.app import App, burn_backoff
+from exporter.app import App, _source_hash, burn_backoff
 from exporter.config import parse_config
 from exporter.model import MinuteUsage, MinuteUsageResult, burn_bounds
 from exporter.scheduler import Scheduler
 from exporter.sources.openai import OpenAISource
+from exporter.status import status_report
 from tests.conftest import Clock
 from tests.emulators.ai_dataset import GPT4O, LABS, build_ai_dataset
 from tests.emulators.openai_admin import DEFAULT_ADMIN_KEY, OpenAIAdminEmulator
@@ -107,6 +108,20 @@ def test_staleness_and_the_fragments() -> None:
     assert stale[burn.RATE] == b"" and stale[burn.WINDOW_END] == frags[burn.WINDOW_END]
 
 
+def test_the_cap_folds_burn_series_into_other() -> None:
+    rates = {("openai", f"p{i}", "chat", "t", "m"): float(i) for i in range(5)}
+    frags, overflow = burn.fragments("src", "openai", burn.BurnData(T0, T0 + 15 * MIN, rates), False, 3)
+    got = series(frags[burn.RATE].decode(), burn.RATE)
+    assert overflow == 3
+    assert {dict(k)["account_id"]: v for k, v in got.items()} == {"p4": 4.0, "p3": 3.0, "__other__": 0.0 + 1.0 + 2.0}
+
+
+def test_burn_keys_keep_the_cache() -> None:
+    base = {"name": "o", "type": "openai"}
+    same = OpenAISource.model_validate({**base, "burn_window": "30m", "burn_interval": "5m", "burn_delay": "10m"})
+    assert _source_hash(OpenAISource.model_validate(base)) == _source_hash(same)
+
+
 def test_backoff_doubles_from_the_interval_up_to_the_window() -> None:
     src = OpenAISource.model_validate({"name": "o", "type": "openai"})
     assert [burn_backoff(src, n) for n in (1, 2, 3, 4, 5)] == [120, 240, 480, 900, 900]
@@ -195,6 +210,9 @@ def test_failure_keeps_the_last_good_window_then_stale_withdraws_it(
     assert not app.refresh_burn("oai").ok
     assert rate(app) is None  # withdrawn: a stale figure neither pages nor hides a runaway
     assert window_end(app) == (T0 + 5 * MIN).timestamp()  # the age stays visible
+    st = status_report(app)["sources"][0]["burn"]
+    assert st["stale"] is True and st["consecutive_failures"] == 2 and "HTTP 500" in st["last_error"]
+    assert st["window_end"] == "2026-11-20T12:05:00Z"
 
 
 def test_scheduler_runs_the_burn_on_its_interval_beside_the_daily_refresh(app: App, clock: Clock) -> None:
