@@ -229,3 +229,14 @@ def test_scheduler_runs_the_burn_on_its_interval_beside_the_daily_refresh(app: A
     clock.advance(minutes=20)
     sched.run_pending()
     assert round(rate(app) or 0, 2) == 475.00
+
+
+def test_a_wrong_key_fails_the_burn_without_showing_it(
+    app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = "sk-admin-WRONGkey0123456789abcdefXYZ"
+    monkeypatch.setenv(ENV, wrong)
+    out = app.refresh_burn("oai")
+    assert not out.ok and out.error and "HTTP 401" in out.error
+    for text in (out.error, caplog.text, app.exposition(), str(status_report(app))):
+        assert wrong not in text
