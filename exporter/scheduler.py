@@ -78,11 +78,19 @@ class Scheduler:
             if self.refresher.due_at(name) <= self.now().timestamp():
                 self.refresher.refresh(name)
                 ran.append(name)
+        return ran
+
+    def run_pending_burn(self) -> list[str]:
+        """Run every burn refresh that is due, one after another; returns their sources. For tests and benchmarks.
+
+        Apart from ``run_pending``, as the burn workers are apart from the source workers.
+        """
+        ran = []
         burn = self.burn
         for name in burn.burn_sources() if burn else ():
             if burn and burn.burn_due_at(name) <= self.now().timestamp():
                 burn.refresh_burn(name)
-                ran.append(f"burn:{name}")
+                ran.append(name)
         return ran
 
     def start(self) -> None:

@@ -217,17 +217,20 @@ def test_failure_keeps_the_last_good_window_then_stale_withdraws_it(
 
 def test_scheduler_runs_the_burn_on_its_interval_beside_the_daily_refresh(app: App, clock: Clock) -> None:
     sched = Scheduler(app, now=clock)
-    assert "burn:oai" in sched.run_pending()
-    assert "burn:oai" not in sched.run_pending()
+    assert sched.run_pending() == ["oai"]
+    assert sched.run_pending_burn() == ["oai"]
+    assert sched.run_pending_burn() == []
     ends = [window_end(app)]
     for _ in range(3):
         clock.advance(minutes=2)
-        assert sched.run_pending() == ["burn:oai"]  # the daily refresh is not due again; the burn is
+        assert sched.run_pending() == []  # the daily refresh is not due again (15m); the burn is, every 2m
+        assert sched.run_pending_burn() == ["oai"]
         ends.append(window_end(app))
     assert [e - ends[0] for e in ends if e and ends[0]] == [0, 120, 240, 360]
+    assert app.store.get_state("oai").last_success == (T0 + dt.timedelta(minutes=10, seconds=30)).timestamp()
     # the runaway keeps running: 15 minutes of $475/h once the window is past T0
     clock.advance(minutes=20)
-    sched.run_pending()
+    sched.run_pending_burn()
     assert round(rate(app) or 0, 2) == 475.00
 
 

@@ -554,3 +554,17 @@ def test_burn_minutes_never_include_a_minute_still_filling_in(ds: AIDataset, mon
                 assert round(usd * 3600 / 300, 2) == 10.00, seconds
         finally:
             p.close()
+
+
+def test_burn_minutes_of_the_hourly_dataset_add_up_to_its_hour(h: Harness, ds: AIDataset) -> None:
+    """Without a scenario the emulator spreads each complete hour over its minutes: 60 minutes, the hour's tokens."""
+    p = h.provider(burn_window="60m", burn_delay="1m")
+    try:
+        got = p.fetch_minutes(LAST_HOUR + dt.timedelta(hours=1, minutes=1))
+    finally:
+        p.close()
+    assert (got.start, got.end) == (LAST_HOUR, LAST_HOUR + dt.timedelta(hours=1))
+    for tt in TOKEN_TYPES:
+        want = ds.token_sum("openai", tt, start=LAST_HOUR, end=got.end, endpoints=["completions"])
+        assert sum(m.tokens.get(tt, 0) for m in got.minutes) == want, tt
+    assert len({m.minute_start for m in got.minutes}) == 60
