@@ -119,8 +119,6 @@ class App:
         price = _load_prices(config)
         # i14-merge: PriceTable.estimate
         self._estimate: burn.Estimate = _estimator(price)
-        # i14-merge: SnapshotBuilder.price_ratio
-        self._ratio: burn.Ratio = lambda *_: None
         self._burn_unpriced_logged: set[tuple[str, str]] = set()
         self.builder = SnapshotBuilder(
             config,
@@ -128,6 +126,8 @@ class App:
             {s.name: (self._provider_names[s.name], SOURCES[s.type].api, s.interval) for s in config.sources},
             price=price,
         )
+        # i14-merge: SnapshotBuilder.price_ratio (billed ÷ list price per provider, account_id, model)
+        self._ratio: burn.Ratio = lambda *_: None
         self._drop_stale_sources()
         self.store.on_reset.append(self.builder.invalidate)  # a damaged cache was replaced by an empty one
         self._snapshot_key = warmstart.snapshot_key(config)
