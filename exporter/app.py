@@ -15,19 +15,21 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from exporter import timing, warmstart
+from exporter import burn, timing, warmstart
 from exporter.attribution import Resolver
 from exporter.config import Config
 from exporter.exposition import clean_label_value
 from exporter.fetcher import SourceFetcher
+from exporter.model import MinuteUsage
 from exporter.normalise import data_through, normalise
 from exporter.pricing import PriceTable
 from exporter.providers.base import PaidCallCapReached, SourceError, Throttled
 from exporter.snapshot import Snapshot, SnapshotBuilder
 from exporter.sources import SOURCES
+from exporter.sources.admin_api import AdminApiSource
 from exporter.sources.base import SourceBase
 from exporter.store import SourceState, Store
 
@@ -54,6 +56,26 @@ class Runtime:
     records: int = 0
     refreshing: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class BurnState:
+    """A source's burn rate: the last good window, and when its light refresh is next due."""
+
+    data: burn.BurnData | None = None
+    failures: int = 0
+    next_at: float = 0.0  # unix time; 0: due now
+    last_error: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def burn_backoff(src: AdminApiSource, failures: int, retry_after: float | None = None) -> float:
+    """Seconds to the next burn fetch after ``failures`` failures in a row: doubled from ``burn_interval``,
+    at most ``burn_window`` (so staleness is judged again well before the rate is withdrawn)."""
+    delay = min(src.burn_interval * 2 ** max(failures - 1, 0), src.burn_window)
+    if retry_after:
+        delay = max(delay, min(retry_after, src.burn_window))
+    return float(delay)
 
 
 def _source_hash(src: SourceBase) -> str:
@@ -93,16 +115,21 @@ class App:
             for s in config.sources
         }
         self._rt = {s.name: Runtime() for s in config.sources}
+        self._burn = {s.name: BurnState() for s in config.sources if isinstance(s, AdminApiSource)}
         self._snapshot_lock = threading.Lock()
         self.prices = PriceTable.load(
             {m: {str(k): v for k, v in p.items()} for m, p in config.pricing.items()}, at=self.now()
         )
+        self._estimate: burn.Estimate = _estimator(self.prices)
+        self._burn_unpriced_logged: set[tuple[str, str]] = set()
         self.builder = SnapshotBuilder(
             config,
             self.store,
             {s.name: (self._provider_names[s.name], SOURCES[s.type].api, s.interval) for s in config.sources},
             prices=self.prices,
         )
+        # billed ÷ list price per provider, account_id, model, from the latest build
+        self._ratio: burn.Ratio = self.builder.price_ratio
         self._drop_stale_sources()
         self.store.on_reset.append(self.builder.invalidate)  # a damaged cache was replaced by an empty one
         self._snapshot_key = warmstart.snapshot_key(config, self.prices.version)
@@ -137,7 +164,8 @@ class App:
     def exposition(self) -> str:
         return self._snapshot.text.decode()
 
-    def rebuild_snapshot(self) -> Snapshot:
+    def rebuild_snapshot(self, save: bool = True) -> Snapshot:
+        """Build and publish the snapshot; ``save``: keep it in the cache for a warm restart (not for the burn's)."""
         with self._snapshot_lock:
             now = self.now()
             # every write happens inside a refresh: with none running, this build matches the data at this
@@ -148,7 +176,7 @@ class App:
             self._snapshot = snap
             self.snapshot_restored = self.snapshot_stale = False
             try:
-                if consistent:
+                if consistent and save:
                     warmstart.save(self.store, self._snapshot_key, generation, snap, now)
             except Exception:
                 log.warning("could not save the snapshot in the cache", exc_info=True)
@@ -305,6 +333,119 @@ class App:
         )
         return RefreshOutcome(src.name, ok=False, duration=duration, error=msg)
 
+    # -- the burn rate ----------------------------------------------------------------------
+    def burn_sources(self) -> list[str]:
+        """The sources with a burn rate (the AI admin-API sources), in the configuration's order."""
+        return list(self._burn)
+
+    def burn_due_at(self, name: str) -> float:
+        """Unix time at which the source's burn refresh is next due (0: now)."""
+        return self._burn[name].next_at
+
+    def burn_window_end(self, name: str) -> float | None:
+        """End of the newest burn window held for the source (unix), None before the first good fetch."""
+        data = self._burn[name].data
+        return data.end.timestamp() if data else None
+
+    def burn_status(self, name: str) -> dict[str, object] | None:
+        """The source's burn state for ``/status`` (None for a source without a burn rate)."""
+        st = self._burn.get(name)
+        if st is None:
+            return None
+        src = self._sources[name]
+        assert isinstance(src, AdminApiSource)
+        data = st.data
+        return {
+            "window_start": data.start.isoformat().replace("+00:00", "Z") if data else None,
+            "window_end": data.end.isoformat().replace("+00:00", "Z") if data else None,
+            "stale": data is not None and burn.is_stale(data.end, self.now(), src.burn_window, src.burn_delay),
+            "last_error": st.last_error,
+            "consecutive_failures": st.failures,
+            "next_refresh": dt.datetime.fromtimestamp(max(st.next_at, 0), dt.UTC).isoformat().replace("+00:00", "Z"),
+            "series": len(data.rates) if data else 0,
+            # minute tokens of the window the price table could not price: those series have no burn rate
+            "unpriced_tokens": {f"{p}/{m}": n for (p, m), n in sorted(data.unpriced.items())} if data else {},
+        }
+
+    def burning_keys(self, provider: str, account_id: str, model: str) -> list[str]:
+        """The API key ids with usage in the latest burn window of ``account_id`` (project or workspace) and
+        ``model`` (for the guard)."""
+        keys: set[str] = set()
+        for st in self._burn.values():
+            if st.data is not None:
+                keys.update(st.data.keys.get((provider, account_id, model), ()))
+        return sorted(keys)
+
+    def refresh_burn(self, name: str) -> RefreshOutcome:
+        """The light refresh: minute usage of the burn window, priced; publishes the snapshot.
+
+        It writes nothing to the store but the API calls it makes. A failure keeps the last good window
+        (its end timestamp then ages) and backs off; it never touches the source's daily state.
+        """
+        src = self._sources[name]
+        assert isinstance(src, AdminApiSource)
+        st = self._burn[name]
+        with st.lock:
+            now = self.now()
+            started = time.monotonic()
+            out: RefreshOutcome
+            try:
+                result = self._fetchers[name].fetch_minutes(now, min(src.timeout, src.burn_interval))
+                data = burn.burn_data(result, self._burn_labels, self._estimate, self._ratio, st.data)
+            except Exception as e:
+                duration = time.monotonic() - started
+                if isinstance(e, SourceError):
+                    msg = str(e)
+                elif isinstance(e, TimeoutError):
+                    msg = f"burn fetch timed out after {min(src.timeout, src.burn_interval):g}s"
+                else:
+                    msg = f"{e.__class__.__name__}: {e}"
+                msg = self._fetchers[name].scrub(msg)[:2000]
+                st.failures += 1
+                delay = burn_backoff(src, st.failures, e.retry_after if isinstance(e, Throttled) else None)
+                st.next_at = now.timestamp() + delay
+                st.last_error = msg
+                log.warning(
+                    "source %s burn refresh failed (%d in a row), keeping the last good window; next try in %.0fs: %s",
+                    name,
+                    st.failures,
+                    delay,
+                    msg,
+                )
+                out = RefreshOutcome(name, ok=False, duration=duration, error=msg)
+            else:
+                st.data, st.failures, st.last_error = data, 0, None
+                st.next_at = now.timestamp() + src.burn_interval
+                for _provider, model in data.unpriced:
+                    if (name, model) not in self._burn_unpriced_logged:
+                        self._burn_unpriced_logged.add((name, model))
+                        log.warning(
+                            "source %s: model %r has minute usage the price table cannot price; it has no burn rate",
+                            name,
+                            model,
+                        )
+                out = RefreshOutcome(name, ok=True, records=len(result.minutes), duration=time.monotonic() - started)
+            self._publish_burn(name, now)
+        try:
+            self.rebuild_snapshot(save=False)
+        except Exception:
+            log.exception("building the snapshot failed; serving the previous one")
+        return out
+
+    def _publish_burn(self, name: str, now: dt.datetime) -> None:
+        src = self._sources[name]
+        assert isinstance(src, AdminApiSource)
+        data = self._burn[name].data
+        stale = data is not None and burn.is_stale(data.end, now, src.burn_window, src.burn_delay)
+        frags, overflow = burn.fragments(
+            name, self._provider_names[name], data, stale, self.config.max_series_per_source
+        )
+        self.builder.set_burn(name, frags, overflow)
+
+    def _burn_labels(self, m: MinuteUsage) -> tuple[str, ...]:
+        team = self.resolver.team(m.team_tag, m.provider, m.account_id, m.service_name, m.model)
+        return tuple(clean_label_value(v)[0] for v in (m.provider, m.account_id, m.service_name, team, m.model))
+
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Close the providers and the store (stop the scheduler that drives this engine first)."""
@@ -324,6 +465,16 @@ def _warn_skipped(name: str, skipped: Counter[str]) -> None:
             )
         elif reason == "not_a_number":
             log.warning("source %s: skipped %d amounts that are not a finite number (NaN or infinite)", name, n)
+
+
+def _estimator(prices: PriceTable) -> burn.Estimate:
+    """``(provider, model, tokens) -> (usd, unpriced tokens)`` from the price table."""
+
+    def estimate(provider: str, model: str, tokens: Mapping[str, int]) -> tuple[float, int]:
+        e = prices.estimate(provider, model, tokens)
+        return e.usd, e.unpriced_tokens
+
+    return estimate
 
 
 def build_app(

@@ -242,6 +242,9 @@ def cmd_once(config: Config, output: str | None) -> int:
     app, _ = _build(config, one_shot=True)
     try:
         outcomes = app.refresh_all()
+        # the textfile carries the burn rate too: one burn fetch per AI source (``check`` has none: its
+        # hourly usage call already proves the same endpoint and key)
+        outcomes += [app.refresh_burn(name) for name in app.burn_sources()]
         data = app.snapshot.text
         if output:
             write_atomic(Path(output), data)

@@ -8,13 +8,14 @@ import os
 import re
 import threading
 import time
+import typing
 import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from exporter.model import FetchResult, FetchWindow
+from exporter.model import FetchResult, FetchWindow, MinuteUsageResult
 from exporter.providers import create_provider
-from exporter.providers.base import PaidCallCapReached, Provider, ProviderContext, SourceError
+from exporter.providers.base import MinuteProvider, PaidCallCapReached, Provider, ProviderContext, SourceError
 from exporter.sources.base import SourceBase
 from exporter.store import Store
 from exporter.timing import next_midnight
@@ -46,28 +47,34 @@ class SourceFetcher:
         self._cache_path = cache_path
         self._ctx: ProviderContext | None = None
         self._provider: Provider | None = None
+        # the burn rate's fetch has a provider and a context of its own: its deadline and clients never
+        # touch the daily refresh's, so the two run side by side
+        self._burn_ctx: ProviderContext | None = None
+        self._burn_provider: Provider | None = None
         self.cap_reached_until: float | None = None  # unix time: no paid call before it
 
     def context(self) -> ProviderContext:
-        ctx = self._ctx
-        if ctx is None:
-            src = self.src
-            ctx = ProviderContext(
-                src.name,
-                team_tag_keys=list(self._team_tag_keys),
-                on_call=self._record_call,
-                check_cap=self._check_cap,
-                logger=logging.getLogger(f"exporter.providers.{getattr(src, 'type', src.name)}"),
-                scratch_dir=None
-                if self._cache_path == ":memory:"
-                else os.path.join(os.path.dirname(os.path.abspath(self._cache_path)), "tmp"),
-            )
-            # a password in an endpoint URL (http://user:pass@proxy) is a secret, and SDK errors quote the URL
-            for value in src.model_dump(mode="json").values():
-                for m in re.finditer(r"://[^/@:\s]*:([^/@\s]+)@", value if isinstance(value, str) else ""):
-                    ctx.register_secret(m.group(1))
-                    ctx.register_secret(urllib.parse.unquote(m.group(1)))
-            self._ctx = ctx
+        if self._ctx is None:
+            self._ctx = self._new_context()
+        return self._ctx
+
+    def _new_context(self) -> ProviderContext:
+        src = self.src
+        ctx = ProviderContext(
+            src.name,
+            team_tag_keys=list(self._team_tag_keys),
+            on_call=self._record_call,
+            check_cap=self._check_cap,
+            logger=logging.getLogger(f"exporter.providers.{getattr(src, 'type', src.name)}"),
+            scratch_dir=None
+            if self._cache_path == ":memory:"
+            else os.path.join(os.path.dirname(os.path.abspath(self._cache_path)), "tmp"),
+        )
+        # a password in an endpoint URL (http://user:pass@proxy) is a secret, and SDK errors quote the URL
+        for value in src.model_dump(mode="json").values():
+            for m in re.finditer(r"://[^/@:\s]*:([^/@\s]+)@", value if isinstance(value, str) else ""):
+                ctx.register_secret(m.group(1))
+                ctx.register_secret(urllib.parse.unquote(m.group(1)))
         return ctx
 
     def _record_call(self, operation: str, status: str, cost: float) -> None:
@@ -100,7 +107,10 @@ class SourceFetcher:
 
     def scrub(self, text: str) -> str:
         """``text`` without the source's secrets (as it is when no fetch has begun)."""
-        return text if self._ctx is None else self._ctx.scrub(text)
+        for ctx in (self._ctx, self._burn_ctx):
+            if ctx is not None:
+                text = ctx.scrub(text)
+        return text
 
     def _get_provider(self) -> Provider:
         p = self._provider
@@ -112,35 +122,66 @@ class SourceFetcher:
     def fetch(self, window: FetchWindow) -> FetchResult:
         """Run the provider's fetch in its own thread, so that a hung API cannot outlive the timeout."""
         src = self.src
-        ctx = self.context()
-        deadline = time.monotonic() + src.timeout
-        ctx.set_deadline(deadline)
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["result"] = self._get_provider().fetch(window)
-            except BaseException as e:
-                box["error"] = e
-
-        t = threading.Thread(target=run, name=f"fetch-{src.name}", daemon=True)
-        t.start()
-        t.join(src.timeout)
-        if t.is_alive():
-            # the thread is abandoned; drop the provider so the next refresh gets fresh clients
-            self._provider = None
-            raise TimeoutError(f"refresh timed out after {src.timeout:g}s")
-        if "error" in box:
-            raise box["error"]
-        result = box.get("result")
+        self.context().set_deadline(time.monotonic() + src.timeout)
+        try:
+            result = _in_thread(f"fetch-{src.name}", lambda: self._get_provider().fetch(window), src.timeout)
+        except TimeoutError:
+            self._provider = None  # the thread is abandoned; the next refresh gets fresh clients
+            raise TimeoutError(f"refresh timed out after {src.timeout:g}s") from None
         if not isinstance(result, FetchResult):
             raise SourceError(f"provider returned {type(result).__name__}, not a FetchResult")
         return result
 
-    def close(self) -> None:
-        if self._provider is None:
-            return
+    def fetch_minutes(self, now: dt.datetime, timeout: float) -> MinuteUsageResult:
+        """The burn rate's fetch (``MinuteProvider.fetch_minutes``), in its own thread under ``timeout``."""
+        src = self.src
+        if self._burn_ctx is None:
+            self._burn_ctx = self._new_context()
+        ctx = self._burn_ctx
+        ctx.set_deadline(time.monotonic() + timeout)
+
+        def run() -> MinuteUsageResult:
+            p = self._burn_provider
+            if p is None:
+                p = self._burn_provider = create_provider(src, ctx)
+            if not hasattr(p, "fetch_minutes"):
+                raise SourceError(f"source type {getattr(src, 'type', '?')} has no minute usage")
+            return typing.cast(MinuteProvider, p).fetch_minutes(now)
+
         try:
-            self._provider.close()
-        except Exception:
-            log.debug("closing a provider failed", exc_info=True)
+            result = _in_thread(f"burn-{src.name}", run, timeout)
+        except TimeoutError:
+            self._burn_provider = None
+            raise TimeoutError(f"burn fetch timed out after {timeout:g}s") from None
+        if not isinstance(result, MinuteUsageResult):
+            raise SourceError(f"provider returned {type(result).__name__}, not a MinuteUsageResult")
+        return result
+
+    def close(self) -> None:
+        for p in (self._provider, self._burn_provider):
+            if p is None:
+                continue
+            try:
+                p.close()
+            except Exception:
+                log.debug("closing a provider failed", exc_info=True)
+
+
+def _in_thread(name: str, fn: Callable[[], Any], timeout: float) -> Any:
+    """``fn()`` in a daemon thread; its exception re-raised; TimeoutError if it has not returned in ``timeout``."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, name=name, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise TimeoutError(name)
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")

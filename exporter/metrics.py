@@ -78,6 +78,19 @@ FAMILIES: list[MetricSpec] = [
         "UTC days with costs; below 1: a negotiated discount or batch use, above 1: a stale price table.",
         ("provider", "account_id", "model"),
     ),
+    MetricSpec(
+        "spend_ai_burn_rate_usd_per_hour",
+        "gauge",
+        "Estimated AI cost in USD per hour: the last complete burn_window of minute usage times the price table, "
+        "scaled to one hour and by the billed/list price ratio where known.",
+        COST_LABELS,
+    ),
+    MetricSpec(
+        "spend_ai_burn_window_end_timestamp_seconds",
+        "gauge",
+        "Unix time of the end of the newest minute bucket behind spend_ai_burn_rate_usd_per_hour.",
+        SOURCE_LABELS,
+    ),
     MetricSpec("spend_budget_limit_usd", "gauge", "Monthly budget limit in USD.", BUDGET_LABELS),
     MetricSpec("spend_budget_spent_usd", "gauge", "Month-to-date spend in USD matching the budget.", BUDGET_LABELS),
     MetricSpec(

@@ -66,6 +66,34 @@ class HourlyUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class MinuteUsage:
+    """AI usage in one minute bucket of the usage API, by API key (the burn rate's input)."""
+
+    minute_start: dt.datetime  # UTC, aware
+    provider: str
+    account_id: str
+    service_name: str
+    model: str
+    api_key_id: str
+    tokens: dict[str, int] = field(default_factory=dict)
+    requests: int = 0
+    team_tag: str | None = None
+
+
+@dataclass(slots=True)
+class MinuteUsageResult:
+    """What one burn fetch returned: the minute buckets of ``[start, end)``, every minute of it complete.
+
+    ``end`` is the end of the newest minute judged complete given the usage API's publication delay;
+    ``minutes`` holds only buckets that start in ``[start, end)``.
+    """
+
+    start: dt.datetime
+    end: dt.datetime
+    minutes: list[MinuteUsage] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
 class AccountInfo:
     provider: str
     account_id: str
@@ -107,6 +135,17 @@ class FetchWindow:
         """Start of the last complete UTC hour before ``now``."""
         top = self.now.replace(minute=0, second=0, microsecond=0)
         return top - dt.timedelta(hours=1)
+
+
+def burn_bounds(now: dt.datetime, window_seconds: float, delay_seconds: float) -> tuple[dt.datetime, dt.datetime]:
+    """``[start, end)`` of the burn window at ``now``.
+
+    ``end`` is the newest minute boundary at least ``delay_seconds`` before ``now``: the usage APIs publish a
+    minute late and fill it in over time, so a minute ending later than that is not complete yet and is never
+    read (it would look like a drop).
+    """
+    end = (now - dt.timedelta(seconds=delay_seconds)).replace(second=0, microsecond=0)
+    return end - dt.timedelta(seconds=window_seconds), end
 
 
 CostRecordTuple = tuple[dt.date, str, str, str, float, str, "str | None", str]  # a CostRecord, field by field

@@ -1,4 +1,5 @@
-"""Background refreshes: one worker per source, each refreshing its source when it is due.
+"""Background refreshes: one worker per source, each refreshing its source when it is due, and one burn worker
+per AI source, running the burn rate's light refresh (``refresh_burn``) beside it.
 
 When a source is due, and what a refresh does, is the engine's (``App.due_at``, ``App.refresh``,
 with the rules of ``exporter.timing``); the scheduler only runs it, through the ``Refresher``
@@ -12,7 +13,7 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from exporter.osutil import release_freed_memory
 from exporter.timing import utc_now
@@ -40,11 +41,31 @@ class Refresher(Protocol):
         ...
 
 
+@runtime_checkable
+class BurnRefresher(Protocol):
+    """A refresher with burn rates: the sources that have one, when each is due, and the light refresh."""
+
+    def burn_sources(self) -> Sequence[str]: ...
+
+    def burn_due_at(self, name: str) -> float:
+        """Unix time at which the source's burn refresh is next due (now or earlier: due)."""
+        ...
+
+    def refresh_burn(self, name: str) -> object:
+        """Fetch and publish the source's burn rate now; logs, backs off and keeps the last data on failure."""
+        ...
+
+
 class Scheduler:
-    """Runs ``refresher.refresh(source)`` for each source when it is due."""
+    """Runs ``refresher.refresh(source)`` for each source when it is due, and ``refresh_burn`` likewise.
+
+    A source's burn worker is a thread of its own: a slow daily refresh never delays the burn rate, and
+    the burn refresh (one or two requests) never holds the daily one.
+    """
 
     def __init__(self, refresher: Refresher, now: Callable[[], dt.datetime] = utc_now) -> None:
         self.refresher = refresher
+        self.burn: BurnRefresher | None = refresher if isinstance(refresher, BurnRefresher) else None
         self.now = now
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -59,11 +80,30 @@ class Scheduler:
                 ran.append(name)
         return ran
 
+    def run_pending_burn(self) -> list[str]:
+        """Run every burn refresh that is due, one after another; returns their sources. For tests and benchmarks.
+
+        Apart from ``run_pending``, as the burn workers are apart from the source workers.
+        """
+        ran = []
+        burn = self.burn
+        for name in burn.burn_sources() if burn else ():
+            if burn and burn.burn_due_at(name) <= self.now().timestamp():
+                burn.refresh_burn(name)
+                ran.append(name)
+        return ran
+
     def start(self) -> None:
         for name in self.refresher.source_names():
             ev = threading.Event()
             self._wake[name] = ev
             t = threading.Thread(target=self._worker, args=(name, ev), name=f"refresh-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        for name in self.burn.burn_sources() if self.burn else ():
+            ev = threading.Event()
+            self._wake[f"burn:{name}"] = ev
+            t = threading.Thread(target=self._burn_worker, args=(name, ev), name=f"burn-{name}", daemon=True)
             t.start()
             self._threads.append(t)
         t = threading.Thread(target=self._ticker, name="snapshot-ticker", daemon=True)
@@ -90,6 +130,21 @@ class Scheduler:
                 release_freed_memory()  # a refresh frees a few hundred thousand objects: keep the RSS level
             except Exception:  # the worker must survive anything; the refresher already logs
                 log.exception("refresh worker for %s failed; retrying in 60s", name)
+                self._stop.wait(60.0)
+
+    def _burn_worker(self, name: str, wake: threading.Event) -> None:
+        burn = self.burn
+        assert burn is not None
+        while not self._stop.is_set():
+            try:
+                delay = burn.burn_due_at(name) - self.now().timestamp()
+                if delay > 0:
+                    wake.wait(min(delay, 60.0))
+                    wake.clear()
+                    continue
+                burn.refresh_burn(name)
+            except Exception:  # the worker must survive anything; refresh_burn already logs its failures
+                log.exception("burn worker for %s failed; retrying in 60s", name)
                 self._stop.wait(60.0)
 
     def _ticker(self) -> None:

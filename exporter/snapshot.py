@@ -116,6 +116,7 @@ class SnapshotBuilder:
         self._lock = threading.Lock()
         self._unpriced_logged: set[tuple[str, str]] = set()
         self._truncated: dict[str, int] = {}
+        self._burn: dict[str, tuple[dict[str, bytes], int]] = {}  # source → burn fragments, series folded
         apis = sorted({m[1] for m in source_meta.values()})
         self._cached_note = CACHED.format(apis=", ".join(apis) if apis else "the billing APIs")
 
@@ -131,6 +132,11 @@ class SnapshotBuilder:
             n,
             MAX_LABEL_VALUE_BYTES,
         )
+
+    def set_burn(self, source: str, fragments: dict[str, bytes], overflow: int) -> None:
+        """The burn families' samples of ``source`` (rendered by ``exporter.burn``), used by every build from now."""
+        with self._lock:
+            self._burn[source] = (fragments, overflow)
 
     def invalidate(self, source: str | None = None) -> None:
         with self._lock:
@@ -355,12 +361,14 @@ class SnapshotBuilder:
         dates = Dates(now)
         names = list(sources)
         views = {s: self._view(s, dates) for s in names}
+        with self._lock:
+            burn = {s: self._burn[s] for s in names if s in self._burn}
         families: list[Family] = []
         n_series = 0
         for name, mtype, help_, _labels in FAMILIES:
             fam = Family(name, mtype, f"{help_} {self._cached_note}")
             for s in names:
-                frag = views[s].fragments.get(name)
+                frag = views[s].fragments.get(name) or (burn[s][0].get(name) if s in burn else None)
                 if frag:
                     fam.fragments.append(frag)
                     n_series += frag.count(b"\n")
@@ -376,7 +384,7 @@ class SnapshotBuilder:
             ratios.update(views[s].price_ratios)
         with self._lock:
             self._ratios = ratios
-        exporter_frags = self._exporter_fragments(names, views)
+        exporter_frags = self._exporter_fragments(names, views, {s: b[1] for s, b in burn.items()})
         for name, mtype, help_, _labels in EXPORTER_FAMILIES:
             frag = exporter_frags[name]
             families.append(Family(name, mtype, help_, [frag] if frag else []))
@@ -392,7 +400,9 @@ class SnapshotBuilder:
             _families=families,
         )
 
-    def _exporter_fragments(self, sources: list[str], views: dict[str, SourceView]) -> dict[str, bytes]:
+    def _exporter_fragments(
+        self, sources: list[str], views: dict[str, SourceView], burn_overflow: dict[str, int]
+    ) -> dict[str, bytes]:
         """The exporter's own families, from one read of each source's state and of the API counters."""
         per_source: dict[str, list[tuple[tuple[str, ...], float]]] = {
             name: [] for name, _, _, labels in EXPORTER_FAMILIES if labels == ("source", "provider")
@@ -434,7 +444,9 @@ class SnapshotBuilder:
             [((s,), float(truncated.get(s, 0))) for s in sources],
         )
         out["spend_exporter_series_overflow"] = render_samples(
-            "spend_exporter_series_overflow", ("source",), [((s,), float(views[s].overflow)) for s in sources]
+            "spend_exporter_series_overflow",
+            ("source",),
+            [((s,), float(views[s].overflow + burn_overflow.get(s, 0))) for s in sources],
         )
         out["spend_exporter_unpriced_tokens"] = render_samples(
             "spend_exporter_unpriced_tokens",

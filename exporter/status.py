@@ -46,6 +46,9 @@ def status_report(app: App) -> dict[str, Any]:
                 "month_to_date_usd": round(snap.mtd_by_source.get(src.name, 0.0), 2),
             }
         )
+        burn = app.burn_status(src.name)
+        if burn is not None:
+            sources[-1]["burn"] = burn
     return {
         "ready": app.ready(),
         "cache": {"path": app.store.path, "persistent": app.store.persistent, "problem": app.store.problem},

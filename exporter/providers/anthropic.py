@@ -13,6 +13,10 @@ and ``anthropic-version: 2023-06-01``:
 - ``GET /v1/organizations/usage_report/messages``, daily buckets grouped by
   ``model``, ``workspace_id`` and ``api_key_id``, and hourly buckets of the
   last 24 complete hours, whose newest one the runaway-burn detector prices.
+- the same report for the burn rate (``fetch_minutes``): minute buckets
+  (``bucket_width=1m``) of the last ``burn_window`` that ends ``burn_delay``
+  before now, grouped the same way; one request, plus the workspace listing
+  (for team tags) at most once an hour.
 - ``client.organization.workspaces.list``: workspace names (and tags: a tag
   named by ``attribution.team_tag_keys`` is the team tag) for
   ``spend_account_info`` and team rules.
@@ -37,7 +41,17 @@ from typing import Any, cast
 
 import anthropic
 
-from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, HourlyUsage, UsageRecord
+from exporter.model import (
+    AccountInfo,
+    CostRecord,
+    FetchResult,
+    FetchWindow,
+    HourlyUsage,
+    MinuteUsage,
+    MinuteUsageResult,
+    UsageRecord,
+    burn_bounds,
+)
 from exporter.providers.admin_api import AdminApi, add_tokens
 from exporter.providers.base import ProviderContext, utc_midnight
 from exporter.sources.anthropic import AnthropicSource
@@ -50,6 +64,7 @@ SERVICE = "messages"
 UTC = dt.UTC
 COST_PAGE_LIMIT = 31  # buckets per page: the API's maxima
 USAGE_DAILY_PAGE_LIMIT = 31
+TAGS_MAX_AGE = 3600.0  # the burn fetch lists workspaces (their team tags) again after this long
 HOURLY_HOURS = 24  # hourly buckets kept: the last complete hour is priced; series of the last day stay visible
 COST_TYPE_SERVICE = {"tokens": SERVICE}  # other cost types (web_search, code_execution, ...) keep their name
 
@@ -127,6 +142,7 @@ class AnthropicProvider:
             permission_hint="the Usage and Cost API needs an admin key, sk-ant-admin...",
         )
         self._client: anthropic.Anthropic | None = None
+        self._tags: tuple[float, dict[str, str]] | None = None  # (when listed, team tag by workspace), for the burn
 
     # -- client ----------------------------------------------------------------------
     def _get_client(self) -> anthropic.Anthropic:
@@ -231,9 +247,9 @@ class AnthropicProvider:
 
     def _usage(
         self, starting: str, ending: str, bucket_width: str, limit: int
-    ) -> Iterator[tuple[dt.datetime, dt.datetime, str, str, dict[str, int]]]:
-        """(bucket start, bucket end, account, model, tokens) per result, across pages."""
-        operation = "usage_report_messages" + ("_hourly" if bucket_width == "1h" else "")
+    ) -> Iterator[tuple[dt.datetime, dt.datetime, str, str, dict[str, int], str]]:
+        """(bucket start, bucket end, account, model, tokens, API key) per result, across pages."""
+        operation = "usage_report_messages" + {"1h": "_hourly", "1m": "_minutes"}.get(bucket_width, "")
         params = {
             "starting_at": starting,
             "ending_at": ending,
@@ -248,7 +264,8 @@ class AnthropicProvider:
                     start, end = parse_time(bucket["starting_at"]), parse_time(bucket["ending_at"])
                     for r in bucket["results"]:
                         account = r.get("workspace_id") or DEFAULT_WORKSPACE
-                        rows.append((start, end, str(account), str(r.get("model") or ""), usage_tokens(r)))
+                        key = str(r.get("api_key_id") or "")
+                        rows.append((start, end, str(account), str(r.get("model") or ""), usage_tokens(r), key))
             yield from rows
 
     def fetch(self, window: FetchWindow) -> FetchResult:
@@ -259,14 +276,14 @@ class AnthropicProvider:
         costs, newest = self._costs(window, starting, ending, tags)
 
         daily: dict[tuple[dt.date, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for b_start, b_end, account, model, tokens in self._usage(starting, ending, "1d", USAGE_DAILY_PAGE_LIMIT):
+        for b_start, b_end, account, model, tokens, _key in self._usage(starting, ending, "1d", USAGE_DAILY_PAGE_LIMIT):
             newest = b_end if newest is None else max(newest, b_end)
             day = b_start.date()
             if window.start <= day <= window.end:
                 add_tokens(daily[(day, account, model)], tokens)
         h_start = through - dt.timedelta(hours=HOURLY_HOURS)
         hourly: dict[tuple[dt.datetime, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for b_start, b_end, account, model, tokens in self._usage(
+        for b_start, b_end, account, model, tokens, _key in self._usage(
             rfc3339(h_start), rfc3339(through), "1h", HOURLY_HOURS
         ):
             if h_start <= b_start < through:
@@ -305,3 +322,30 @@ class AnthropicProvider:
             accounts=accounts,
             data_through=min(newest, through) if newest is not None else None,
         )
+
+    def fetch_minutes(self, now: dt.datetime) -> MinuteUsageResult:
+        """Minute usage of the burn window, by model, workspace and API key (``requests`` stays 0)."""
+        clock = now.timestamp()
+        if self._tags is None or not 0 <= clock - self._tags[0] < TAGS_MAX_AGE:
+            self._tags = (clock, self._workspaces()[1])
+        tags = self._tags[1]
+        start, end = burn_bounds(now, self.cfg.burn_window, self.cfg.burn_delay)
+        limit = max(int((end - start).total_seconds()) // 60, 1)
+        by: dict[tuple[dt.datetime, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for b_start, _b_end, account, model, tokens, key in self._usage(rfc3339(start), rfc3339(end), "1m", limit):
+            if start <= b_start < end:  # nothing past the complete end is read
+                add_tokens(by[(b_start, account, model, key)], tokens)
+        minutes = [
+            MinuteUsage(
+                minute_start=b,
+                provider=PROVIDER,
+                account_id=account,
+                service_name=SERVICE,
+                model=model,
+                api_key_id=key,
+                tokens=dict(tokens),
+                team_tag=tags.get(account),
+            )
+            for (b, account, model, key), tokens in sorted(by.items())
+        ]
+        return MinuteUsageResult(start=start, end=end, minutes=minutes)

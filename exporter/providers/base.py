@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from exporter.model import CostRecord, FetchResult, FetchWindow
+from exporter.model import CostRecord, FetchResult, FetchWindow, MinuteUsageResult
 
 if TYPE_CHECKING:
     # not at run time: the FOCUS reader process imports this module and starts without pydantic and the models
@@ -175,6 +175,17 @@ class Provider(Protocol):
 
     def close(self) -> None:
         """Release clients and connections."""
+        ...
+
+
+class MinuteProvider(Provider, Protocol):
+    """A provider whose usage API has minute buckets: the burn rate's light fetch (``openai``, ``anthropic``)."""
+
+    def fetch_minutes(self, now: dt.datetime) -> MinuteUsageResult:
+        """The minute usage of the source's burn window at ``now`` (``model.burn_bounds``); writes no days.
+
+        Must raise when any call fails: the engine then keeps the last good burn data.
+        """
         ...
 
 

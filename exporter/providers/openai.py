@@ -13,6 +13,10 @@ Calls, all through the ``openai`` SDK's admin client
   grouped by ``model``, ``project_id`` and ``api_key_id``: tokens and model
   requests per day; and hourly buckets (``bucket_width=1h``) of the last 24
   complete hours, whose newest one the runaway-burn detector prices.
+- ``usage.completions`` again for the burn rate (``fetch_minutes``): minute
+  buckets (``bucket_width=1m``) of the last ``burn_window`` that ends
+  ``burn_delay`` before now, grouped by ``model``, ``project_id`` and
+  ``api_key_id``; one request, no days written.
 - ``projects.list``: project names for ``spend_account_info`` and team rules.
 
 ``account_id`` is the project id. Tokens: ``input`` is uncached input
@@ -33,7 +37,17 @@ from typing import Any
 
 import openai
 
-from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, HourlyUsage, UsageRecord
+from exporter.model import (
+    AccountInfo,
+    CostRecord,
+    FetchResult,
+    FetchWindow,
+    HourlyUsage,
+    MinuteUsage,
+    MinuteUsageResult,
+    UsageRecord,
+    burn_bounds,
+)
 from exporter.providers.admin_api import AdminApi, add_tokens
 from exporter.providers.base import ProviderContext, utc_midnight
 from exporter.sources.openai import OpenAISource
@@ -241,10 +255,10 @@ class OpenAIProvider:
 
     def _usage(
         self, client: openai.OpenAI, endpoint: str, start: int, end: int, bucket_width: str, limit: int
-    ) -> Iterator[tuple[int, int, str, str, dict[str, int], int]]:
-        """(bucket start, bucket end, account, model, tokens, requests) per result, across pages."""
+    ) -> Iterator[tuple[int, int, str, str, dict[str, int], int, str]]:
+        """(bucket start, bucket end, account, model, tokens, requests, API key) per result, across pages."""
         method = getattr(client.admin.organization.usage, endpoint)
-        operation = f"usage_{endpoint}" + ("_hourly" if bucket_width == "1h" else "")
+        operation = f"usage_{endpoint}" + {"1h": "_hourly", "1m": "_minutes"}.get(bucket_width, "")
 
         def request(page: str | None) -> Any:
             return method(
@@ -270,6 +284,7 @@ class OpenAIProvider:
                                 str(r.model or ""),
                                 usage_tokens(endpoint, r),
                                 int(getattr(r, "num_model_requests", 0) or 0),
+                                str(getattr(r, "api_key_id", None) or ""),
                             )
                         )
             yield from rows
@@ -290,7 +305,7 @@ class OpenAIProvider:
         hourly_requests: dict[tuple[int, str, str, str], int] = defaultdict(int)
         for endpoint in dict.fromkeys(self.cfg.usage_endpoints):
             service = ENDPOINT_SERVICE[endpoint]
-            for b_start, b_end, account, model, tokens, requests in self._usage(
+            for b_start, b_end, account, model, tokens, requests, _key in self._usage(
                 client, endpoint, start, end, "1d", USAGE_DAILY_PAGE_LIMIT
             ):
                 day = dt.datetime.fromtimestamp(b_start, UTC).date()
@@ -300,7 +315,7 @@ class OpenAIProvider:
                 key = (day, account, service, model)
                 add_tokens(daily[key], tokens)
                 daily_requests[key] += requests
-            for b_start, b_end, account, model, tokens, requests in self._usage(
+            for b_start, b_end, account, model, tokens, requests, _key in self._usage(
                 client, endpoint, h_start, h_end, "1h", HOURLY_HOURS
             ):
                 if not h_start <= b_start < h_end:
@@ -342,3 +357,34 @@ class OpenAIProvider:
             accounts=accounts,
             data_through=dt.datetime.fromtimestamp(min(newest, through), UTC) if newest else None,
         )
+
+    def fetch_minutes(self, now: dt.datetime) -> MinuteUsageResult:
+        """Minute usage of the burn window (chat completions), by model, project and API key; one request."""
+        client = self._get_client()
+        start, end = burn_bounds(now, self.cfg.burn_window, self.cfg.burn_delay)
+        s, e = int(start.timestamp()), int(end.timestamp())
+        service = ENDPOINT_SERVICE["completions"]
+        tokens_by: dict[tuple[int, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        requests_by: dict[tuple[int, str, str, str], int] = defaultdict(int)
+        for b_start, _b_end, account, model, tokens, requests, key in self._usage(
+            client, "completions", s, e, "1m", max((e - s) // 60, 1)
+        ):
+            if not s <= b_start < e:
+                continue  # the API snaps the start to the minute; nothing past the complete end is read
+            k = (b_start, account, model, key)
+            add_tokens(tokens_by[k], tokens)
+            requests_by[k] += requests
+        minutes = [
+            MinuteUsage(
+                minute_start=dt.datetime.fromtimestamp(b, UTC),
+                provider=PROVIDER,
+                account_id=account,
+                service_name=service,
+                model=model,
+                api_key_id=key,
+                tokens=dict(tokens),
+                requests=requests_by[(b, account, model, key)],
+            )
+            for (b, account, model, key), tokens in sorted(tokens_by.items())
+        ]
+        return MinuteUsageResult(start=start, end=end, minutes=minutes)

@@ -266,7 +266,10 @@ class AIDataset:
         return index
 
     def rows_between(self, provider: str, endpoint: str, start: dt.datetime, end: dt.datetime) -> list[AIUsageRow]:
-        """Usage rows whose hour starts in [start, end)."""
+        """Usage rows whose hour starts in [start, end); for a span shorter than an hour (a minute bucket),
+        each hour's usage spread over its 60 minutes (``minute_rows``)."""
+        if end - start < dt.timedelta(hours=1):
+            return self.minute_rows(provider, endpoint, start, end)
         out: list[AIUsageRow] = []
         h = start.replace(minute=0, second=0, microsecond=0)
         if h < start:
@@ -274,6 +277,23 @@ class AIDataset:
         while h < end:
             out.extend(self._by_hour.get((provider, endpoint, h), ()))
             h += dt.timedelta(hours=1)
+        return out
+
+    def minute_rows(self, provider: str, endpoint: str, start: dt.datetime, end: dt.datetime) -> list[AIUsageRow]:
+        """Rows of the minutes starting in [start, end): minute i of an hour holds floor(n(i+1)/60) − floor(ni/60)
+        of each count n of the hour, so an hour's minutes add up to the hour exactly. The dataset has complete
+        hours only: the minutes of the current hour are empty (``tests.emulators.scenario`` serves real minutes)."""
+        out: list[AIUsageRow] = []
+        m = start.replace(second=0, microsecond=0)
+        if m < start:
+            m += dt.timedelta(minutes=1)
+        while m < end:
+            i = m.minute
+            for r in self._by_hour.get((provider, endpoint, m.replace(minute=0)), ()):
+                fields = ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h", "requests")
+                split = {f: getattr(r, f) * (i + 1) // 60 - getattr(r, f) * i // 60 for f in fields}
+                out.append(dataclasses.replace(r, hour=m, **split))
+            m += dt.timedelta(minutes=1)
         return out
 
     def account(self, provider: str, account_id: str | None) -> AIAccount:

@@ -23,6 +23,7 @@ from typing import Any
 
 from tests.emulators.ai_dataset import ANTHROPIC_TOKEN_TYPE, AICostRow, AIDataset, AIUsageRow
 from tests.emulators.common import ServesAIDataset, bucket_starts, retry_after_headers
+from tests.emulators.scenario import Scenario
 from tests.emulators.server import Emulator, Fault, Request, Response
 
 WIDTHS = {"1m": dt.timedelta(minutes=1), "1h": dt.timedelta(hours=1), "1d": dt.timedelta(days=1)}
@@ -101,9 +102,18 @@ class AnthropicAdminEmulator(ServesAIDataset, Emulator):
     name = "anthropic-admin"
     provider = "anthropic"
 
-    def __init__(self, dataset: AIDataset, admin_key: str = DEFAULT_ADMIN_KEY, *, page_size_cap: int | None = None):
+    def __init__(
+        self,
+        dataset: AIDataset,
+        admin_key: str = DEFAULT_ADMIN_KEY,
+        *,
+        page_size_cap: int | None = None,
+        scenario: Scenario | None = None,
+    ):
+        """``scenario`` serves usage (every bucket width) from a ``Scenario`` on its clock, published late."""
         super().__init__()
         self.dataset = dataset
+        self.scenario = scenario
         self.admin_key = admin_key
         self.page_size_cap = page_size_cap
 
@@ -154,7 +164,8 @@ class AnthropicAdminEmulator(ServesAIDataset, Emulator):
         if not 1 <= limit <= maximum:
             raise BadRequest(f"limit: must be between 1 and {maximum} for bucket_width {bw}")
         width = WIDTHS[bw]
-        stop = self.dataset.now if end is None else min(end, self.dataset.now)
+        now = self.scenario.now if self.scenario else self.dataset.now
+        stop = now if end is None else min(end, now)
         first = snap(start, bw)
         page = request.q("page")
         if page:
@@ -223,7 +234,7 @@ class AnthropicAdminEmulator(ServesAIDataset, Emulator):
         starts, width, more = self._window(request, tuple(WIDTHS), USAGE_LIMITS)
         data = []
         for s in starts:
-            rows = self.dataset.rows_between("anthropic", "messages", s, s + width)
+            rows = (self.scenario or self.dataset).rows_between("anthropic", "messages", s, s + width)
             groups: dict[tuple[Any, ...], list[AIUsageRow]] = defaultdict(list)
             for r in rows:
                 values: dict[str, Any] = {"workspace_id": r.account_id, "api_key_id": r.api_key_id, "model": r.model}

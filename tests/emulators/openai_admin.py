@@ -24,6 +24,7 @@ from typing import Any
 
 from tests.emulators.ai_dataset import AICostRow, AIDataset, AIUsageRow
 from tests.emulators.common import ServesAIDataset, bucket_starts, retry_after_headers
+from tests.emulators.scenario import Scenario
 from tests.emulators.server import Emulator, Fault, Request, Response
 
 WIDTHS = {"1m": 60, "1h": 3600, "1d": 86400}
@@ -73,7 +74,8 @@ class OpenAIAdminEmulator(ServesAIDataset, Emulator):
     ``page_size_cap`` makes pages hold fewer buckets than ``limit`` asks for
     (the API may do so), to exercise pagination with short windows;
     ``legacy_usage_fields`` leaves out ``input_uncached_tokens`` and
-    ``input_cache_write_tokens``, as older responses did.
+    ``input_cache_write_tokens``, as older responses did; ``scenario`` serves usage (every bucket
+    width) from a ``tests.emulators.scenario.Scenario`` on its clock, with its publication delay.
     """
 
     name = "openai-admin"
@@ -86,12 +88,21 @@ class OpenAIAdminEmulator(ServesAIDataset, Emulator):
         *,
         page_size_cap: int | None = None,
         legacy_usage_fields: bool = False,
+        scenario: Scenario | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
+        self.scenario = scenario
         self.admin_key = admin_key
         self.page_size_cap = page_size_cap
         self.legacy_usage_fields = legacy_usage_fields
+
+    def _now(self) -> dt.datetime:
+        return self.scenario.now if self.scenario else self.dataset.now
+
+    def _usage_source(self) -> Scenario | AIDataset:
+        """Where usage comes from: the scenario (minute rows on its clock, published late) or the dataset."""
+        return self.scenario or self.dataset
 
     # -- protocol --------------------------------------------------------------------
     def throttle_response(self, fault: Fault) -> Response:
@@ -154,7 +165,7 @@ class OpenAIAdminEmulator(ServesAIDataset, Emulator):
         if not 1 <= limit <= limits[1]:
             raise BadRequest(f"limit must be between 1 and {limits[1]} for bucket_width={bw}.", "limit")
         width = WIDTHS[bw]
-        now = int(self.dataset.now.timestamp())
+        now = int(self._now().timestamp())
         stop = now if end is None else min(end, now)
         first = start - start % width
         page = request.q("page")
@@ -230,7 +241,7 @@ class OpenAIAdminEmulator(ServesAIDataset, Emulator):
         buckets = []
         for s in starts:
             b_start = dt.datetime.fromtimestamp(s, dt.UTC)
-            rows = self.dataset.rows_between("openai", endpoint, b_start, b_start + dt.timedelta(seconds=width))
+            rows = self._usage_source().rows_between("openai", endpoint, b_start, b_start + dt.timedelta(seconds=width))
             groups: dict[tuple[Any, ...], list[AIUsageRow]] = defaultdict(list)
             for r in rows:
                 values: dict[str, Any] = {"project_id": r.account_id, "api_key_id": r.api_key_id, "model": r.model}

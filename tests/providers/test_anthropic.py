@@ -24,6 +24,7 @@ from exporter.pricing import PriceTable
 from exporter.providers.anthropic import AnthropicProvider, cents_to_usd, usage_tokens
 from exporter.providers.base import SourceError, Throttled
 from exporter.sources.anthropic import AnthropicSource
+from tests.conftest import Clock
 from tests.emulators.ai_dataset import (
     HAIKU,
     RESEARCH,
@@ -35,6 +36,7 @@ from tests.emulators.ai_dataset import (
     runaway,
 )
 from tests.emulators.anthropic_admin import DEFAULT_ADMIN_KEY, AnthropicAdminEmulator
+from tests.emulators.scenario import Scenario, Stream, per_minute
 from tests.emulators.server import Fault
 from tests.helpers import FetchHarness, family_samples
 
@@ -491,3 +493,45 @@ def test_price_ratio_shows_a_negotiated_discount(h: Harness, ds: AIDataset, tmp_
         assert app.builder.price_ratio("anthropic", SUPPORT, SONNET) == pytest.approx(ratios[(SUPPORT, SONNET)])
     finally:
         app.close()
+
+
+# --------------------------------------------------------------------------- minute buckets (the burn rate)
+
+
+def test_burn_minutes_by_key_with_the_workspace_tag_to_the_cent(ds: AIDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sonnet at $6/h in the tagged workspace, then $300/h from T0 on one of two keys; delay 3m, window 10m."""
+    t0 = dt.datetime(2026, 11, 22, 9, 0, tzinfo=dt.UTC)
+    clock = Clock(t0 + dt.timedelta(minutes=7, seconds=10))
+    since = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    streams = [
+        Stream("anthropic", RESEARCH, "apikey_01R1", SONNET, "messages", ((since, per_minute(SONNET, "6", "input")),)),
+        Stream(
+            "anthropic",
+            RESEARCH,
+            "apikey_01R2",
+            SONNET,
+            "messages",
+            ((since, {}), (t0, per_minute(SONNET, "300"))),
+        ),
+    ]
+    scenario = Scenario(streams, clock, start=t0 - dt.timedelta(hours=1), delay=dt.timedelta(minutes=3))
+    with AnthropicAdminEmulator(ds, scenario=scenario) as emu:
+        h = Harness(emu, monkeypatch)
+        p = h.provider(burn_window="10m", burn_delay="3m")
+        try:
+            got = p.fetch_minutes(clock())
+            again = p.fetch_minutes(clock())  # the workspace listing (team tags) is kept for an hour
+        finally:
+            p.close()
+    assert (got.start, got.end) == (t0 - dt.timedelta(minutes=6), t0 + dt.timedelta(minutes=4))
+    assert [c[0] for c in h.calls] == ["workspaces", "usage_report_messages_minutes", "usage_report_messages_minutes"]
+    assert again.minutes == got.minutes
+    assert {m.team_tag for m in got.minutes} == {"research"}
+    assert {m.api_key_id for m in got.minutes if m.minute_start >= t0} == {"apikey_01R1", "apikey_01R2"}
+    assert {m.api_key_id for m in got.minutes if m.minute_start < t0} == {"apikey_01R1"}
+    table = PriceTable.load()
+    estimates = [table.estimate("anthropic", m.model, m.tokens) for m in got.minutes]
+    assert not any(e.unpriced_tokens for e in estimates)
+    usd = sum(e.usd for e in estimates)
+    assert abs(usd - float(scenario.cost(got.start, got.end))) < 1e-6
+    assert round(usd * 3600 / 600, 2) == 126.00  # (6 × 10 + 300 × 4) / 60 dollars in 10 minutes, per hour

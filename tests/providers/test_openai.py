@@ -24,6 +24,7 @@ from exporter.pricing import PriceTable
 from exporter.providers.base import SourceError, Throttled
 from exporter.providers.openai import OpenAIProvider, completion_tokens, parse_line_item, token_type_of
 from exporter.sources.openai import OpenAISource
+from tests.conftest import Clock
 from tests.emulators.ai_dataset import (
     EMBED,
     GPT4O,
@@ -37,6 +38,7 @@ from tests.emulators.ai_dataset import (
     runaway,
 )
 from tests.emulators.openai_admin import DEFAULT_ADMIN_KEY, OpenAIAdminEmulator
+from tests.emulators.scenario import Scenario, runaway_schedule
 from tests.emulators.server import Fault
 from tests.helpers import FetchHarness, family_samples
 
@@ -572,3 +574,77 @@ def test_price_ratio_shows_a_negotiated_discount(h: Harness, ds: AIDataset, tmp_
         assert app.builder.price_ratio("openai", LABS, "gpt-5") is None
     finally:
         app.close()
+
+
+# --------------------------------------------------------------------------- minute buckets (the burn rate)
+
+
+def priced(table: PriceTable, provider: str, minutes: Any) -> list[float]:
+    """Each minute's list-price cost; every token of the scenario's models is priced."""
+    out = []
+    for m in minutes:
+        e = table.estimate(provider, m.model, m.tokens)
+        assert e.unpriced_tokens == 0, (m.model, m.tokens)
+        out.append(e.usd)
+    return out
+
+
+def test_burn_minutes_of_the_runaway_to_the_cent(ds: AIDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$10/h jumping to $475/h at T0; at T0+10m30s the window [T0-10m, T0+5m) holds $41.25: $165.00/h."""
+    t0 = dt.datetime(2026, 11, 22, 9, 0, tzinfo=dt.UTC)
+    clock = Clock(t0 + dt.timedelta(minutes=10, seconds=30))
+    scenario = Scenario([runaway_schedule(t0)], clock, start=t0 - dt.timedelta(hours=2))
+    with OpenAIAdminEmulator(ds, scenario=scenario) as emu:
+        h = Harness(emu, monkeypatch)
+        p = h.provider()
+        try:
+            got = p.fetch_minutes(clock())
+        finally:
+            p.close()
+    assert (got.start, got.end) == (t0 - dt.timedelta(minutes=10), t0 + dt.timedelta(minutes=5))
+    assert h.calls == [("usage_completions_minutes", "success", 0.0)]
+    assert {m.minute_start for m in got.minutes} == {got.start + dt.timedelta(minutes=i) for i in range(15)}
+    assert {(m.account_id, m.model, m.api_key_id, m.service_name) for m in got.minutes} == {
+        (LABS, GPT4O, "key_labs_D4", "chat")
+    }
+    table = PriceTable.load()
+    usd = sum(priced(table, "openai", got.minutes))
+    assert abs(usd - float(scenario.cost(got.start, got.end))) < 1e-6
+    assert round(usd * 3600 / 900, 2) == 165.00  # (10 × 10 + 475 × 5) / 60 dollars in 15 minutes, per hour
+    assert sum(m.requests for m in got.minutes) == 6 * 15
+
+
+def test_burn_minutes_never_include_a_minute_still_filling_in(ds: AIDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A steady $10/h: whatever the second of the clock, the window reads exactly $10/h, never less."""
+    t0 = dt.datetime(2026, 11, 22, 9, 0, tzinfo=dt.UTC)
+    clock = Clock(t0)
+    scenario = Scenario([runaway_schedule(t0, after="10")], clock, start=t0 - dt.timedelta(hours=2))
+    table = PriceTable.load()
+    with OpenAIAdminEmulator(ds, scenario=scenario) as emu:
+        h = Harness(emu, monkeypatch)
+        p = h.provider(burn_window="5m")
+        try:
+            for seconds in (0, 59, 61, 299, 301):
+                clock.set(t0 + dt.timedelta(seconds=seconds))
+                # the emulator shows the newest minutes partly filled: a naive read of the last 5 minutes drops
+                naive = scenario.rows_between("openai", "completions", clock() - dt.timedelta(minutes=5), clock())
+                assert sum(r.output for r in naive) < 5 * 1_000_000 / 60
+                got = p.fetch_minutes(clock())
+                usd = sum(priced(table, "openai", got.minutes))
+                assert round(usd * 3600 / 300, 2) == 10.00, seconds
+        finally:
+            p.close()
+
+
+def test_burn_minutes_of_the_hourly_dataset_add_up_to_its_hour(h: Harness, ds: AIDataset) -> None:
+    """Without a scenario the emulator spreads each complete hour over its minutes: 60 minutes, the hour's tokens."""
+    p = h.provider(burn_window="60m", burn_delay="1m")
+    try:
+        got = p.fetch_minutes(LAST_HOUR + dt.timedelta(hours=1, minutes=1))
+    finally:
+        p.close()
+    assert (got.start, got.end) == (LAST_HOUR, LAST_HOUR + dt.timedelta(hours=1))
+    for tt in TOKEN_TYPES:
+        want = ds.token_sum("openai", tt, start=LAST_HOUR, end=got.end, endpoints=["completions"])
+        assert sum(m.tokens.get(tt, 0) for m in got.minutes) == want, tt
+    assert len({m.minute_start for m in got.minutes}) == 60
