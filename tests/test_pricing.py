@@ -28,8 +28,8 @@ def test_token_keys_are_the_records_token_types() -> None:
 
 def test_version_names_the_library_release_and_overrides() -> None:
     v = importlib.metadata.version("genai-prices")
-    assert PriceTable.load().version == f"genai-prices {v}"
-    assert PriceTable.load({"gpt-4o": {"output": 8}}).version == f"genai-prices {v} + pricing"
+    assert PriceTable.load(at=FIXED_NOW).version == f"genai-prices {v}"
+    assert PriceTable.load({"gpt-4o": {"output": 8}}, at=FIXED_NOW).version == f"genai-prices {v} + pricing"
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_fine_tuned_models_are_priced_only_from_the_config(table: PriceTable) ->
     ft = "ft:gpt-4o-mini-2024-07-18:acme:support:9xYz"
     assert table.unit_prices("openai", ft) is None
     assert table.estimate("openai", ft, {"input": 1000, "output": 10}) == Estimate(0.0, 1010)
-    priced = PriceTable.load({ft: {"input": 0.30, "output": 1.20}})
+    priced = PriceTable.load({ft: {"input": 0.30, "output": 1.20}}, at=FIXED_NOW)
     assert priced.unit_prices("openai", ft) == pytest.approx({"input": 0.30, "output": 1.20})
     assert priced.estimate("openai", ft, {"input": M, "cache_read": 5}) == Estimate(pytest.approx(0.30), 5)
 
@@ -158,20 +158,20 @@ def test_overrides_merge_per_token_type() -> None:
     assert table.unit_prices("openai", "gpt-4o-2024-08-06")["output"] == 8.0  # type: ignore[index]
     assert table.unit_prices("anthropic", "claude-sonnet-4-20250514")["input"] == 2.0  # type: ignore[index]
     # an override also prices a model the library does not know, with just the types it names
-    own = PriceTable.load({"my-own-llm": {"input": 1.0}})
+    own = PriceTable.load({"my-own-llm": {"input": 1.0}}, at=FIXED_NOW)
     assert own.estimate("openai", "my-own-llm", {"input": M, "output": 2}) == Estimate(pytest.approx(1.0), 2)
     # overrides do not leak into a fresh load
-    assert PriceTable.load().unit_prices("openai", "gpt-4o")["output"] == 10.0  # type: ignore[index]
+    assert PriceTable.load(at=FIXED_NOW).unit_prices("openai", "gpt-4o")["output"] == 10.0  # type: ignore[index]
 
 
 def test_override_of_a_dated_snapshot_wins_over_its_family() -> None:
-    table = PriceTable.load({"gpt-4o-2024-05-13": {"input": 4.0}})
+    table = PriceTable.load({"gpt-4o-2024-05-13": {"input": 4.0}}, at=FIXED_NOW)
     assert table.unit_prices("openai", "gpt-4o-2024-05-13")["input"] == 4.0  # type: ignore[index]
     assert table.unit_prices("openai", "gpt-4o-2024-08-06")["input"] == 2.50  # type: ignore[index]
 
 
 def test_cache_write_1h_can_be_overridden() -> None:
-    table = PriceTable.load({"claude-sonnet-4": {"cache_write_1h": 5.0}})
+    table = PriceTable.load({"claude-sonnet-4": {"cache_write_1h": 5.0}}, at=FIXED_NOW)
     assert table.unit_prices("anthropic", "claude-sonnet-4-20250514")["cache_write_1h"] == 5.0  # type: ignore[index]
 
 
@@ -187,7 +187,7 @@ def test_cache_write_1h_can_be_overridden() -> None:
 )
 def test_invalid_overrides_are_rejected(bad: dict) -> None:  # type: ignore[type-arg]
     with pytest.raises(ValueError, match="gpt-4o"):
-        PriceTable.load(bad)
+        PriceTable.load(bad, at=FIXED_NOW)
 
 
 def test_no_network_at_import_or_use() -> None:
@@ -203,7 +203,7 @@ def test_no_network_at_import_or_use() -> None:
         sys.addaudithook(refuse)
         from exporter.pricing import PriceTable
         import genai_prices
-        t = PriceTable.load()
+        t = PriceTable.load(at=FIXED_NOW)
         for p, m in [("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4-20250514"), ("openai", "nope")]:
             t.estimate(p, m, {"input": 1000, "cache_write_1h": 10})
         print(t.version, "ok")

@@ -24,6 +24,7 @@ from exporter.pricing import PriceTable
 from exporter.providers.anthropic import AnthropicProvider, cents_to_usd, usage_tokens
 from exporter.providers.base import SourceError, Throttled
 from exporter.sources.anthropic import AnthropicSource
+from tests.clock import FIXED_NOW
 from tests.conftest import Clock
 from tests.emulators.ai_dataset import (
     HAIKU,
@@ -399,7 +400,7 @@ def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AID
         assert [o.ok for o in app.refresh_all()] == [True]
         burning = last_hour(app.exposition())
         assert burning[key] == pytest.approx(RUNAWAY_FACTOR * normal[key], rel=1e-3)
-        table = PriceTable.load()
+        table = PriceTable.load(at=FIXED_NOW)
         hour_end = LAST_HOUR + dt.timedelta(hours=1)
         expected = table.estimate(
             "anthropic",
@@ -529,7 +530,7 @@ def test_burn_minutes_by_key_with_the_workspace_tag_to_the_cent(ds: AIDataset, m
     assert {m.team_tag for m in got.minutes} == {"research"}
     assert {m.api_key_id for m in got.minutes if m.minute_start >= t0} == {"apikey_01R1", "apikey_01R2"}
     assert {m.api_key_id for m in got.minutes if m.minute_start < t0} == {"apikey_01R1"}
-    table = PriceTable.load()
+    table = PriceTable.load(at=FIXED_NOW)
     estimates = [table.estimate("anthropic", m.model, m.tokens) for m in got.minutes]
     assert not any(e.unpriced_tokens for e in estimates)
     usd = sum(e.usd for e in estimates)

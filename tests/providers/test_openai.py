@@ -24,6 +24,7 @@ from exporter.pricing import PriceTable
 from exporter.providers.base import SourceError, Throttled
 from exporter.providers.openai import OpenAIProvider, completion_tokens, parse_line_item, token_type_of
 from exporter.sources.openai import OpenAISource
+from tests.clock import FIXED_NOW
 from tests.conftest import Clock
 from tests.emulators.ai_dataset import (
     EMBED,
@@ -200,7 +201,7 @@ def test_runaway_hour_shows_in_hourly_usage(h: Harness, ds: AIDataset) -> None:
     for tt in ("input", "output", "cache_read"):
         assert a[(LABS, GPT4O)][tt] == RUNAWAY_FACTOR * b[(LABS, GPT4O)][tt]
     assert {k: v for k, v in a.items() if k != (LABS, GPT4O)} == {k: v for k, v in b.items() if k != (LABS, GPT4O)}
-    table = PriceTable.load()
+    table = PriceTable.load(at=FIXED_NOW)
     cost_before = table.estimate("openai", GPT4O, b[(LABS, GPT4O)])
     cost_after = table.estimate("openai", GPT4O, a[(LABS, GPT4O)])
     assert cost_before.unpriced_tokens == cost_after.unpriced_tokens == 0
@@ -489,7 +490,7 @@ def test_metrics_equal_the_dataset_and_show_the_runaway_hour(h: Harness, ds: AID
         assert [o.ok for o in app.refresh_all()] == [True]
         burning = last_hour(app.exposition())
         assert burning[key] == pytest.approx(RUNAWAY_FACTOR * normal[key], rel=1e-3)
-        table = PriceTable.load()
+        table = PriceTable.load(at=FIXED_NOW)
         hour_end = LAST_HOUR + dt.timedelta(hours=1)
         expected = table.estimate(
             "openai",
@@ -607,7 +608,7 @@ def test_burn_minutes_of_the_runaway_to_the_cent(ds: AIDataset, monkeypatch: pyt
     assert {(m.account_id, m.model, m.api_key_id, m.service_name) for m in got.minutes} == {
         (LABS, GPT4O, "key_labs_D4", "chat")
     }
-    table = PriceTable.load()
+    table = PriceTable.load(at=FIXED_NOW)
     usd = sum(priced(table, "openai", got.minutes))
     assert abs(usd - float(scenario.cost(got.start, got.end))) < 1e-6
     assert round(usd * 3600 / 900, 2) == 165.00  # (10 × 10 + 475 × 5) / 60 dollars in 15 minutes, per hour
@@ -619,7 +620,7 @@ def test_burn_minutes_never_include_a_minute_still_filling_in(ds: AIDataset, mon
     t0 = dt.datetime(2026, 11, 22, 9, 0, tzinfo=dt.UTC)
     clock = Clock(t0)
     scenario = Scenario([runaway_schedule(t0, after="10")], clock, start=t0 - dt.timedelta(hours=2))
-    table = PriceTable.load()
+    table = PriceTable.load(at=FIXED_NOW)
     with OpenAIAdminEmulator(ds, scenario=scenario) as emu:
         h = Harness(emu, monkeypatch)
         p = h.provider(burn_window="5m")

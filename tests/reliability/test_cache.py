@@ -593,7 +593,7 @@ def test_a_price_update_rebuilds_the_saved_snapshot(
 
     _, raw = warm
     cfg = parse_config(raw)
-    installed = pricing.PriceTable.load().version
+    installed = pricing.PriceTable.load(at=FIXED_NOW).version
     assert installed.startswith("genai-prices ")
     assert warmstart.snapshot_key(cfg) == warmstart.snapshot_key(cfg, installed)
     assert warmstart.snapshot_key(cfg, installed) != warmstart.snapshot_key(cfg, "genai-prices 99.0.0")
