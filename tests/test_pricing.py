@@ -203,7 +203,7 @@ def test_no_network_at_import_or_use() -> None:
         sys.addaudithook(refuse)
         from exporter.pricing import PriceTable
         import genai_prices
-        t = PriceTable.load(at=FIXED_NOW)
+        t = PriceTable.load()
         for p, m in [("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4-20250514"), ("openai", "nope")]:
             t.estimate(p, m, {"input": 1000, "cache_write_1h": 10})
         print(t.version, "ok")
