@@ -23,6 +23,7 @@ from exporter.attribution import Resolver
 from exporter.config import Config
 from exporter.exposition import clean_label_value
 from exporter.fetcher import SourceFetcher
+from exporter.guard import Guard
 from exporter.normalise import data_through, normalise
 from exporter.providers.base import PaidCallCapReached, SourceError, Throttled
 from exporter.snapshot import Snapshot, SnapshotBuilder
@@ -111,6 +112,8 @@ class App:
             self.snapshot_restored, self.snapshot_stale = True, not restored[1]
         else:
             self._snapshot = self.rebuild_snapshot()
+        # POST /-/guard/alertmanager: an action's result republishes the snapshot (spend_guard_* families)
+        self.guard = Guard(config, self.store, now, on_change=self.rebuild_snapshot)
 
     # -- helpers -------------------------------------------------------------------------
     def source_names(self) -> list[str]:
@@ -304,6 +307,7 @@ class App:
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Close the providers and the store (stop the scheduler that drives this engine first)."""
+        self.guard.close()
         for f in self._fetchers.values():
             f.close()
         self.store.close()

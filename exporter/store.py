@@ -392,6 +392,68 @@ class Store:
             for r in self.query("SELECT provider, account_id, account_name FROM accounts WHERE source=?", (source,))
         ]
 
+    # -- the guard's actions (exporter.guard) ------------------------------------------
+    def guard_claim(self, row: Mapping[str, Any], max_per_day: int) -> tuple[int, str]:
+        """Record an action about to run, in one transaction: (id, "pending"), or the reason it will not run.
+
+        "duplicate": its rule and alert fingerprint already have a row that acts (``claim``); "limited":
+        ``max_per_day`` rows already act on ``row["day"]``. Either is recorded too, as a row that does nothing.
+        """
+        claim = f"{row['rule']}\0{row['fingerprint']}"
+
+        def write(c: sqlite3.Connection) -> tuple[int, str]:
+            result = "pending"
+            if c.execute("SELECT 1 FROM guard_actions WHERE claim=?", (claim,)).fetchone():
+                result = "duplicate"
+            else:
+                (n,) = c.execute(
+                    "SELECT COUNT(*) FROM guard_actions WHERE day=? AND claim IS NOT NULL", (row["day"],)
+                ).fetchone()
+                if n >= max_per_day:
+                    result = "limited"
+            values = dict(row, claim=claim if result == "pending" else None, result=result)
+            if result != "pending":
+                values["finished_at"] = row["created_at"]
+            cols = ", ".join(values)
+            cur = c.execute(
+                f"INSERT INTO guard_actions ({cols}) VALUES ({', '.join('?' * len(values))})", tuple(values.values())
+            )
+            return int(cur.lastrowid or 0), result
+
+        return self._write(write)
+
+    def guard_update(self, action_id: int, **fields: Any) -> None:
+        """Set columns of one recorded action (its plan, then its result; its undo)."""
+        sets = ", ".join(f"{k}=?" for k in fields)
+        self._write(lambda c: c.execute(f"UPDATE guard_actions SET {sets} WHERE id=?", (*fields.values(), action_id)))
+
+    def guard_actions(self, action_id: int | None = None) -> list[dict[str, Any]]:
+        """Recorded actions, oldest first (or the one with ``action_id``), as column → value."""
+        cols = (
+            "id, created_at, finished_at, rule, action, mode, fingerprint, labels, provider, account_id, model, "
+            "target, changes, result, error, undone_at, undo_detail"
+        )
+        where, args = ("WHERE id=?", (action_id,)) if action_id is not None else ("", ())
+        rows = self.query(f"SELECT {cols} FROM guard_actions {where} ORDER BY id", args)
+        names = [c.strip() for c in cols.split(",")]
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    def guard_counts(self) -> list[tuple[str, str, str, int]]:
+        """(rule, action, result, number of actions) of every finished action."""
+        rows = self.query(
+            "SELECT rule, action, result, COUNT(*) FROM guard_actions WHERE result != 'pending' "
+            "GROUP BY rule, action, result ORDER BY rule, action, result"
+        )
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
+
+    def guard_in_force(self) -> list[tuple[str, str, str, str]]:
+        """(rule, action, provider, account_id) of actions that changed something and are not undone."""
+        rows = self.query(
+            "SELECT DISTINCT rule, action, provider, account_id FROM guard_actions "
+            "WHERE changes != '[]' AND result IN ('applied', 'failed') AND undone_at IS NULL ORDER BY 1, 2, 3, 4"
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
 
 class _Stale(Exception):
     """A write happened since the snapshot was built: it is not saved."""

@@ -13,9 +13,11 @@ from exporter.sources.base import RetrySettings, SourceBase
 class AdminApiSource(SourceBase):
     """Keys shared by the AI admin-API sources (``openai``, ``anthropic``)."""
 
-    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"request_timeout", "max_retries", "max_retry_wait"}
+    FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"request_timeout", "max_retries", "max_retry_wait", "write_key_env"}
     interval: Duration = 900.0
     admin_key_env: EnvName
+    write_key_env: EnvName | None = None
+    """The key the guard's write calls use (``exporter.guard_actions``); the usage key stays read-only."""
     base_url: str | None = None
     request_timeout: Duration = 60.0
     """Timeout of one HTTP request (bounded by what is left of ``timeout``)."""
