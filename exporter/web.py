@@ -345,9 +345,7 @@ class Handler(BaseHTTPRequestHandler):
         guard = getattr(self.server.app, "guard", None)
         if guard is None or not guard.authorised(self.headers.get("Authorization")):
             # the body is left unread: the reply closes the connection (after a lingering close)
-            self._reply(
-                401, b"Unauthorized\n", "text/plain; charset=utf-8", {"WWW-Authenticate": "Bearer"}, close=True
-            )
+            self._reply(401, b"Unauthorized\n", "text/plain; charset=utf-8", {"WWW-Authenticate": "Bearer"}, close=True)
             return
         lengths = self.headers.get_all("Content-Length") or []
         if self.headers.get("Transfer-Encoding") is not None or len(lengths) != 1 or not lengths[0].strip().isdigit():
