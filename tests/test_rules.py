@@ -200,7 +200,17 @@ def routed_teams() -> list[str]:
     return out
 
 
+GUARDED = ("SpendAIBurnRateHigh", "SpendBudgetExceeded")  # the guard's route takes these first, with continue
+
+
 def routing_cases() -> list[tuple[dict[str, str], str]]:
+    return [
+        (labels, f"spend-guard,{receiver}" if labels["alertname"] in GUARDED else receiver)
+        for labels, receiver in _routing_cases()
+    ]
+
+
+def _routing_cases() -> list[tuple[dict[str, str], str]]:
     cases: list[tuple[dict[str, str], str]] = []
     for team in routed_teams():
         cases += [
@@ -246,6 +256,15 @@ def test_amtool_routes(labels: dict[str, str], receiver: str) -> None:
     )
     assert res.returncode == 0, f"{labels} -> {res.stdout.strip()} (want {receiver}) {res.stderr}"
     assert res.stdout.strip() == receiver
+
+
+def test_the_guard_route_comes_first_and_continues() -> None:
+    first = am()["route"]["routes"][0]
+    assert first["receiver"] == "spend-guard" and first["continue"] is True
+    (receiver,) = [r for r in am()["receivers"] if r["name"] == "spend-guard"]
+    (hook,) = receiver["webhook_configs"]
+    assert hook["url"].endswith("/-/guard/alertmanager")
+    assert hook["http_config"]["authorization"]["credentials_file"] == "/etc/alertmanager/secrets/spend-guard-token"
 
 
 def test_grouping_and_repeat_interval() -> None:
