@@ -32,6 +32,7 @@ from exporter.store import Store
 
 log = logging.getLogger(__name__)
 
+REPUBLISH = 0  # a job for the worker that only republishes the snapshot (action IDs start at 1)
 MAX_PAYLOAD = 4 << 20  # bytes; Alertmanager's payload for a group of a few thousand alerts fits
 
 
@@ -141,7 +142,8 @@ class Guard:
                         alert.fingerprint,
                         "already acted on (duplicate)" if result == "duplicate" else "max_actions_per_day reached",
                     )
-                    self._changed()
+        if any(a["result"] != "pending" for a in out):
+            self._submit(REPUBLISH)  # the counters moved: republish, in the worker (a build may take seconds)
         return out
 
     def _claim(self, rule: Rule, alert: Alert) -> tuple[int, str]:
@@ -174,7 +176,10 @@ class Guard:
             try:
                 if action_id is None:
                     return
-                self.run(action_id)
+                if action_id == REPUBLISH:
+                    self._changed()
+                else:
+                    self.run(action_id)
             except Exception:
                 log.exception("guard: action %s", action_id)
             finally:

@@ -234,9 +234,7 @@ def test_without_the_token_in_the_environment_everything_gets_401(
     ],
     ids=["not-json", "a-list", "version-3", "no-alerts", "no-fingerprint", "label-not-a-string"],
 )
-def test_a_body_that_is_not_a_payload_gets_400(
-    tmp_path: Path, openai_emu: OpenAIAdminEmulator, body: bytes
-) -> None:
+def test_a_body_that_is_not_a_payload_gets_400(tmp_path: Path, openai_emu: OpenAIAdminEmulator, body: bytes) -> None:
     with pytest.raises(PayloadError):
         parse_payload(body)
     app = make_app(config(tmp_path, openai_emu))
@@ -300,16 +298,15 @@ def test_dry_run_records_and_counts_but_writes_nothing(tmp_path: Path, openai_em
     app.close()
 
 
-def test_enforce_writes_once_for_the_alerts_project_and_model(
-    tmp_path: Path, openai_emu: OpenAIAdminEmulator
-) -> None:
+def test_enforce_writes_once_for_the_alerts_project_and_model(tmp_path: Path, openai_emu: OpenAIAdminEmulator) -> None:
     app = make_app(config(tmp_path, openai_emu, mode="enforce"))
     with running(app) as server:
         assert post(server, payload())[0] == 200
         app.guard.wait()
         metrics = get(server, "/metrics")[1]
     (write,) = openai_emu.writes
-    assert (write.method, write.path, write.body, write.key) == ("POST", RL_PATH, {"max_requests_per_1_minute": 1}, "write")
+    want = ("POST", RL_PATH, {"max_requests_per_1_minute": 1}, "write")
+    assert (write.method, write.path, write.body, write.key) == want
     assert openai_emu.rate_limits[LABS][RL]["max_requests_per_1_minute"] == 1
     assert openai_emu.rate_limits[SEARCH][RL]["max_requests_per_1_minute"] == 10_000  # other projects untouched
     (row,) = rows(app)
@@ -320,9 +317,7 @@ def test_enforce_writes_once_for_the_alerts_project_and_model(
     app.close()
 
 
-def test_a_resolved_alert_or_one_no_rule_matches_does_nothing(
-    tmp_path: Path, openai_emu: OpenAIAdminEmulator
-) -> None:
+def test_a_resolved_alert_or_one_no_rule_matches_does_nothing(tmp_path: Path, openai_emu: OpenAIAdminEmulator) -> None:
     app = make_app(config(tmp_path, openai_emu, mode="enforce"))
     resolved = alert() | {"status": "resolved"}
     with running(app) as server:
@@ -613,3 +608,41 @@ def test_webhook_posts_the_alert_and_cannot_be_undone(
     ok, message = app.guard.undo(first["id"])
     assert not ok and "webhook" in message
     app.close()
+
+
+# --------------------------------------------------------------------------- the claim
+
+
+def test_the_claim_holds_across_two_connections_to_the_cache(tmp_path: Path) -> None:
+    """Two processes' stores on one file (an exporter and a second one sharing the cache): one claim wins."""
+    from exporter.store import Store
+
+    stores = [Store(tmp_path / "cache.sqlite") for _ in range(2)]
+    row = {
+        "created_at": NOW.timestamp(),
+        "day": NOW.date().isoformat(),
+        "rule": "r",
+        "action": "webhook",
+        "mode": "enforce",
+        "fingerprint": "fp",
+        "labels": "{}",
+        "provider": "",
+        "account_id": "",
+        "model": "",
+    }
+    barrier = threading.Barrier(8)
+    results: list[str] = []
+
+    def claim(store: Store) -> None:
+        barrier.wait()
+        results.append(store.guard_claim(row, max_per_day=5)[1])
+
+    threads = [threading.Thread(target=claim, args=(stores[i % 2],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["duplicate"] * 7 + ["pending"]
+    assert [r["result"] for r in stores[0].guard_actions()].count("pending") == 1
+    for s in stores:
+        s.close()
