@@ -72,6 +72,11 @@ def parse_payload(body: bytes) -> list[Alert]:
 
 
 def matches(rule: Rule, labels: Mapping[str, str]) -> bool:
+    """All of the rule's ``match`` labels are equal, and an alert of another provider never reaches a provider's
+    action (its ``account_id`` would name a project or workspace of the other one)."""
+    provider = ACTION_PROVIDER.get(rule.action)
+    if provider is not None and labels.get("provider", provider) != provider:
+        return False
     return all(labels.get(k) == v for k, v in rule.match.items())
 
 

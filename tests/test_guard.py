@@ -318,7 +318,8 @@ def test_enforce_writes_once_for_the_alerts_project_and_model(tmp_path: Path, op
 
 
 def test_a_resolved_alert_or_one_no_rule_matches_does_nothing(tmp_path: Path, openai_emu: OpenAIAdminEmulator) -> None:
-    app = make_app(config(tmp_path, openai_emu, mode="enforce"))
+    loose = dict(OPENAI_RULE, match={"alertname": "SpendAIBurnRateHigh"})  # no provider in its match
+    app = make_app(config(tmp_path, openai_emu, mode="enforce", rules=[loose]))
     resolved = alert() | {"status": "resolved"}
     with running(app) as server:
         status, body = post(server, payload(resolved, alert("0000aaaa", provider="anthropic")))
