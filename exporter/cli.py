@@ -285,10 +285,8 @@ def cmd_guard(config: Config, args: argparse.Namespace) -> int:
         for r in store.guard_actions():
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["created_at"]))
             undone = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["undone_at"])) if r["undone_at"] else "-"
-            result = r["result"] + (" (dry run)" if r["mode"] != "enforce" and r["result"] == "limited" else "")
-            rows.append(
-                (str(r["id"]), when, r["rule"], r["action"], r["fingerprint"], r["target"] or "-", result, undone)
-            )
+            target = r["target"] or "-"
+            rows.append((str(r["id"]), when, r["rule"], r["action"], r["fingerprint"], target, r["result"], undone))
             if r["error"]:
                 notes.append(f"{r['id']}: {r['error']}")
             if r["undo_detail"]:
