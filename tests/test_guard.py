@@ -647,3 +647,81 @@ def test_the_claim_holds_across_two_connections_to_the_cache(tmp_path: Path) -> 
     assert [r["result"] for r in stores[0].guard_actions()].count("pending") == 1
     for s in stores:
         s.close()
+
+
+def test_anthropic_dry_run_names_the_keys_and_writes_nothing(
+    tmp_path: Path, anthropic_emu: AnthropicAdminEmulator
+) -> None:
+    app = make_app(anthropic_config(tmp_path, anthropic_emu), Clock(GUARD_NOW))
+    labels = {"provider": "anthropic", "account_id": RESEARCH, "model": SONNET}
+    with running(app) as server:
+        post(server, payload(alert("fp-claude", **labels)))
+        app.guard.wait()
+    (row,) = rows(app)
+    assert row["result"] == "dry_run"
+    assert [c["api_key_id"] for c in json.loads(row["changes"])] == ["apikey_01R1"]
+    assert anthropic_emu.writes == [] and all(r.method == "GET" for r in anthropic_emu.requests)
+    assert anthropic_emu.api_keys["apikey_01R1"]["status"] == "active"
+    app.close()
+
+
+def test_an_action_interrupted_by_a_stop_is_failed_and_undoable(
+    tmp_path: Path, openai_emu: OpenAIAdminEmulator
+) -> None:
+    """The exporter stopped between the write and its result: the next start records it failed, undo still works."""
+    raw = config(tmp_path, openai_emu, mode="enforce")
+    app = make_app(raw)
+    row = {
+        "created_at": NOW.timestamp(),
+        "day": NOW.date().isoformat(),
+        "rule": "stop-openai-runaway",
+        "action": "openai_project_rate_limit",
+        "mode": "enforce",
+        "fingerprint": "fp-crash",
+        "labels": json.dumps(alert()["labels"]),
+        "provider": "openai",
+        "account_id": LABS,
+        "model": GPT4O,
+    }
+    action_id, result = app.store.guard_claim(row, 5)
+    assert result == "pending"
+    change = {
+        "kind": "openai_rate_limit",
+        "project_id": LABS,
+        "rate_limit_id": RL,
+        "model": GPT4O,
+        "previous": {"max_requests_per_1_minute": 10_000},
+        "new": {"max_requests_per_1_minute": 1},
+    }
+    app.store.guard_update(action_id, changes=json.dumps([change]))  # the intent, recorded before the write
+    openai_emu.rate_limits[LABS][RL]["max_requests_per_1_minute"] = 1  # the write that happened
+    app.close()
+
+    app = make_app(raw)
+    app.guard.recover()
+    (after,) = rows(app)
+    assert after["result"] == "failed" and "interrupted" in after["error"]
+    ok, message = app.guard.undo(action_id)
+    assert ok, message
+    assert openai_emu.rate_limits[LABS][RL]["max_requests_per_1_minute"] == 10_000
+    app.close()
+
+
+def test_a_failing_webhook_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rule = {
+        "name": "hard-cap-hook",
+        "match": {"alertname": "SpendBudgetExceeded"},
+        "action": "webhook",
+        "params": {"url_env": "GUARD_TEST_HOOK_URL"},
+    }
+    with Receiver() as hook:
+        hook.inject(Fault("503"))
+        monkeypatch.setenv("GUARD_TEST_HOOK_URL", hook.url + "/hard-cap")
+        app = make_app(config(tmp_path, None, mode="enforce", rules=[rule]))
+        with running(app) as server:
+            post(server, payload(alert("fp-budget", alertname="SpendBudgetExceeded")))
+            app.guard.wait()
+            assert get(server, "/metrics")[0] == 200
+    (row,) = rows(app)
+    assert row["result"] == "failed" and row["error"] == "the webhook answered HTTP 503"
+    app.close()
