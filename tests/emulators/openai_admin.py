@@ -19,7 +19,7 @@ The guard's write endpoints: ``GET /v1/organization/projects/{id}/rate_limits``
 the fields to set; the updated object back). Every project starts with one rate
 limit per model of the dataset (``rl-<model>``). With ``write_key`` set, that key
 also reads, and only it writes (the usage key gets 403 on a write). Every write is
-recorded in ``writes``.
+recorded in ``writes``; one answered by an injected fault is only in ``requests``.
 """
 
 from __future__ import annotations
