@@ -309,3 +309,9 @@ def test_receivers_read_secrets_from_files() -> None:
     for r in cfg["receivers"]:
         for pd in r.get("pagerduty_configs", []):
             assert Path(pd["routing_key_file"]).name in secrets_readme
+        for wh in r.get("webhook_configs", []):
+            auth = wh.get("http_config", {}).get("authorization")
+            if auth is not None:  # the guard's bearer token: from a file, never inline
+                assert "credentials" not in auth
+                assert auth["credentials_file"].startswith("/etc/alertmanager/secrets/")
+                assert Path(auth["credentials_file"]).name in secrets_readme
