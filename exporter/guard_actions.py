@@ -38,11 +38,17 @@ Rule = OpenAIRateLimitRule | AnthropicKeyStatusRule | WebhookRule
 
 
 class ActionError(Exception):
-    """An action that could not be done; ``done`` holds the changes made before it failed."""
+    """An action that could not be done; ``done`` holds the changes made (or perhaps made) before it failed.
 
-    def __init__(self, message: str, done: list[dict[str, Any]] | None = None) -> None:
+    ``unsure``: a write whose answer never came (a timeout, a dropped connection) may have been made; the
+    change is then recorded as done, so that ``guard undo`` can restore it (restoring a value that was never
+    changed is harmless).
+    """
+
+    def __init__(self, message: str, done: list[dict[str, Any]] | None = None, unsure: bool = False) -> None:
         super().__init__(message)
         self.done = done or []
+        self.unsure = unsure
 
 
 @dataclass
@@ -83,6 +89,8 @@ def _sdk_error(e: Exception) -> str:
         detail = str(inner.get("message") or "")
     if status is not None:
         return f"HTTP {status}" + (f": {detail}" if detail else "")
+    if e.__class__.__name__ in ("APIConnectionError", "APITimeoutError"):
+        return f"no answer ({e.__class__.__name__}: timed out, or the connection dropped): it may have been made"
     return f"{e.__class__.__name__}: {e}"
 
 
@@ -152,13 +160,19 @@ class OpenAIRateLimit:
             limits.update_rate_limit(change["rate_limit_id"], project_id=change["project_id"], **cast(Any, values))
         except self.sdk.OpenAIError as e:
             raise ActionError(
-                f"updating rate limit {change['rate_limit_id']} of project {change['project_id']}: {_sdk_error(e)}"
+                f"updating rate limit {change['rate_limit_id']} of project {change['project_id']}: {_sdk_error(e)}",
+                unsure=isinstance(e, self.sdk.APIConnectionError),  # APITimeoutError is one
             ) from None
 
     def apply(self, plan: Plan) -> list[dict[str, Any]]:
+        done: list[dict[str, Any]] = []
         for change in plan.changes:
-            self._set(change, change["new"])
-        return plan.changes
+            try:
+                self._set(change, change["new"])
+            except ActionError as e:
+                raise ActionError(str(e), done + ([change] if e.unsure else [])) from None
+            done.append(change)
+        return done
 
     def undo(self, changes: list[dict[str, Any]]) -> list[str]:
         out = []
@@ -219,8 +233,9 @@ class AnthropicKeyStatus:
 
     def burning_keys(self, workspace: str, model: str) -> list[str]:
         """API keys with tokens of ``model`` in ``workspace`` in the minute buckets of the last ``lookback``."""
+        # the minutes of the lookback up to and with the current one (its bucket is partial, and may be empty yet)
         end = self.now.astimezone(dt.UTC).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
-        start = end - dt.timedelta(seconds=self.rule.params.lookback) - dt.timedelta(minutes=1)
+        start = end - dt.timedelta(seconds=self.rule.params.lookback)
         params: dict[str, Any] = {
             "starting_at": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "ending_at": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -282,7 +297,10 @@ class AnthropicKeyStatus:
         try:
             self.client.organization.api_keys.update(key_id, status=cast(Any, status))
         except self.sdk.AnthropicError as e:
-            raise ActionError(f"setting API key {key_id} {status}: {_sdk_error(e)}") from None
+            raise ActionError(
+                f"setting API key {key_id} {status}: {_sdk_error(e)}",
+                unsure=isinstance(e, self.sdk.APIConnectionError),  # APITimeoutError is one
+            ) from None
 
     def apply(self, plan: Plan) -> list[dict[str, Any]]:
         done: list[dict[str, Any]] = []
@@ -290,7 +308,7 @@ class AnthropicKeyStatus:
             try:
                 self._set(change["api_key_id"], change["new"])
             except ActionError as e:
-                raise ActionError(str(e), done) from None
+                raise ActionError(str(e), done + ([change] if e.unsure else [])) from None
             done.append(change)
         return done
 

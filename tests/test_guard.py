@@ -725,3 +725,25 @@ def test_a_failing_webhook_is_recorded(tmp_path: Path, monkeypatch: pytest.Monke
     (row,) = rows(app)
     assert row["result"] == "failed" and row["error"] == "the webhook answered HTTP 503"
     app.close()
+
+
+def test_a_write_whose_answer_never_came_is_recorded_as_perhaps_made(
+    tmp_path: Path, openai_emu: OpenAIAdminEmulator
+) -> None:
+    """A dropped connection after the request was sent: the change may have been made, so undo must restore it."""
+    openai_emu.inject(Fault("reset", times=-1, path_contains=RL_PATH))
+    app = make_app(config(tmp_path, openai_emu, mode="enforce"))
+    with running(app) as server:
+        post(server, payload())
+        app.guard.wait()
+        metrics = get(server, "/metrics")[1]
+    (row,) = rows(app)
+    assert row["result"] == "failed" and "connection" in row["error"]
+    assert [c["rate_limit_id"] for c in json.loads(row["changes"])] == [RL]
+    kw = {"rule": "stop-openai-runaway", "action": "openai_project_rate_limit"}
+    assert sample(metrics, "spend_guard_action_active", provider="openai", account_id=LABS, **kw) == 1
+    openai_emu.clear_faults()
+    ok, message = app.guard.undo(row["id"])
+    assert ok, message
+    assert openai_emu.writes[-1].body == {"max_requests_per_1_minute": 10_000}
+    app.close()
