@@ -104,10 +104,6 @@ class Guard:
         self._warned_no_token = False
         self._documents: dict[int, dict[str, Any]] = {}  # the alerts queued for a webhook action, as received
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.cfg.rules)
-
     # -- the endpoint --------------------------------------------------------------------
     def authorised(self, header: str | None) -> bool:
         """``Authorization: Bearer <token>`` with the token in ``token_env`` (read now: a rotated token applies
@@ -238,7 +234,7 @@ class Guard:
                 if dry:
                     result = "dry_run"
                     done = plan.changes
-                    log.warning(
+                    log.info(
                         "guard (dry run): rule %s would %s %s%s",
                         rule.name,
                         rule.action,
