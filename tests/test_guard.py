@@ -747,3 +747,35 @@ def test_a_write_whose_answer_never_came_is_recorded_as_perhaps_made(
     assert ok, message
     assert openai_emu.writes[-1].body == {"max_requests_per_1_minute": 10_000}
     app.close()
+
+
+def test_random_bodies_get_400_or_200_and_metrics_serve_on(tmp_path: Path, openai_emu: OpenAIAdminEmulator) -> None:
+    """Garbage and near-payloads with the right token: never a 5xx, never an action from a non-payload."""
+    import random
+
+    rng = random.Random(20261207)
+    good = json.loads(payload())
+
+    def mutate() -> bytes:
+        kind = rng.randrange(5)
+        if kind == 0:
+            return bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
+        doc = json.loads(json.dumps(good))
+        if kind == 1:
+            doc["alerts"][0][rng.choice(["labels", "status", "fingerprint"])] = rng.choice([None, 1, [], {}, ""])
+        elif kind == 2:
+            doc["version"] = rng.choice(["3", 4, None, "4 "])
+        elif kind == 3:
+            doc["alerts"] = rng.choice([None, {}, "x", [None], [[]]])
+        else:
+            doc["alerts"][0]["labels"] = {"alertname": rng.choice(["x", "SpendAIBurnRateHigh"]), "provider": "openai"}
+        return json.dumps(doc).encode()
+
+    app = make_app(config(tmp_path, openai_emu))  # dry run: a matching near-payload only plans
+    with running(app) as server:
+        statuses = {post(server, mutate())[0] for _ in range(150)}
+        assert statuses <= {200, 400}
+        app.guard.wait()
+        assert get(server, "/metrics")[0] == 200
+    assert openai_emu.writes == []
+    app.close()
