@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +34,11 @@ from exporter.store import Store
 log = logging.getLogger(__name__)
 
 REPUBLISH = 0  # a job for the worker that only republishes the snapshot (action IDs start at 1)
-MAX_PAYLOAD = 4 << 20  # bytes; Alertmanager's payload for a group of a few thousand alerts fits
+MAX_PAYLOAD = 4 << 20
+# An alert whose startsAt is this long after the guard acted on it fired again after resolving (re-sends, and
+# an HA pair's copies, carry the first startsAt; Prometheus replicas' differ by an evaluation interval or so):
+# it may act again, if the first action is no longer in force (a person undid it).
+REARM_AFTER = 600.0  # bytes; Alertmanager's payload for a group of a few thousand alerts fits
 
 
 class PayloadError(ValueError):
@@ -46,6 +51,21 @@ class Alert:
     labels: dict[str, str]
     fingerprint: str
     document: dict[str, Any]  # as received, for the webhook action
+    starts_at: float | None = None  # unix time of startsAt: tells a new firing of the alert from a re-send
+
+
+def _time(value: Any) -> float | None:
+    """RFC 3339 (Alertmanager writes nanoseconds, Python reads microseconds) → unix time; None if not one."""
+    if not isinstance(value, str):
+        return None
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", value.strip())
+    if not m:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(m[1] + (m[2] or "")[:7] + ("+00:00" if m[3] == "Z" else m[3]))
+    except ValueError:
+        return None
+    return t.timestamp() if t.year > 1 else None  # 0001-01-01: Go's zero time
 
 
 def parse_payload(body: bytes) -> list[Alert]:
@@ -67,7 +87,7 @@ def parse_payload(body: bytes) -> list[Alert]:
             or not a["fingerprint"]
         ):
             raise PayloadError(f"alerts[{i}]: want status, labels (strings) and fingerprint")
-        alerts.append(Alert(a["status"], labels, a["fingerprint"], a))
+        alerts.append(Alert(a["status"], labels, a["fingerprint"], a, _time(a.get("startsAt"))))
     return alerts
 
 
@@ -162,7 +182,7 @@ class Guard:
             "account_id": labels.get("account_id", ""),
             "model": labels.get("model", ""),
         }
-        return self.store.guard_claim(row, self.cfg.max_actions_per_day)
+        return self.store.guard_claim(row, self.cfg.max_actions_per_day, alert.starts_at, REARM_AFTER)
 
     def _submit(self, action_id: int) -> None:
         with self._lock:

@@ -393,19 +393,38 @@ class Store:
         ]
 
     # -- the guard's actions (exporter.guard) ------------------------------------------
-    def guard_claim(self, row: Mapping[str, Any], max_per_day: int) -> tuple[int, str]:
+    def guard_claim(
+        self, row: Mapping[str, Any], max_per_day: int, starts_at: float | None = None, rearm_after: float = 600.0
+    ) -> tuple[int, str]:
         """Record an action about to run, in one transaction: (id, "pending"), or the reason it will not run.
 
-        "duplicate": its rule and alert fingerprint already have a row that acts (``claim``); "limited":
+        "duplicate": its rule and alert fingerprint already have a row that acts (a ``claim``); "limited":
         ``max_per_day`` rows already act on ``row["day"]``. Either is recorded too, as a row that does nothing.
+        The one exception to "duplicate": a new firing of the alert (``starts_at``, the alert's ``startsAt``,
+        more than ``rearm_after`` seconds after the last claim was made) when that claim's action is no longer
+        in force (undone, or it changed nothing). Re-sends and an HA pair's copies carry the first ``startsAt``.
         """
-        claim = f"{row['rule']}\0{row['fingerprint']}"
+        first = f"{row['rule']}\0{row['fingerprint']}"
 
         def write(c: sqlite3.Connection) -> tuple[int, str]:
-            result = "pending"
-            if c.execute("SELECT 1 FROM guard_actions WHERE claim=?", (claim,)).fetchone():
-                result = "duplicate"
-            else:
+            result, claim = "pending", first
+            prev = c.execute(
+                "SELECT created_at, result, changes, undone_at FROM guard_actions "
+                "WHERE rule=? AND fingerprint=? AND claim IS NOT NULL ORDER BY id DESC LIMIT 1",
+                (row["rule"], row["fingerprint"]),
+            ).fetchone()
+            if prev is not None:
+                created, prev_result, changes, undone_at = prev
+                in_force = undone_at is None and (
+                    prev_result == "pending" or (prev_result in ("applied", "failed") and changes != "[]")
+                )
+                if in_force or starts_at is None or starts_at <= created + rearm_after:
+                    result = "duplicate"
+                else:
+                    claim = f"{first}\0{starts_at:.3f}"  # the same new firing, delivered twice, still collides
+                    if c.execute("SELECT 1 FROM guard_actions WHERE claim=?", (claim,)).fetchone():
+                        result = "duplicate"
+            if result == "pending":
                 (n,) = c.execute(
                     "SELECT COUNT(*) FROM guard_actions WHERE day=? AND claim IS NOT NULL", (row["day"],)
                 ).fetchone()

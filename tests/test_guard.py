@@ -779,3 +779,27 @@ def test_random_bodies_get_400_or_200_and_metrics_serve_on(tmp_path: Path, opena
         assert get(server, "/metrics")[0] == 200
     assert openai_emu.writes == []
     app.close()
+
+
+def test_a_new_firing_acts_again_only_once_the_first_action_was_undone(
+    tmp_path: Path, openai_emu: OpenAIAdminEmulator
+) -> None:
+    """Same labels (fingerprint), a later startsAt: the alert resolved and fired again. While the first action
+    is in force that is still a duplicate; once a person undid it, the new firing acts (once)."""
+    clock = Clock(NOW)
+    app = make_app(config(tmp_path, openai_emu, mode="enforce"), clock)
+    later = alert() | {"startsAt": "2026-11-22T11:02:00.123456789Z"}
+    with running(app) as server:
+        post(server, payload())
+        app.guard.wait()
+        clock.set(dt.datetime(2026, 11, 22, 11, 5, tzinfo=dt.UTC))
+        post(server, payload(later))  # the first action is in force
+        app.guard.wait()
+        assert app.guard.undo(1)[0]
+        post(server, payload())  # a re-send of the first firing, after the undo
+        post(server, payload(later))
+        post(server, payload(later))  # and the new firing's re-send
+        app.guard.wait()
+    assert [r["result"] for r in rows(app)] == ["applied", "duplicate", "duplicate", "applied", "duplicate"]
+    assert [w.body["max_requests_per_1_minute"] for w in openai_emu.writes] == [1, 10_000, 1]
+    app.close()
