@@ -64,8 +64,9 @@ CREATE TABLE IF NOT EXISTS api_calls (
     PRIMARY KEY (source, day, operation, status)
 );
 -- the guard's actions (exporter.guard), recorded before they run and again with their result; "claim" is
--- rule + NUL + alert fingerprint on the one row per pair that acts (NULL on "duplicate" and "limited" rows), so
--- that two deliveries of one alert cannot both act, whichever process or thread writes first
+-- rule + NUL + alert fingerprint (+ NUL + startsAt for a later firing, Store.guard_claim) on the rows that act
+-- (NULL on "duplicate" and "limited" rows), so that two deliveries of one alert cannot both act, whichever
+-- process or thread writes first
 CREATE TABLE IF NOT EXISTS guard_actions (
     id INTEGER PRIMARY KEY, claim TEXT UNIQUE, created_at REAL NOT NULL, day TEXT NOT NULL, finished_at REAL,
     rule TEXT NOT NULL, action TEXT NOT NULL, mode TEXT NOT NULL, fingerprint TEXT NOT NULL, labels TEXT NOT NULL,
