@@ -266,14 +266,17 @@ def cmd_once(config: Config, output: str | None) -> int:
 
 def cmd_guard(config: Config, args: argparse.Namespace) -> int:
     """``guard list`` and ``guard undo ID``, on the cache a running exporter shares (SQLite serialises writes)."""
+    import sqlite3
+
+    from exporter.cachefile import CacheFileError
     from exporter.guard import Guard
     from exporter.store import Store
 
     try:
-        store = Store(config.cache_path)
-    except OSError as e:
-        print(f"error: cache_path {config.cache_path}: {e.strerror or e}", file=sys.stderr)
-        return EXIT_CONFIG
+        store = Store(config.cache_path, shared=True)  # a running exporter's file: no check, no recovery here
+    except (OSError, sqlite3.Error, CacheFileError) as e:
+        print(f"error: cache_path {config.cache_path}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return EXIT_FAILED
     try:
         guard = Guard(config, store, utc_now)
         if args.guard_command == "undo":

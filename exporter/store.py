@@ -91,8 +91,9 @@ class Store:
     empty cache while running. Every write moves the data *generation* on.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self._file = CacheFile(path, check_tables, create_tables)
+    def __init__(self, path: str | Path, shared: bool = False) -> None:
+        """``shared``: the file of a running exporter, opened by a command beside it (``CacheFile``)."""
+        self._file = CacheFile(path, check_tables, create_tables, shared=shared)
 
     @property
     def path(self) -> str:

@@ -803,3 +803,15 @@ def test_a_new_firing_acts_again_only_once_the_first_action_was_undone(
     assert [r["result"] for r in rows(app)] == ["applied", "duplicate", "duplicate", "applied", "duplicate"]
     assert [w.body["max_requests_per_1_minute"] for w in openai_emu.writes] == [1, 10_000, 1]
     app.close()
+
+
+def test_the_commands_open_a_running_exporters_cache_without_touching_its_state(tmp_path: Path) -> None:
+    """guard list/undo open the file shared: the owner's clean-close flag stays as the owner left it."""
+    from exporter.store import Store
+
+    owner = Store(tmp_path / "cache.sqlite")
+    beside = Store(tmp_path / "cache.sqlite", shared=True)
+    assert beside.guard_actions() == []
+    beside.close()
+    assert owner.query("SELECT value FROM meta WHERE key='closed_cleanly'") == [("0",)]
+    owner.close()
