@@ -23,6 +23,7 @@ from exporter.attribution import Resolver
 from exporter.config import Config
 from exporter.exposition import clean_label_value
 from exporter.fetcher import SourceFetcher
+from exporter.guard import Guard
 from exporter.model import MinuteUsage
 from exporter.normalise import data_through, normalise
 from exporter.pricing import PriceTable
@@ -142,6 +143,8 @@ class App:
             self.builder.load_price_ratios(self.now(), self._sources)  # the burn rate's scale before a build
         else:
             self._snapshot = self.rebuild_snapshot()
+        # POST /-/guard/alertmanager: an action's result republishes the snapshot (spend_guard_* families)
+        self.guard = Guard(config, self.store, now, on_change=self.rebuild_snapshot)
 
     # -- helpers -------------------------------------------------------------------------
     def source_names(self) -> list[str]:
@@ -449,6 +452,7 @@ class App:
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Close the providers and the store (stop the scheduler that drives this engine first)."""
+        self.guard.close()
         for f in self._fetchers.values():
             f.close()
         self.store.close()

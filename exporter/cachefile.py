@@ -96,8 +96,12 @@ class CacheFile:
         path: str | Path,
         check_tables: Callable[[sqlite3.Connection], None],
         create_tables: Callable[[sqlite3.Connection], None],
+        shared: bool = False,
     ) -> None:
+        """``shared``: a file a running exporter holds (``guard list``, ``guard undo``): no check, no clean-close
+        flag, no recovery (a fault raises: only the exporter that owns the file may move it aside)."""
         self.path = str(path)
+        self.shared = shared
         self.persistent = self.path != ":memory:"
         self.problem: str | None = None
         self.on_reset: list[Callable[[], None]] = []
@@ -113,7 +117,7 @@ class CacheFile:
 
     # -- opening and recovery -------------------------------------------------
     def _open(self) -> sqlite3.Connection:
-        if self.path == ":memory:":
+        if self.path == ":memory:" or self.shared:
             return self._connect(self.path)
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +151,9 @@ class CacheFile:
     def _connect(self, path: str) -> sqlite3.Connection:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         try:
-            if path != ":memory:":
+            if path != ":memory:" and self.shared:
+                self._check_tables(conn)
+            elif path != ":memory:":
                 self._check_tables(conn)  # before anything writes to a file that may not be ours
                 clean = _closed_cleanly(conn, path)
                 if clean:
@@ -160,7 +166,7 @@ class CacheFile:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             self._create_tables(conn)
-            if path != ":memory:":
+            if path != ":memory:" and not self.shared:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('closed_cleanly', '0')")
         except Exception:
             conn.close()
@@ -239,7 +245,7 @@ class CacheFile:
             if self._closed:
                 return
             self._closed = True
-            if self.persistent:
+            if self.persistent and not self.shared:
                 try:
                     self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('closed_cleanly', '1')")
                 except sqlite3.Error:
@@ -273,6 +279,8 @@ class CacheFile:
                 with self.transaction() as c:
                     return fn(c)
             except sqlite3.DatabaseError as e:
+                if self.shared:
+                    raise
                 if self.persistent and _damaged(e):
                     self._reset(e)
                     with self.transaction() as c:
@@ -294,7 +302,7 @@ class CacheFile:
             try:
                 return self._conn.execute(sql, args).fetchall()
             except sqlite3.DatabaseError as e:
-                if not _damaged(e):
+                if self.shared or not _damaged(e):
                     raise
                 self._reset(e)
                 return self._conn.execute(sql, args).fetchall()

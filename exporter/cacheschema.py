@@ -64,6 +64,16 @@ CREATE TABLE IF NOT EXISTS api_calls (
     requests INTEGER NOT NULL, cost_usd REAL NOT NULL,
     PRIMARY KEY (source, day, operation, status)
 );
+-- the guard's actions (exporter.guard), recorded before they run and again with their result; "claim" is
+-- rule + NUL + alert fingerprint (+ NUL + startsAt for a later firing, Store.guard_claim) on the rows that act
+-- (NULL on "duplicate" and "limited" rows), so that two deliveries of one alert cannot both act, whichever
+-- process or thread writes first
+CREATE TABLE IF NOT EXISTS guard_actions (
+    id INTEGER PRIMARY KEY, claim TEXT UNIQUE, created_at REAL NOT NULL, day TEXT NOT NULL, finished_at REAL,
+    rule TEXT NOT NULL, action TEXT NOT NULL, mode TEXT NOT NULL, fingerprint TEXT NOT NULL, labels TEXT NOT NULL,
+    provider TEXT NOT NULL, account_id TEXT NOT NULL, model TEXT NOT NULL, target TEXT NOT NULL DEFAULT '',
+    changes TEXT NOT NULL DEFAULT '[]', result TEXT NOT NULL, error TEXT, undone_at REAL, undo_detail TEXT
+);
 -- the last published snapshot, valid only while meta.generation is still the one it was built at
 CREATE TABLE IF NOT EXISTS snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 1), key TEXT NOT NULL, generation INTEGER NOT NULL,

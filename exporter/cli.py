@@ -1,4 +1,4 @@
-"""Command line: ``run``, ``check``, ``once`` and ``config-schema``.
+"""Command line: ``run``, ``check``, ``once``, ``guard list``/``guard undo ID`` and ``config-schema``.
 
 Flags follow the exporter conventions (``--config.file``, ``--web.listen-address``,
 ``--web.config.file``, ``--log.level``, ``--log.format``). Exit codes: 0 ok,
@@ -103,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     once = sub.add_parser("once", parents=[common], help="one refresh; write the exposition")
     once.add_argument("--output", default=None, help="file to write atomically (default: stdout)")
     sub.add_parser("config-schema", help="print the configuration's JSON Schema")
+    guard = sub.add_parser("guard", help="the guard's recorded actions (docs/guard.md)")
+    guard_sub = guard.add_subparsers(dest="guard_command", required=True)
+    guard_sub.add_parser("list", parents=[common], help="list the recorded actions")
+    undo = guard_sub.add_parser("undo", parents=[common], help="restore the values an action changed")
+    undo.add_argument("id", type=int, help="the action's ID (guard list)")
     return ap
 
 
@@ -130,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_check(config)
         if args.command == "once":
             return cmd_once(config, args.output)
+        if args.command == "guard":
+            return cmd_guard(config, args)
     except KeyboardInterrupt:
         return 130
     return EXIT_CONFIG
@@ -189,6 +196,7 @@ def cmd_run(config: Config, raw: dict[str, Any], args: argparse.Namespace) -> in
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    app.guard.recover()  # actions a previous process left running: recorded as failed, still undoable
     scheduler.start()
     threading.Thread(target=app.rebuild_stale_snapshot, name="snapshot-rebuild", daemon=True).start()
     t = threading.Thread(target=server.serve_forever, name="http", daemon=True)
@@ -257,6 +265,46 @@ def cmd_once(config: Config, output: str | None) -> int:
         return EXIT_FAILED if failed else 0
     finally:
         app.close()
+
+
+def cmd_guard(config: Config, args: argparse.Namespace) -> int:
+    """``guard list`` and ``guard undo ID``, on the cache a running exporter shares (SQLite serialises writes)."""
+    import sqlite3
+
+    from exporter.cachefile import CacheFileError
+    from exporter.guard import Guard
+    from exporter.store import Store
+
+    try:
+        store = Store(config.cache_path, shared=True)  # a running exporter's file: no check, no recovery here
+    except (OSError, sqlite3.Error, CacheFileError) as e:
+        print(f"error: cache_path {config.cache_path}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        guard = Guard(config, store, utc_now)
+        if args.guard_command == "undo":
+            ok, message = guard.undo(args.id)
+            print(message, file=sys.stdout if ok else sys.stderr)
+            return 0 if ok else EXIT_FAILED
+        rows = [("ID", "TIME", "RULE", "ACTION", "FINGERPRINT", "TARGET", "RESULT", "UNDONE")]
+        notes: list[str] = []
+        for r in store.guard_actions():
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["created_at"]))
+            undone = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["undone_at"])) if r["undone_at"] else "-"
+            target = r["target"] or "-"
+            rows.append((str(r["id"]), when, r["rule"], r["action"], r["fingerprint"], target, r["result"], undone))
+            if r["error"]:
+                notes.append(f"{r['id']}: {r['error']}")
+            if r["undo_detail"]:
+                notes.append(f"{r['id']}: {r['undo_detail']}")
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
+        for n in notes:
+            print(n)
+        return 0
+    finally:
+        store.close()
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BeforeValidator, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from exporter.config_types import ENV_NAME_RE, ConfigModel, NonEmptyStr
+from exporter.guardconfig import ACTION_PROVIDER, GUARD_ACTIONS, GuardConfig
 from exporter.sources import SOURCES
 from exporter.sources.base import SourceBase
 
@@ -99,6 +100,7 @@ class Config(ConfigModel):
         dict[Literal["input", "output", "cache_read", "cache_write", "cache_write_1h"], Annotated[float, Field(ge=0)]],
     ] = {}
     """USD per 1M tokens by model and token type; overrides the genai-prices list prices (exporter/pricing.py)."""
+    guard: GuardConfig = GuardConfig()
 
     @field_validator("currency_rates")
     @classmethod
@@ -185,8 +187,13 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     out: list[Any] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and isinstance(part, str) and part not in node and part in SOURCE_TYPES:
-            continue  # the union tag ("aws") is not a key in the file
+        if (
+            isinstance(node, dict)
+            and isinstance(part, str)
+            and part not in node
+            and (part in SOURCE_TYPES or part in GUARD_ACTIONS)
+        ):
+            continue  # the union tag ("aws", "webhook") is not a key in the file
         if isinstance(node, dict) and isinstance(part, str) and part not in node and "[" in part:
             continue  # pydantic's "function-after[...]" etc.
         out.append(part)
@@ -213,6 +220,11 @@ def _describe(err: Any, data: Any) -> str:
         return f"{_path(loc)}: unknown key"
     if typ == "missing":
         return f"{_path(loc)}: required key is missing"
+    if typ in ("union_tag_invalid", "union_tag_not_found") and loc[:1] == ("guard",):
+        if typ == "union_tag_not_found":
+            return f"{_path((*loc, 'action'))}: required key is missing (one of {', '.join(GUARD_ACTIONS)})"
+        tag = err.get("ctx", {}).get("tag")
+        return f"{_path((*loc, 'action'))}: unknown guard action {tag!r} (expected one of {', '.join(GUARD_ACTIONS)})"
     if typ == "union_tag_invalid":
         tag = err.get("ctx", {}).get("tag")
         return f"{_path((*loc, 'type'))}: unknown source type {tag!r} (expected one of {', '.join(SOURCE_TYPES)})"
@@ -239,6 +251,56 @@ def _duplicates(data: dict[str, Any], errors: list[str]) -> None:
             seen.add(name)
 
 
+def guard_errors(cfg: Config, env: dict[str, str]) -> list[str]:
+    """What the ``guard:`` section needs of the rest: a token, and an AI source with a write key per rule."""
+    g = cfg.guard
+    out: list[str] = []
+    if g.rules and not g.token_env:
+        out.append("guard.token_env: required key is missing: the guard endpoint takes no request without a token")
+    if g.mode == "enforce" and g.token_env and not env.get(g.token_env, "").strip():
+        out.append(f"guard.token_env: environment variable {g.token_env} is not set: enforce mode needs the token")
+    seen: set[str] = set()
+    for i, rule in enumerate(g.rules):
+        where = f"guard.rules[{i}]"
+        if rule.name in seen:
+            out.append(f"{where}.name: duplicate rule name {rule.name!r}")
+        seen.add(rule.name)
+        provider = ACTION_PROVIDER.get(rule.action)
+        if provider is None:
+            if rule.source is not None:
+                out.append(f"{where}.source: the {rule.action} action uses no source")
+            continue
+        ai = [s for s in cfg.sources if s.type == provider]
+        if rule.source is not None:
+            src = next((s for s in cfg.sources if s.name == rule.source), None)
+            if src is None or src.type != provider:
+                out.append(f"{where}.source: no {provider} source named {rule.source!r}")
+                continue
+        elif len(ai) == 1:
+            src = ai[0]
+        else:
+            out.append(
+                f"{where}.source: required key is missing: "
+                + (f"no {provider} source is configured" if not ai else f"{len(ai)} {provider} sources, name one")
+            )
+            continue
+        if g.mode == "enforce" and not getattr(src, "write_key_env", None):
+            out.append(
+                f"{where}: source {src.name!r} has no write_key_env: enforce mode writes with its own key, "
+                "never with the read-only usage key (admin_key_env)"
+            )
+    return out
+
+
+def guard_source(cfg: Config, rule_source: str | None, action: str) -> SourceBase | None:
+    """The AI source a guard rule's action uses (``guard_errors`` has checked there is one)."""
+    provider = ACTION_PROVIDER.get(action)
+    if provider is None:
+        return None
+    ai = [s for s in cfg.sources if s.type == provider and (rule_source is None or s.name == rule_source)]
+    return ai[0] if len(ai) == 1 else None
+
+
 def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
     """Validate a parsed YAML document; raise ``ConfigError`` with every problem."""
     env = dict(os.environ) if env is None else env
@@ -257,6 +319,8 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
     except ValidationError as e:
         later.extend(_describe(err, data) for err in e.errors(include_url=False))
     _duplicates(data, later)
+    if cfg is not None:
+        later.extend(guard_errors(cfg, env))
     # a key whose ${VAR} failed has already its error; what validation says of the half-built value only confuses
     errors.extend(line for line in later if not _under(line, failed))
     if errors or cfg is None:

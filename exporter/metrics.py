@@ -190,7 +190,29 @@ EXPORTER_FAMILIES: list[MetricSpec] = [
     MetricSpec("spend_exporter_build_info", "gauge", "Build information; always 1.", ("version", "pythonversion")),
 ]
 
+GUARD_FAMILIES: list[MetricSpec] = [
+    MetricSpec(
+        "spend_guard_actions_total",
+        "counter",
+        "Actions the guard took on Alertmanager's alerts, by rule, action and result (applied, dry_run, failed, "
+        "limited, duplicate); counted from the record in the cache, so it survives restarts.",
+        ("rule", "action", "result"),
+    ),
+    MetricSpec(
+        "spend_guard_action_active",
+        "gauge",
+        "1 while an action the guard applied is in force (not undone with spend-exporter guard undo).",
+        ("rule", "action", "provider", "account_id"),
+    ),
+]
+"""Rendered when ``guard.rules`` are configured (``exporter.guard``)."""
+
+GUARD_RESULTS = ("applied", "dry_run", "failed", "limited", "duplicate")
+
 
 def describe_families() -> list[dict[str, Any]]:
     """Every family the exporter can emit (for docs tests)."""
-    return [{"name": n, "type": t, "help": h, "labels": list(lab)} for n, t, h, lab in FAMILIES + EXPORTER_FAMILIES]
+    return [
+        {"name": n, "type": t, "help": h, "labels": list(lab)}
+        for n, t, h, lab in FAMILIES + EXPORTER_FAMILIES + GUARD_FAMILIES
+    ]

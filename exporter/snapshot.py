@@ -37,7 +37,15 @@ from exporter.forecast import (
     recent_window,
     remaining_days,
 )
-from exporter.metrics import CACHED, COST_LABELS, EXPORTER_FAMILIES, FAMILIES, SOURCE_LABELS
+from exporter.metrics import (
+    CACHED,
+    COST_LABELS,
+    EXPORTER_FAMILIES,
+    FAMILIES,
+    GUARD_FAMILIES,
+    GUARD_RESULTS,
+    SOURCE_LABELS,
+)
 from exporter.model import TOKEN_TYPES
 from exporter.pricing import PriceTable
 from exporter.store import CostWindows, Store
@@ -389,6 +397,10 @@ class SnapshotBuilder:
             frag = exporter_frags[name]
             families.append(Family(name, mtype, help_, [frag] if frag else []))
             n_series += frag.count(b"\n")
+        if self.config.guard.rules:
+            for (name, mtype, help_, _labels), frag in zip(GUARD_FAMILIES, self._guard_fragments(), strict=True):
+                families.append(Family(name, mtype, help_, [frag] if frag else []))
+                n_series += frag.count(b"\n")
         text = render(families)
         return Snapshot(
             text=text,
@@ -398,6 +410,20 @@ class SnapshotBuilder:
             budgets=budgets,
             mtd_by_source={s: views[s].mtd_usd for s in names},
             _families=families,
+        )
+
+    def _guard_fragments(self) -> tuple[bytes, bytes]:
+        """The ``spend_guard_*`` families from the guard's record in the cache. Every configured rule has every
+        result, 0 until it happens, so that ``increase()`` sees the first one."""
+        counts: dict[tuple[str, str, str], float] = {
+            (r.name, r.action, res): 0.0 for r in self.config.guard.rules for res in GUARD_RESULTS
+        }
+        for rule, action, result, n in self.store.guard_counts():
+            counts[(rule, action, result)] = float(n)
+        total, active = GUARD_FAMILIES
+        return (
+            render_samples(total.name, total.labels, sorted(counts.items())),
+            render_samples(active.name, active.labels, [(k, 1.0) for k in self.store.guard_in_force()]),
         )
 
     def _exporter_fragments(

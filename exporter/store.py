@@ -98,8 +98,9 @@ class Store:
     empty cache while running. Every write moves the data *generation* on.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self._file = CacheFile(path, check_tables, create_tables)
+    def __init__(self, path: str | Path, shared: bool = False) -> None:
+        """``shared``: the file of a running exporter, opened by a command beside it (``CacheFile``)."""
+        self._file = CacheFile(path, check_tables, create_tables, shared=shared)
 
     @property
     def path(self) -> str:
@@ -431,6 +432,87 @@ class Store:
             (r[0], r[1], r[2])
             for r in self.query("SELECT provider, account_id, account_name FROM accounts WHERE source=?", (source,))
         ]
+
+    # -- the guard's actions (exporter.guard) ------------------------------------------
+    def guard_claim(
+        self, row: Mapping[str, Any], max_per_day: int, starts_at: float | None = None, rearm_after: float = 600.0
+    ) -> tuple[int, str]:
+        """Record an action about to run, in one transaction: (id, "pending"), or the reason it will not run.
+
+        "duplicate": its rule and alert fingerprint already have a row that acts (a ``claim``); "limited":
+        ``max_per_day`` rows already act on ``row["day"]``. Either is recorded too, as a row that does nothing.
+        The one exception to "duplicate": a new firing of the alert (``starts_at``, the alert's ``startsAt``,
+        more than ``rearm_after`` seconds after the last claim was made) when that claim's action is no longer
+        in force (undone, or it changed nothing). Re-sends and an HA pair's copies carry the first ``startsAt``.
+        """
+        first = f"{row['rule']}\0{row['fingerprint']}"
+
+        def write(c: sqlite3.Connection) -> tuple[int, str]:
+            result, claim = "pending", first
+            prev = c.execute(
+                "SELECT created_at, result, changes, undone_at FROM guard_actions "
+                "WHERE rule=? AND fingerprint=? AND claim IS NOT NULL ORDER BY id DESC LIMIT 1",
+                (row["rule"], row["fingerprint"]),
+            ).fetchone()
+            if prev is not None:
+                created, prev_result, changes, undone_at = prev
+                in_force = undone_at is None and (
+                    prev_result == "pending" or (prev_result in ("applied", "failed") and changes != "[]")
+                )
+                if in_force or starts_at is None or starts_at <= created + rearm_after:
+                    result = "duplicate"
+                else:
+                    claim = f"{first}\0{starts_at:.3f}"  # the same new firing, delivered twice, still collides
+                    if c.execute("SELECT 1 FROM guard_actions WHERE claim=?", (claim,)).fetchone():
+                        result = "duplicate"
+            if result == "pending":
+                (n,) = c.execute(
+                    "SELECT COUNT(*) FROM guard_actions WHERE day=? AND claim IS NOT NULL", (row["day"],)
+                ).fetchone()
+                if n >= max_per_day:
+                    result = "limited"
+            values = dict(row, claim=claim if result == "pending" else None, result=result)
+            if result != "pending":
+                values["finished_at"] = row["created_at"]
+            cols = ", ".join(values)
+            cur = c.execute(
+                f"INSERT INTO guard_actions ({cols}) VALUES ({', '.join('?' * len(values))})", tuple(values.values())
+            )
+            return int(cur.lastrowid or 0), result
+
+        return self._write(write)
+
+    def guard_update(self, action_id: int, **fields: Any) -> None:
+        """Set columns of one recorded action (its plan, then its result; its undo)."""
+        sets = ", ".join(f"{k}=?" for k in fields)
+        self._write(lambda c: c.execute(f"UPDATE guard_actions SET {sets} WHERE id=?", (*fields.values(), action_id)))
+
+    def guard_actions(self, action_id: int | None = None) -> list[dict[str, Any]]:
+        """Recorded actions, oldest first (or the one with ``action_id``), as column → value."""
+        cols = (
+            "id, created_at, finished_at, rule, action, mode, fingerprint, labels, provider, account_id, model, "
+            "target, changes, result, error, undone_at, undo_detail"
+        )
+        where, args = ("WHERE id=?", (action_id,)) if action_id is not None else ("", ())
+        rows = self.query(f"SELECT {cols} FROM guard_actions {where} ORDER BY id", args)
+        names = [c.strip() for c in cols.split(",")]
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    def guard_counts(self) -> list[tuple[str, str, str, int]]:
+        """(rule, action, result, number of actions) of every finished action."""
+        rows = self.query(
+            "SELECT rule, action, result, COUNT(*) FROM guard_actions WHERE result != 'pending' "
+            "GROUP BY rule, action, result ORDER BY rule, action, result"
+        )
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
+
+    def guard_in_force(self) -> list[tuple[str, str, str, str]]:
+        """(rule, action, provider, account_id) of actions that changed something and are not undone."""
+        rows = self.query(
+            "SELECT DISTINCT rule, action, provider, account_id FROM guard_actions "
+            "WHERE changes != '[]' AND result IN ('applied', 'failed') AND undone_at IS NULL ORDER BY 1, 2, 3, 4"
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 class _Stale(Exception):

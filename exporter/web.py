@@ -1,10 +1,11 @@
-"""HTTP: /metrics (pre-rendered bytes), /, /-/healthy, /-/ready, /status, /config.
+"""HTTP: /metrics (pre-rendered bytes), /, /-/healthy, /-/ready, /status, /config, POST /-/guard/alertmanager.
 
 A ``ThreadingHTTPServer`` hardened for what a scrape port meets (docs/reliability.md, "HTTP fuzzing"): strict
 framing, 405 for every other method, no HTTP/0.9 or HTTP/2, ``Host`` required on HTTP/1.1, a lingering close,
 an idle timeout, and large bodies sent in one blocking call. TLS and basic auth come from ``--web.config.file``
 (``exporter.webconfig``). With basic auth on, ``/-/healthy`` and ``/-/ready`` still answer without credentials
-(``UNAUTHENTICATED_PATHS``), so that probes work.
+(``UNAUTHENTICATED_PATHS``), so that probes work; ``POST /-/guard/alertmanager`` takes the guard's bearer token
+instead (``GUARD_PATH``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from urllib.parse import urlsplit
 
 from exporter import __version__
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from exporter.guard import MAX_PAYLOAD as MAX_GUARD_BODY
+from exporter.guard import PayloadError, parse_payload
 from exporter.status import status_report
 from exporter.webconfig import Authenticator, WebConfig, WebConfigError, WebConfigWatcher, make_ssl_context
 
@@ -41,6 +44,11 @@ BLOCKING_SEND_MIN = 256 << 10
 # Kubernetes probes (and the image's HEALTHCHECK) send no credentials: these answer a fixed text and nothing else,
 # so they stay open with basic auth on. TLS, and a required client certificate, still apply to them.
 UNAUTHENTICATED_PATHS = frozenset({"/-/healthy", "/-/ready"})
+
+# Alertmanager's webhook to the guard (exporter.guard). It authenticates with the guard's bearer token, not with
+# basic auth: Alertmanager's http_config sends one Authorization header, Basic or Bearer, never both. With basic
+# auth on, this path alone takes the bearer token instead; TLS (and a client certificate) still apply.
+GUARD_PATH = "/-/guard/alertmanager"
 
 
 def negotiate(accept: str | None) -> bool:
@@ -285,6 +293,9 @@ class Handler(BaseHTTPRequestHandler):
         if self._body_refused():
             return
         path = self.path.split("?", 1)[0]
+        if path == GUARD_PATH:
+            self._reply(405, b"Method not allowed\n", "text/plain; charset=utf-8", {"Allow": "POST"}, close=True)
+            return
         if path not in UNAUTHENTICATED_PATHS and not self._authorised():
             return
         app = self.server.app
@@ -325,7 +336,39 @@ class Handler(BaseHTTPRequestHandler):
     def _not_allowed(self) -> None:
         self._reply(405, b"Method not allowed\n", "text/plain; charset=utf-8", {"Allow": "GET, HEAD"}, close=True)
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
+    def do_POST(self) -> None:
+        if self.path.split("?", 1)[0] != GUARD_PATH:
+            self._not_allowed()
+            return
+        guard = getattr(self.server.app, "guard", None)
+        if guard is None or not guard.authorised(self.headers.get("Authorization")):
+            # the body is left unread: the reply closes the connection (after a lingering close)
+            self._reply(401, b"Unauthorized\n", "text/plain; charset=utf-8", {"WWW-Authenticate": "Bearer"}, close=True)
+            return
+        lengths = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding") is not None or len(lengths) != 1 or not lengths[0].strip().isdigit():
+            self._reply(411, b"Content-Length required\n", "text/plain; charset=utf-8", close=True)
+            return
+        length = int(lengths[0])
+        if length > MAX_GUARD_BODY:
+            self._reply(413, b"Request body too large\n", "text/plain; charset=utf-8", close=True)
+            return
+        body = self.rfile.read(length)
+        try:
+            alerts = parse_payload(body)
+        except PayloadError as e:
+            self._reply(400, f"Bad request: {e}\n".encode(), "text/plain; charset=utf-8")
+            return
+        try:
+            actions = guard.receive(alerts)
+        except Exception:
+            # the record could not be written: Alertmanager retries a 5xx, and the claim keeps that idempotent
+            log.exception("guard: recording the actions failed")
+            self._reply(500, b"The guard could not record the actions\n", "text/plain; charset=utf-8")
+            return
+        self._reply(200, json.dumps({"actions": actions}).encode() + b"\n", "application/json")
 
 
 def landing_page(app: Any) -> str:

@@ -132,7 +132,8 @@ class FetchHarness(Calls):
 def running(app: Any, web_config: Path | None = None, raw: dict[str, Any] | None = None) -> Iterator[Server]:
     """``exporter.web.serve`` on 127.0.0.1 and a free port, in a thread, shut down on exit."""
     server = serve(app, "127.0.0.1", 0, str(web_config) if web_config else None, redacted(raw or {}))
-    t = threading.Thread(target=server.serve_forever, daemon=True)
+    # a short poll: shutdown() waits for it, and half a second (the default) per test adds up
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     try:
         yield server

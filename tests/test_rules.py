@@ -202,7 +202,17 @@ def routed_teams() -> list[str]:
     return out
 
 
+GUARDED = ("SpendAIBurnRateHigh", "SpendBudgetExceeded")  # the guard's route takes these first, with continue
+
+
 def routing_cases() -> list[tuple[dict[str, str], str]]:
+    return [
+        (labels, f"spend-guard,{receiver}" if labels["alertname"] in GUARDED else receiver)
+        for labels, receiver in _routing_cases()
+    ]
+
+
+def _routing_cases() -> list[tuple[dict[str, str], str]]:
     cases: list[tuple[dict[str, str], str]] = []
     for team in routed_teams():
         cases += [
@@ -250,6 +260,15 @@ def test_amtool_routes(labels: dict[str, str], receiver: str) -> None:
     assert res.stdout.strip() == receiver
 
 
+def test_the_guard_route_comes_first_and_continues() -> None:
+    first = am()["route"]["routes"][0]
+    assert first["receiver"] == "spend-guard" and first["continue"] is True
+    (receiver,) = [r for r in am()["receivers"] if r["name"] == "spend-guard"]
+    (hook,) = receiver["webhook_configs"]
+    assert hook["url"].endswith("/-/guard/alertmanager")
+    assert hook["http_config"]["authorization"]["credentials_file"] == "/etc/alertmanager/secrets/spend-guard-token"
+
+
 def test_grouping_and_repeat_interval() -> None:
     route = am()["route"]
     assert set(route["group_by"]) == {"alertname", "team", "budget"}
@@ -292,3 +311,9 @@ def test_receivers_read_secrets_from_files() -> None:
     for r in cfg["receivers"]:
         for pd in r.get("pagerduty_configs", []):
             assert Path(pd["routing_key_file"]).name in secrets_readme
+        for wh in r.get("webhook_configs", []):
+            auth = wh.get("http_config", {}).get("authorization")
+            if auth is not None:  # the guard's bearer token: from a file, never inline
+                assert "credentials" not in auth
+                assert auth["credentials_file"].startswith("/etc/alertmanager/secrets/")
+                assert Path(auth["credentials_file"]).name in secrets_readme

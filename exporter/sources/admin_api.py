@@ -21,9 +21,12 @@ class AdminApiSource(SourceBase):
         "burn_window",
         "burn_interval",
         "burn_delay",
+        "write_key_env",  # the guard's key: writes only
     }
     interval: Duration = 900.0
     admin_key_env: EnvName
+    write_key_env: EnvName | None = None
+    """The key the guard's write calls use (``exporter.guard_actions``); the usage key stays read-only."""
     base_url: str | None = None
     request_timeout: Duration = 60.0
     """Timeout of one HTTP request (bounded by what is left of ``timeout``)."""

@@ -11,6 +11,15 @@ a null ``workspace_id`` is the default workspace. Requests must carry
 
 Throttling is a 429 ``rate_limit_error`` with ``retry-after`` (whole seconds)
 and ``retry-after-ms``.
+
+The guard's endpoints: ``GET /v1/organizations/api_keys`` (``limit``,
+``after_id``, ``before_id``, ``status``, ``workspace_id``),
+``GET /v1/organizations/api_keys/{id}`` and ``POST /v1/organizations/api_keys/{id}``
+(``{"name"?, "status"?}``; the updated key back). The keys are the dataset's,
+``active``, scoped to their workspace by its real id (the default workspace's
+too). With ``write_key`` set, that key also reads and only it writes (the usage
+key gets 403). Every write is recorded in ``writes``; one answered by an injected
+fault is only in ``requests``.
 """
 
 from __future__ import annotations
@@ -21,8 +30,8 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from tests.emulators.ai_dataset import ANTHROPIC_TOKEN_TYPE, AICostRow, AIDataset, AIUsageRow
-from tests.emulators.common import ServesAIDataset, bucket_starts, retry_after_headers
+from tests.emulators.ai_dataset import ANTHROPIC_TOKEN_TYPE, STREAMS, AICostRow, AIDataset, AIUsageRow
+from tests.emulators.common import RecordsWrites, ServesAIDataset, WriteCall, bucket_starts, retry_after_headers
 from tests.emulators.scenario import Scenario
 from tests.emulators.server import Emulator, Fault, Request, Response
 
@@ -44,6 +53,8 @@ COST_GROUP_BY = {"workspace_id", "description"}
 
 DEFAULT_ADMIN_KEY = "sk-ant-admin01-EMULATORtestKEY0123456789abcdef-AAAA"
 DEFAULT_WORKSPACE_REAL_ID = "wrkspc_01DEFAULTdef"
+DEFAULT_WRITE_KEY = "sk-ant-admin01-EMULATORwriteKEY9876543210fedcba-WWWW"
+KEY_STATUSES = ("active", "inactive", "archived")
 
 
 class BadRequest(Exception):
@@ -92,7 +103,7 @@ def cents(usd: Decimal) -> str:
     return format((usd * 100).normalize(), "f")
 
 
-class AnthropicAdminEmulator(ServesAIDataset, Emulator):
+class AnthropicAdminEmulator(RecordsWrites, ServesAIDataset, Emulator):
     """``/v1/organizations/*`` of the Anthropic Admin API, driven by an ``AIDataset``.
 
     ``page_size_cap`` makes pages hold fewer buckets than ``limit`` asks for, to
@@ -109,6 +120,7 @@ class AnthropicAdminEmulator(ServesAIDataset, Emulator):
         *,
         page_size_cap: int | None = None,
         scenario: Scenario | None = None,
+        write_key: str | None = None,
     ):
         """``scenario`` serves usage (every bucket width) from a ``Scenario`` on its clock, published late."""
         super().__init__()
@@ -116,6 +128,24 @@ class AnthropicAdminEmulator(ServesAIDataset, Emulator):
         self.scenario = scenario
         self.admin_key = admin_key
         self.page_size_cap = page_size_cap
+        self.write_key = write_key
+        self.writes: list[WriteCall] = []
+        created = rfc3339(dataset.now - dt.timedelta(days=300))
+        self.api_keys: dict[str, dict[str, Any]] = {}
+        for st in STREAMS:
+            if st.provider == "anthropic" and st.api_key_id not in self.api_keys:
+                self.api_keys[st.api_key_id] = {
+                    "type": "api_key",
+                    "id": st.api_key_id,
+                    "name": f"{st.api_key_id.removeprefix('apikey_')} service key",
+                    "created_at": created,
+                    "created_by": {"id": "user_01EMULATOR", "type": "user"},
+                    "expires_at": None,
+                    "partial_key_hint": f"sk-ant-api03-{st.api_key_id[-2:]}...AAAA",
+                    "principal": None,
+                    "scope": {"type": "workspace", "workspace_id": st.account_id or DEFAULT_WORKSPACE_REAL_ID},
+                    "status": "active",
+                }
 
     def throttle_response(self, fault: Fault) -> Response:
         resp = _error(429, "rate_limit_error", "Number of requests has exceeded your rate limit; try again later.")
@@ -126,10 +156,20 @@ class AnthropicAdminEmulator(ServesAIDataset, Emulator):
         return {"data": [{"starting_at": "yesterday", "results": "none"}], "has_more": "perhaps"}
 
     def handle(self, request: Request) -> Response:
-        if request.headers.get("x-api-key") != self.admin_key:
+        presented = request.headers.get("x-api-key")
+        key = (
+            "admin"
+            if presented == self.admin_key
+            else "write"
+            if self.write_key and presented == self.write_key
+            else ""
+        )
+        if not key:
             return _error(401, "authentication_error", "invalid x-api-key")
         if not request.headers.get("anthropic-version"):
             return _error(400, "invalid_request_error", "anthropic-version: header is required")
+        if request.path.startswith("/v1/organizations/api_keys"):
+            return self._api_keys(request, key)
         if request.method != "GET":
             return _error(405, "invalid_request_error", f"Method {request.method} not allowed")
         try:
@@ -311,3 +351,72 @@ class AnthropicAdminEmulator(ServesAIDataset, Emulator):
             "first_id": page[0]["id"] if page else None,
             "last_id": page[-1]["id"] if page else None,
         }
+
+    # -- API keys (the guard's writes) -----------------------------------------------------
+    def _api_keys(self, request: Request, key: str) -> Response:
+        parts = request.path.split("/")  # "", v1, organizations, api_keys[, {id}]
+        if len(parts) == 4:
+            if request.method != "GET":
+                return _error(405, "invalid_request_error", f"Method {request.method} not allowed")
+            return self._list_api_keys(request)
+        if len(parts) != 5:
+            return _error(404, "not_found_error", f"Not found: {request.path}")
+        if request.method == "GET":
+            found = self.api_keys.get(parts[4])
+            if found is None:
+                return _error(404, "not_found_error", f"API key {parts[4]} not found")
+            return Response(200, dict(found))
+        if request.method != "POST":
+            return _error(405, "invalid_request_error", f"Method {request.method} not allowed")
+        try:
+            body = request.json()
+        except ValueError:
+            body = request.body.decode("utf-8", "replace")
+        self.record_write(request.method, request.path, body, key)
+        if self.write_key and key != "write":
+            return _error(403, "permission_error", "this API key does not have permission to update API keys")
+        found = self.api_keys.get(parts[4])
+        if found is None:
+            return _error(404, "not_found_error", f"API key {parts[4]} not found")
+        if not isinstance(body, dict) or set(body) - {"name", "status"}:
+            return _error(400, "invalid_request_error", "body: only name and status can be updated")
+        status = body.get("status")
+        if status is not None and status not in KEY_STATUSES:
+            return _error(400, "invalid_request_error", f"status: must be one of {', '.join(KEY_STATUSES)}")
+        if found["status"] == "archived" and status is not None:
+            return _error(400, "invalid_request_error", "an archived API key cannot change status")
+        if status is not None:
+            found["status"] = status
+        if body.get("name"):
+            found["name"] = body["name"]
+        return Response(200, dict(found))
+
+    def _list_api_keys(self, request: Request) -> Response:
+        try:
+            limit = int(request.q("limit") or 20)
+        except ValueError:
+            return _error(400, "invalid_request_error", "limit: must be an integer")
+        if not 1 <= limit <= 1000:
+            return _error(400, "invalid_request_error", "limit: must be between 1 and 1000")
+        items = [dict(k) for k in self.api_keys.values()]
+        if request.q("status"):
+            items = [k for k in items if k["status"] == request.q("status")]
+        if request.q("workspace_id"):
+            items = [k for k in items if k["scope"]["workspace_id"] == request.q("workspace_id")]
+        after = request.q("after_id")
+        if after:
+            ids = [k["id"] for k in items]
+            if after not in ids:
+                return _error(400, "invalid_request_error", f"after_id: no such API key {after!r}")
+            items = items[ids.index(after) + 1 :]
+        n = min(limit, self.page_size_cap or limit)
+        page = items[:n]
+        return Response(
+            200,
+            {
+                "data": page,
+                "has_more": len(items) > n,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+            },
+        )

@@ -12,8 +12,10 @@ import hashlib
 import json
 import math
 import threading
+import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from tests.emulators.ai_dataset import AICostRow, AIDataset
@@ -100,3 +102,23 @@ class ServesAIDataset:
             costs[c.day].append(c)
         self._costs_by_day = costs
         self._dataset = ds
+
+
+@dataclass(frozen=True)
+class WriteCall:
+    """One write call an emulator received (the guard's tests assert exactly what arrived)."""
+
+    method: str
+    path: str
+    body: Any  # the JSON body, parsed
+    key: str  # "write" (the separate write key) or "admin" (the usage key)
+    time: float  # unix time it arrived
+
+
+class RecordsWrites:
+    """Mixin: ``writes`` holds every write call in arrival order; ``record_write`` appends one."""
+
+    writes: list[WriteCall]
+
+    def record_write(self, method: str, path: str, body: Any, key: str) -> None:
+        self.writes.append(WriteCall(method, path, body, key, time.time()))

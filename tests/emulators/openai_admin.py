@@ -12,6 +12,14 @@ usage and costs come from ``ai_dataset.AIDataset``.
 
 Throttling is a 429 with ``retry-after`` (whole seconds, as HTTP says) and
 ``retry-after-ms``, which the OpenAI SDKs read first.
+
+The guard's write endpoints: ``GET /v1/organization/projects/{id}/rate_limits``
+(``limit``, ``after``, ``before``; a ``list`` of ``project.rate_limit``) and
+``POST /v1/organization/projects/{id}/rate_limits/{rate_limit_id}`` (a JSON body of
+the fields to set; the updated object back). Every project starts with one rate
+limit per model of the dataset (``rl-<model>``). With ``write_key`` set, that key
+also reads, and only it writes (the usage key gets 403 on a write). Every write is
+recorded in ``writes``; one answered by an injected fault is only in ``requests``.
 """
 
 from __future__ import annotations
@@ -22,8 +30,8 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from tests.emulators.ai_dataset import AICostRow, AIDataset, AIUsageRow
-from tests.emulators.common import ServesAIDataset, bucket_starts, retry_after_headers
+from tests.emulators.ai_dataset import STREAMS, AICostRow, AIDataset, AIUsageRow
+from tests.emulators.common import RecordsWrites, ServesAIDataset, WriteCall, bucket_starts, retry_after_headers
 from tests.emulators.scenario import Scenario
 from tests.emulators.server import Emulator, Fault, Request, Response
 
@@ -42,6 +50,30 @@ USAGE_GROUP_BY = {
 COSTS_GROUP_BY = {"project_id", "user_id", "line_item", "api_key_id", "api_source"}
 
 DEFAULT_ADMIN_KEY = "sk-admin-EMULATOR0123456789abcdefTESTKEY"
+DEFAULT_WRITE_KEY = "sk-admin-EMULATORwriteKEY9876543210fedcba"
+
+RATE_LIMIT_FIELDS = (
+    "max_requests_per_1_minute",
+    "max_tokens_per_1_minute",
+    "max_images_per_1_minute",
+    "max_audio_megabytes_per_1_minute",
+    "max_requests_per_1_day",
+    "batch_1_day_max_input_tokens",
+)
+
+
+def default_rate_limit(model: str) -> dict[str, Any]:
+    """A project's rate limit of ``model`` before anyone changes it (tier-5-like figures)."""
+    rl: dict[str, Any] = {"object": "project.rate_limit", "id": f"rl-{model}", "model": model}
+    if model.startswith("text-embedding"):
+        rl.update(max_requests_per_1_minute=10_000, max_tokens_per_1_minute=10_000_000)
+    else:
+        rl.update(
+            max_requests_per_1_minute=10_000,
+            max_tokens_per_1_minute=30_000_000,
+            batch_1_day_max_input_tokens=5_000_000_000,
+        )
+    return rl
 
 
 class BadRequest(Exception):
@@ -68,7 +100,7 @@ def decode_page(token: str) -> int:
         raise BadRequest(f"Invalid page cursor: {token!r}", "page") from None
 
 
-class OpenAIAdminEmulator(ServesAIDataset, Emulator):
+class OpenAIAdminEmulator(RecordsWrites, ServesAIDataset, Emulator):
     """``/v1/organization/*`` of the OpenAI Admin API, driven by an ``AIDataset``.
 
     ``page_size_cap`` makes pages hold fewer buckets than ``limit`` asks for
@@ -89,11 +121,18 @@ class OpenAIAdminEmulator(ServesAIDataset, Emulator):
         page_size_cap: int | None = None,
         legacy_usage_fields: bool = False,
         scenario: Scenario | None = None,
+        write_key: str | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
         self.scenario = scenario
         self.admin_key = admin_key
+        self.write_key = write_key
+        self.writes: list[WriteCall] = []
+        models = sorted({s.model for s in STREAMS if s.provider == "openai"})
+        self.rate_limits: dict[str, dict[str, dict[str, Any]]] = {
+            a.id or "": {f"rl-{m}": default_rate_limit(m) for m in models} for a in dataset.accounts["openai"]
+        }
         self.page_size_cap = page_size_cap
         self.legacy_usage_fields = legacy_usage_fields
 
@@ -121,15 +160,20 @@ class OpenAIAdminEmulator(ServesAIDataset, Emulator):
 
     def handle(self, request: Request) -> Response:
         auth = request.headers.get("authorization", "")
-        if auth != f"Bearer {self.admin_key}":
+        keys = {f"Bearer {self.admin_key}": "admin"}
+        if self.write_key:
+            keys[f"Bearer {self.write_key}"] = "write"
+        if auth not in keys:
             presented = auth.removeprefix("Bearer ")
             # Deliberately worse than the real API (which masks the key): echo it in full, so that
             # tests prove the exporter never shows a key an API put into an error message.
             return _error(401, f"Incorrect API key provided: {presented}.", "invalid_request_error", "invalid_api_key")
+        path = request.path
+        if path.startswith("/v1/organization/projects/") and "/rate_limits" in path:
+            return self._rate_limits(request, keys[auth])
         if request.method != "GET":
             return _error(405, f"Method {request.method} not allowed", "invalid_request_error")
         try:
-            path = request.path
             if path == "/v1/organization/costs":
                 return Response(200, self._costs(request))
             if path.startswith("/v1/organization/usage/"):
@@ -330,3 +374,70 @@ class OpenAIAdminEmulator(ServesAIDataset, Emulator):
             "last_id": page[-1]["id"] if page else None,
             "has_more": len(projects) > n,
         }
+
+    # -- project rate limits (the guard's writes) ---------------------------------------
+    def _rate_limits(self, request: Request, key: str) -> Response:
+        parts = request.path.split("/")  # "", v1, organization, projects, {id}, rate_limits[, {rl id}]
+        if len(parts) not in (6, 7) or parts[5] != "rate_limits":
+            return _error(404, f"Invalid URL ({request.method} {request.path})", "invalid_request_error")
+        project = parts[4]
+        limits = self.rate_limits.get(project)
+        if limits is None:
+            return _error(404, f"No such project: {project}", "invalid_request_error", "not_found")
+        if len(parts) == 6:
+            if request.method != "GET":
+                return _error(405, f"Method {request.method} not allowed", "invalid_request_error")
+            return self._list_rate_limits(request, limits)
+        if request.method != "POST":
+            return _error(405, f"Method {request.method} not allowed", "invalid_request_error")
+        try:
+            body = request.json()
+        except ValueError:
+            body = request.body.decode("utf-8", "replace")
+        self.record_write(request.method, request.path, body, key)
+        if self.write_key and key != "write":
+            return _error(
+                403,
+                "You have insufficient permissions for this operation. Missing scopes: api.management.write.",
+                "invalid_request_error",
+                "insufficient_permissions",
+            )
+        rl = limits.get(parts[6])
+        if rl is None:
+            return _error(404, f"No such rate limit: {parts[6]}", "invalid_request_error", "not_found")
+        if not isinstance(body, dict) or not body:
+            return _error(400, "Expected a JSON object of rate limit fields.", "invalid_request_error")
+        for k, v in body.items():
+            if k not in RATE_LIMIT_FIELDS:
+                return _error(400, f"Unrecognized request argument supplied: {k}", "invalid_request_error", param=k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                return _error(400, f"Invalid value for {k}: expected a non-negative integer.", "invalid_request_error")
+            if k not in rl:
+                return _error(400, f"{k} is not relevant for model {rl['model']}.", "invalid_request_error", param=k)
+        rl.update(body)
+        return Response(200, dict(rl))
+
+    def _list_rate_limits(self, request: Request, limits: dict[str, dict[str, Any]]) -> Response:
+        try:
+            limit = int(request.q("limit") or 100)
+        except ValueError:
+            return _error(400, "limit must be an integer.", "invalid_request_error", param="limit")
+        items = [dict(v) for v in limits.values()]
+        after = request.q("after")
+        if after:
+            ids = [r["id"] for r in items]
+            if after not in ids:
+                return _error(400, f"No such rate limit: {after!r}", "invalid_request_error", param="after")
+            items = items[ids.index(after) + 1 :]
+        n = min(limit, self.page_size_cap or limit)
+        page = items[:n]
+        return Response(
+            200,
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(items) > n,
+            },
+        )
