@@ -12,7 +12,6 @@ Prometheus's ``time()``). The demo data is written relative to that clock; ``dem
 
 from __future__ import annotations
 
-import copy
 import csv
 import datetime as dt
 import importlib.util
@@ -22,20 +21,31 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import yaml
 
-from tests.e2e.stack import ROOT, Query, dashboard_queries, load_dashboards, substitute, tool
+from tests.e2e.stack import (
+    AM_INTERVALS,
+    AM_OVERRIDABLE,
+    ROOT,
+    Query,
+    Receiver,
+    alertmanager_config,
+    dashboard_queries,
+    load_dashboards,
+    strip_keys,
+    substitute,
+    tool,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -93,93 +103,7 @@ def http_ok(url: str) -> bool:
         return False
 
 
-@dataclass
-class Notification:
-    kind: str  # pagerduty | slack | webhook
-    body: dict[str, Any]
-
-    @property
-    def text(self) -> str:
-        return json.dumps(self.body)
-
-
-@dataclass
-class Receiver:
-    """Records what Alertmanager posts: /pagerduty (Events API v2), /slack (incoming webhook), /webhook."""
-
-    port: int
-    received: list[Notification] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> ThreadingHTTPServer:
-        rec = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with rec.lock:
-                    rec.received.append(Notification(self.path.strip("/").split("/")[0], body))
-                # PagerDuty answers 202 with a JSON body; Slack and webhooks 200
-                self.send_response(202 if self.path.startswith("/pagerduty") else 200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(b'{"status": "success", "message": "Event processed"}')
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
-
-    def find(self, kind: str, pred: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
-        with self.lock:
-            return [n.body for n in self.received if n.kind == kind and pred(n.body)]
-
-    def all(self) -> list[Notification]:
-        with self.lock:
-            return list(self.received)
-
-
 # --------------------------------------------------------------------------- config overrides
-
-# The only keys the test may change in the shipped configs.
-AM_OVERRIDABLE = {"url", "pagerduty_url", "slack_api_url_file", "routing_key_file"}
-AM_INTERVALS = {"group_wait", "group_interval", "repeat_interval"}
-
-
-def alertmanager_config(tmp: Path, receiver_port: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """The shipped alertmanager.yml with URLs, secret files and intervals pointed at this test."""
-    shipped = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())
-    cfg = copy.deepcopy(shipped)
-    base = f"http://127.0.0.1:{receiver_port}"
-    secrets = tmp / "secrets"
-    secrets.mkdir()
-    (secrets / "slack-webhook-url").write_text(f"{base}/slack")
-    cfg["global"]["slack_api_url_file"] = str(secrets / "slack-webhook-url")
-    cfg["global"]["pagerduty_url"] = f"{base}/pagerduty"
-    keys: dict[str, str] = {}  # routing key -> receiver name
-    for r in cfg["receivers"]:
-        for pd in r.get("pagerduty_configs", []):
-            name = Path(pd["routing_key_file"]).name
-            key = f"test-key-{r['name']}"
-            (secrets / name).write_text(key)
-            pd["routing_key_file"] = str(secrets / name)
-            keys[key] = r["name"]
-        for wh in r.get("webhook_configs", []):
-            wh["url"] = f"{base}/webhook/{r['name']}"
-    cfg["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
-    # the templates are found relative to the config file: copy them beside it
-    shutil.copytree(ROOT / "prometheus" / "alertmanager-templates", tmp / "alertmanager-templates")
-    return cfg, keys
-
-
-def _strip(node: Any, keys: set[str]) -> Any:
-    if isinstance(node, dict):
-        return {k: _strip(v, keys) for k, v in node.items() if k not in keys}
-    if isinstance(node, list):
-        return [_strip(v, keys) for v in node]
-    return node
 
 
 def rules_copy(src: Path, dst: Path) -> None:
@@ -187,7 +111,7 @@ def rules_copy(src: Path, dst: Path) -> None:
     text = re.sub(r"(?m)^(\s+for: )\S+$", rf"\g<1>{FOR}", src.read_text())
     dst.write_text(text)
     a, b = yaml.safe_load(src.read_text()), yaml.safe_load(text)
-    assert _strip(a, {"for"}) == _strip(b, {"for"})
+    assert strip_keys(a, {"for"}) == strip_keys(b, {"for"})
 
 
 # --------------------------------------------------------------------------- the stack
@@ -398,7 +322,7 @@ def test_only_urls_secret_files_and_intervals_are_overridden(tmp_path: Path) -> 
     shipped = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())
     cfg, _ = alertmanager_config(tmp_path, 1)
     allowed = AM_OVERRIDABLE | AM_INTERVALS
-    assert _strip(cfg, allowed) == _strip(shipped, allowed)
+    assert strip_keys(cfg, allowed) == strip_keys(shipped, allowed)
     assert cfg["inhibit_rules"] == shipped["inhibit_rules"]
     assert cfg["route"]["group_by"] == shipped["route"]["group_by"]
 
