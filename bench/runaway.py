@@ -44,17 +44,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench.common import PY, ROOT, free_port, save, wait_http
+from bench.common import PY, ROOT, free_port, median, save, wait_http
+from tests.e2e.stack import RUNAWAY_AFTER, RUNAWAY_BEFORE
 
 UTC = dt.UTC
 MINUTE = dt.timedelta(minutes=1)
-BEFORE_USD_H, LOOP_USD_H = 10, 475  # the seed's project, and its loop
 PAGE_TARGET_MIN, STOP_TARGET_MIN = 10, 12
 ADMIN_ENV, WRITE_ENV, TOKEN_ENV = "BENCH_OPENAI_ADMIN_KEY", "BENCH_OPENAI_WRITE_KEY", "BENCH_SPEND_GUARD_TOKEN"
 GUARD_TOKEN = "bench-guard-token-0123456789abcdef"
@@ -69,37 +68,6 @@ EXPORTER_MAIN = "import sys; from exporter.cli import main; sys.exit(main())"  #
 
 
 # --------------------------------------------------------------------------- data both parts share
-
-
-def hourly_history(
-    usd_per_hour: Callable[[dt.datetime], Fraction], start: dt.datetime, end: dt.datetime, **stream: Any
-) -> list[Any]:
-    """Hourly usage rows of gpt-4o output costing ``usd_per_hour(hour)`` each hour in [start, end): the emulator
-    bills the dataset's rows, so these are the days the baseline is built from."""
-    from tests.emulators.ai_dataset import BILLING_PRICES, GPT4O, MILLION, AIUsageRow
-
-    price = Fraction(BILLING_PRICES[GPT4O]["output"]) / Fraction(MILLION)
-    rows = []
-    h = start
-    while h < end:
-        tokens = round(usd_per_hour(h) / price)
-        rows.append(
-            AIUsageRow(
-                hour=h,
-                provider="openai",
-                model=GPT4O,
-                endpoint="completions",
-                input=0,
-                output=tokens,
-                cache_read=0,
-                cache_write_5m=0,
-                cache_write_1h=0,
-                requests=max(1, tokens // 1000),
-                **stream,
-            )
-        )
-        h += dt.timedelta(hours=1)
-    return rows
 
 
 def ai_dataset(now: dt.datetime, rows: list[Any]) -> Any:
@@ -201,47 +169,112 @@ def prometheus_config(exporter: str, alertmanager: str, prometheus: str) -> dict
 
 
 def realtime(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from tests.e2e.stack import Receiver, alertmanager_config, tool
+    """``args.stacks`` stacks side by side, one T0 for all, their exporters started ``args.stagger`` seconds
+    apart (so that their burn refreshes fall at different moments of the loop's first minutes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = args.stacks
+    start = dt.datetime.now(UTC)
+    t0 = (start + dt.timedelta(seconds=args.lead + (n - 1) * args.stagger)).replace(second=0, microsecond=0) + MINUTE
+    with ThreadPoolExecutor(n) as pool:
+        futures = [
+            pool.submit(realtime_one, args, tmp / f"stack-{i}", i, t0, start + dt.timedelta(seconds=i * args.stagger))
+            for i in range(n)
+        ]
+        runs = [f.result() for f in futures]
+    summary: dict[str, Any] = {"t0": t0.isoformat(), "stacks": n, "stagger_s": args.stagger}
+    for key in ("page_minutes", "stop_minutes", "page_usd", "stop_usd"):
+        got = [r[key] for r in runs if r[key] is not None]
+        summary[key] = {
+            "min": min(got, default=None),
+            "median": median(got) if got else None,
+            "max": max(got, default=None),
+            "missing": n - len(got),
+        }
+    return {"summary": summary, "bound": bound(), "runs": runs}
+
+
+def _seconds(d: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(ms|[smhd])", str(d)))
+
+
+def bound() -> dict[str, Any]:
+    """Best and worst case, from T0, of each step of the chain with the shipped settings: the sources' burn
+    defaults, prometheus.yml's intervals, the alert's threshold and ``for:``, and Alertmanager's group_wait for
+    the team's page and for the guard. The loop starts on a minute boundary, as in the scenario."""
+    from exporter.sources.admin_api import AdminApiSource
+
+    fields = AdminApiSource.model_fields
+    delay, window, interval = (float(fields[k].default) for k in ("burn_delay", "burn_window", "burn_interval"))
+    prom = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())["global"]
+    scrape, evaluation = _seconds(prom["scrape_interval"]), _seconds(prom["evaluation_interval"])
+    rules = yaml.safe_load((ROOT / "prometheus" / "rules" / "spend-alerts.yml").read_text())
+    (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "SpendAIBurnRateHigh"]
+    expr = " ".join(rule["expr"].split())
+    (multiple,) = re.findall(r"> (\d+) \* spend_cost_daily_baseline_usd / 24", expr)
+    (floor,) = re.findall(r"and spend_ai_burn_rate_usd_per_hour > (\d+)", expr)
+    for_ = _seconds(rule.get("for", "0s"))
+    am = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())["route"]
+    team_wait = _seconds(am["group_wait"])
+    guard_wait = max(
+        (_seconds(r.get("group_wait", am["group_wait"])) for r in am["routes"] if r.get("receiver") == "spend-guard"),
+        default=team_wait,
+    )
+    # minutes of the loop the window must hold before the burn rate passes the threshold
+    threshold = max(int(multiple) * RUNAWAY_BEFORE, int(floor))
+    minutes = 1
+    while RUNAWAY_BEFORE + (RUNAWAY_AFTER - RUNAWAY_BEFORE) * minutes * 60 / window <= threshold:
+        minutes += 1
+    steps = {
+        "loop minutes the window needs": (minutes * 60.0, minutes * 60.0),
+        "burn_delay": (delay, delay),
+        "burn_interval (waiting for the next burn refresh)": (0.0, interval),
+        "scrape_interval": (0.0, scrape),
+        "evaluation_interval": (0.0, evaluation),
+        "for": (for_, for_),
+    }
+    best = sum(b for b, _ in steps.values())
+    worst = sum(w for _, w in steps.values())
+    return {
+        "settings": {
+            "burn_window_s": window,
+            "burn_interval_s": interval,
+            "burn_delay_s": delay,
+            "scrape_interval_s": scrape,
+            "evaluation_interval_s": evaluation,
+            "for_s": for_,
+            "threshold_usd_per_hour": threshold,
+            "group_wait_team_s": team_wait,
+            "group_wait_guard_s": guard_wait,
+        },
+        "steps_s": {k: {"best": b, "worst": w} for k, (b, w) in steps.items()},
+        "page_minutes": {"best": round((best + team_wait) / 60, 2), "worst": round((worst + team_wait) / 60, 2)},
+        "stop_minutes": {"best": round((best + guard_wait) / 60, 2), "worst": round((worst + guard_wait) / 60, 2)},
+    }
+
+
+def realtime_one(args: argparse.Namespace, tmp: Path, idx: int, t0: dt.datetime, at: dt.datetime) -> dict[str, Any]:
+    from tests.e2e.stack import Receiver, alertmanager_config, runaway_emulator, tool
     from tests.emulators.ai_dataset import GPT4O, LABS
-    from tests.emulators.openai_admin import DEFAULT_ADMIN_KEY, OpenAIAdminEmulator
-    from tests.emulators.scenario import Scenario, runaway_schedule
-    from tests.emulators.server import Request, Response
+    from tests.emulators.openai_admin import DEFAULT_ADMIN_KEY, DEFAULT_WRITE_KEY
 
     prometheus_bin = tool("prometheus")
     alertmanager_bin = tool("prometheus-alertmanager", "alertmanager")
-    team, model, key_id = "ml-platform", GPT4O, "key_labs_D4"
+    team, model = "ml-platform", GPT4O
+    tmp.mkdir()
 
     def now() -> dt.datetime:
         return dt.datetime.now(UTC)
 
+    def say(msg: str) -> None:
+        print(f"  [{idx}] {msg}", flush=True)
+
+    time.sleep(max(0.0, (at - now()).total_seconds()))
     started = now()
-    # T0: the start of a minute far enough ahead for the exporter's first refreshes, and for Prometheus to have
-    # scraped and evaluated the project at its usual rate a few times
-    t0 = (started + dt.timedelta(seconds=args.lead)).replace(second=0, microsecond=0) + MINUTE
-    history = hourly_history(
-        lambda h: Fraction(BEFORE_USD_H),
-        dt.datetime.combine(started.date() - dt.timedelta(days=40), dt.time(), UTC),
-        started.replace(minute=0, second=0, microsecond=0),
-        account_id=LABS,
-        api_key_id=key_id,
-    )
-    stream = runaway_schedule(
-        t0, account_id=LABS, api_key_id=key_id, model=model, before=str(BEFORE_USD_H), after=str(LOOP_USD_H)
-    )
-    scenario = Scenario([stream], now, start=dt.datetime.combine(started.date() - dt.timedelta(days=1), dt.time(), UTC))
-    timeline = Timeline(t0=t0.timestamp())
-
-    class Emulator(OpenAIAdminEmulator):
-        def handle(self, request: Request) -> Response:
-            resp = super().handle(request)
-            if request.method == "POST" and "rate_limits" in request.path:
-                timeline.writes.append(
-                    {"at": time.time(), "path": request.path, "body": request.json(), "status": resp.status}
-                )
-            return resp
-
-    emu = Emulator(ai_dataset(started, history), scenario=scenario)
+    emu = runaway_emulator(started, t0, now, write_key=DEFAULT_WRITE_KEY)
     emu.start()
+    timeline = Timeline(t0=t0.timestamp())
     receiver = Receiver(free_port())
     receiver_server = receiver.start()
     try:
@@ -272,7 +305,7 @@ def realtime(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             env = {
                 **os.environ,
                 ADMIN_ENV: DEFAULT_ADMIN_KEY,
-                WRITE_ENV: getattr(emu, "write_key", DEFAULT_ADMIN_KEY),
+                WRITE_ENV: DEFAULT_WRITE_KEY,
                 TOKEN_ENV: GUARD_TOKEN,
             }
             exporter = start(
@@ -286,8 +319,9 @@ def realtime(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             # alertmanager: the shipped config, its URLs and secret files pointed here, the guard at the exporter
             am_dir = tmp / "alertmanager"
             am_dir.mkdir()
-            am_cfg, keys = alertmanager_config(am_dir, receiver.port, intervals=None)
-            guard_receivers = point_guard_at(am_cfg, f"http://127.0.0.1:{exp_port}", am_dir, GUARD_TOKEN)
+            am_cfg, keys = alertmanager_config(
+                am_dir, receiver.port, intervals=None, guard=(f"http://127.0.0.1:{exp_port}", GUARD_TOKEN)
+            )
             (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(am_cfg, sort_keys=False))
             am_port = free_port()
             start(
@@ -323,36 +357,17 @@ def realtime(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             wait_http(am_port, "/-/ready", timeout=60)
             wait_http(prom_port, "/-/ready", timeout=60)
             prom, am = f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}"
-            print(
-                f"  stack up at {now():%H:%M:%S}; T0 {t0:%H:%M:%S}: {LABS} {model} ${BEFORE_USD_H}/h -> "
-                f"${LOOP_USD_H}/h; waiting for the page and the write (at most {args.give_up:.0f} min) ...",
-                flush=True,
+            say(
+                f"stack up at {now():%H:%M:%S}; T0 {t0:%H:%M:%S}: {LABS} {model} ${RUNAWAY_BEFORE}/h -> "
+                f"${RUNAWAY_AFTER}/h; waiting for the page and the write (at most {args.give_up:.0f} min) ..."
             )
-            observe(timeline, exp_port, prom, am, receiver, keys, team, LABS, model, t0, args.give_up)
+            observe(timeline, exp_port, prom, am, receiver, emu, keys, team, LABS, model, t0, args.give_up, say)
             series = prometheus_samples(prom, LABS, model, t0)
             logs = {p.name: p.read_text(errors="replace")[-4000:] for p in tmp.glob("*.log")}
     finally:
         receiver_server.shutdown()
         emu.stop()
-    return report_realtime(timeline, scenario, stream, series, guard_receivers, logs)
-
-
-def point_guard_at(cfg: dict[str, Any], exporter: str, tmp: Path, token: str) -> list[str]:
-    """Point the shipped guard receiver (a webhook to ``/-/guard/alertmanager``) at ``exporter``, its credentials
-    file at one holding ``token``. Returns the guard receivers' names."""
-    names = []
-    for r in cfg["receivers"]:
-        for wh in r.get("webhook_configs", []):
-            auth = (wh.get("http_config") or {}).get("authorization")
-            if auth:
-                path = tmp / "secrets" / Path(auth["credentials_file"]).name
-                path.write_text(token)
-                auth["credentials_file"] = str(path)
-                wh["url"] = exporter + urllib.parse.urlsplit(wh["url"]).path
-                names.append(r["name"])
-    if not names:
-        raise SystemExit("alertmanager.yml has no guard receiver (a webhook with a credentials file)")
-    return names
+    return report_realtime(timeline, emu.scenario, emu.scenario.streams[0], series, logs)
 
 
 def observe(
@@ -361,12 +376,14 @@ def observe(
     prom: str,
     am: str,
     receiver: Any,
+    emu: Any,
     keys: dict[str, str],
     team: str,
     account_id: str,
     model: str,
     t0: dt.datetime,
     give_up_min: float,
+    say: Callable[[str], None],
 ) -> None:
     """Poll every part of the chain twice a second until the page and the write have both arrived."""
     deadline = t0.timestamp() + give_up_min * 60
@@ -403,11 +420,10 @@ def observe(
         if end is not None and end != last_end:
             last_end = end
             tl.burn_refreshes.append((t, end, rate))
-            print(
-                f"  {dt.datetime.fromtimestamp(t, UTC):%H:%M:%S} burn window to "
+            say(
+                f"{dt.datetime.fromtimestamp(t, UTC):%H:%M:%S} burn window to "
                 f"{dt.datetime.fromtimestamp(end, UTC):%H:%M}: ${rate if rate is not None else float('nan'):.2f}/h "
-                f"(baseline ${(base or 0) / 24:.2f}/h)",
-                flush=True,
+                f"(baseline ${(base or 0) / 24:.2f}/h)"
             )
         threshold = max(4 * (base or 0) / 24, 20) if base else 20
         if tl.served is None and rate is not None and rate > threshold and t >= t0.timestamp():
@@ -436,10 +452,13 @@ def observe(
                     and "SpendAIBurnRateHigh" in n.text
                 ):
                     tl.paged = n.at
-                    print(f"  {dt.datetime.fromtimestamp(n.at, UTC):%H:%M:%S} paged ({team}-pager)", flush=True)
-        if tl.write is None and tl.writes:
+                    say(f"{dt.datetime.fromtimestamp(n.at, UTC):%H:%M:%S} paged ({team}-pager)")
+        if tl.write is None and emu.writes:
+            tl.writes = [
+                {"at": w.time, "method": w.method, "path": w.path, "body": w.body, "key": w.key} for w in emu.writes
+            ]
             tl.write = tl.writes[0]["at"]
-            print(f"  {dt.datetime.fromtimestamp(tl.write, UTC):%H:%M:%S} rate-limit write at the emulator", flush=True)
+            say(f"{dt.datetime.fromtimestamp(tl.write, UTC):%H:%M:%S} rate-limit write at the emulator")
         time.sleep(max(0.0, 0.5 - (time.time() - t)))
 
 
@@ -470,7 +489,6 @@ def report_realtime(
     scenario: Any,
     stream: Any,
     series: dict[str, list[tuple[float, str]]],
-    guard_receivers: list[str],
     logs: dict[str, str],
 ) -> dict[str, Any]:
     from tests.emulators.ai_dataset import BILLING_PRICES, MILLION
@@ -515,7 +533,7 @@ def report_realtime(
     }
     out = {
         "t0": dt.datetime.fromtimestamp(t0, UTC).isoformat(),
-        "schedule": {"before_usd_per_hour": BEFORE_USD_H, "loop_usd_per_hour": LOOP_USD_H},
+        "schedule": {"before_usd_per_hour": RUNAWAY_BEFORE, "loop_usd_per_hour": RUNAWAY_AFTER},
         "page_minutes": minutes(tl.paged),
         "stop_minutes": minutes(tl.write),
         "page_usd": spent(tl.paged),
@@ -537,7 +555,6 @@ def report_realtime(
             for at, end, rate in tl.burn_refreshes
         ],
         "writes": [{**w, "at_min": minutes(w["at"])} for w in tl.writes],
-        "guard_receivers": guard_receivers,
     }
     if tl.paged is None or tl.write is None:
         out["logs"] = logs
@@ -551,7 +568,7 @@ def report_realtime(
 IN_MEDIAN, OUT_MEDIAN, SIGMA = 1500, 250, 0.8
 
 
-def day_profile(baseline: float = BEFORE_USD_H, peak: float = 3.0) -> list[float]:
+def day_profile(baseline: float = RUNAWAY_BEFORE, peak: float = 3.0) -> list[float]:
     """USD an hour for each minute of an ordinary working day whose mean is ``baseline``: nights at half the
     working hours' level, a working day from 08:00 to 18:00, and ``peak`` x the baseline held for two hours
     (14:00 to 16:00) with half-hour ramps. Off-peak levels are scaled so that the day's mean is the baseline,
@@ -615,7 +632,7 @@ def ordinary_day(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     promtool = tool("promtool")
     rnd = random.Random(args.seed)
     day = dt.datetime.combine(dt.date.fromisoformat(args.day), dt.time(), UTC)
-    profile = day_profile(BEFORE_USD_H, args.peak)
+    profile = day_profile(RUNAWAY_BEFORE, args.peak)
     key_id = "key_srch_A1"
 
     # every minute of the history days and of the day, drawn once
@@ -685,6 +702,7 @@ def ordinary_day(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             for i in range(-60, 1440):
                 clock["t"] = day + i * MINUTE + dt.timedelta(seconds=args.scrape_offset)
                 scheduler.run_pending()
+                scheduler.run_pending_burn()
                 if i >= 0:
                     minutes_served.append(parse_exposition(app.exposition()))
         finally:
@@ -706,7 +724,7 @@ def ordinary_day(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return {
         "day": args.day,
         "profile": {
-            "baseline_usd_per_hour": BEFORE_USD_H,
+            "baseline_usd_per_hour": RUNAWAY_BEFORE,
             "peak": args.peak,
             "peak_hours": "14:00-16:00",
             "max_profile_usd_per_hour": round(max(true_rate), 2),
@@ -804,6 +822,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--part", choices=("both", "realtime", "day"), default="both")
     ap.add_argument("--lead", type=float, default=150.0, help="seconds from the start to T0 (at least)")
     ap.add_argument("--give-up", type=float, default=30.0, help="minutes after T0 to stop waiting")
+    ap.add_argument("--stacks", type=int, default=3, help="stacks side by side (one T0), exporters staggered")
+    ap.add_argument("--stagger", type=float, default=40.0, help="seconds between the stacks' starts")
     ap.add_argument("--day", default="2026-11-17", help="the ordinary day replayed (a Tuesday)")
     ap.add_argument("--peak", type=float, default=3.0, help="the working-day peak, times the hourly baseline")
     ap.add_argument("--history-days", type=int, default=35)
@@ -828,13 +848,20 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             )
         if args.part in ("both", "realtime"):
             rt = out["runaway"] = realtime(args, tmp)
+            for i, r in enumerate(rt["runs"]):
+                print(
+                    f"  [{i}] paged at T0+{r['page_minutes']} min (${r['page_usd']}), rate-limit write at "
+                    f"T0+{r['stop_minutes']} min (${r['stop_usd']})",
+                    flush=True,
+                )
+                for step, m in r["steps_minutes_from_t0"].items():
+                    print(f"        T0+{m} min  {step}", flush=True)
+            b = rt["bound"]
             print(
-                f"  runaway: paged at T0+{rt['page_minutes']} min (${rt['page_usd']}), rate-limit write at "
-                f"T0+{rt['stop_minutes']} min (${rt['stop_usd']})",
+                f"  shipped settings: page between T0+{b['page_minutes']['best']} and +{b['page_minutes']['worst']} "
+                f"min, write between T0+{b['stop_minutes']['best']} and +{b['stop_minutes']['worst']} min",
                 flush=True,
             )
-            for step, m in rt["steps_minutes_from_t0"].items():
-                print(f"    T0+{m} min  {step}", flush=True)
     save(args.name, out)
     return out
 

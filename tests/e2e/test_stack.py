@@ -4,6 +4,13 @@ Alertmanager delivers to a local HTTP receiver that speaks for PagerDuty, Slack 
 test's copies of the configs differ from the shipped ones only in URLs, secret-file locations and intervals
 (asserted below), so what is tested is the shipped routing, grouping, inhibition, templates and rules.
 
+The runaway (issue 14): beside the demo's FOCUS files the exporter has an ``openai`` source on the OpenAI Admin
+API emulator, whose project Labs has burned $475 an hour for half an hour against its usual $10 (so the first
+burn refresh already shows the loop), and a guard in ``mode: enforce``. SpendAIBurnRateHigh pages the team, and
+Alertmanager's guard receiver reaches the exporter through the receiver (which records the payload, so the
+test can deliver it again), whose guard sets the project's rate limit for the model at the emulator. A second
+exporter, in ``dry_run``, is given the same payload.
+
 Everything runs on the real clock: Prometheus and Alertmanager are Go programs, which libfaketime cannot move,
 and the exporter must share their clock (the staleness alerts and panels subtract its timestamps from
 Prometheus's ``time()``). The demo data is written relative to that clock; ``demo_clock`` and
@@ -12,12 +19,13 @@ Prometheus's ``time()``). The demo data is written relative to that clock; ``dem
 
 from __future__ import annotations
 
+import copy
 import csv
 import datetime as dt
 import importlib.util
 import json
+import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +34,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,10 +49,14 @@ from tests.e2e.stack import (
     alertmanager_config,
     dashboard_queries,
     load_dashboards,
+    post,
+    runaway_emulator,
     strip_keys,
     substitute,
     tool,
 )
+from tests.emulators.ai_dataset import GPT4O, LABS
+from tests.emulators.openai_admin import DEFAULT_ADMIN_KEY, DEFAULT_WRITE_KEY, OpenAIAdminEmulator
 
 pytestmark = pytest.mark.e2e
 
@@ -53,6 +64,19 @@ T = TypeVar("T")
 WAIT = 60.0  # upper bound of every wait; the whole module normally takes well under a minute
 MIDNIGHT_MARGIN = dt.timedelta(minutes=5)  # the module starts at least this long before 00:00 UTC, or after it
 FOR = "3s"  # every alert's for:, shortened
+GUARD_TOKEN = "e2e-guard-token-0123456789abcdef"
+ENV = {
+    "SPEND_E2E_OPENAI_ADMIN_KEY": DEFAULT_ADMIN_KEY,
+    "SPEND_E2E_OPENAI_WRITE_KEY": DEFAULT_WRITE_KEY,
+    "SPEND_E2E_GUARD_TOKEN": GUARD_TOKEN,
+}
+RUNAWAY_TEAM = "search"  # Labs is attributed to a team with a pager and no budget of its own
+GUARD_RULE = {
+    "name": "stop-openai-runaway",
+    "match": {"alertname": "SpendAIBurnRateHigh", "provider": "openai"},
+    "action": "openai_project_rate_limit",
+    "params": {"max_requests_per_1_minute": 1},
+}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -125,6 +149,8 @@ class Stack:
     receiver: Receiver
     routing_keys: dict[str, str]
     logs: list[Path]
+    emulator: OpenAIAdminEmulator
+    dry_run_exporter: str  # the same openai source, its guard in dry_run, not scraped
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         url = f"{self.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
@@ -205,6 +231,25 @@ def this_months_budget_spend(demo: Any, data: Path, now: dt.datetime) -> None:
             w.writerows(rows)
 
 
+def with_runaway(cfg: dict[str, Any], emulator_url: str, mode: str) -> dict[str, Any]:
+    """``cfg`` with the runaway's ``openai`` source (on the emulator, with the shipped burn defaults), project
+    Labs attributed to ``RUNAWAY_TEAM``, and a guard in ``mode`` with the rule of docs/guard.md."""
+    cfg = copy.deepcopy(cfg)
+    cfg["sources"].append(
+        {
+            "name": "openai-runaway",
+            "type": "openai",
+            "admin_key_env": "SPEND_E2E_OPENAI_ADMIN_KEY",
+            "write_key_env": "SPEND_E2E_OPENAI_WRITE_KEY",
+            "base_url": emulator_url + "/v1",
+        }
+    )
+    rule = {"match": {"provider": "openai", "account_id": LABS}, "team": RUNAWAY_TEAM}
+    cfg.setdefault("attribution", {}).setdefault("rules", []).append(rule)
+    cfg["guard"] = {"mode": mode, "token_env": "SPEND_E2E_GUARD_TOKEN", "rules": [GUARD_RULE]}
+    return cfg
+
+
 def _exporter_argv() -> list[str]:
     script = Path(sys.executable).with_name("spend-exporter")
     if script.exists():
@@ -219,21 +264,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
-    servers: list[ThreadingHTTPServer] = []
+    stoppers: list[Callable[[], None]] = []
 
     def start(name: str, argv: list[str], cwd: Path) -> None:
         log = tmp / f"{name}.log"
         logs.append(log)
         with open(log, "wb") as out:
-            procs.append(subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
+            )
 
     try:
-        # the exporter on the demo, exactly as `make run` does: relative paths from its working directory
+        # the exporter on the demo, as `make run` does (relative paths from its working directory), with the
+        # runaway's openai source and the guard added
         work = tmp / "exporter"
         demo, now = _load_demo_generator(), demo_clock()
         demo.generate(work / "examples" / "data", now=now)
         this_months_budget_spend(demo, work / "examples" / "data", now)
-        shutil.copy(ROOT / "examples" / "demo-config.yml", work / "demo-config.yml")
+        emulator = runaway_emulator(
+            now, now - dt.timedelta(minutes=30), lambda: dt.datetime.now(dt.UTC), write_key=DEFAULT_WRITE_KEY
+        )
+        emulator.start()
+        stoppers.append(emulator.stop)
+        demo_cfg = yaml.safe_load((ROOT / "examples" / "demo-config.yml").read_text())
+        (work / "demo-config.yml").write_text(yaml.safe_dump(with_runaway(demo_cfg, emulator.url, "enforce")))
         exp_port = free_port()
         start(
             "exporter",
@@ -249,13 +303,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         exporter = f"http://127.0.0.1:{exp_port}"
 
-        receiver = Receiver(free_port())
-        servers.append(receiver.start())
+        exporter_dry = tmp / "exporter-dry-run"
+        exporter_dry.mkdir()
+        dry_cfg = with_runaway({"cache_path": "cache.sqlite", "sources": []}, emulator.url, "dry_run")
+        (exporter_dry / "config.yml").write_text(yaml.safe_dump(dry_cfg))
+        dry_port = free_port()
+        start(
+            "exporter-dry-run",
+            [*_exporter_argv(), "run", "--config.file", "config.yml", "--web.listen-address", f"127.0.0.1:{dry_port}"],
+            exporter_dry,
+        )
+
+        # the receiver passes the guard's webhook on to the exporter
+        receiver = Receiver(free_port(), forward_to=exporter)
+        stoppers.append(receiver.start().shutdown)
 
         # alertmanager with our config
         am_dir = tmp / "alertmanager"
         am_dir.mkdir()
-        am_cfg, keys = alertmanager_config(am_dir, receiver.port)
+        am_cfg, keys = alertmanager_config(
+            am_dir, receiver.port, guard=(f"http://127.0.0.1:{receiver.port}/forward", GUARD_TOKEN)
+        )
         (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(am_cfg, sort_keys=False))
         am_port = free_port()
         start(
@@ -301,7 +369,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prometheus = f"http://127.0.0.1:{prom_port}"
         wait_for("alertmanager to be ready", lambda: http_ok(f"{alertmanager}/-/ready"), logs)
         wait_for("prometheus to be ready", lambda: http_ok(f"{prometheus}/-/ready"), logs)
-        yield Stack(exporter, prometheus, alertmanager, receiver, keys, logs)
+        dry_run = f"http://127.0.0.1:{dry_port}"
+        wait_for("the dry-run exporter to be ready", lambda: http_ok(f"{dry_run}/-/ready"), logs)
+        yield Stack(exporter, prometheus, alertmanager, receiver, keys, logs, emulator, dry_run)
     finally:
         for p in procs:
             p.terminate()
@@ -311,8 +381,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        for s in servers:
-            s.shutdown()
+        for stop in stoppers:
+            stop()
 
 
 # --------------------------------------------------------------------------- the test's own overrides
@@ -320,7 +390,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def test_only_urls_secret_files_and_intervals_are_overridden(tmp_path: Path) -> None:
     shipped = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())
-    cfg, _ = alertmanager_config(tmp_path, 1)
+    cfg, _ = alertmanager_config(tmp_path, 1, guard=("http://127.0.0.1:2/forward", GUARD_TOKEN))
     allowed = AM_OVERRIDABLE | AM_INTERVALS
     assert strip_keys(cfg, allowed) == strip_keys(shipped, allowed)
     assert cfg["inhibit_rules"] == shipped["inhibit_rules"]
@@ -479,6 +549,99 @@ def test_unrouted_team_reaches_the_generic_webhook(stack: Stack) -> None:
     assert got[0]["alerts"][0]["labels"]["budget"] == "lab"
 
 
+# --------------------------------------------------------------------------- the runaway and the guard
+
+RATE_LIMIT_PATH = f"/v1/organization/projects/{LABS}/rate_limits/rl-{GPT4O}"
+
+
+def _guard_counts(base: str) -> dict[str, float]:
+    """spend_guard_actions_total by result, for the runaway's rule, as ``base`` serves it."""
+    text = _get_text(f"{base}/metrics")
+    out: dict[str, float] = {}
+    for m in re.finditer(r"^spend_guard_actions_total\{([^}]*)\} (\S+)$", text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if labels["rule"] == GUARD_RULE["name"]:
+            out[labels["result"]] = float(m.group(2))
+    return out
+
+
+def _get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return str(r.read().decode())
+
+
+def _runaway_stopped(stack: Stack) -> Any:
+    """The guard's first delivery of SpendAIBurnRateHigh for Labs (as Alertmanager sent it), once its action is
+    recorded as applied."""
+
+    def delivered() -> Any:
+        for f in stack.receiver.passed_on():
+            alerts = json.loads(f.body)["alerts"]
+            if any(a["labels"].get("alertname") == "SpendAIBurnRateHigh" for a in alerts) and f.status == 200:
+                return f
+        return None
+
+    delivery = stack.wait("Alertmanager's guard receiver to deliver SpendAIBurnRateHigh", delivered)
+    stack.wait("the guard's action to be applied", lambda: _guard_counts(stack.exporter).get("applied") == 1)
+    return delivery
+
+
+def test_runaway_pages_the_team_and_the_guard_sets_one_rate_limit(stack: Stack) -> None:
+    _runaway_stopped(stack)
+
+    def page(b: dict[str, Any]) -> bool:
+        d = b["payload"]["custom_details"]
+        return bool(d["alertname"] == "SpendAIBurnRateHigh" and b["event_action"] == "trigger")
+
+    (event, *_) = stack.wait("the team's page", lambda: stack.receiver.find("pagerduty", page))
+    assert stack.routing_keys[event["routing_key"]] == f"{RUNAWAY_TEAM}-pager"
+    labels = _labels_of(event["payload"]["custom_details"]["labels"])
+    assert (labels["provider"], labels["account_id"], labels["model"]) == ("openai", LABS, GPT4O)
+    # exactly one write, with the write key, for the alert's project and model
+    (write,) = [w for w in stack.emulator.writes if w.method == "POST"]
+    assert (write.path, write.body, write.key) == (RATE_LIMIT_PATH, GUARD_RULE["params"], "write")
+    assert stack.emulator.rate_limits[LABS][f"rl-{GPT4O}"]["max_requests_per_1_minute"] == 1
+    active = stack.wait("the action in force in Prometheus", lambda: stack.query("spend_guard_action_active == 1"))
+    assert [(a["metric"]["rule"], a["metric"]["account_id"]) for a in active] == [(GUARD_RULE["name"], LABS)]
+
+
+def test_duplicate_delivery_changes_nothing(stack: Stack) -> None:
+    delivery = _runaway_stopped(stack)
+    before = _guard_counts(stack.exporter)
+    status, reply = post(f"{stack.exporter}{delivery.path}", delivery.body, delivery.headers)
+    assert status == 200, reply
+    assert {a["result"] for a in json.loads(reply)["actions"]} == {"duplicate"}
+    after = stack.wait(
+        "the duplicate to be counted",
+        lambda: (c := _guard_counts(stack.exporter)).get("duplicate", 0) > before.get("duplicate", 0) and c,
+    )
+    assert after["applied"] == 1
+    assert len([w for w in stack.emulator.writes if w.method == "POST"]) == 1
+
+
+def test_wrong_or_missing_token_gets_401(stack: Stack) -> None:
+    delivery = _runaway_stopped(stack)
+    for headers in ({"Authorization": "Bearer not-the-token"}, {}):
+        status, _ = post(
+            f"{stack.exporter}{delivery.path}", delivery.body, {"Content-Type": "application/json", **headers}
+        )
+        assert status == 401
+    assert delivery.headers["Authorization"] == f"Bearer {GUARD_TOKEN}"  # what Alertmanager sent, from its file
+    assert len([w for w in stack.emulator.writes if w.method == "POST"]) == 1
+
+
+def test_dry_run_writes_nothing(stack: Stack) -> None:
+    delivery = _runaway_stopped(stack)
+    status, reply = post(f"{stack.dry_run_exporter}{delivery.path}", delivery.body, delivery.headers)
+    assert status == 200, reply
+    assert {a["result"] for a in json.loads(reply)["actions"]} == {"pending"}
+    counts = stack.wait(
+        "the dry run to be recorded", lambda: (c := _guard_counts(stack.dry_run_exporter)).get("dry_run") and c
+    )
+    assert counts == {"applied": 0, "dry_run": 1, "failed": 0, "limited": 0, "duplicate": 0}
+    assert len([w for w in stack.emulator.writes if w.method == "POST"]) == 1  # the enforcing exporter's only
+
+
 # --------------------------------------------------------------------------- dashboards
 
 QUERIES = dashboard_queries({"__rate_interval": "1m", "__range": "1m", "__interval": "1s"})
@@ -486,12 +649,14 @@ QUERIES = dashboard_queries({"__rate_interval": "1m", "__range": "1m", "__interv
 
 @pytest.fixture(scope="module")
 def prometheus_has_history(stack: Stack) -> Stack:
-    """Enough scrapes and rule evaluations for rate()/increase() over a minute and for the recording rules."""
+    """Enough scrapes and rule evaluations for rate()/increase() over a minute and for the recording rules, and
+    the guard's action in force (its panel shows actions in force only)."""
     stack.wait(
-        "five scrapes and the recording rules",
+        "five scrapes, the recording rules and the guard's action",
         lambda: (
             stack.query('count_over_time(up{job="spend-exporter"}[1m]) >= 5')
             and stack.query("count_over_time(budget:spend_budget_used:ratio[1m]) >= 3")
+            and stack.query("count_over_time(spend_guard_action_active[1m]) >= 2")
         ),
     )
     return stack
