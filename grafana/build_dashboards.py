@@ -526,6 +526,32 @@ def teams() -> dict[str, Any]:
     )
 
 
+def burn_rate_panel() -> Panel:
+    """The burn rate per series, and beside each the threshold SpendAIBurnRateHigh compares it with."""
+    rate = f"spend_ai_burn_rate_usd_per_hour{{{F}}}"
+    p = timeseries(
+        "Burn rate by model",
+        "USD an hour: the list-price cost of the last complete burn_window (15m by default) of minute usage, "
+        "scaled to one hour and by the billed/list price ratio. Dashed: the threshold of SpendAIBurnRateHigh "
+        "for that series, 4x its hourly baseline (28-day daily mean / 24) and at least $20 an hour; the alert "
+        "fires when the rate stays above it for a minute.",
+        [
+            (rate, "{{provider}} {{account_id}} {{model}}"),
+            (
+                f"clamp_min(4 * spend_cost_daily_baseline_usd{{{F}}} / 24, 20) and {rate}\nor {rate} * 0 + 20",
+                "{{provider}} {{account_id}} {{model}} alert threshold",
+            ),
+        ],
+    )
+    p["fieldConfig"]["overrides"] = [
+        {
+            "matcher": {"id": "byFrameRefID", "options": "B"},
+            "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}],
+        }
+    ]
+    return p
+
+
 def ai() -> dict[str, Any]:
     by_project = f"sum by (provider, account_id, team) (spend_cost_month_to_date_usd{{{F_AI}}})"
     panels = [
@@ -622,6 +648,25 @@ def ai() -> dict[str, Any]:
             8,
         ),
         (row("Burn: the runaway detector"), 24, 1),
+        (burn_rate_panel(), 12, 9),
+        (
+            timeseries(
+                "Age of burn data",
+                "Time since the end of the newest minute bucket behind the burn rate, per source. The window "
+                "ends burn_delay (5m by default: the usage APIs publish minutes late) before the burn refresh, "
+                "which runs every burn_interval (2m), so 5 to 8 minutes is normal. Past 3 burn windows the "
+                "exporter withdraws the burn rate, and SpendAIBurnRateHigh cannot fire for that source.",
+                [
+                    (
+                        'time() - spend_ai_burn_window_end_timestamp_seconds{provider=~"$provider"}',
+                        "{{source}}",
+                    )
+                ],
+                unit="s",
+            ),
+            12,
+            9,
+        ),
         (
             timeseries(
                 "Last-hour cost by model",
@@ -639,8 +684,10 @@ def ai() -> dict[str, Any]:
         (
             timeseries(
                 "Last hour against hourly baseline",
-                "Last-hour cost divided by the 28-day daily mean / 24. SpendAIBurnRateHigh fires above 4 "
-                "(and $10 in the hour).",
+                "Last-hour cost divided by the 28-day daily mean / 24. For AI spend known only by the hour "
+                "(FOCUS files, cloud-billed models), SpendAIHourlyCostHigh fires above 4 (and $20 in the hour). "
+                "Sources with minute usage (openai, anthropic) are watched by SpendAIBurnRateHigh instead: "
+                "see Burn rate by model.",
                 [
                     (
                         f"spend_ai_cost_last_hour_usd{{{F}}}\n/ (spend_cost_daily_baseline_usd{{{F}}} / 24)",
@@ -666,7 +713,8 @@ def ai() -> dict[str, Any]:
     return dashboard(
         "spend-ai",
         "Spend / AI",
-        "AI API spend: cost by model and project, tokens by type, cost per 1M tokens, and the last-hour burn.",
+        "AI API spend: cost by model and project, tokens by type, cost per 1M tokens, the burn rate of the "
+        "last minutes and the last-hour burn.",
         spend_variables(),
         layout(panels),
     )
@@ -823,6 +871,42 @@ def exporter() -> dict[str, Any]:
             12,
             8,
         ),
+        (row("Guard"), 24, 1),
+        (
+            timeseries(
+                "Guard actions by result",
+                "What the guard did with the alerts Alertmanager sent it, per rule and result: applied, "
+                "dry_run (mode: dry_run, nothing changed), failed, limited (max_actions_per_day reached) or "
+                "duplicate (an alert fingerprint it had already acted on). spend-exporter guard list shows each "
+                "action; docs/guard.md says what each rule does.",
+                [
+                    (
+                        "sum by (rule, action, result) (increase(spend_guard_actions_total[$__rate_interval]))",
+                        "{{rule}} {{result}}",
+                    )
+                ],
+                unit="short",
+                stack=True,
+            ),
+            12,
+            8,
+        ),
+        (
+            timeseries(
+                "Guard actions in force",
+                "1 while an action the guard applied is in force (a lowered rate limit, an inactive key). "
+                "Nothing is undone when the alert resolves: a person decides, with spend-exporter guard undo ID.",
+                [
+                    (
+                        "max by (rule, action, provider, account_id) (spend_guard_action_active)",
+                        "{{rule}} {{provider}} {{account_id}}",
+                    )
+                ],
+                unit="none",
+            ),
+            12,
+            8,
+        ),
         (row("Billing API calls"), 24, 1),
         (
             timeseries(
@@ -888,7 +972,7 @@ def exporter() -> dict[str, Any]:
         "spend-exporter",
         "Spend / Exporter",
         "The exporter itself: source health, the cache, age of data, refresh duration, input left out, "
-        "billing API requests and their cost.",
+        "the guard's actions, billing API requests and their cost.",
         variables,
         layout(panels),
     )

@@ -169,6 +169,8 @@ def test_issue_panels_are_present() -> None:
     assert "Previous month by team" in titles["spend-teams"]
     assert {"Cost by model, month to date", "Cost by project, month to date", "Tokens by type"} <= titles["spend-ai"]
     assert {"Cost per 1M tokens", "Last-hour cost by model"} <= titles["spend-ai"]
+    assert {"Burn rate by model", "Age of burn data", "Last hour against hourly baseline"} <= titles["spend-ai"]
+    assert {"Guard actions by result", "Guard actions in force"} <= titles["spend-exporter"]
     assert {"Sources up", "Age of data", "Refresh duration", "API requests", "API cost, trailing 24h"} <= titles[
         "spend-exporter"
     ]
@@ -227,3 +229,23 @@ def test_provisioning() -> None:
     (provider,) = dp["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"].startswith("/")
+
+
+def _alert_expr(name: str) -> str:
+    groups = yaml.safe_load((ROOT / "prometheus" / "rules" / "spend-alerts.yml").read_text())["groups"]
+    (rule,) = [r for g in groups for r in g["rules"] if r.get("alert") == name]
+    return str(rule["expr"])
+
+
+def test_burn_rate_panel_draws_the_alerts_threshold() -> None:
+    """The dashed line is the threshold SpendAIBurnRateHigh uses: the same multiple of the hourly baseline and the
+    same floor, so the panel cannot drift from the rule."""
+    expr = " ".join(_alert_expr("SpendAIBurnRateHigh").split())
+    (multiple,) = re.findall(r"spend_ai_burn_rate_usd_per_hour > (\d+) \* spend_cost_daily_baseline_usd / 24", expr)
+    (floor,) = re.findall(r"and spend_ai_burn_rate_usd_per_hour > (\d+)", expr)
+    (panel,) = [p for p in panels(by_uid()["spend-ai"]) if p["title"] == "Burn rate by model"]
+    rate, threshold = (t["expr"] for t in panel["targets"])
+    assert rate.startswith("spend_ai_burn_rate_usd_per_hour{")
+    assert threshold.startswith(f"clamp_min({multiple} * spend_cost_daily_baseline_usd{{")
+    assert f"/ 24, {floor}) and " in threshold and threshold.endswith(f" * 0 + {floor}")
+    assert f"{multiple}x its hourly baseline" in panel["description"] and f"${floor} an hour" in panel["description"]

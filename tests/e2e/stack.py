@@ -1,16 +1,26 @@
-"""Helpers shared by the shipped-stack tests: finding the Prometheus tools and the dashboards' queries."""
+"""Helpers shared by the shipped-stack tests (and bench/runaway.py): finding the Prometheus tools, the dashboards'
+queries, a receiver that records what Alertmanager sends, and the shipped alertmanager.yml pointed at it."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "grafana" / "dashboards"
@@ -76,3 +86,216 @@ def dashboard_queries(intervals: dict[str, str] | None = None) -> list[Query]:
                 if t.get("expr"):
                     out.append(Query(dash["uid"], p["title"], t["refId"], substitute(t["expr"], intervals=intervals)))
     return out
+
+
+@dataclass
+class Notification:
+    kind: str  # pagerduty | slack | webhook
+    body: dict[str, Any]
+    at: float = field(default_factory=time.time)  # when it arrived (unix seconds)
+
+    @property
+    def text(self) -> str:
+        return json.dumps(self.body)
+
+
+@dataclass
+class Forwarded:
+    """A request the receiver passed on (the guard's webhook), exactly as Alertmanager sent it, and the reply."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+    reply: bytes
+    at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Receiver:
+    """Records what Alertmanager posts: /pagerduty (Events API v2), /slack (incoming webhook), /webhook.
+
+    Paths under ``/forward/`` are passed on to ``forward_to`` (the guard's webhook to the exporter: the test
+    can then post the very same payload again) and recorded apart, in ``forwarded``.
+    """
+
+    port: int
+    forward_to: str | None = None
+    received: list[Notification] = field(default_factory=list)
+    forwarded: list[Forwarded] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> ThreadingHTTPServer:
+        rec = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path.startswith("/forward/") and rec.forward_to:
+                    self._forward(raw)
+                    return
+                body = json.loads(raw)
+                with rec.lock:
+                    rec.received.append(Notification(self.path.strip("/").split("/")[0], body))
+                # PagerDuty answers 202 with a JSON body; Slack and webhooks 200
+                self.send_response(202 if self.path.startswith("/pagerduty") else 200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"status": "success", "message": "Event processed"}')
+
+            def _forward(self, raw: bytes) -> None:
+                path = self.path.removeprefix("/forward")
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+                status, reply = post(f"{rec.forward_to}{path}", raw, headers)
+                with rec.lock:
+                    rec.forwarded.append(Forwarded(path, headers, raw, status, reply))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    def find(self, kind: str, pred: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        with self.lock:
+            return [n.body for n in self.received if n.kind == kind and pred(n.body)]
+
+    def all(self) -> list[Notification]:
+        with self.lock:
+            return list(self.received)
+
+    def passed_on(self) -> list[Forwarded]:
+        with self.lock:
+            return list(self.forwarded)
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """POST ``body``; the status and the reply's body, an error status included."""
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status), bytes(r.read())
+    except urllib.error.HTTPError as e:
+        return int(e.code), bytes(e.read())
+
+
+# The only keys the test may change in the shipped configs.
+AM_OVERRIDABLE = {"url", "pagerduty_url", "slack_api_url_file", "routing_key_file", "credentials_file"}
+AM_INTERVALS = {"group_wait", "group_interval", "repeat_interval"}
+SHORT_INTERVALS = {"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"}
+
+
+def _routes(route: dict[str, Any]) -> list[dict[str, Any]]:
+    return [route, *(r for child in route.get("routes", []) for r in _routes(child))]
+
+
+def alertmanager_config(
+    tmp: Path,
+    receiver_port: int,
+    intervals: dict[str, str] | None = SHORT_INTERVALS,
+    guard: tuple[str, str] | None = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The shipped alertmanager.yml with URLs and secret files pointed at this test, and the intervals of every
+    route that sets them shortened (``intervals=None``: as shipped). Also returns routing key -> receiver name.
+
+    ``guard``: (base URL, token) for the guard's webhook (the one with a bearer credentials file): its URL keeps
+    its path on that base, its credentials file holds the token. Without it, it goes to the receiver's
+    ``/webhook/<name>`` like the others.
+    """
+    shipped = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())
+    cfg = copy.deepcopy(shipped)
+    base = f"http://127.0.0.1:{receiver_port}"
+    secrets = tmp / "secrets"
+    secrets.mkdir()
+    (secrets / "slack-webhook-url").write_text(f"{base}/slack")
+    cfg["global"]["slack_api_url_file"] = str(secrets / "slack-webhook-url")
+    cfg["global"]["pagerduty_url"] = f"{base}/pagerduty"
+    keys: dict[str, str] = {}  # routing key -> receiver name
+    for r in cfg["receivers"]:
+        for pd in r.get("pagerduty_configs", []):
+            name = Path(pd["routing_key_file"]).name
+            key = f"test-key-{r['name']}"
+            (secrets / name).write_text(key)
+            pd["routing_key_file"] = str(secrets / name)
+            keys[key] = r["name"]
+        for wh in r.get("webhook_configs", []):
+            auth = (wh.get("http_config") or {}).get("authorization")
+            if auth:
+                path = secrets / Path(auth["credentials_file"]).name
+                path.write_text(guard[1] if guard else "no-guard-in-this-test")
+                auth["credentials_file"] = str(path)
+            if auth and guard:
+                wh["url"] = guard[0] + urllib.parse.urlsplit(wh["url"]).path
+            else:
+                wh["url"] = f"{base}/webhook/{r['name']}"
+    if intervals:
+        for route in _routes(cfg["route"]):
+            route.update({k: v for k, v in intervals.items() if k in route})
+    # the templates are found relative to the config file: copy them beside it
+    shutil.copytree(ROOT / "prometheus" / "alertmanager-templates", tmp / "alertmanager-templates")
+    return cfg, keys
+
+
+def strip_keys(node: Any, keys: set[str]) -> Any:
+    """``node`` without the mapping keys ``keys``, at any depth."""
+    if isinstance(node, dict):
+        return {k: strip_keys(v, keys) for k, v in node.items() if k not in keys}
+    if isinstance(node, list):
+        return [strip_keys(v, keys) for v in node]
+    return node
+
+
+# --------------------------------------------------------------------------- the runaway (issue 14)
+
+RUNAWAY_BEFORE, RUNAWAY_AFTER = 10, 475  # the seed's project: USD an hour before the loop, and in it
+
+
+def hourly_history(usd_per_hour: Any, start: Any, end: Any, account_id: str, api_key_id: str) -> list[Any]:
+    """Hourly gpt-4o output rows of ``account_id`` costing ``usd_per_hour(hour)`` (a ``Fraction``) each hour in
+    [start, end). The emulators bill their dataset's rows: these days are what the baseline is built from."""
+    import datetime as dt
+    from fractions import Fraction
+
+    from tests.emulators.ai_dataset import BILLING_PRICES, GPT4O, MILLION, AIUsageRow
+
+    price = Fraction(BILLING_PRICES[GPT4O]["output"]) / Fraction(MILLION)
+    rows = []
+    h = start
+    while h < end:
+        tokens = round(usd_per_hour(h) / price)
+        rows.append(
+            AIUsageRow(h, "openai", account_id, api_key_id, GPT4O, "completions", 0, tokens, 0, 0, 0, tokens // 1000)
+        )
+        h += dt.timedelta(hours=1)
+    return rows
+
+
+def runaway_emulator(now: Any, t0: Any, clock: Any, **kwargs: Any) -> Any:
+    """The OpenAI Admin API emulator serving the seed's story on ``clock``: project Labs (gpt-4o) at
+    ``RUNAWAY_BEFORE`` USD an hour, billed so for the 40 days before ``now`` (its hourly baseline), whose usage
+    jumps to ``RUNAWAY_AFTER`` an hour at ``t0``, in minute buckets published with the modelled delay
+    (``tests.emulators.scenario``). ``kwargs`` go to the emulator (``write_key``)."""
+    import datetime as dt
+    from fractions import Fraction
+
+    from tests.emulators.ai_dataset import GPT4O, LABS, AIDataset
+    from tests.emulators.openai_admin import OpenAIAdminEmulator
+    from tests.emulators.scenario import Scenario, runaway_schedule
+
+    key = "key_labs_D4"
+    first = dt.datetime.combine(now.date() - dt.timedelta(days=40), dt.time(), dt.UTC)
+    rows = hourly_history(
+        lambda h: Fraction(RUNAWAY_BEFORE), first, now.replace(minute=0, second=0, microsecond=0), LABS, key
+    )
+    stream = runaway_schedule(
+        t0, account_id=LABS, api_key_id=key, model=GPT4O, before=str(RUNAWAY_BEFORE), after=str(RUNAWAY_AFTER)
+    )
+    # minute usage from two hours back: the burn window and the last complete hour (day buckets stay cheap)
+    scenario = Scenario([stream], clock, start=min(t0, now) - dt.timedelta(hours=2))
+    dataset = AIDataset(now=now, start=first.date(), usage=rows, extra_costs=[])
+    return OpenAIAdminEmulator(dataset, scenario=scenario, **kwargs)

@@ -4,6 +4,13 @@ Alertmanager delivers to a local HTTP receiver that speaks for PagerDuty, Slack 
 test's copies of the configs differ from the shipped ones only in URLs, secret-file locations and intervals
 (asserted below), so what is tested is the shipped routing, grouping, inhibition, templates and rules.
 
+The runaway (issue 14): beside the demo's FOCUS files the exporter has an ``openai`` source on the OpenAI Admin
+API emulator, whose project Labs has burned $475 an hour for half an hour against its usual $10 (so the first
+burn refresh already shows the loop), and a guard in ``mode: enforce``. SpendAIBurnRateHigh pages the team, and
+Alertmanager's guard receiver reaches the exporter through the receiver (which records the payload, so the
+test can deliver it again), whose guard sets the project's rate limit for the model at the emulator. A second
+exporter, in ``dry_run``, is given the same payload.
+
 Everything runs on the real clock: Prometheus and Alertmanager are Go programs, which libfaketime cannot move,
 and the exporter must share their clock (the staleness alerts and panels subtract its timestamps from
 Prometheus's ``time()``). The demo data is written relative to that clock; ``demo_clock`` and
@@ -17,25 +24,39 @@ import csv
 import datetime as dt
 import importlib.util
 import json
+import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import yaml
 
-from tests.e2e.stack import ROOT, Query, dashboard_queries, load_dashboards, substitute, tool
+from tests.e2e.stack import (
+    AM_INTERVALS,
+    AM_OVERRIDABLE,
+    ROOT,
+    Query,
+    Receiver,
+    alertmanager_config,
+    dashboard_queries,
+    load_dashboards,
+    post,
+    runaway_emulator,
+    strip_keys,
+    substitute,
+    tool,
+)
+from tests.emulators.ai_dataset import GPT4O, LABS
+from tests.emulators.openai_admin import DEFAULT_ADMIN_KEY, DEFAULT_WRITE_KEY, OpenAIAdminEmulator
 
 pytestmark = pytest.mark.e2e
 
@@ -43,6 +64,19 @@ T = TypeVar("T")
 WAIT = 60.0  # upper bound of every wait; the whole module normally takes well under a minute
 MIDNIGHT_MARGIN = dt.timedelta(minutes=5)  # the module starts at least this long before 00:00 UTC, or after it
 FOR = "3s"  # every alert's for:, shortened
+GUARD_TOKEN = "e2e-guard-token-0123456789abcdef"
+ENV = {
+    "SPEND_E2E_OPENAI_ADMIN_KEY": DEFAULT_ADMIN_KEY,
+    "SPEND_E2E_OPENAI_WRITE_KEY": DEFAULT_WRITE_KEY,
+    "SPEND_E2E_GUARD_TOKEN": GUARD_TOKEN,
+}
+RUNAWAY_TEAM = "search"  # Labs is attributed to a team with a pager and no budget of its own
+GUARD_RULE = {
+    "name": "stop-openai-runaway",
+    "match": {"alertname": "SpendAIBurnRateHigh", "provider": "openai"},
+    "action": "openai_project_rate_limit",
+    "params": {"max_requests_per_1_minute": 1},
+}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -93,98 +127,7 @@ def http_ok(url: str) -> bool:
         return False
 
 
-@dataclass
-class Notification:
-    kind: str  # pagerduty | slack | webhook
-    body: dict[str, Any]
-
-    @property
-    def text(self) -> str:
-        return json.dumps(self.body)
-
-
-@dataclass
-class Receiver:
-    """Records what Alertmanager posts: /pagerduty (Events API v2), /slack (incoming webhook), /webhook."""
-
-    port: int
-    received: list[Notification] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> ThreadingHTTPServer:
-        rec = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with rec.lock:
-                    rec.received.append(Notification(self.path.strip("/").split("/")[0], body))
-                # PagerDuty answers 202 with a JSON body; Slack and webhooks 200
-                self.send_response(202 if self.path.startswith("/pagerduty") else 200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(b'{"status": "success", "message": "Event processed"}')
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
-
-    def find(self, kind: str, pred: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
-        with self.lock:
-            return [n.body for n in self.received if n.kind == kind and pred(n.body)]
-
-    def all(self) -> list[Notification]:
-        with self.lock:
-            return list(self.received)
-
-
 # --------------------------------------------------------------------------- config overrides
-
-# The only keys the test may change in the shipped configs.
-AM_OVERRIDABLE = {"url", "pagerduty_url", "slack_api_url_file", "routing_key_file", "credentials_file"}
-GUARD_TOKEN = "test-guard-token"  # what the guard receiver's credentials file holds here
-AM_INTERVALS = {"group_wait", "group_interval", "repeat_interval"}
-
-
-def alertmanager_config(tmp: Path, receiver_port: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """The shipped alertmanager.yml with URLs, secret files and intervals pointed at this test."""
-    shipped = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())
-    cfg = copy.deepcopy(shipped)
-    base = f"http://127.0.0.1:{receiver_port}"
-    secrets = tmp / "secrets"
-    secrets.mkdir()
-    (secrets / "slack-webhook-url").write_text(f"{base}/slack")
-    cfg["global"]["slack_api_url_file"] = str(secrets / "slack-webhook-url")
-    cfg["global"]["pagerduty_url"] = f"{base}/pagerduty"
-    keys: dict[str, str] = {}  # routing key -> receiver name
-    for r in cfg["receivers"]:
-        for pd in r.get("pagerduty_configs", []):
-            name = Path(pd["routing_key_file"]).name
-            key = f"test-key-{r['name']}"
-            (secrets / name).write_text(key)
-            pd["routing_key_file"] = str(secrets / name)
-            keys[key] = r["name"]
-        for wh in r.get("webhook_configs", []):
-            wh["url"] = f"{base}/webhook/{r['name']}"
-            auth = wh.get("http_config", {}).get("authorization", {})
-            if "credentials_file" in auth:
-                (secrets / Path(auth["credentials_file"]).name).write_text(GUARD_TOKEN)
-                auth["credentials_file"] = str(secrets / Path(auth["credentials_file"]).name)
-    cfg["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
-    # the templates are found relative to the config file: copy them beside it
-    shutil.copytree(ROOT / "prometheus" / "alertmanager-templates", tmp / "alertmanager-templates")
-    return cfg, keys
-
-
-def _strip(node: Any, keys: set[str]) -> Any:
-    if isinstance(node, dict):
-        return {k: _strip(v, keys) for k, v in node.items() if k not in keys}
-    if isinstance(node, list):
-        return [_strip(v, keys) for v in node]
-    return node
 
 
 def rules_copy(src: Path, dst: Path) -> None:
@@ -192,7 +135,7 @@ def rules_copy(src: Path, dst: Path) -> None:
     text = re.sub(r"(?m)^(\s+for: )\S+$", rf"\g<1>{FOR}", src.read_text())
     dst.write_text(text)
     a, b = yaml.safe_load(src.read_text()), yaml.safe_load(text)
-    assert _strip(a, {"for"}) == _strip(b, {"for"})
+    assert strip_keys(a, {"for"}) == strip_keys(b, {"for"})
 
 
 # --------------------------------------------------------------------------- the stack
@@ -206,6 +149,8 @@ class Stack:
     receiver: Receiver
     routing_keys: dict[str, str]
     logs: list[Path]
+    emulator: OpenAIAdminEmulator
+    dry_run_exporter: str  # the same openai source, its guard in dry_run, not scraped
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         url = f"{self.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
@@ -286,6 +231,25 @@ def this_months_budget_spend(demo: Any, data: Path, now: dt.datetime) -> None:
             w.writerows(rows)
 
 
+def with_runaway(cfg: dict[str, Any], emulator_url: str, mode: str) -> dict[str, Any]:
+    """``cfg`` with the runaway's ``openai`` source (on the emulator, with the shipped burn defaults), project
+    Labs attributed to ``RUNAWAY_TEAM``, and a guard in ``mode`` with the rule of docs/guard.md."""
+    cfg = copy.deepcopy(cfg)
+    cfg["sources"].append(
+        {
+            "name": "openai-runaway",
+            "type": "openai",
+            "admin_key_env": "SPEND_E2E_OPENAI_ADMIN_KEY",
+            "write_key_env": "SPEND_E2E_OPENAI_WRITE_KEY",
+            "base_url": emulator_url + "/v1",
+        }
+    )
+    rule = {"match": {"provider": "openai", "account_id": LABS}, "team": RUNAWAY_TEAM}
+    cfg.setdefault("attribution", {}).setdefault("rules", []).append(rule)
+    cfg["guard"] = {"mode": mode, "token_env": "SPEND_E2E_GUARD_TOKEN", "rules": [GUARD_RULE]}
+    return cfg
+
+
 def _exporter_argv() -> list[str]:
     script = Path(sys.executable).with_name("spend-exporter")
     if script.exists():
@@ -300,21 +264,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
-    servers: list[ThreadingHTTPServer] = []
+    stoppers: list[Callable[[], None]] = []
 
     def start(name: str, argv: list[str], cwd: Path) -> None:
         log = tmp / f"{name}.log"
         logs.append(log)
         with open(log, "wb") as out:
-            procs.append(subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
+            )
 
     try:
-        # the exporter on the demo, exactly as `make run` does: relative paths from its working directory
+        # the exporter on the demo, as `make run` does (relative paths from its working directory), with the
+        # runaway's openai source and the guard added
         work = tmp / "exporter"
         demo, now = _load_demo_generator(), demo_clock()
         demo.generate(work / "examples" / "data", now=now)
         this_months_budget_spend(demo, work / "examples" / "data", now)
-        shutil.copy(ROOT / "examples" / "demo-config.yml", work / "demo-config.yml")
+        emulator = runaway_emulator(
+            now, now - dt.timedelta(minutes=30), lambda: dt.datetime.now(dt.UTC), write_key=DEFAULT_WRITE_KEY
+        )
+        emulator.start()
+        stoppers.append(emulator.stop)
+        demo_cfg = yaml.safe_load((ROOT / "examples" / "demo-config.yml").read_text())
+        (work / "demo-config.yml").write_text(yaml.safe_dump(with_runaway(demo_cfg, emulator.url, "enforce")))
         exp_port = free_port()
         start(
             "exporter",
@@ -330,13 +303,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         exporter = f"http://127.0.0.1:{exp_port}"
 
-        receiver = Receiver(free_port())
-        servers.append(receiver.start())
+        exporter_dry = tmp / "exporter-dry-run"
+        exporter_dry.mkdir()
+        dry_cfg = with_runaway({"cache_path": "cache.sqlite", "sources": []}, emulator.url, "dry_run")
+        (exporter_dry / "config.yml").write_text(yaml.safe_dump(dry_cfg))
+        dry_port = free_port()
+        start(
+            "exporter-dry-run",
+            [*_exporter_argv(), "run", "--config.file", "config.yml", "--web.listen-address", f"127.0.0.1:{dry_port}"],
+            exporter_dry,
+        )
+
+        # the receiver passes the guard's webhook on to the exporter
+        receiver = Receiver(free_port(), forward_to=exporter)
+        stoppers.append(receiver.start().shutdown)
 
         # alertmanager with our config
         am_dir = tmp / "alertmanager"
         am_dir.mkdir()
-        am_cfg, keys = alertmanager_config(am_dir, receiver.port)
+        am_cfg, keys = alertmanager_config(
+            am_dir, receiver.port, guard=(f"http://127.0.0.1:{receiver.port}/forward", GUARD_TOKEN)
+        )
         (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(am_cfg, sort_keys=False))
         am_port = free_port()
         start(
@@ -382,7 +369,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prometheus = f"http://127.0.0.1:{prom_port}"
         wait_for("alertmanager to be ready", lambda: http_ok(f"{alertmanager}/-/ready"), logs)
         wait_for("prometheus to be ready", lambda: http_ok(f"{prometheus}/-/ready"), logs)
-        yield Stack(exporter, prometheus, alertmanager, receiver, keys, logs)
+        dry_run = f"http://127.0.0.1:{dry_port}"
+        wait_for("the dry-run exporter to be ready", lambda: http_ok(f"{dry_run}/-/ready"), logs)
+        yield Stack(exporter, prometheus, alertmanager, receiver, keys, logs, emulator, dry_run)
     finally:
         for p in procs:
             p.terminate()
@@ -392,8 +381,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        for s in servers:
-            s.shutdown()
+        for stop in stoppers:
+            stop()
 
 
 # --------------------------------------------------------------------------- the test's own overrides
@@ -401,9 +390,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def test_only_urls_secret_files_and_intervals_are_overridden(tmp_path: Path) -> None:
     shipped = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())
-    cfg, _ = alertmanager_config(tmp_path, 1)
+    cfg, _ = alertmanager_config(tmp_path, 1, guard=("http://127.0.0.1:2/forward", GUARD_TOKEN))
     allowed = AM_OVERRIDABLE | AM_INTERVALS
-    assert _strip(cfg, allowed) == _strip(shipped, allowed)
+    assert strip_keys(cfg, allowed) == strip_keys(shipped, allowed)
     assert cfg["inhibit_rules"] == shipped["inhibit_rules"]
     assert cfg["route"]["group_by"] == shipped["route"]["group_by"]
 
@@ -562,6 +551,99 @@ def test_unrouted_team_reaches_the_generic_webhook(stack: Stack) -> None:
     assert got[0]["alerts"][0]["labels"]["budget"] == "lab"
 
 
+# --------------------------------------------------------------------------- the runaway and the guard
+
+RATE_LIMIT_PATH = f"/v1/organization/projects/{LABS}/rate_limits/rl-{GPT4O}"
+
+
+def _guard_counts(base: str) -> dict[str, float]:
+    """spend_guard_actions_total by result, for the runaway's rule, as ``base`` serves it."""
+    text = _get_text(f"{base}/metrics")
+    out: dict[str, float] = {}
+    for m in re.finditer(r"^spend_guard_actions_total\{([^}]*)\} (\S+)$", text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if labels["rule"] == GUARD_RULE["name"]:
+            out[labels["result"]] = float(m.group(2))
+    return out
+
+
+def _get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return str(r.read().decode())
+
+
+def _runaway_stopped(stack: Stack) -> Any:
+    """The guard's first delivery of SpendAIBurnRateHigh for Labs (as Alertmanager sent it), once its action is
+    recorded as applied."""
+
+    def delivered() -> Any:
+        for f in stack.receiver.passed_on():
+            alerts = json.loads(f.body)["alerts"]
+            if any(a["labels"].get("alertname") == "SpendAIBurnRateHigh" for a in alerts) and f.status == 200:
+                return f
+        return None
+
+    delivery = stack.wait("Alertmanager's guard receiver to deliver SpendAIBurnRateHigh", delivered)
+    stack.wait("the guard's action to be applied", lambda: _guard_counts(stack.exporter).get("applied") == 1)
+    return delivery
+
+
+def test_runaway_pages_the_team_and_the_guard_sets_one_rate_limit(stack: Stack) -> None:
+    _runaway_stopped(stack)
+
+    def page(b: dict[str, Any]) -> bool:
+        d = b["payload"]["custom_details"]
+        return bool(d["alertname"] == "SpendAIBurnRateHigh" and b["event_action"] == "trigger")
+
+    (event, *_) = stack.wait("the team's page", lambda: stack.receiver.find("pagerduty", page))
+    assert stack.routing_keys[event["routing_key"]] == f"{RUNAWAY_TEAM}-pager"
+    labels = _labels_of(event["payload"]["custom_details"]["labels"])
+    assert (labels["provider"], labels["account_id"], labels["model"]) == ("openai", LABS, GPT4O)
+    # exactly one write, with the write key, for the alert's project and model
+    (write,) = [w for w in stack.emulator.writes if w.method == "POST"]
+    assert (write.path, write.body, write.key) == (RATE_LIMIT_PATH, GUARD_RULE["params"], "write")
+    assert stack.emulator.rate_limits[LABS][f"rl-{GPT4O}"]["max_requests_per_1_minute"] == 1
+    active = stack.wait("the action in force in Prometheus", lambda: stack.query("spend_guard_action_active == 1"))
+    assert [(a["metric"]["rule"], a["metric"]["account_id"]) for a in active] == [(GUARD_RULE["name"], LABS)]
+
+
+def test_duplicate_delivery_changes_nothing(stack: Stack) -> None:
+    delivery = _runaway_stopped(stack)
+    before = _guard_counts(stack.exporter)
+    status, reply = post(f"{stack.exporter}{delivery.path}", delivery.body, delivery.headers)
+    assert status == 200, reply
+    assert {a["result"] for a in json.loads(reply)["actions"]} == {"duplicate"}
+    after = stack.wait(
+        "the duplicate to be counted",
+        lambda: (c := _guard_counts(stack.exporter)).get("duplicate", 0) > before.get("duplicate", 0) and c,
+    )
+    assert after["applied"] == 1
+    assert len([w for w in stack.emulator.writes if w.method == "POST"]) == 1
+
+
+def test_wrong_or_missing_token_gets_401(stack: Stack) -> None:
+    delivery = _runaway_stopped(stack)
+    for headers in ({"Authorization": "Bearer not-the-token"}, {}):
+        status, _ = post(
+            f"{stack.exporter}{delivery.path}", delivery.body, {"Content-Type": "application/json", **headers}
+        )
+        assert status == 401
+    assert delivery.headers["Authorization"] == f"Bearer {GUARD_TOKEN}"  # what Alertmanager sent, from its file
+    assert len([w for w in stack.emulator.writes if w.method == "POST"]) == 1
+
+
+def test_dry_run_writes_nothing(stack: Stack) -> None:
+    delivery = _runaway_stopped(stack)
+    status, reply = post(f"{stack.dry_run_exporter}{delivery.path}", delivery.body, delivery.headers)
+    assert status == 200, reply
+    assert {a["result"] for a in json.loads(reply)["actions"]} == {"pending"}
+    counts = stack.wait(
+        "the dry run to be recorded", lambda: (c := _guard_counts(stack.dry_run_exporter)).get("dry_run") and c
+    )
+    assert counts == {"applied": 0, "dry_run": 1, "failed": 0, "limited": 0, "duplicate": 0}
+    assert len([w for w in stack.emulator.writes if w.method == "POST"]) == 1  # the enforcing exporter's only
+
+
 # --------------------------------------------------------------------------- dashboards
 
 QUERIES = dashboard_queries({"__rate_interval": "1m", "__range": "1m", "__interval": "1s"})
@@ -569,12 +651,14 @@ QUERIES = dashboard_queries({"__rate_interval": "1m", "__range": "1m", "__interv
 
 @pytest.fixture(scope="module")
 def prometheus_has_history(stack: Stack) -> Stack:
-    """Enough scrapes and rule evaluations for rate()/increase() over a minute and for the recording rules."""
+    """Enough scrapes and rule evaluations for rate()/increase() over a minute and for the recording rules, and
+    the guard's action in force (its panel shows actions in force only)."""
     stack.wait(
-        "five scrapes and the recording rules",
+        "five scrapes, the recording rules and the guard's action",
         lambda: (
             stack.query('count_over_time(up{job="spend-exporter"}[1m]) >= 5')
             and stack.query("count_over_time(budget:spend_budget_used:ratio[1m]) >= 3")
+            and stack.query("count_over_time(spend_guard_action_active[1m]) >= 2")
         ),
     )
     return stack
