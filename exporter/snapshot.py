@@ -17,6 +17,7 @@ import math
 import platform
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -328,26 +329,35 @@ class SnapshotBuilder:
         """Billed cost ÷ list-price estimate per (provider, account_id, model), over the last ``RATIO_DAYS``
         complete days that have costs (a cost API that lags does not read as a discount).
 
-        Only where the model has both costs and usage there, the estimate is above 0 and no token of the
-        model in the window is unpriced.
+        Only days on which the model has both costs and usage count (usage kept for fewer days than costs,
+        or the other way round, does not read as a price), and only where the estimate is above 0 and no
+        token of the model in the window is unpriced.
         """
         if newest is None:  # the newest complete day with costs (Store.cost_days)
             return {}
         first = newest - dt.timedelta(days=RATIO_DAYS - 1)
-        usage = self.store.usage_by_model(source, first, newest)
+        usage = self.store.usage_by_model(source, first, newest, by_day=True)
         if not usage:
             return {}  # a source without AI usage: its (maybe many) cost rows are not read
         providers = {r[0] for r in usage}
-        billed = {(p, a, m): c for p, a, m, c in self.store.ai_cost_by_model(source, providers, first, newest)}
+        billed_days = self.store.ai_cost_by_model(source, providers, first, newest, by_day=True)
+        billed: dict[tuple[str, str, str, str], float] = {(p, a, m, d): c for p, a, m, d, c in billed_days}
         n_tt = len(TOKEN_TYPES)
-        out: dict[tuple[str, str, str], float] = {}
+        tokens: dict[tuple[str, str, str], dict[str, int]] = {}
+        cost: dict[tuple[str, str, str], float] = defaultdict(float)
         for r in usage:
-            key = (r[0], r[1], r[2])
-            if key not in billed:
+            if (r[0], r[1], r[2], r[3]) not in billed:
                 continue
-            est = self.prices.estimate(r[0], r[2], dict(zip(TOKEN_TYPES, r[3 : 3 + n_tt], strict=True)))
+            key = (r[0], r[1], r[2])
+            cost[key] += billed[(r[0], r[1], r[2], r[3])]
+            acc = tokens.setdefault(key, dict.fromkeys(TOKEN_TYPES, 0))
+            for tt, n in zip(TOKEN_TYPES, r[4 : 4 + n_tt], strict=True):
+                acc[tt] += n or 0
+        out: dict[tuple[str, str, str], float] = {}
+        for key, counts in tokens.items():
+            est = self.prices.estimate(key[0], key[2], counts)
             if est.usd > 0 and not est.unpriced_tokens:
-                out[key] = billed[key] / est.usd
+                out[key] = cost[key] / est.usd
         return out
 
     def load_price_ratios(self, now: dt.datetime, sources: Iterable[str]) -> None:

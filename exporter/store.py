@@ -392,30 +392,36 @@ class Store:
         )
 
     def ai_cost_by_model(
-        self, source: str, providers: Iterable[str], first: dt.date, last: dt.date
-    ) -> list[tuple[str, str, str, float]]:
+        self, source: str, providers: Iterable[str], first: dt.date, last: dt.date, *, by_day: bool = False
+    ) -> list[tuple[Any, ...]]:
         """(provider, account_id, model, USD): ``source``'s billed cost per AI model of ``providers``, ``first``
-        through ``last`` (the index cost_series reads just those providers' rows, not a cloud's many others)."""
+        through ``last`` (the index cost_series reads just those providers' rows, not a cloud's many others).
+        ``by_day``: one row per day, the day (ISO) after the model."""
         provs = sorted(set(providers))
         if not provs:
             return []
         marks = ",".join("?" * len(provs))
+        day = ", day" if by_day else ""
         return [
-            (r[0], r[1], r[2], float(r[3]))
+            (*r[:-1], float(r[-1]))
             for r in self.query(
-                "SELECT provider, account_id, model, SUM(cost_usd) FROM cost INDEXED BY cost_series "
+                f"SELECT provider, account_id, model{day}, SUM(cost_usd) FROM cost INDEXED BY cost_series "
                 f"WHERE source = ? AND provider IN ({marks}) AND model != '' AND day BETWEEN ? AND ? "
-                "GROUP BY provider, account_id, model",
+                f"GROUP BY provider, account_id, model{day}",
                 (source, *provs, first.isoformat(), last.isoformat()),
             )
         ]
 
-    def usage_by_model(self, source: str, first: dt.date, last: dt.date) -> list[tuple[Any, ...]]:
-        """(provider, account_id, model, then tokens by ``model.TOKEN_TYPES``) from ``first`` through ``last``."""
+    def usage_by_model(
+        self, source: str, first: dt.date, last: dt.date, *, by_day: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """(provider, account_id, model, then tokens by ``model.TOKEN_TYPES``) from ``first`` through ``last``.
+        ``by_day``: one row per day, the day (ISO) after the model."""
+        day = ", day" if by_day else ""
         return self.query(
-            "SELECT provider, account_id, model, SUM(input), SUM(output), SUM(cache_read), SUM(cache_write), "
-            "SUM(cache_write_1h) FROM usage WHERE source = ? AND day BETWEEN ? AND ? "
-            "GROUP BY provider, account_id, model",
+            f"SELECT provider, account_id, model{day}, SUM(input), SUM(output), SUM(cache_read), SUM(cache_write), "
+            f"SUM(cache_write_1h) FROM usage WHERE source = ? AND day BETWEEN ? AND ? "
+            f"GROUP BY provider, account_id, model{day}",
             (source, first.isoformat(), last.isoformat()),
         )
 

@@ -706,3 +706,23 @@ def test_one_hour_cache_writes_from_focus_are_kept_apart(tmp_path: Path, focus: 
     again, _ = engine()
     assert again.snapshot_restored
     assert again.builder.price_ratio("anthropic", "wrkspc_x", "claude-sonnet-4-20250514") == 1.0
+
+
+def test_price_ratio_counts_only_days_with_both_costs_and_usage(tmp_path: Path, focus: Any, engine: Any) -> None:
+    """Costs on three days, tokens on one: the ratio compares that day's cost with its tokens (1.0), not the
+    three days' cost with one day's tokens (13 / 3)."""
+    model = "claude-sonnet-4-20250514"
+
+    def row(day: dt.date, usd: float, **usage: Any) -> dict[str, Any]:
+        return focus.daily(
+            day, usd, ProviderName="Anthropic", SubAccountId="wrkspc_x", ServiceName="messages", x_Model=model, **usage
+        )
+
+    tokens = {"x_TokenType": "input", "ConsumedQuantity": 1_000_000, "ConsumedUnit": "Tokens"}
+    rows = [row(dt.date(2025, 3, 12), 5.0), row(dt.date(2025, 3, 13), 5.0), row(dt.date(2025, 3, 14), 3.0, **tokens)]
+    focus.write(tmp_path / "exports" / "a.csv", rows)  # Claude Sonnet 4 input: $3.00 per 1M tokens, list price
+    app, _ = engine()
+    app.refresh_all()
+    fams = {f.name: f for f in text_string_to_metric_families(app.exposition())}
+    assert {s.labels["model"]: s.value for s in fams["spend_ai_price_ratio"].samples} == {model: 1.0}
+    app.close()
