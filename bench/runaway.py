@@ -203,6 +203,7 @@ def bound() -> dict[str, Any]:
     """Best and worst case, from T0, of each step of the chain with the shipped settings: the sources' burn
     defaults, prometheus.yml's intervals, the alert's threshold and ``for:``, and Alertmanager's group_wait for
     the team's page and for the guard. The loop starts on a minute boundary, as in the scenario."""
+    from exporter.app import BURN_PHASE
     from exporter.sources.admin_api import AdminApiSource
 
     fields = AdminApiSource.model_fields
@@ -229,7 +230,8 @@ def bound() -> dict[str, Any]:
     steps = {
         "loop minutes the window needs": (minutes * 60.0, minutes * 60.0),
         "burn_delay": (delay, delay),
-        "burn_interval (waiting for the next burn refresh)": (0.0, interval),
+        # refreshes run BURN_PHASE after a minute boundary (exporter.app.burn_next_at), every burn_interval
+        "burn_interval (waiting for the next burn refresh)": (BURN_PHASE, max(interval - 60, 0) + BURN_PHASE),
         "scrape_interval": (0.0, scrape),
         "evaluation_interval": (0.0, evaluation),
         "for": (for_, for_),
@@ -527,7 +529,7 @@ def report_realtime(
         "exporter serves the burn rate over the threshold": tl.served,
         "Prometheus scrapes it": tl.scraped,
         "rule evaluation: pending": tl.pending,
-        "rule evaluation: firing (for: 1m)": tl.firing,
+        "rule evaluation: firing": tl.firing,
         "PagerDuty page at the receiver (group_wait)": tl.paged,
         "rate-limit write at the emulator (guard)": tl.write,
     }

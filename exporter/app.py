@@ -79,6 +79,23 @@ def burn_backoff(src: AdminApiSource, failures: int, retry_after: float | None =
     return float(delay)
 
 
+BURN_PHASE = 5.0  # seconds after the minute at which burn refreshes run: the API's grace to publish a minute
+BURN_MIN_GAP = 15.0  # seconds: never two burn refreshes closer than this
+
+
+def burn_next_at(now: float, interval: float) -> float:
+    """When the burn refresh after a good one at ``now`` runs: the last minute boundary + ``BURN_PHASE`` at
+    or before ``now + interval``, or the one after it if that is less than ``BURN_MIN_GAP`` away.
+
+    ``burn_delay`` is whole minutes, so the newest complete minute changes on minute boundaries. A refresh
+    just after one reads that minute as soon as it may; a refresh at any other phase would wait for it up
+    to a minute longer (bench/runaway.py: the page would come up to 11.5 minutes after the loop started
+    instead of 9.6). Off phase (the first refresh, or one after a failure), the next comes early.
+    """
+    aligned = (now + interval - BURN_PHASE) // 60 * 60 + BURN_PHASE
+    return aligned if aligned - now >= BURN_MIN_GAP else aligned + 60
+
+
 def _source_hash(src: SourceBase) -> str:
     """Hash of the settings that change what is fetched (all but the source type's ``FETCH_NEUTRAL`` keys)."""
     data = src.model_dump(mode="json", exclude=set(src.FETCH_NEUTRAL))
@@ -418,7 +435,7 @@ class App:
                 out = RefreshOutcome(name, ok=False, duration=duration, error=msg)
             else:
                 st.data, st.failures, st.last_error = data, 0, None
-                st.next_at = now.timestamp() + src.burn_interval
+                st.next_at = burn_next_at(now.timestamp(), src.burn_interval)
                 for _provider, model in data.unpriced:
                     if (name, model) not in self._burn_unpriced_logged:
                         self._burn_unpriced_logged.add((name, model))

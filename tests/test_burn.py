@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from exporter import burn
-from exporter.app import App, _source_hash, burn_backoff
+from exporter.app import App, _source_hash, burn_backoff, burn_next_at
 from exporter.config import parse_config
 from exporter.model import MinuteUsage, MinuteUsageResult, burn_bounds
 from exporter.scheduler import Scheduler
@@ -243,3 +243,32 @@ def test_a_wrong_key_fails_the_burn_without_showing_it(
     assert not out.ok and out.error and "HTTP 401" in out.error
     for text in (out.error, caplog.text, app.exposition(), str(status_report(app))):
         assert wrong not in text
+
+
+B = 1_800_000_000.0  # a minute boundary (unix)
+
+
+@pytest.mark.parametrize(
+    ("now", "interval", "want"),
+    [
+        (B + 5.3, 120, B + 125),  # on phase: every interval
+        (B + 40, 120, B + 125),  # off phase (the first refresh): the next one comes early, on phase
+        (B + 4, 120, B + 65),
+        (B + 5, 60, B + 65),
+        (B + 40, 60, B + 65),
+        (B + 4.9, 60, B + 65),  # never a second refresh 0.1 s after the first
+        (B + 55, 60, B + 125),  # nor 10 s after it
+        (B + 5, 300, B + 305),
+    ],
+)
+def test_burn_refreshes_run_just_after_a_minute_boundary(now: float, interval: float, want: float) -> None:
+    got = burn_next_at(now, interval)
+    assert got == want
+    assert 15 <= got - now < interval + 15
+
+
+def test_after_a_good_burn_refresh_the_next_is_on_the_minute_phase(app: App, clock: Clock) -> None:
+    assert app.refresh_burn("oai").ok
+    now = clock().timestamp()
+    due = app.burn_due_at("oai")
+    assert due == burn_next_at(now, 120) and due % 60 == 5
