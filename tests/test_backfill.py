@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ from tests.clock import FIXED_NOW
 ROOT = Path(__file__).resolve().parent.parent
 DAY = dt.timedelta(days=1)
 TODAY = FIXED_NOW.date()  # 2026-11-20
-FIRST = dt.date(2026, 10, 1)  # a refresh at FIXED_NOW reads from the previous month's first day
+FIRST = dt.date(2026, 9, 15)  # the cache holds every day written: history_days reaches further back
 NEW = dt.date(2026, 11, 3)  # the first day of a third series
 TARGET = 'job="spend-exporter",instance="exporter:9877",'
 
@@ -74,7 +75,15 @@ def app_on(tmp: Path, focus: Any, data: list[dict[str, Any]], now: dt.datetime) 
     focus.write(tmp / "exports" / "a.csv", data)
     raw = {
         "cache_path": str(tmp / "cache.sqlite"),
-        "sources": [{"name": "focus", "type": "focus", "paths": [str(tmp / "exports" / "*.csv")], "jitter": 0}],
+        "sources": [
+            {
+                "name": "focus",
+                "type": "focus",
+                "paths": [str(tmp / "exports" / "*.csv")],
+                "jitter": 0,
+                "history_days": 70,
+            }
+        ],
         "budgets": [{"name": "all", "amount_usd": 2000}, {"name": "team-b", "amount_usd": 300, "team": "b"}],
     }
     app = build_app(parse_config(raw), now=lambda: now)
@@ -90,12 +99,12 @@ def apps() -> Iterator[list[App]]:
         a.close()
 
 
-@pytest.fixture
-def cache(tmp_path: Path, focus: Any, apps: list[App]) -> App:
-    """The exporter's cache at FIXED_NOW, filled by a refresh: FIRST through yesterday."""
-    app = app_on(tmp_path / "live", focus, rows(focus, TODAY - DAY), FIXED_NOW)
-    apps.append(app)
-    return app
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory, focus: Any) -> Iterator[App]:
+    """The exporter's cache at FIXED_NOW, filled by a refresh: FIRST through yesterday (the tests only read it)."""
+    app = app_on(tmp_path_factory.mktemp("live"), focus, rows(focus, TODAY - DAY), FIXED_NOW)
+    yield app
+    app.close()
 
 
 def backfill(app: App, since: int, until: int, **kw: str) -> str:
@@ -133,7 +142,7 @@ def served(app: App) -> dict[str, str]:
 @pytest.mark.parametrize(
     "day",
     [
-        # (the days whose 28-day baseline and previous month the cache holds: from the history fetch on, any day)
+        dt.date(2026, 10, 20),  # mid-month, a baseline that starts before the data (averaged over what is held)
         dt.date(2026, 11, 1),  # the 1st: month to date 0, the previous month complete
         dt.date(2026, 11, 2),
         NEW + DAY,  # the day after a new series' first day
@@ -237,7 +246,7 @@ def test_samples_leave_no_gap_and_end_before_until(since: int, until: int) -> No
     ts = [t for d in r.days() for t in r.timestamps(d)]
     assert ts == sorted(set(ts))
     assert ts[0] - since < STEP and ts[0] >= since
-    assert all(b - a <= STEP for a, b in zip(ts, ts[1:], strict=False))
+    assert all(b - a <= STEP for a, b in itertools.pairwise(ts))
     assert ts[-1] == until - 1, "a closing sample: the live range's first scrape at until finds it"
     assert all(t % STEP == 0 for t in ts[:-1]), "on the epoch's 5-minute grid, like every dashboard step"
     # each day's samples start at its 00:00 (the day's new figures), so no step reads the previous day
@@ -270,10 +279,10 @@ def test_every_family_is_backfilled_or_says_why_not() -> None:
 
 
 def test_source_days_names_the_runs_it_lacks(cache: App) -> None:
-    held = source_days(cache.store, "focus", dt.date(2026, 9, 26), dt.date(2026, 10, 5))
+    held = source_days(cache.store, "focus", dt.date(2026, 9, 10), dt.date(2026, 10, 5))
     assert (held.first, held.last) == (FIRST, TODAY - DAY)
-    assert held.missing == [(dt.date(2026, 9, 26), dt.date(2026, 9, 30))]
-    assert "2026-09-26..2026-09-30" in held.describe() and "5 days" in held.describe()
+    assert held.missing == [(dt.date(2026, 9, 10), dt.date(2026, 9, 14))]
+    assert "2026-09-10..2026-09-14" in held.describe() and "5 days" in held.describe()
 
 
 # --------------------------------------------------------------------------- the command
@@ -292,8 +301,8 @@ def test_dry_run_prints_the_range_the_cache_and_the_fetch_hook(
     assert run_cli(cache, tmp_path, "--dry-run", "--since", "2026-09-01") == 0
     out = capsys.readouterr().out
     assert "backfill 2026-09-01T00:00:00Z to 2026-11-20T12:00:00Z" in out
-    assert "source focus: the cache holds 2026-10-01..2026-11-19" in out
-    assert "2026-08-31..2026-09-30" in out  # what the range lacks
+    assert "source focus: the cache holds 2026-09-15..2026-11-19" in out
+    assert "2026-08-31..2026-09-14" in out  # what the range lacks
     assert "history fetch:" in out
     assert not list(tmp_path.glob("*.om"))
 
@@ -302,9 +311,9 @@ def test_backfill_writes_the_file_and_reports_missing_days(
     cache: App, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out" / "backfill.om"
-    assert run_cli(cache, tmp_path, "--output", str(out), "--since", "2026-09-29", "--until", "2026-10-03") == 0
+    assert run_cli(cache, tmp_path, "--output", str(out), "--since", "2026-09-14", "--until", "2026-09-17") == 0
     err = capsys.readouterr().err
-    assert "2026-09-28..2026-09-30" in err, err  # the days before the cache's first
+    assert "2026-09-13..2026-09-14" in err, err  # the days before the cache's first
     assert re.search(r"wrote \d+ series, \d+ samples", err)
     assert out.read_text().endswith("# EOF\n")
     assert [p.name for p in out.parent.iterdir()] == ["backfill.om"], "no temporary file left"
