@@ -16,6 +16,7 @@ series together, in timestamp order), with ``# EOF`` at the end.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -169,10 +170,11 @@ def history_fetch_plan(config: Config, store: Store, first: dt.date, last: dt.da
 
 @dataclass(frozen=True)
 class Range:
-    """The samples' time range: [since, until), unix seconds."""
+    """The samples' time range: [since, until), unix seconds, and their spacing (``check_step``)."""
 
     since: int
     until: int
+    step: int = STEP
 
     def days(self) -> Iterator[dt.date]:
         """The UTC days with samples (on day D+1 the figures are those of a build at D+1, daily = day D)."""
@@ -182,14 +184,22 @@ class Range:
             d += DAY
 
     def timestamps(self, day: dt.date) -> list[int]:
-        """The sample times of ``day``: the ``STEP`` grid, and a closing sample 1 s before ``until`` so that the
-        live range's first scrape finds the backfill within the lookback delta however late it comes."""
+        """The sample times of ``day``: the ``step`` grid, and a closing sample 1 s before ``until`` so that the
+        live range's first scrape, up to a step after ``until``, still finds the backfill."""
         start, end = max(_midnight(day), self.since), min(_midnight(day + DAY), self.until)
-        first = -(-start // STEP) * STEP
-        ts = list(range(first, end, STEP))
+        first = -(-start // self.step) * self.step
+        ts = list(range(first, end, self.step))
         if end == self.until and self.until - 1 >= start and (not ts or ts[-1] < self.until - 1):
             ts.append(self.until - 1)
         return ts
+
+
+def check_step(seconds: float) -> int:
+    """``--step``: whole minutes from 1 to 60 that divide a day, so every day starts on a sample."""
+    step = int(seconds)
+    if step != seconds or step % 60 or not 60 <= step <= 3600 or 86400 % step:
+        raise ValueError(f"{seconds:g}s: whole minutes from 1m to 1h that divide a day (1m, 2m, 5m, 10m, 15m, 30m, 1h)")
+    return step
 
 
 def _midnight(d: dt.date) -> int:
@@ -217,7 +227,15 @@ class Result:
 class Backfill:
     """Builds the snapshot of each day of a ``Range`` and writes the backfilled families as OpenMetrics."""
 
-    def __init__(self, config: Config, store: Store, job: str = DEFAULT_JOB, instance: str = DEFAULT_INSTANCE) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        job: str = DEFAULT_JOB,
+        instance: str = DEFAULT_INSTANCE,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        """``job``, ``instance`` and ``labels``: the target labels the live scrape adds (``target_labels``)."""
         self.config = config
         self.store = store
         self.asof = AsOfStore(store)
@@ -225,7 +243,8 @@ class Backfill:
         meta = {s.name: (SOURCES[s.type].provider, SOURCES[s.type].api, s.interval) for s in config.sources}
         self._overrides = {m: {str(k): float(p) for k, p in prices.items()} for m, prices in config.pricing.items()}
         self.builder = SnapshotBuilder(config, self.asof, meta, prices=PriceTable.load(self._overrides))
-        self.target = f'job="{escape_label_value(job)}",instance="{escape_label_value(instance)}"'
+        target = {"job": job, "instance": instance, **(labels or {})}
+        self.target = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in target.items())
 
     def families_at(self, day: dt.date) -> list[Family]:
         """The backfilled families as the live exporter served them during ``day`` (a build at its noon on the
@@ -296,6 +315,25 @@ class Backfill:
             finally:
                 db.close()
         return result
+
+
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def target_labels(pairs: Iterable[str]) -> dict[str, str]:
+    """``--label NAME=VALUE`` options: the other labels the live scrape adds (Kubernetes: namespace, pod, ...)."""
+    from exporter.metrics import BUDGET_LABELS, COST_LABELS, SOURCE_LABELS
+
+    taken = {"job", "instance", "token_type", "account_name", *COST_LABELS, *BUDGET_LABELS, *SOURCE_LABELS}
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not LABEL_NAME.fullmatch(name) or name.startswith("__"):
+            raise ValueError(f"{pair!r}: expected NAME=VALUE with a Prometheus label name")
+        if name in taken:
+            raise ValueError(f"{name!r}: the exporter's own label (or --job/--instance), not a target label")
+        out[name] = value
+    return out
 
 
 def _with_target(key: str, target: str) -> str:

@@ -132,6 +132,18 @@ def _backfill_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     bf.add_argument(
         "--instance", default=None, help="the instance label of the live scrape (default: exporter:9877, compose's)"
     )
+    bf.add_argument(
+        "--step",
+        default="5m",
+        help="sample spacing (default 5m, Prometheus's lookback delta; longer needs --query.lookback-delta)",
+    )
+    bf.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another target label the live scrape adds (repeat; Kubernetes: namespace, pod, service, ...)",
+    )
     bf.add_argument("--dry-run", action="store_true", help="print what would be written and fetched; write nothing")
 
 
@@ -336,23 +348,36 @@ def cmd_guard(config: Config, args: argparse.Namespace) -> int:
 def cmd_backfill(config: Config, args: argparse.Namespace, now: Callable[[], dt.datetime] = utc_now) -> int:
     """``backfill``: the cache's history as OpenMetrics with timestamps (``exporter.backfill``); no API call."""
     import sqlite3
+    from dataclasses import replace
 
     from exporter.backfill import (
         DEFAULT_INSTANCE,
         DEFAULT_JOB,
-        STEP,
         Backfill,
-        Range,
+        check_step,
         default_range,
         history_fetch_plan,
         parse_when,
         source_days,
+        target_labels,
     )
     from exporter.cachefile import CacheFileError
+    from exporter.config_types import parse_duration
     from exporter.store import Store
 
     if not args.dry_run and not args.output:
         print("error: --output: required (or --dry-run)", file=sys.stderr)
+        return EXIT_CONFIG
+    args.job, args.instance = args.job or DEFAULT_JOB, args.instance or DEFAULT_INSTANCE
+    try:
+        labels = target_labels(args.label)
+    except ValueError as e:
+        print(f"error: --label: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        step = check_step(parse_duration(args.step))
+    except ValueError as e:
+        print(f"error: --step: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if not Path(config.cache_path).exists():
         print(
@@ -364,11 +389,10 @@ def cmd_backfill(config: Config, args: argparse.Namespace, now: Callable[[], dt.
     except (OSError, sqlite3.Error, CacheFileError) as e:
         print(f"error: cache_path {config.cache_path}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
         return EXIT_FAILED
-    args.job, args.instance = args.job or DEFAULT_JOB, args.instance or DEFAULT_INSTANCE
     try:
         t = now()
         names = [s.name for s in config.sources]
-        rng = default_range(store, names, t)
+        rng = replace(default_range(store, names, t), step=step)
         for flag in ("since", "until"):
             value = getattr(args, flag)
             try:
@@ -377,7 +401,7 @@ def cmd_backfill(config: Config, args: argparse.Namespace, now: Callable[[], dt.
                 print(f"error: --{flag}: {e}", file=sys.stderr)
                 return EXIT_CONFIG
             if when is not None:
-                rng = Range(when, rng.until) if flag == "since" else Range(rng.since, when)
+                rng = replace(rng, since=when) if flag == "since" else replace(rng, until=when)
         if rng.until > t.timestamp():
             print("error: --until: in the future (the live exporter serves from now on)", file=sys.stderr)
             return EXIT_CONFIG
@@ -390,8 +414,8 @@ def cmd_backfill(config: Config, args: argparse.Namespace, now: Callable[[], dt.
         held = [source_days(store, s, first, last) for s in names]
         since_s, until_s = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(x)) for x in (rng.since, rng.until))
         head = (
-            f"backfill {since_s} to {until_s} (excluded): {len(days)} days of samples, one every {STEP} s, "
-            f"labels job={args.job!r} instance={args.instance!r}; daily figures of {first} through {last}"
+            f"backfill {since_s} to {until_s} (excluded): {len(days)} days of samples, one every {rng.step} s, "
+            f"labels {dict(job=args.job, instance=args.instance, **labels)}; daily figures of {first} through {last}"
         )
         if args.dry_run:
             print(head)
@@ -411,7 +435,7 @@ def cmd_backfill(config: Config, args: argparse.Namespace, now: Callable[[], dt.
             for h in held:
                 print(h.describe(), file=sys.stderr)
             print("days with no costs read as such (fetch the history first if the cache lacks them)", file=sys.stderr)
-        return _write_backfill(Backfill(config, store, args.job, args.instance), rng, Path(args.output), head)
+        return _write_backfill(Backfill(config, store, args.job, args.instance, labels), rng, Path(args.output), head)
     finally:
         store.close()
 

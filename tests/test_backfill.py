@@ -24,8 +24,10 @@ from exporter.backfill import (
     STEP,
     Backfill,
     Range,
+    check_step,
     parse_when,
     source_days,
+    target_labels,
 )
 from exporter.cli import _parser, cmd_backfill
 from exporter.config import parse_config
@@ -223,9 +225,14 @@ def test_output_is_openmetrics_grouped_by_series_in_time_order(cache: App) -> No
 
 
 def test_the_scrape_labels_come_first_and_are_escaped(cache: App) -> None:
-    text = backfill(cache, midnight(TODAY), midnight(TODAY) + STEP, job="spend", instance='host "a":9877')
+    out = io.StringIO()
+    bf = Backfill(cache.config, cache.store, "spend", 'host "a":9877', target_labels(["namespace=mon", "pod=x-1"]))
+    bf.write(Range(midnight(TODAY), midnight(TODAY) + STEP), out)
+    text = out.getvalue()
     sample = next(ln for ln in text.splitlines() if ln.startswith("spend_cost_daily_usd{"))
-    assert sample.startswith('spend_cost_daily_usd{job="spend",instance="host \\"a\\":9877",provider="aws",')
+    assert sample.startswith(
+        'spend_cost_daily_usd{job="spend",instance="host \\"a\\":9877",namespace="mon",pod="x-1",provider="aws",'
+    )
     (fam,) = [f for f in om_families(text) if f.name == "spend_cost_daily_usd"]
     assert {s.labels["instance"] for s in fam.samples} == {'host "a":9877'}
 
@@ -234,24 +241,32 @@ def test_the_scrape_labels_come_first_and_are_escaped(cache: App) -> None:
 
 
 @pytest.mark.parametrize(
-    ("since", "until"),
+    ("since", "until", "step"),
     [
-        (midnight(TODAY - 3 * DAY), int(FIXED_NOW.timestamp())),  # until on the grid
-        (midnight(TODAY - 3 * DAY) + 17, int(FIXED_NOW.timestamp()) + 101),  # neither end on it
-        (midnight(TODAY - 2 * DAY), midnight(TODAY)),  # whole days
+        (midnight(TODAY - 3 * DAY), int(FIXED_NOW.timestamp()), STEP),  # until on the grid
+        (midnight(TODAY - 3 * DAY) + 17, int(FIXED_NOW.timestamp()) + 101, STEP),  # neither end on it
+        (midnight(TODAY - 2 * DAY), midnight(TODAY), STEP),  # whole days
+        (midnight(TODAY - 2 * DAY) + 61, int(FIXED_NOW.timestamp()) + 7, 3600),  # --step 1h
     ],
 )
-def test_samples_leave_no_gap_and_end_before_until(since: int, until: int) -> None:
-    r = Range(since, until)
+def test_samples_leave_no_gap_and_end_before_until(since: int, until: int, step: int) -> None:
+    r = Range(since, until, step)
     ts = [t for d in r.days() for t in r.timestamps(d)]
     assert ts == sorted(set(ts))
-    assert ts[0] - since < STEP and ts[0] >= since
-    assert all(b - a <= STEP for a, b in itertools.pairwise(ts))
+    assert ts[0] - since < step and ts[0] >= since
+    assert all(b - a <= step for a, b in itertools.pairwise(ts))
     assert ts[-1] == until - 1, "a closing sample: the live range's first scrape at until finds it"
-    assert all(t % STEP == 0 for t in ts[:-1]), "on the epoch's 5-minute grid, like every dashboard step"
+    assert all(t % step == 0 for t in ts[:-1]), "on the epoch's grid, like every dashboard step"
     # each day's samples start at its 00:00 (the day's new figures), so no step reads the previous day
     for d in list(r.days())[1:]:
         assert r.timestamps(d)[0] == midnight(d)
+
+
+@pytest.mark.parametrize("bad", [30, 90, 7 * 60, 7200, 299.5])
+def test_a_step_must_divide_the_day_in_whole_minutes(bad: float) -> None:
+    with pytest.raises(ValueError, match="whole minutes"):
+        check_step(bad)
+    assert [check_step(s) for s in (60, 300, 900, 3600)] == [60, 300, 900, 3600]
 
 
 def test_since_and_until_forms() -> None:
@@ -326,6 +341,10 @@ def test_backfill_writes_the_file_and_reports_missing_days(
         (["--until", "2026-11-21", "--output", "x.om"], "--until: in the future"),
         (["--since", "2026-11-20", "--until", "2026-11-19", "--output", "x.om"], "--since: not before --until"),
         ([], "--output: required"),
+        (["--dry-run", "--label", "team=x"], "--label: 'team': the exporter's own label"),
+        (["--dry-run", "--label", "pod"], "--label: 'pod': expected NAME=VALUE"),
+        (["--dry-run", "--step", "7m"], "--step: 420s: whole minutes"),
+        (["--dry-run", "--step", "300"], "--step: invalid duration '300'"),
     ],
 )
 def test_bad_flags_exit_2_naming_the_flag(
