@@ -220,7 +220,6 @@ class Result:
     series: int = 0
     samples: int = 0
     days: int = 0
-    bytes: int = 0
     families: dict[str, int] = field(default_factory=dict)  # family → series
 
 

@@ -440,13 +440,18 @@ def cmd_backfill(config: Config, args: argparse.Namespace, now: Callable[[], dt.
         store.close()
 
 
+def _month_done(day: dt.date) -> None:
+    if day.day == 1:
+        log.info("backfill: built the days up to %s", day)
+
+
 def _write_backfill(bf: Any, rng: Any, out: Path, head: str) -> int:
     """Stream into a file beside ``out`` and rename it at the end (a partial file is never left as ``out``)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 20) as f:
-            res = bf.write(rng, f, tmpdir=out.parent)
+            res = bf.write(rng, f, tmpdir=out.parent, progress=_month_done)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:

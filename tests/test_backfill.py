@@ -352,3 +352,58 @@ def test_bad_flags_exit_2_naming_the_flag(
 ) -> None:
     assert run_cli(cache, tmp_path, *argv) == 2
     assert message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- an AI source: tokens, requests, ratio
+
+OPENAI_ENV = "OPENAI_ADMIN_KEY_BACKFILL_TEST"
+
+
+def openai_app(tmp: Path, dataset: Any, now: dt.datetime) -> tuple[App, Any]:
+    from tests.emulators.openai_admin import OpenAIAdminEmulator
+
+    emu = OpenAIAdminEmulator(dataset)
+    emu.start()
+    source = {"name": "oai", "type": "openai", "admin_key_env": OPENAI_ENV, "base_url": emu.url + "/v1"}
+    raw = {"cache_path": str(tmp / "cache.sqlite"), "sources": [{**source, "history_days": 40, "jitter": 0}]}
+    app = App(parse_config(raw), now=lambda: now)
+    assert all(o.ok for o in app.refresh_all())
+    return app, emu
+
+
+@pytest.mark.parametrize("day", [dt.date(2026, 11, 1), dt.date(2026, 11, 17)])
+def test_ai_tokens_requests_and_price_ratio_are_what_the_live_exporter_served(
+    day: dt.date, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OpenAI Admin API emulator; the live exporter just after 00:00 of ``day``: its API has every hour
+    before it and none of ``day`` yet (the hour in progress is not complete)."""
+    from tests.emulators.ai_dataset import AIDataset, build_ai_dataset
+    from tests.emulators.openai_admin import DEFAULT_ADMIN_KEY
+
+    monkeypatch.setenv(OPENAI_ENV, DEFAULT_ADMIN_KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    full = build_ai_dataset(FIXED_NOW, days=40)
+    cache, emu = openai_app(tmp_path / "cache", full, FIXED_NOW)
+    then = dt.datetime.combine(day, dt.time(0, 30), dt.UTC)
+    past = AIDataset(
+        now=then,
+        start=full.start,
+        usage=[r for r in full.usage if r.hour + dt.timedelta(hours=1) <= then],  # complete hours
+        extra_costs=[c for c in full.extra_costs if c.day < day],
+    )
+    live, live_emu = openai_app(tmp_path / "then", past, then)
+    try:
+        text = backfill(cache, midnight(day), midnight(day + DAY))
+        want = served(live)
+        assert {k.split("{")[0] for k in want} >= {
+            "spend_ai_tokens_month_to_date",
+            "spend_ai_requests_month_to_date",
+            "spend_ai_price_ratio",
+            "spend_cost_daily_usd",
+        }
+        assert samples_at(text, int(then.timestamp())) == want
+    finally:
+        for a in (cache, live):
+            a.close()
+        emu.stop()
+        live_emu.stop()
