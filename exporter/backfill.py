@@ -256,6 +256,16 @@ class Backfill:
         wanted = set(BACKFILLED)
         return [f for f in snap._families if f.name in wanted]
 
+    def estimate(self, rng: Range) -> tuple[int, int, int]:
+        """(series, samples, bytes) of ``write(rng)``, from the series of its last day (``--dry-run``)."""
+        days = list(rng.days())
+        if not days:
+            return 0, 0, 0
+        lines = [ln for f in self.families_at(days[-1]) for frag in f.fragments for ln in frag.splitlines()]
+        samples = len(lines) * sum(len(rng.timestamps(d)) for d in days)
+        per_line = (sum(len(ln) for ln in lines) / len(lines) + len(self.target) + 14) if lines else 0
+        return len(lines), samples, int(samples * per_line)
+
     def write(
         self,
         rng: Range,

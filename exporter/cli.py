@@ -417,8 +417,14 @@ def cmd_backfill(config: Config, args: argparse.Namespace, now: Callable[[], dt.
             f"backfill {since_s} to {until_s} (excluded): {len(days)} days of samples, one every {rng.step} s, "
             f"labels {dict(job=args.job, instance=args.instance, **labels)}; daily figures of {first} through {last}"
         )
+        bf = Backfill(config, store, args.job, args.instance, labels)
         if args.dry_run:
             print(head)
+            series, samples, size = bf.estimate(rng)
+            print(
+                f"output: about {series} series (as on the last day), {samples:,} samples, "
+                f"{size / 1e6:,.0f} MB of OpenMetrics (docs/backfill.md: large backfills a slice at a time)"
+            )
             for h in held:
                 print(h.describe())
             plan = history_fetch_plan(config, store, first - dt.timedelta(days=28), last)
@@ -435,7 +441,7 @@ def cmd_backfill(config: Config, args: argparse.Namespace, now: Callable[[], dt.
             for h in held:
                 print(h.describe(), file=sys.stderr)
             print("days with no costs read as such (fetch the history first if the cache lacks them)", file=sys.stderr)
-        return _write_backfill(Backfill(config, store, args.job, args.instance, labels), rng, Path(args.output), head)
+        return _write_backfill(bf, rng, Path(args.output), head)
     finally:
         store.close()
 

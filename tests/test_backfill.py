@@ -319,6 +319,21 @@ def test_dry_run_prints_the_range_the_cache_and_the_fetch_hook(
     assert "source focus: the cache holds 2026-09-15..2026-11-19" in out
     assert "2026-08-31..2026-09-14" in out  # what the range lacks
     assert "history fetch:" in out
+    got = re.search(r"about (\d+) series .*, ([\d,]+) samples, ([\d,]+) MB", out)
+    assert got, out
+    series, samples, size = (int(g.replace(",", "")) for g in got.groups())
+    until = int(FIXED_NOW.timestamp())
+    text = backfill(cache, parse_when("2026-09-01"), until)
+    assert series == len(samples_at(text, until - 1))
+    # series that appear in the range make it an upper bound (none before 2026-09-15 here)
+    assert samples >= sum(1 for ln in text.splitlines() if not ln.startswith("#"))
+    assert size >= len(text) / 1e6
+    # over days with the same series, close
+    rng = Range(midnight(NEW + DAY), until)
+    _, n, size_b = Backfill(cache.config, cache.store).estimate(rng)
+    text = backfill(cache, rng.since, rng.until)
+    assert n == sum(1 for ln in text.splitlines() if not ln.startswith("#"))
+    assert size_b == pytest.approx(len(text), rel=0.02)
     assert not list(tmp_path.glob("*.om"))
 
 
