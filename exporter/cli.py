@@ -469,7 +469,8 @@ def _write_backfill(bf: Any, rng: Any, out: Path, head: str) -> int:
     print(head, file=sys.stderr)
     print(
         f"wrote {res.series} series, {res.samples} samples to {out}; next: "
-        f"promtool tsdb create-blocks-from openmetrics {out} <prometheus data dir> (docs/backfill.md)",
+        f"promtool tsdb create-blocks-from openmetrics --max-block-duration=1458h {out} <prometheus data dir> "
+        "(docs/backfill.md)",
         file=sys.stderr,
     )
     return 0
