@@ -1,4 +1,4 @@
-"""Command line: ``run``, ``check``, ``once``, ``guard list``/``guard undo ID`` and ``config-schema``.
+"""Command line: ``run``, ``check``, ``once``, ``guard list``/``guard undo ID``, ``backfill`` and ``config-schema``.
 
 Flags follow the exporter conventions (``--config.file``, ``--web.listen-address``,
 ``--web.config.file``, ``--log.level``, ``--log.format``). Exit codes: 0 ok,
@@ -108,7 +108,43 @@ def _parser() -> argparse.ArgumentParser:
     guard_sub.add_parser("list", parents=[common], help="list the recorded actions")
     undo = guard_sub.add_parser("undo", parents=[common], help="restore the values an action changed")
     undo.add_argument("id", type=int, help="the action's ID (guard list)")
+    _backfill_parser(sub, common)
     return ap
+
+
+def _backfill_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    bf = sub.add_parser(
+        "backfill", parents=[common], help="write the cache's history as OpenMetrics for promtool (docs/backfill.md)"
+    )
+    bf.add_argument("--output", default=None, help="OpenMetrics file to write (required unless --dry-run)")
+    bf.add_argument(
+        "--since",
+        default=None,
+        help="YYYY-MM-DD (00:00 UTC), RFC 3339 or unix seconds; default: the day after the oldest day the cache holds",
+    )
+    bf.add_argument(
+        "--until",
+        default=None,
+        help="exclusive end, same forms; default: now. Give the time of the "
+        "live exporter's first scrape when Prometheus already has live data",
+    )
+    bf.add_argument("--job", default=None, help="the job label of the live scrape (default: spend-exporter)")
+    bf.add_argument(
+        "--instance", default=None, help="the instance label of the live scrape (default: exporter:9877, compose's)"
+    )
+    bf.add_argument(
+        "--step",
+        default="5m",
+        help="sample spacing (default 5m, Prometheus's lookback delta; longer needs --query.lookback-delta)",
+    )
+    bf.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another target label the live scrape adds (repeat; Kubernetes: namespace, pod, service, ...)",
+    )
+    bf.add_argument("--dry-run", action="store_true", help="print what would be written and fetched; write nothing")
 
 
 def _load(path: str) -> tuple[Config, dict[str, Any]]:
@@ -137,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_once(config, args.output)
         if args.command == "guard":
             return cmd_guard(config, args)
+        if args.command == "backfill":
+            return cmd_backfill(config, args)
     except KeyboardInterrupt:
         return 130
     return EXIT_CONFIG
@@ -305,6 +343,137 @@ def cmd_guard(config: Config, args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def cmd_backfill(config: Config, args: argparse.Namespace, now: Callable[[], dt.datetime] = utc_now) -> int:
+    """``backfill``: the cache's history as OpenMetrics with timestamps (``exporter.backfill``); no API call."""
+    import sqlite3
+    from dataclasses import replace
+
+    from exporter.backfill import (
+        DEFAULT_INSTANCE,
+        DEFAULT_JOB,
+        Backfill,
+        check_step,
+        default_range,
+        history_fetch_plan,
+        parse_when,
+        source_days,
+        target_labels,
+    )
+    from exporter.cachefile import CacheFileError
+    from exporter.config_types import parse_duration
+    from exporter.store import Store
+
+    if not args.dry_run and not args.output:
+        print("error: --output: required (or --dry-run)", file=sys.stderr)
+        return EXIT_CONFIG
+    args.job, args.instance = args.job or DEFAULT_JOB, args.instance or DEFAULT_INSTANCE
+    try:
+        labels = target_labels(args.label)
+    except ValueError as e:
+        print(f"error: --label: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        step = check_step(parse_duration(args.step))
+    except ValueError as e:
+        print(f"error: --step: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not Path(config.cache_path).exists():
+        print(
+            f"error: cache_path {config.cache_path}: no cache yet (run the exporter, or `once`, first)", file=sys.stderr
+        )
+        return EXIT_FAILED
+    try:
+        store = Store(config.cache_path, shared=True)  # maybe a running exporter's file: read only here
+    except (OSError, sqlite3.Error, CacheFileError) as e:
+        print(f"error: cache_path {config.cache_path}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        t = now()
+        names = [s.name for s in config.sources]
+        rng = replace(default_range(store, names, t), step=step)
+        for flag in ("since", "until"):
+            value = getattr(args, flag)
+            try:
+                when = parse_when(value) if value else None
+            except ValueError as e:
+                print(f"error: --{flag}: {e}", file=sys.stderr)
+                return EXIT_CONFIG
+            if when is not None:
+                rng = replace(rng, since=when) if flag == "since" else replace(rng, until=when)
+        if rng.until > t.timestamp():
+            print("error: --until: in the future (the live exporter serves from now on)", file=sys.stderr)
+            return EXIT_CONFIG
+        if rng.since >= rng.until:
+            print("error: --since: not before --until: nothing to write", file=sys.stderr)
+            return EXIT_CONFIG
+        days = list(rng.days())
+        # the days whose figures the range shows as spend_cost_daily_usd (and 28 more for the baselines)
+        first, last = days[0] - dt.timedelta(days=1), days[-1] - dt.timedelta(days=1)
+        held = [source_days(store, s, first, last) for s in names]
+        since_s, until_s = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(x)) for x in (rng.since, rng.until))
+        head = (
+            f"backfill {since_s} to {until_s} (excluded): {len(days)} days of samples, one every {rng.step} s, "
+            f"labels {dict(job=args.job, instance=args.instance, **labels)}; daily figures of {first} through {last}"
+        )
+        bf = Backfill(config, store, args.job, args.instance, labels)
+        if args.dry_run:
+            print(head)
+            series, samples, size = bf.estimate(rng)
+            print(
+                f"output: about {series} series (as on the last day), {samples:,} samples, "
+                f"{size / 1e6:,.0f} MB of OpenMetrics (docs/backfill.md: large backfills a slice at a time)"
+            )
+            for h in held:
+                print(h.describe())
+            plan = history_fetch_plan(config, store, first - dt.timedelta(days=28), last)
+            if plan is None:
+                print(
+                    "history fetch: no planner in this build (exporter.backfill.history_fetch_plan); "
+                    "API calls and dollars not estimated; the backfill itself makes no API call"
+                )
+            else:
+                for line in plan:
+                    print(line)
+            return 0
+        if any(h.missing for h in held):
+            for h in held:
+                print(h.describe(), file=sys.stderr)
+            print("days with no costs read as such (fetch the history first if the cache lacks them)", file=sys.stderr)
+        return _write_backfill(bf, rng, Path(args.output), head)
+    finally:
+        store.close()
+
+
+def _month_done(day: dt.date) -> None:
+    if day.day == 1:
+        log.info("backfill: built the days up to %s", day)
+
+
+def _write_backfill(bf: Any, rng: Any, out: Path, head: str) -> int:
+    """Stream into a file beside ``out`` and rename it at the end (a partial file is never left as ``out``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 20) as f:
+            res = bf.write(rng, f, tmpdir=out.parent, progress=_month_done)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    print(head, file=sys.stderr)
+    print(
+        f"wrote {res.series} series, {res.samples} samples to {out}; next: "
+        f"promtool tsdb create-blocks-from openmetrics --max-block-duration=1458h {out} <prometheus data dir> "
+        "(docs/backfill.md)",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -179,6 +179,69 @@ def test_grafana_is_provisioned() -> None:
     assert (ROOT / "grafana" / "dashboards" / PurePosixPath(home).name).exists()
 
 
+def _script(service: str) -> str:
+    """A one-shot's ``sh -c`` script, continuation lines joined."""
+    svc = SERVICES[service]
+    assert svc["entrypoint"] == ["/bin/sh", "-c"], service
+    return re.sub(r"\\\n\s*", " ", svc["command"][0])
+
+
+def test_backfill_writes_the_blocks_before_prometheus_starts() -> None:
+    """docs/backfill.md: the exporter's cache → ``backfill`` → promtool's blocks in Prometheus's volume → Prometheus."""
+    assert SERVICES["prometheus"]["depends_on"]["backfill-blocks"]["condition"] == "service_completed_successfully"
+    assert SERVICES["backfill-blocks"]["depends_on"]["backfill"]["condition"] == "service_completed_successfully"
+    assert SERVICES["backfill"]["image"] == SERVICES["exporter"]["image"]
+    assert SERVICES["backfill-blocks"]["image"] == SERVICES["prometheus"]["image"], "promtool of the same version"
+    for name in ("backfill", "backfill-blocks"):
+        assert SERVICES[name]["restart"] == "no", name
+
+    # the backfill reads the exporter's config and cache, and waits for its first refresh
+    backfill = shlex.split(_script("backfill").split("exec ", 1)[1])
+    assert backfill[:2] == ["spend-exporter", "backfill"]
+    opts = dict(zip(backfill[2::2], backfill[3::2], strict=True))
+    exporter_targets = {t: s for s, t, _ in mounts("exporter")}
+    backfill_targets = {t: s for s, t, _ in mounts("backfill")}
+    config = opts["--config.file"]
+    assert backfill_targets[config] == exporter_targets[config] == exporter_targets[SERVICES["exporter"]["command"][2]]
+    demo = yaml.safe_load((ROOT / "examples" / "demo-config.yml").read_text())
+    cache_dir = str((_workdir() / demo["cache_path"]).parent)
+    assert backfill_targets[cache_dir] == exporter_targets[cache_dir]
+    assert "/-/ready" in _script("backfill")
+
+    # its labels are the live scrape's: the backfilled range and the live one are the same series
+    prom = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "spend-exporter"]
+    assert opts["--job"] == job["job_name"]
+    assert [opts["--instance"]] == job["static_configs"][0]["targets"]
+
+    # promtool reads the file the backfill wrote, and writes where Prometheus reads its TSDB
+    out = _workdir() / opts["--output"]
+    volume = backfill_targets[str(out.parent)]
+    promtool = shlex.split(_script("backfill-blocks").split("\n", 1)[1].split("&&")[0])
+    assert promtool[:4] == ["promtool", "tsdb", "create-blocks-from", "openmetrics"]
+    assert any(a.startswith("--max-block-duration=") for a in promtool)
+    src, dst = promtool[-2:]
+    blocks_targets = {t: s for s, t, _ in mounts("backfill-blocks")}
+    assert blocks_targets[str(PurePosixPath(src).parent)] == volume and PurePosixPath(src).name == out.name
+    tsdb = next(a.split("=", 1)[1] for a in SERVICES["prometheus"]["command"] if a.startswith("--storage.tsdb.path="))
+    assert blocks_targets[dst] == {t: s for s, t, _ in mounts("prometheus")}[tsdb]
+
+    # once: the marker promtool leaves in Prometheus's volume stops it on the next `up`
+    marker = "/prometheus/spend-backfill.done"
+    assert f"touch {marker}" in _script("backfill-blocks") and dst == str(PurePosixPath(marker).parent)
+    first = _script("backfill-blocks").splitlines()[0]
+    assert first.startswith(f"[ -e {marker} ] &&") and "exit 0" in first
+
+
+def test_prometheus_volume_is_first_mounted_by_a_prometheus_image() -> None:
+    """A named volume takes the owner of the directory of the first image that mounts it: Prometheus's runs as
+    nobody, so a container of another image must not mount it before (the backfill runs before Prometheus)."""
+    volume = {t: s for s, t, _ in mounts("prometheus")}["/prometheus"]
+    for name, svc in SERVICES.items():
+        if any(s == volume for s, _, _ in mounts(name)):
+            assert svc["image"] == SERVICES["prometheus"]["image"], name
+
+
 def test_ports_are_published_on_loopback_only() -> None:
     for name, svc in SERVICES.items():
         for p in svc.get("ports", []):
@@ -248,7 +311,7 @@ def test_compose_file_names_no_host_path_outside_the_repository() -> None:
 # --------------------------------------------------------------------------- non-root, read-only root filesystem
 
 
-@pytest.mark.parametrize("name", ["exporter", "demo-data"])
+@pytest.mark.parametrize("name", ["exporter", "demo-data", "backfill"])
 def test_our_containers_run_read_only_and_unprivileged(name: str) -> None:
     svc = SERVICES[name]
     assert svc.get("read_only") is True, f"{name}: the root filesystem should be read-only"
