@@ -202,6 +202,7 @@ def daily_bars(title: str, description: str, exprs: list[tuple[str, str]], stack
     p["interval"] = DAILY  # the minimum step: Grafana never queries these more often than once a day
     p["maxDataPoints"] = 1000  # so the step stays 1d up to 1000 days (the panel's width would set it otherwise)
     p["fieldConfig"]["defaults"]["custom"].update(
+        # barAlignment 1: the bar at 00:00 of day D is drawn over day D, from its 00:00 to the next
         {"drawStyle": "bars", "fillOpacity": 80, "lineWidth": 1, "barAlignment": 1, "spanNulls": False}
     )
     return p
@@ -854,8 +855,8 @@ def ai() -> dict[str, Any]:
                 "Each model's cost this month beside its tokens of each type, in their own columns: a price per "
                 "token blended over input, output and cache tokens is not a price (cache reads cost a tenth of "
                 "input, output several times it). Billed / list: the billed cost over the price table's "
-                "estimate, last 7 days (spend_ai_price_ratio): a type's price actually paid is its list price "
-                "times it.",
+                "estimate over the last 7 days (spend_ai_price_ratio; the highest of the model's projects): "
+                "a type's price actually paid is its list price times it.",
                 [
                     (f"sum by (provider, model) (spend_cost_month_to_date_usd{{{F_AI}}})", "Cost", USD),
                     *(
