@@ -21,7 +21,6 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -261,7 +260,7 @@ def test_top_movers_stay_empty_without_the_compared_day(prom: Prom) -> None:
     assert prom.instant(_query("spend-overview", "Top movers by service, day over day"), now)
 
 
-def test_the_history_is_what_the_test_says(tmp_path: Path) -> None:
+def test_the_history_is_what_the_test_says() -> None:
     """The fixture's own arithmetic: day D's figure is served all of D+1 and at no other time."""
     d = dt.date(2026, 2, 28)
     at = dt.datetime(2026, 3, 1, tzinfo=UTC)
