@@ -1,7 +1,7 @@
 """Runs the benchmarks: ``python -m bench.run`` (all) or ``python -m bench.run NAME [options]``.
 
-Names: scrape, refresh, burn, memory, ingest, economy, soak, runaway, backfill. Options after NAME go to that benchmark
-(``python -m bench.run scrape --series 1000``). Results: bench/results/<name>.json.
+Names: scrape, refresh, burn, memory, ingest, economy, soak, runaway, backfill, dashboards. Options after NAME go
+to that benchmark (``python -m bench.run scrape --series 1000``). Results: bench/results/<name>.json.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 
-NAMES = ("scrape", "refresh", "burn", "memory", "ingest", "economy", "soak", "runaway", "backfill")
+NAMES = ("scrape", "refresh", "burn", "memory", "ingest", "economy", "soak", "runaway", "backfill", "dashboards")
 
 
 def main(argv: list[str] | None = None) -> int:

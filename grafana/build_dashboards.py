@@ -27,9 +27,31 @@ TAGS = ["spend", "spend-exporter", "finops"]
 F = 'provider=~"$provider", team=~"$team", model=~"$model"'
 F_AI = F + ', model!=""'
 F_BUDGET = 'team=~"$team"'
-F_SOURCE = 'provider=~"$provider", source=~"$source"'
+# The exporter's own families label `provider` with the source's type (`focus`, `aws`, ...), not the billed
+# provider of the cost families: they are filtered by source only.
+F_SOURCE = 'source=~"$source"'
 
 USD = "currencyUSD"
+
+# --------------------------------------------------------------------------- billing dates
+#
+# docs/dashboards.md says how each chart maps a bar to a billing date, and why.
+#
+# At any moment of UTC day D+1, spend_cost_daily_usd is the cost of day D (live and backfilled alike). A panel
+# whose query runs every 1d (DAILY) is evaluated at 00:00 UTC of each day D (Grafana aligns the steps of a range
+# query to multiples of the step, and the dashboards' timezone is UTC); NEXT_DAY makes the selector read exactly
+# UTC day D+1, in milliseconds, from there: [D+1 00:00:00.000, D+1 23:59:59.999]. last_over_time takes the
+# newest figure of day D the gauge showed, restatements included; a sample exactly at 00:00 of D+2 (a backfill
+# at a regular spacing has one) is day D+1's and stays out. The bar of today is empty: day D+1 has not begun.
+NEXT_DAY = "[23h59m59s999ms] offset -1d23h59m59s999ms"
+# Seen from 00:00 UTC of a month's last day: days 1 to 28 of the next month, in every month inside it, in which
+# spend_cost_previous_month_usd is the month of that last day. The newest figure of those days is the month's.
+NEXT_MONTH = "[27d23h59m59s999ms] offset -28d23h59m59s999ms"
+# Keeps one point per month, at 00:00 UTC of the month's last day (its last billing date).
+MONTH_END = "and on () day_of_month() == days_in_month()"
+# The length in days of the previous UTC month: days_in_month of a moment in it (now minus the day of month).
+PREV_MONTH_DAYS = "days_in_month(vector(time()) - 86400 * day_of_month())"
+DAILY = "1d"
 
 Panel = dict[str, Any]
 
@@ -174,6 +196,97 @@ def table(
     return p
 
 
+def daily_bars(title: str, description: str, exprs: list[tuple[str, str]], stack: bool = True) -> Panel:
+    """One bar per UTC billing day: a range query every 1d (queries use NEXT_DAY), drawn as stacked bars."""
+    p = timeseries(title, description, exprs, stack=stack)
+    p["interval"] = DAILY  # the minimum step: Grafana never queries these more often than once a day
+    p["maxDataPoints"] = 1000  # so the step stays 1d up to 1000 days (the panel's width would set it otherwise)
+    p["fieldConfig"]["defaults"]["custom"].update(
+        # barAlignment 1: the bar at 00:00 of day D is drawn over day D, from its 00:00 to the next
+        {"drawStyle": "bars", "fillOpacity": 80, "lineWidth": 1, "barAlignment": 1, "spanNulls": False}
+    )
+    return p
+
+
+def monthly_bars(title: str, description: str, expr: str, legend: str) -> Panel:
+    """One group of bars per billing month over the last 13 months: a bar chart over a range query every 1d
+    that keeps only each month's last day (MONTH_END), the series joined on time, the month as the label."""
+    p = _base("barchart", title, description, USD, [target(expr, legend)])
+    p["interval"] = DAILY
+    p["maxDataPoints"] = 1000  # the step must stay 1d, or months whose last day falls between steps drop out
+    p["timeFrom"] = "13M"
+    p["fieldConfig"]["defaults"]["custom"] = {"fillOpacity": 80, "lineWidth": 1, "gradientMode": "none"}
+    p["fieldConfig"]["defaults"]["decimals"] = 0
+    p["fieldConfig"]["overrides"] = [
+        {"matcher": {"id": "byName", "options": "Time"}, "properties": [{"id": "unit", "value": "time:YYYY-MM"}]}
+    ]
+    p["transformations"] = [{"id": "joinByField", "options": {"byField": "Time", "mode": "outer"}}]
+    p["options"] = {
+        "orientation": "vertical",
+        "xField": "Time",
+        "stacking": "normal",
+        "showValue": "never",
+        "groupWidth": 0.7,
+        "barWidth": 0.9,
+        "xTickLabelRotation": 0,
+        "xTickLabelSpacing": 0,
+        "legend": {"displayMode": "table", "placement": "right", "calcs": ["mean"], "showLegend": True},
+        "tooltip": {"mode": "multi", "sort": "desc"},
+    }
+    return p
+
+
+def by_billing_day(by: str, selector: str = F) -> str:
+    """The daily cost summed by ``by``, at 00:00 UTC of its billing day (see NEXT_DAY)."""
+    return f"sum by ({by}) (last_over_time(spend_cost_daily_usd{{{selector}}}{NEXT_DAY}))"
+
+
+def by_billing_month(by: str, selector: str = F) -> str:
+    """Each month's cost summed by ``by``, at 00:00 UTC of the month's last day (see NEXT_MONTH)."""
+    return f"sum by ({by}) (last_over_time(spend_cost_previous_month_usd{{{selector}}}{NEXT_MONTH}))\n{MONTH_END}"
+
+
+def last_month_same_day(by: str = "", selector: str = F) -> str:
+    """Month to date as it stood on the same day of last month, at the same time of day.
+
+    Offsets are fixed durations and months are not, so the four possible lengths of the previous month are
+    each tried and the one that is its length kept. On a day the previous month did not have (the 29th to the
+    31st after a shorter month) the comparison is the whole previous month.
+    """
+    agg = f"sum by ({by})" if by else "sum"
+    mtd = [
+        f"({agg} (spend_cost_month_to_date_usd{{{selector}}} offset {n}d) and on () {PREV_MONTH_DAYS} == {n})"
+        for n in (28, 29, 30, 31)
+    ]
+    alts = "\n  or ".join(mtd)
+    return (
+        f"(\n  {alts}\n) and on () day_of_month() <= {PREV_MONTH_DAYS}"
+        f"\nor {agg} (spend_cost_previous_month_usd{{{selector}}}) and on () day_of_month() > {PREV_MONTH_DAYS}"
+    )
+
+
+def movers(title: str, description: str, by: str, offset: str, compared: str) -> Panel:
+    """The ten series of ``by`` whose newest complete day moved most against the day ``offset`` before.
+
+    A series with no cost on one of the two days counts as 0 there (a new service is a mover); the table stays
+    empty until Prometheus holds the compared day at all, rather than calling every series new.
+    """
+    now = f"sum by ({by}) (spend_cost_daily_usd{{{F}}})"
+    then = f"sum by ({by}) (spend_cost_daily_usd{{{F}}} offset {offset})"
+    change = f"(({now}) or 0 * ({then})) - (({then}) or 0 * ({now}))"
+    top = f"topk(10, abs({change}))\nand on () group(spend_cost_daily_usd offset {offset})"
+    return table(
+        title,
+        description,
+        [
+            (f"{change}\nand {top}", "Change", USD),
+            (f"{now}\nand {top}", "Newest day", USD),
+            (f"{then}\nand {top}", compared, USD),
+        ],
+        sort="Change",
+    )
+
+
 def row(title: str) -> Panel:
     return {"type": "row", "title": title, "collapsed": False, "panels": []}
 
@@ -304,6 +417,8 @@ def dashboard(
 
 # --------------------------------------------------------------------------- the dashboards
 
+TOKEN_TYPES = [("input", "Input"), ("output", "Output"), ("cache_read", "Cache read"), ("cache_write", "Cache write")]
+
 BUDGET_STEPS: list[tuple[float | None, str]] = [(None, "green"), (0.8, "orange"), (1.0, "red")]
 
 
@@ -313,6 +428,18 @@ def overview() -> dict[str, Any]:
         f" > spend_cost_daily_baseline_usd{{{F}}} + 3 * spend_cost_daily_baseline_stddev_usd{{{F}}}"
         f"\nand spend_cost_daily_usd{{{F}}} > 1.5 * spend_cost_daily_baseline_usd{{{F}}}"
     )
+    data_through = stat(
+        "Data through",
+        "The end of the newest billing data each source holds (UTC): 2026-12-07 00:00 means every hour up to the "
+        "end of 6 December. The daily figures are of the newest complete day before it. Per source, so not "
+        "filtered by provider.",
+        "spend_exporter_source_data_through_timestamp_seconds * 1000",
+        unit="time:YYYY-MM-DD HH:mm",
+        decimals=None,
+    )
+    data_through["targets"][0]["legendFormat"] = "{{source}}"
+    data_through["options"]["textMode"] = "value_and_name"
+    data_through["options"]["reduceOptions"]["calcs"] = ["lastNotNull"]
     panels = [
         (
             stat(
@@ -320,7 +447,17 @@ def overview() -> dict[str, Any]:
                 "Spend this UTC month through the newest data.",
                 f"sum(spend_cost_month_to_date_usd{{{F}}})",
             ),
-            6,
+            4,
+            4,
+        ),
+        (
+            stat(
+                "Last month, same day",
+                "Month to date as it stood on the same day of last month at the same time of day (the same "
+                "lag of billing data); after the last day of a shorter month, the whole previous month.",
+                last_month_same_day(),
+            ),
+            4,
             4,
         ),
         (
@@ -329,15 +466,20 @@ def overview() -> dict[str, Any]:
                 "Month to date plus the remaining days at the mean of the last 7 complete days.",
                 f"sum(spend_cost_forecast_month_end_usd{{{F}}})",
             ),
-            6,
+            4,
             4,
         ),
-        (stat("Previous month", "The last complete UTC month.", f"sum(spend_cost_previous_month_usd{{{F}}})"), 6, 4),
+        (stat("Previous month", "The last complete UTC month.", f"sum(spend_cost_previous_month_usd{{{F}}})"), 4, 4),
         (
-            stat("Newest complete day", "Spend on the newest complete UTC day.", f"sum(spend_cost_daily_usd{{{F}}})"),
-            6,
+            stat(
+                "Newest complete day",
+                "Spend on the newest complete UTC day (yesterday, once the providers' data for it is in).",
+                f"sum(spend_cost_daily_usd{{{F}}})",
+            ),
+            4,
             4,
         ),
+        (data_through, 4, 4),
         (row("Budgets"), 24, 1),
         (
             bargauge(
@@ -391,11 +533,11 @@ def overview() -> dict[str, Any]:
             9,
         ),
         (
-            timeseries(
+            daily_bars(
                 "Daily spend by provider",
-                "Spend on the newest complete day, as it was reported over time.",
-                [(f"sum by (provider) (spend_cost_daily_usd{{{F}}})", "{{provider}}")],
-                stack=True,
+                "One bar per UTC billing day: the newest figure for that day, restatements included "
+                "(docs/dashboards.md). Today has no bar until it is complete.",
+                [(by_billing_day("provider"), "{{provider}}")],
             ),
             16,
             9,
@@ -418,15 +560,64 @@ def overview() -> dict[str, Any]:
         ),
         (
             table(
-                "Today's anomalies",
-                "Services whose newest day is more than 3 standard deviations and 1.5x above their 28-day mean "
-                "(SpendDailyAnomaly also needs $50 and an hour).",
+                "Anomalies on the newest complete day",
+                "Services whose newest complete day (yesterday, once the providers' data for it is in) is more than "
+                "3 standard deviations and 1.5x above their 28-day mean (SpendDailyAnomaly also needs $50 and an "
+                "hour). Today is not complete: it is never compared.",
                 [
                     (anomaly, "Newest day", USD),
                     (f"spend_cost_daily_baseline_usd{{{F}}} and ({anomaly})", "28-day mean", USD),
                 ],
                 hide=["model"],
                 sort="Newest day",
+            ),
+            12,
+            9,
+        ),
+        (row("This month against last"), 24, 1),
+        (
+            timeseries(
+                "Month to date against last month",
+                "This month's spend so far beside last month's at the same day of month and time of day "
+                "(after the last day of a shorter month: the whole previous month).",
+                [
+                    (f"sum(spend_cost_month_to_date_usd{{{F}}})", "this month"),
+                    (last_month_same_day(), "last month, same day"),
+                ],
+            ),
+            12,
+            9,
+        ),
+        (
+            monthly_bars(
+                "Monthly spend by provider, 13 months",
+                "One group per billing month: the month's cost per provider as it stood on the 28th of the "
+                "month after (or now, for last month). The current month is not complete and has no bar.",
+                by_billing_month("provider"),
+                "{{provider}}",
+            ),
+            12,
+            9,
+        ),
+        (row("Top movers"), 24, 1),
+        (
+            movers(
+                "Top movers by service, day over day",
+                "The ten services whose newest complete day moved most against the day before, up or down.",
+                "provider, service_name",
+                "1d",
+                "Day before",
+            ),
+            12,
+            9,
+        ),
+        (
+            movers(
+                "Top movers by service, week over week",
+                "The ten services whose newest complete day moved most against the same weekday a week before.",
+                "provider, service_name",
+                "7d",
+                "A week before",
             ),
             12,
             9,
@@ -491,13 +682,46 @@ def teams() -> dict[str, Any]:
             9,
         ),
         (
-            timeseries(
+            daily_bars(
                 "Daily spend by team",
-                "Spend on the newest complete day per team, as reported over time.",
-                [(f"sum by (team) (spend_cost_daily_usd{{{F}}})", "{{team}}")],
-                stack=True,
+                "One bar per UTC billing day and team: the newest figure for that day, restatements included "
+                "(docs/dashboards.md). Today has no bar until it is complete.",
+                [(by_billing_day("team"), "{{team}}")],
             ),
             24,
+            9,
+        ),
+        (
+            monthly_bars(
+                "Monthly spend by team, 13 months",
+                "One group per billing month: the month's cost per team as it stood on the 28th of the month "
+                "after (or now, for last month). The current month is not complete and has no bar.",
+                by_billing_month("team"),
+                "{{team}}",
+            ),
+            24,
+            9,
+        ),
+        (
+            movers(
+                "Top movers by team, day over day",
+                "The ten teams whose newest complete day moved most against the day before, up or down.",
+                "team",
+                "1d",
+                "Day before",
+            ),
+            12,
+            9,
+        ),
+        (
+            movers(
+                "Top movers by team, week over week",
+                "The ten teams whose newest complete day moved most against the same weekday a week before.",
+                "team",
+                "7d",
+                "A week before",
+            ),
+            12,
             9,
         ),
         (
@@ -626,15 +850,33 @@ def ai() -> dict[str, Any]:
             9,
         ),
         (
-            bargauge(
-                "Cost per 1M tokens",
-                "Month-to-date spend divided by month-to-date tokens (all types), per model.",
-                f"sum by (provider, model) (spend_cost_month_to_date_usd{{{F_AI}}})"
-                f"\n/ (sum by (provider, model) (spend_ai_tokens_month_to_date{{{F}}}) / 1e6)",
-                "{{provider}} {{model}}",
+            table(
+                "Cost and tokens by model, month to date",
+                "Each model's cost this month beside its tokens of each type, in their own columns: a price per "
+                "token blended over input, output and cache tokens is not a price (cache reads cost a tenth of "
+                "input, output several times it). Billed / list: the billed cost over the price table's "
+                "estimate over the last 7 days (spend_ai_price_ratio; the highest of the model's projects): "
+                "a type's price actually paid is its list price times it.",
+                [
+                    (f"sum by (provider, model) (spend_cost_month_to_date_usd{{{F_AI}}})", "Cost", USD),
+                    *(
+                        (
+                            f'sum by (provider, model) (spend_ai_tokens_month_to_date{{{F}, token_type="{tt}"}})',
+                            f"{name} tokens",
+                            "short",
+                        )
+                        for tt, name in TOKEN_TYPES
+                    ),
+                    (
+                        'max by (provider, model) (spend_ai_price_ratio{provider=~"$provider", model=~"$model"})',
+                        "Billed / list",
+                        "x",
+                    ),
+                ],
+                sort="Cost",
             ),
-            12,
-            8,
+            24,
+            9,
         ),
         (
             timeseries(
@@ -723,10 +965,10 @@ def ai() -> dict[str, Any]:
 def exporter() -> dict[str, Any]:
     variables = [
         _datasource_var(),
-        _query_var("provider", "Provider", "spend_exporter_source_up"),
-        _query_var("team", "Team", "spend_cost_month_to_date_usd", 'provider=~"$provider"'),
-        _query_var("model", "Model", "spend_ai_tokens_month_to_date", 'provider=~"$provider", team=~"$team"'),
-        _query_var("source", "Source", "spend_exporter_source_up", 'provider=~"$provider"'),
+        *spend_variables()[1:],
+        # the exporter's families carry the source's type as `provider` (`focus` for a FOCUS file of AWS costs),
+        # never the billed provider: the source panels are chosen by source, the cost panels by provider
+        _query_var("source", "Source", "spend_exporter_source_up"),
     ]
     up = stat(
         "Sources up",

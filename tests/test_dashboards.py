@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.stack import DASHBOARDS, ROOT, dashboard_queries, load_dashboards, panels, tool
+from tests.e2e.stack import DASHBOARDS, ROOT, dashboard_queries, load_builder, load_dashboards, panels, tool
 
 EXPECTED = {
     "spend-overview": "Spend / Overview",
@@ -138,7 +138,7 @@ def test_cost_per_token_and_budget_ratios_have_their_units() -> None:
         for d in DASHES.values()
         for p in panels(d)
     }
-    assert units[("spend-ai", "Cost per 1M tokens")] == "currencyUSD"
+    assert "Cost per 1M tokens" not in {title for _, title in units}  # blended input, output and cache tokens
     assert units[("spend-overview", "Budget use")] == "percentunit"
     assert units[("spend-teams", "Budget use by team")] == "percentunit"
 
@@ -164,11 +164,11 @@ def test_issue_panels_are_present() -> None:
     assert {"Month to date", "Forecast against budget", "Budget use", "Month to date by provider"} <= titles[
         "spend-overview"
     ]
-    assert {"Top services, month to date", "Today's anomalies"} <= titles["spend-overview"]
+    assert {"Top services, month to date", "Anomalies on the newest complete day"} <= titles["spend-overview"]
     assert {"Month to date by team", "Services by team, month to date", "Budget use by team"} <= titles["spend-teams"]
     assert "Previous month by team" in titles["spend-teams"]
     assert {"Cost by model, month to date", "Cost by project, month to date", "Tokens by type"} <= titles["spend-ai"]
-    assert {"Cost per 1M tokens", "Last-hour cost by model"} <= titles["spend-ai"]
+    assert {"Cost and tokens by model, month to date", "Last-hour cost by model"} <= titles["spend-ai"]
     assert {"Burn rate by model", "Age of burn data", "Last hour against hourly baseline"} <= titles["spend-ai"]
     assert {"Guard actions by result", "Guard actions in force"} <= titles["spend-exporter"]
     assert {"Sources up", "Age of data", "Refresh duration", "API requests", "API cost, trailing 24h"} <= titles[
@@ -249,3 +249,193 @@ def test_burn_rate_panel_draws_the_alerts_threshold() -> None:
     assert threshold.startswith(f"clamp_min({multiple} * spend_cost_daily_baseline_usd{{")
     assert f"/ 24, {floor}) and " in threshold and threshold.endswith(f" * 0 + {floor}")
     assert f"{multiple}x its hourly baseline" in panel["description"] and f"${floor} an hour" in panel["description"]
+
+
+# --------------------------------------------------------------------------- issue 15: by billing date
+
+BUILDER = load_builder()
+
+
+def _panel(uid: str, title: str) -> dict[str, Any]:
+    (p,) = [p for p in panels(by_uid()[uid]) if p["title"] == title]
+    return p
+
+
+def test_finops_panels_are_present() -> None:
+    titles = {d["uid"]: {p["title"] for p in panels(d)} for d in DASHES.values()}
+    assert {
+        "Last month, same day",
+        "Data through",
+        "Month to date against last month",
+        "Monthly spend by provider, 13 months",
+        "Top movers by service, day over day",
+        "Top movers by service, week over week",
+    } <= titles["spend-overview"]
+    assert {
+        "Monthly spend by team, 13 months",
+        "Top movers by team, day over day",
+        "Top movers by team, week over week",
+    } <= titles["spend-teams"]
+    assert not any("today" in t.lower() for ts in titles.values() for t in ts)  # nothing shows a complete today
+
+
+def test_no_chart_plots_the_daily_gauge_against_scrape_time() -> None:
+    """A range query of spend_cost_daily_usd puts day D at day D+1 (the gauge is D all of D+1): every chart of it
+    reads by billing date, every 1d, and draws bars; what reads it at now is an instant query (a stat, a table)."""
+    charts = 0
+    for d in DASHES.values():
+        for p in panels(d):
+            for t in p.get("targets", []):
+                if "spend_cost_daily_usd" not in t["expr"] or t["instant"]:
+                    continue
+                charts += 1
+                assert BUILDER.NEXT_DAY in t["expr"], f"{d['uid']}/{p['title']}"
+                assert "last_over_time(spend_cost_daily_usd{" in t["expr"]
+                assert p["interval"] == "1d" and p["maxDataPoints"] >= 400, p["title"]
+                assert p["fieldConfig"]["defaults"]["custom"]["drawStyle"] == "bars"
+    assert charts == 2  # by provider, by team
+    assert {d["timezone"] for d in DASHES.values()} == {"utc"}  # the steps fall on 00:00 UTC only in UTC
+
+
+def test_the_billing_date_windows_are_one_utc_day_and_days_1_to_28() -> None:
+    """From 00:00 of day D the window is [D+1 00:00:00.000, D+1 23:59:59.999]; from 00:00 of a month's last day,
+    days 1 to 28 of the next month, 00:00:00.000 to 23:59:59.999."""
+
+    def span(window: str) -> tuple[int, int]:
+        rng, off = re.fullmatch(r"\[(\S+)\] offset -(\S+)", window).groups()  # type: ignore[union-attr]
+        return _ms(off) - _ms(rng), _ms(off)
+
+    day = 86_400_000
+    assert span(BUILDER.NEXT_DAY) == (day, 2 * day - 1)  # in ms from 00:00 of day D: all of D+1, no more
+    assert span(BUILDER.NEXT_MONTH) == (day, 29 * day - 1)
+
+
+def _ms(d: str) -> int:
+    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
+    parts = re.findall(r"(\d+)(ms|[smhdw])", d)
+    assert "".join(n + u for n, u in parts) == d, d
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def test_monthly_bars_keep_one_point_per_month_as_a_bar_chart_of_13_months() -> None:
+    for uid, title in [
+        ("spend-overview", "Monthly spend by provider, 13 months"),
+        ("spend-teams", "Monthly spend by team, 13 months"),
+    ]:
+        p = _panel(uid, title)
+        (t,) = p["targets"]
+        assert p["type"] == "barchart" and p["timeFrom"] == "13M"
+        assert p["interval"] == "1d" and p["maxDataPoints"] >= 400  # the step must stay 1d to meet every month end
+        assert t["expr"].endswith(BUILDER.MONTH_END)
+        assert f"last_over_time(spend_cost_previous_month_usd{{{BUILDER.F}}}{BUILDER.NEXT_MONTH})" in t["expr"]
+        assert p["transformations"] == [{"id": "joinByField", "options": {"byField": "Time", "mode": "outer"}}]
+        assert p["options"]["xField"] == "Time"
+        assert p["fieldConfig"]["defaults"]["unit"] == "currencyUSD"
+
+
+def test_last_month_same_day_tries_every_month_length() -> None:
+    expr = _panel("spend-overview", "Last month, same day")["targets"][0]["expr"]
+    for n in (28, 29, 30, 31):
+        assert f"offset {n}d) and on () {BUILDER.PREV_MONTH_DAYS} == {n})" in expr
+    assert f"day_of_month() > {BUILDER.PREV_MONTH_DAYS}" in expr  # past the end of a shorter month
+    (_, b) = _panel("spend-overview", "Month to date against last month")["targets"]
+    assert b["expr"] == expr
+
+
+@pytest.mark.parametrize(
+    ("uid", "title", "offset"),
+    [
+        ("spend-overview", "Top movers by service, day over day", "1d"),
+        ("spend-overview", "Top movers by service, week over week", "7d"),
+        ("spend-teams", "Top movers by team, day over day", "1d"),
+        ("spend-teams", "Top movers by team, week over week", "7d"),
+    ],
+)
+def test_top_movers(uid: str, title: str, offset: str) -> None:
+    p = _panel(uid, title)
+    change, newest, then = (t["expr"] for t in p["targets"])
+    assert all(t["instant"] and t["format"] == "table" for t in p["targets"])
+    top = f"topk(10, abs({change.split(chr(10))[0]}))"
+    assert all(top in e for e in (change, newest, then))  # the same ten rows in every column
+    assert all(e.endswith(f"and on () group(spend_cost_daily_usd offset {offset})") for e in (change, newest, then))
+    assert f"spend_cost_daily_usd{{{BUILDER.F}}} offset {offset})" in then
+    assert [_unit_of(p, t["refId"], 3) for t in p["targets"]] == ["currencyUSD"] * 3
+
+
+def test_data_through_is_a_date_per_source() -> None:
+    p = _panel("spend-overview", "Data through")
+    (t,) = p["targets"]
+    assert t["expr"] == "spend_exporter_source_data_through_timestamp_seconds * 1000"  # Grafana's times are in ms
+    assert t["legendFormat"] == "{{source}}"
+    assert p["fieldConfig"]["defaults"]["unit"] == "time:YYYY-MM-DD HH:mm"
+
+
+def test_exporter_dashboard_provider_comes_from_the_cost_families() -> None:
+    """The exporter's own families carry the source's type as ``provider`` (``focus``): a provider variable taken
+    from them empties every cost panel. Source panels are filtered by source alone."""
+    variables = {v["name"]: v for v in by_uid()["spend-exporter"]["templating"]["list"]}
+    assert variables["provider"]["query"] == "label_values(spend_cost_month_to_date_usd, provider)"
+    assert variables["source"]["query"] == "label_values(spend_exporter_source_up, source)"
+    for d in DASHES.values():
+        for p in panels(d):
+            for t in p.get("targets", []):
+                for sel in re.findall(r"spend_exporter_\w+\{([^}]*)\}", t["expr"]):
+                    assert "$provider" not in sel, f"{d['uid']}/{p['title']}"
+
+
+def test_cost_and_tokens_by_model_keeps_token_types_apart() -> None:
+    p = _panel("spend-ai", "Cost and tokens by model, month to date")
+    exprs = [t["expr"] for t in p["targets"]]
+    units = [_unit_of(p, t["refId"], len(exprs)) for t in p["targets"]]
+    types = [re.search(r'token_type="(\w+)"', e) for e in exprs[1:5]]
+    assert [m.group(1) for m in types if m] == ["input", "output", "cache_read", "cache_write"]
+    assert units == ["currencyUSD", "short", "short", "short", "short", "x"]
+    assert "spend_ai_price_ratio" in exprs[5]
+    assert not any("/" in e for e in exprs)  # no rate that divides a cost by tokens of every type
+
+
+HISTORY = {
+    # the queries that compare with days or months back: on a Prometheus that holds minutes they are run with
+    # that history scaled down (tests/e2e/test_stack.py); a backfilled TSDB runs them as shipped
+    "spend-overview/Last month, same day/A": ["28d", "29d", "30d", "31d"],
+    "spend-overview/Month to date against last month/B": ["28d", "29d", "30d", "31d"],
+    "spend-overview/Monthly spend by provider, 13 months/A": ["month"],
+    "spend-teams/Monthly spend by team, 13 months/A": ["month"],
+    **{
+        f"{uid}/Top movers by {by}, {name}/{ref}": [off]
+        for uid, by in [("spend-overview", "service"), ("spend-teams", "team")]
+        for name, off in [("day over day", "1d"), ("week over week", "7d")]
+        for ref in "ABC"
+    },
+}
+
+
+def test_the_queries_that_need_history_are_known() -> None:
+    got = {q.id: q.history for q in dashboard_queries() if q.history}
+    assert got == HISTORY
+    forward = {q.id for q in dashboard_queries() if q.by_billing_date}
+    assert forward == {
+        "spend-overview/Daily spend by provider/A",
+        "spend-teams/Daily spend by team/A",
+        "spend-overview/Monthly spend by provider, 13 months/A",
+        "spend-teams/Monthly spend by team, 13 months/A",
+    }
+
+
+@pytest.mark.parametrize(
+    ("now", "daily", "monthly"),
+    [
+        ("2026-12-07T11:51:00", "2026-12-06T00:00:00", "2026-11-30T00:00:00"),
+        ("2026-03-01T00:00:01", "2026-02-28T00:00:00", "2026-02-28T00:00:00"),
+        ("2028-03-31T23:59:59", "2028-03-30T00:00:00", "2028-02-29T00:00:00"),
+        ("2027-01-01T08:00:00", "2026-12-31T00:00:00", "2026-12-31T00:00:00"),
+    ],
+)
+def test_newest_point_of_a_billing_date_query(now: str, daily: str, monthly: str) -> None:
+    import datetime as dt
+
+    t = dt.datetime.fromisoformat(now).replace(tzinfo=dt.UTC)
+    by = {q.id: q for q in dashboard_queries()}
+    assert by["spend-teams/Daily spend by team/A"].at(t).isoformat() == daily + "+00:00"
+    assert by["spend-teams/Monthly spend by team, 13 months/A"].at(t).isoformat() == monthly + "+00:00"
+    assert by["spend-overview/Month to date/A"].at(t) == t

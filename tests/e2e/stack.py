@@ -4,6 +4,8 @@ queries, a receiver that records what Alertmanager sends, and the shipped alertm
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import importlib.util
 import json
 import os
 import re
@@ -41,6 +43,14 @@ def tool(*names: str) -> str:
     pytest.skip(msg)
 
 
+# What in a panel's query says when it must be evaluated and how much history it reads (see the billing-date
+# constants of grafana/build_dashboards.py and docs/dashboards.md).
+_BACK = re.compile(r"\boffset ([0-9][0-9a-z]*)")  # a positive offset: a figure of the past
+_FORWARD = re.compile(r"\boffset -")  # a billing-date query: at 00:00 of day D it reads day D+1
+_MONTH_END = re.compile(r"\s*and on \(\) day_of_month\(\) == days_in_month\(\)")  # one point per month
+LIVE_OFFSET = "5s"  # what a positive offset becomes on a Prometheus that holds minutes, not days
+
+
 @dataclass(frozen=True)
 class Query:
     dashboard: str
@@ -51,6 +61,49 @@ class Query:
     @property
     def id(self) -> str:
         return f"{self.dashboard}/{self.panel}/{self.ref}"
+
+    @property
+    def per_month(self) -> bool:
+        """One point per month, at 00:00 UTC of the month's last day."""
+        return bool(_MONTH_END.search(self.expr))
+
+    @property
+    def by_billing_date(self) -> bool:
+        """A point at 00:00 UTC of a billing day reads the day after it (``offset -``): evaluated at now, the
+        query is empty, as today's bar is."""
+        return bool(_FORWARD.search(self.expr))
+
+    @property
+    def history(self) -> list[str]:
+        """Why the query returns nothing on a Prometheus that holds only the last minutes: the positive offsets
+        it reads, and ``month`` for a query whose newest point is the last day of last month."""
+        return sorted(set(_BACK.findall(self.expr))) + (["month"] if self.per_month else [])
+
+    def at(self, now: dt.datetime) -> dt.datetime:
+        """When its newest point is, as Grafana evaluates it: now, 00:00 UTC of yesterday (the newest billing
+        day), or 00:00 UTC of the last day of last month (the newest billing month)."""
+        midnight = dt.datetime.combine(now.astimezone(dt.UTC).date(), dt.time(), tzinfo=dt.UTC)
+        if self.per_month:
+            return midnight.replace(day=1) - dt.timedelta(days=1)
+        if self.by_billing_date:
+            return midnight - dt.timedelta(days=1)
+        return now
+
+    def on_live_data(self) -> Query:
+        """The query with its history scaled down to what a Prometheus started minutes ago holds: each positive
+        offset ``LIVE_OFFSET``, and the one-point-per-month filter dropped (so it is evaluated at yesterday, and
+        reads today). The same selectors, joins and aggregations: only how far back it looks differs."""
+        expr = _BACK.sub(f"offset {LIVE_OFFSET}", _MONTH_END.sub("", self.expr))
+        return Query(self.dashboard, self.panel, self.ref, expr)
+
+
+def load_builder() -> Any:
+    """grafana/build_dashboards.py as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("build_dashboards", ROOT / "grafana" / "build_dashboards.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def load_dashboards() -> dict[str, dict[str, Any]]:
