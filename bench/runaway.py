@@ -50,7 +50,7 @@ from typing import Any
 import yaml
 
 from bench.common import PY, ROOT, free_port, median, save, wait_http
-from tests.e2e.stack import RUNAWAY_AFTER, RUNAWAY_BEFORE
+from tests.e2e.stack import RUNAWAY_AFTER, RUNAWAY_BEFORE, stop_processes
 
 UTC = dt.UTC
 MINUTE = dt.timedelta(minutes=1)
@@ -146,14 +146,7 @@ def _processes(tmp: Path) -> Iterator[Callable[[str, list[str], Path, dict[str, 
     try:
         yield start
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs, timeout=15)
 
 
 def prometheus_config(exporter: str, alertmanager: str, prometheus: str) -> dict[str, Any]:

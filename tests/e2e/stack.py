@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import threading
 import time
 import urllib.error
@@ -292,6 +293,18 @@ def alertmanager_config(
     # the templates are found relative to the config file: copy them beside it
     shutil.copytree(ROOT / "prometheus" / "alertmanager-templates", tmp / "alertmanager-templates")
     return cfg, keys
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 10) -> None:
+    """Terminate every process, then wait for each (killed after ``timeout`` seconds)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def strip_keys(node: Any, keys: set[str]) -> Any:

@@ -51,6 +51,7 @@ from tests.e2e.stack import (
     load_dashboards,
     post,
     runaway_emulator,
+    stop_processes,
     strip_keys,
     substitute,
     tool,
@@ -374,14 +375,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wait_for("the dry-run exporter to be ready", lambda: http_ok(f"{dry_run}/-/ready"), logs)
         yield Stack(exporter, prometheus, alertmanager, receiver, keys, logs, emulator, dry_run)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)
         for stop in stoppers:
             stop()
 
