@@ -41,6 +41,10 @@ class CacheFileError(Exception):
     """The file is not a cache this exporter can use (damaged, truncated, or of another schema)."""
 
 
+class QueryInterrupted(Exception):
+    """A ``read_aside`` ran past its deadline and was stopped."""
+
+
 def _unwritable(e: BaseException) -> bool:
     return isinstance(e, sqlite3.Error) and (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF in _UNWRITABLE
 
@@ -295,6 +299,46 @@ class CacheFile:
                     pass
             with self.transaction() as c:
                 return fn(c)
+
+    def read_aside(
+        self, sql: str, args: tuple[Any, ...] | dict[str, Any], deadline: float | None = None
+    ) -> list[tuple[Any, ...]]:
+        """All rows of one long read, on a read-only connection of its own and outside the lock, so that it holds
+        up no refresh, write or snapshot build (WAL: it reads the last committed state). A cache in memory has
+        one connection only: there, and on a fault, it is an ordinary ``read``. Past ``deadline``
+        (``time.monotonic()``) the statement is stopped and ``QueryInterrupted`` raised."""
+        if not self.persistent or self.shared or self._closed:
+            with self._lock:
+                return self._interruptible(self._conn, sql, args, deadline)
+        try:
+            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, timeout=30)
+        except sqlite3.Error:
+            return self.read(sql, args)
+        try:
+            return self._interruptible(conn, sql, args, deadline)
+        except sqlite3.DatabaseError as e:
+            if not _damaged(e):
+                raise
+        finally:
+            conn.close()
+        return self.read(sql, args)  # damaged: the locked read moves the file aside (and reads the empty cache)
+
+    @staticmethod
+    def _interruptible(
+        conn: sqlite3.Connection, sql: str, args: tuple[Any, ...] | dict[str, Any], deadline: float | None
+    ) -> list[tuple[Any, ...]]:
+        if deadline is None:
+            return conn.execute(sql, args).fetchall()
+        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        try:
+            return conn.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as e:
+            if time.monotonic() > deadline and "interrupt" in str(e):
+                raise QueryInterrupted("the read ran past its deadline") from None
+            raise
+        finally:
+            conn.set_progress_handler(None, 0)
 
     def read(self, sql: str, args: tuple[Any, ...] | dict[str, Any]) -> list[tuple[Any, ...]]:
         """All rows of one statement; a damaged file is replaced by an empty cache, which is then read."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from exporter.cachefile import CacheFile, describe
+from exporter.cachefile import QueryInterrupted as QueryInterrupted  # raised by Store.spend
 from exporter.cacheschema import check_tables, create_tables
 
 T = TypeVar("T")
@@ -57,6 +58,9 @@ StoredCostRow = tuple[str, str, str, str, str, str, float]  # day, provider, acc
 # input, output, cache_read, cache_write, cache_write_1h tokens (model.TOKEN_TYPES), requests
 StoredUsageRow = tuple[Any, ...]
 
+
+# the cost table's label columns, which Store.spend may group by (the metrics' COST_LABELS)
+SPEND_COLUMNS = ("provider", "account_id", "service_name", "team", "model")
 
 _TOKENS = "input, output, cache_read, cache_write, cache_write_1h"  # model.TOKEN_TYPES, in its order
 _USAGE_COLUMNS = (
@@ -424,6 +428,40 @@ class Store:
             f"GROUP BY provider, account_id, model{day}",
             (source, first.isoformat(), last.isoformat()),
         )
+
+    def spend(
+        self,
+        sources: Iterable[str],
+        first: dt.date,
+        last: dt.date,
+        group_by: Iterable[str] = (),
+        *,
+        monthly: bool = False,
+        limit: int | None = None,
+        deadline: float | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """Cost per billing date of ``sources`` from ``first`` through ``last``, summed over everything but
+        ``group_by`` (cost columns: ``SPEND_COLUMNS``): rows of the date (ISO day, or ``YYYY-MM`` when
+        ``monthly``), the ``group_by`` values in that order, and the sum as an integer of nano-dollars (1e-9 USD:
+        each stored amount rounded once, then summed exactly, so no float drift). Sorted by date, then by the
+        values in order; at most ``limit`` rows. Runs on a connection of its own (``CacheFile.read_aside``), so
+        a long read holds up neither refreshes nor snapshot builds; ``deadline`` (``time.monotonic()``) stops it
+        with ``QueryInterrupted``."""
+        cols = list(group_by)
+        bad = [c for c in cols if c not in SPEND_COLUMNS]
+        if bad or len(set(cols)) != len(cols):
+            raise ValueError(f"not cost columns (or given twice): {cols}")
+        names = sorted(set(sources))
+        if not names:
+            return []
+        date = "substr(day, 1, 7)" if monthly else "day"
+        keys = ", ".join(["d", *cols])
+        sql = (
+            f"SELECT {date} AS d{''.join(', ' + c for c in cols)}, SUM(CAST(ROUND(cost_usd * 1e9) AS INTEGER)) "
+            f"FROM cost WHERE source IN ({','.join('?' * len(names))}) AND day BETWEEN ? AND ? "
+            f"GROUP BY {keys} ORDER BY {keys}" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        )
+        return self._file.read_aside(sql, (*names, first.isoformat(), last.isoformat()), deadline)
 
     def provider_forecasts(self, source: str) -> list[tuple[str, str, float]]:
         """(provider, account_id, remaining USD): the provider's own forecast of the rest of the month."""
