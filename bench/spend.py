@@ -99,6 +99,10 @@ def main() -> None:
         ("provider,team by month, 13 months", f"from={thirteen}&to={newest}&group_by=provider,team&granularity=month"),
         ("provider,team by day, every day held", f"from={held}&to={newest}&group_by=provider,team"),
         ("totals by day, every day held", f"from={held}&to={newest}"),
+        (
+            "every label by day, 5 days (just under MAX_ROWS)",
+            f"from={newest - dt.timedelta(days=4)}&to={newest}&group_by={every}",
+        ),
         ("model by day, current month", f"from={newest.replace(day=1)}&to={newest}&group_by=model"),
     ]
     worst = queries[0][1]

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+# read(sql, args) -> all rows: what CacheFile.read_aside hands its function
+Reader = Callable[[str, tuple[Any, ...] | dict[str, Any]], list[tuple[Any, ...]]]
 
 log = logging.getLogger(__name__)
 
@@ -304,46 +306,44 @@ class CacheFile:
             with self.transaction() as c:
                 return fn(c)
 
-    def read_aside(
-        self, sql: str, args: tuple[Any, ...] | dict[str, Any], deadline: float | None = None
-    ) -> list[tuple[Any, ...]]:
-        """All rows of one long read, on a read-only connection of its own and outside the lock, so that it holds
-        up no refresh, write or snapshot build (WAL: it reads the last committed state). A cache in memory has
-        one connection only: there, and on a fault, it is an ordinary ``read``. Past ``deadline``
-        (``time.monotonic()``) the statement is stopped and ``QueryInterrupted`` raised."""
+    def read_aside(self, fn: Callable[[Reader], T], deadline: float | None = None) -> T:
+        """Long reads: ``fn(read)`` runs ``read(sql, args)`` (all rows of one statement) as often as it needs, in one
+        read transaction (one consistent state of the cache) on a read-only connection of its own, outside the
+        lock, so that it holds up no refresh, write or snapshot build (WAL). A cache in memory has one connection
+        only: there it runs under the lock. Past ``deadline`` (``time.monotonic()``) the statement running is
+        stopped and ``QueryInterrupted`` raised. A damaged file found here is moved aside as by ``read``, and the
+        error raised."""
         if not self.persistent or self.shared or self._closed:
             with self._lock:
-                return self._interruptible(self._conn, sql, args, deadline)
+                return self._reads(self._conn, fn, deadline)
+        resets = self._resets
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
         try:
-            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, timeout=30)
-            # room for the GROUP BY's sort: at 6.5M rows a 2 MB cache (the default) spills it to disk far more
+            # room for the GROUP BY's sorts: with the default 2 MB they spill to temporary files far sooner
             conn.execute(f"PRAGMA cache_size=-{ASIDE_CACHE_KB}")
-        except sqlite3.Error:
-            return self.read(sql, args)
-        try:
-            return self._interruptible(conn, sql, args, deadline)
+            return self._reads(conn, fn, deadline)
         except sqlite3.DatabaseError as e:
-            if not _damaged(e):
-                raise
+            if _damaged(e):
+                self._reset(e, resets)
+            raise
         finally:
             conn.close()
-        return self.read(sql, args)  # damaged: the locked read moves the file aside (and reads the empty cache)
 
     @staticmethod
-    def _interruptible(
-        conn: sqlite3.Connection, sql: str, args: tuple[Any, ...] | dict[str, Any], deadline: float | None
-    ) -> list[tuple[Any, ...]]:
-        if deadline is None:
-            return conn.execute(sql, args).fetchall()
-        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+    def _reads(conn: sqlite3.Connection, fn: Callable[[Reader], T], deadline: float | None) -> T:
+        if deadline is not None:
+            conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        conn.execute("BEGIN")
         try:
-            return conn.execute(sql, args).fetchall()
+            return fn(lambda sql, args: conn.execute(sql, args).fetchall())
         except sqlite3.OperationalError as e:
-            if time.monotonic() > deadline and "interrupt" in str(e):
+            if deadline is not None and time.monotonic() > deadline and "interrupt" in str(e):
                 raise QueryInterrupted("the read ran past its deadline") from None
             raise
         finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             conn.set_progress_handler(None, 0)
 
     def read(self, sql: str, args: tuple[Any, ...] | dict[str, Any]) -> list[tuple[Any, ...]]:

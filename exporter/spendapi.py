@@ -14,6 +14,7 @@ Nothing here knows HTTP: ``answer`` returns a status and a JSON-able body, which
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import threading
 import time
@@ -25,12 +26,14 @@ from urllib.parse import parse_qsl
 from exporter.metrics import COST_LABELS
 from exporter.store import QueryInterrupted, Store
 
+log = logging.getLogger(__name__)
+
 PATH = "/api/v1/spend"
 PARAMETERS = ("from", "to", "group_by", "granularity", "source")
 GRANULARITIES = ("day", "month")
-# about 26 months: 13 months of history_days (400) twice over; one request reads at most this many days
+# days one request may span: twice the default history_days (400), e.g. 13 months against the 13 before
 MAX_DAYS = 800
-# rows in one answer: about 15 MB of JSON and 60 MB of Python objects while it is built
+# rows in one answer: about 15 MB of JSON (docs/performance.md, "The spend API", for the memory it takes)
 MAX_ROWS = 100_000
 # one query at a time (two cores: a second would only slow the first); another waits this long, then gets a 503.
 # A query stops after QUERY_SECONDS too: the caps bound the rows answered, not the rows read (docs/performance.md:
@@ -136,6 +139,9 @@ def answer(
         )
     except QueryInterrupted:
         return 503, {"error": f"the query ran over {QUERY_SECONDS:g} s: narrow group_by or the range (from, to)"}
+    except Exception:
+        log.exception("spend API: reading the cache failed")
+        return 500, {"error": "the cache could not be read (the exporter's log says why)"}
     finally:
         _queries.release()
     if len(rows) > MAX_ROWS:

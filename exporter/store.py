@@ -444,24 +444,50 @@ class Store:
         ``group_by`` (cost columns: ``SPEND_COLUMNS``): rows of the date (ISO day, or ``YYYY-MM`` when
         ``monthly``), the ``group_by`` values in that order, and the sum as an integer of nano-dollars (1e-9 USD:
         each stored amount rounded once, then summed exactly, so no float drift). Sorted by date, then by the
-        values in order; at most ``limit`` rows. Runs on a connection of its own (``CacheFile.read_aside``), so
-        a long read holds up neither refreshes nor snapshot builds; ``deadline`` (``time.monotonic()``) stops it
-        with ``QueryInterrupted``."""
+        values in order; the first ``limit`` rows at most.
+
+        Read one calendar month at a time, in one read transaction (``CacheFile.read_aside``: a connection of its
+        own, so a long read holds up neither refreshes nor snapshot builds): a month's rows sort in a fraction of
+        the time of the whole range's (2-5x faster at 6.5M rows: docs/performance.md), and reading stops once
+        ``limit`` rows are in.
+        ``deadline`` (``time.monotonic()``) stops it with ``QueryInterrupted``."""
         cols = list(group_by)
         bad = [c for c in cols if c not in SPEND_COLUMNS]
         if bad or len(set(cols)) != len(cols):
             raise ValueError(f"not cost columns (or given twice): {cols}")
         names = sorted(set(sources))
-        if not names:
+        if not names or first > last:
             return []
-        date = "substr(day, 1, 7)" if monthly else "day"
-        keys = ", ".join(["d", *cols])
-        sql = (
-            f"SELECT {date} AS d{''.join(', ' + c for c in cols)}, SUM(CAST(ROUND(cost_usd * 1e9) AS INTEGER)) "
-            f"FROM cost WHERE source IN ({','.join('?' * len(names))}) AND day BETWEEN ? AND ? "
-            f"GROUP BY {keys} ORDER BY {keys}" + (f" LIMIT {int(limit)}" if limit is not None else "")
-        )
-        return self._file.read_aside(sql, (*names, first.isoformat(), last.isoformat()), deadline)
+        where = f"FROM cost WHERE source IN ({','.join('?' * len(names))}) AND day BETWEEN ? AND ?"
+        total = "SUM(CAST(ROUND(cost_usd * 1e9) AS INTEGER))"
+        labels = "".join(", " + c for c in cols)
+        if not monthly:
+            keys = ", ".join(["day", *cols])
+            sql = f"SELECT day{labels}, {total} {where} GROUP BY {keys} ORDER BY {keys}"
+        elif cols:  # one month's date is one value: group by the labels alone
+            sql = f"SELECT ?{labels}, {total} {where} GROUP BY {', '.join(cols)} ORDER BY {', '.join(cols)}"
+        else:  # one row, empty (a NULL sum) when the month has no cost row
+            sql = f"SELECT ?, {total} {where}"
+        months = []
+        start = first
+        while start <= last:
+            nxt = (start.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+            months.append((start, min(last, nxt - dt.timedelta(days=1))))
+            start = nxt
+
+        def reads(read: Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+            out: list[tuple[Any, ...]] = []
+            for a, b in months:
+                if limit is not None and len(out) >= limit:
+                    break
+                args = (*names, a.isoformat(), b.isoformat())
+                more = f" LIMIT {limit - len(out)}" if limit is not None else ""
+                out += [
+                    r for r in read(sql + more, (a.isoformat()[:7], *args) if monthly else args) if r[-1] is not None
+                ]
+            return out
+
+        return self._file.read_aside(reads, deadline)
 
     def provider_forecasts(self, source: str) -> list[tuple[str, str, float]]:
         """(provider, account_id, remaining USD): the provider's own forecast of the rest of the month."""

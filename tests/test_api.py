@@ -214,7 +214,10 @@ def test_source_filter(server: Server, fx: Focus) -> None:
 
 
 def test_days_outside_the_cache_have_no_rows(server: Server) -> None:
-    assert spend(server, "from=2025-01-01&to=2025-03-31")["rows"] == []
+    for granularity in ("day", "month"):
+        for group_by in ("", "team"):
+            q = f"from=2025-01-01&to=2026-08-31&granularity={granularity}&group_by={group_by}"
+            assert spend(server, q)["rows"] == [], q
 
 
 def test_aws_cost_explorer_sums_per_day_and_month(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -461,6 +464,13 @@ def test_queries_run_one_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert spendapi.answer(store, "", TODAY, ["s"])[0] == 200
     finally:
         store.close()
+
+
+def test_a_cache_that_cannot_be_read_is_a_500_without_detail(tmp_path: Path) -> None:
+    store = _store_with(tmp_path, 1)
+    store.close()
+    code, body = spendapi.answer(store, "", TODAY, ["s"])
+    assert code == 500 and body == {"error": "the cache could not be read (the exporter's log says why)"}
 
 
 @pytest.mark.parametrize(
