@@ -446,10 +446,10 @@ class Store:
         each stored amount rounded once, then summed exactly, so no float drift). Sorted by date, then by the
         values in order; the first ``limit`` rows at most.
 
-        Read one calendar month at a time, in one read transaction (``CacheFile.read_aside``: a connection of its
-        own, so a long read holds up neither refreshes nor snapshot builds): a month's rows sort in a fraction of
-        the time of the whole range's (2-5x faster at 6.5M rows: docs/performance.md), and reading stops once
-        ``limit`` rows are in.
+        Read one calendar month at a time (through the index on day), in one read transaction
+        (``CacheFile.read_aside``: a connection of its own, so a long read holds up neither refreshes nor snapshot
+        builds): each month's rows sort apart, and reading stops once ``limit`` rows are in (every label by day
+        over 800 days of a 6.5M-row cache: 3 s, not the 22 s of one statement over the range; docs/performance.md).
         ``deadline`` (``time.monotonic()``) stops it with ``QueryInterrupted``."""
         cols = list(group_by)
         bad = [c for c in cols if c not in SPEND_COLUMNS]
@@ -458,7 +458,7 @@ class Store:
         names = sorted(set(sources))
         if not names or first > last:
             return []
-        where = f"FROM cost WHERE source IN ({','.join('?' * len(names))}) AND day BETWEEN ? AND ?"
+        where = f"FROM cost INDEXED BY cost_source_day WHERE source IN ({','.join('?' * len(names))}) AND day BETWEEN ? AND ?"
         total = "SUM(CAST(ROUND(cost_usd * 1e9) AS INTEGER))"
         labels = "".join(", " + c for c in cols)
         if not monthly:
