@@ -458,7 +458,9 @@ class Store:
         names = sorted(set(sources))
         if not names or first > last:
             return []
-        where = f"FROM cost INDEXED BY cost_source_day WHERE source IN ({','.join('?' * len(names))}) AND day BETWEEN ? AND ?"
+        marks = ",".join("?" * len(names))
+        # the day index, always: for every label the planner picks cost_series, and reads the whole source per month
+        where = f"FROM cost INDEXED BY cost_source_day WHERE source IN ({marks}) AND day BETWEEN ? AND ?"
         total = "SUM(CAST(ROUND(cost_usd * 1e9) AS INTEGER))"
         labels = "".join(", " + c for c in cols)
         if not monthly:
