@@ -37,7 +37,7 @@ MAX_DAYS = 800
 MAX_ROWS = 100_000
 # one query at a time (two cores: a second would only slow the first); another waits this long, then gets a 503.
 # A query stops after QUERY_SECONDS too: the caps bound the rows answered, not the rows read (docs/performance.md:
-# every label over 400 days of a 100k-series cache, 6.5M rows, takes 10-25 s on two busy cores)
+# any group_by over 400 days of a 100k-series cache, 6.5M rows, takes 12-15 s on two busy cores)
 QUERY_SECONDS = 60.0
 _queries = threading.BoundedSemaphore(1)
 
