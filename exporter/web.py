@@ -213,7 +213,8 @@ class Handler(BaseHTTPRequestHandler):
             return False
         if self.path.startswith(("http://", "https://")):
             # absolute form (RFC 9112 3.2.2), as a proxy or a curious client sends it
-            self.path = urlsplit(self.path).path or "/"
+            url = urlsplit(self.path)
+            self.path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         return True
 
     def log_message(self, format: str, *args: Any) -> None:

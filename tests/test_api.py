@@ -209,6 +209,11 @@ def test_defaults_are_the_current_month_by_day_totals(server: Server, fx: Focus)
     assert spend(server, "to=2026-10-15")["from"] == "2026-10-01"
 
 
+def test_absolute_form_keeps_the_query(server: Server) -> None:
+    path = f"http://127.0.0.1:{server.port}/api/v1/spend?from=2026-10-01&to=2026-10-02&group_by=team"
+    assert spend(server, "from=2026-10-01&to=2026-10-02&group_by=team") == json.loads(request(server, path)[2])
+
+
 def test_source_filter(server: Server, fx: Focus) -> None:
     assert spend(server, "source=focus&group_by=provider") == spend(server, "group_by=provider")
 
