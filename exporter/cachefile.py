@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+# read(sql, args) -> all rows: what CacheFile.read_aside hands its function
+Reader = Callable[[str, tuple[Any, ...] | dict[str, Any]], list[tuple[Any, ...]]]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,14 @@ _UNWRITABLE = {3: "permission denied", 8: "read-only", 10: "disk I/O error", 13:
 
 class CacheFileError(Exception):
     """The file is not a cache this exporter can use (damaged, truncated, or of another schema)."""
+
+
+# the page cache (KiB) of a read_aside connection: one at a time (exporter.spendapi), freed when it closes
+ASIDE_CACHE_KB = 64 << 10
+
+
+class QueryInterrupted(Exception):
+    """A ``read_aside`` ran past its deadline and was stopped."""
 
 
 def _unwritable(e: BaseException) -> bool:
@@ -295,6 +305,46 @@ class CacheFile:
                     pass
             with self.transaction() as c:
                 return fn(c)
+
+    def read_aside(self, fn: Callable[[Reader], T], deadline: float | None = None) -> T:
+        """Long reads: ``fn(read)`` runs ``read(sql, args)`` (all rows of one statement) as often as it needs, in one
+        read transaction (one consistent state of the cache) on a read-only connection of its own, outside the
+        lock, so that it holds up no refresh, write or snapshot build (WAL). A cache in memory has one connection
+        only: there it runs under the lock. Past ``deadline`` (``time.monotonic()``) the statement running is
+        stopped and ``QueryInterrupted`` raised. A damaged file found here is moved aside as by ``read``, and the
+        error raised."""
+        if not self.persistent or self.shared or self._closed:
+            with self._lock:
+                return self._reads(self._conn, fn, deadline)
+        resets = self._resets
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+        try:
+            # room for the GROUP BY's sorts: with the default 2 MB they spill to temporary files far sooner
+            conn.execute(f"PRAGMA cache_size=-{ASIDE_CACHE_KB}")
+            return self._reads(conn, fn, deadline)
+        except sqlite3.DatabaseError as e:
+            if _damaged(e):
+                self._reset(e, resets)
+            raise
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _reads(conn: sqlite3.Connection, fn: Callable[[Reader], T], deadline: float | None) -> T:
+        if deadline is not None:
+            conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        conn.execute("BEGIN")
+        try:
+            return fn(lambda sql, args: conn.execute(sql, args).fetchall())
+        except sqlite3.OperationalError as e:
+            if deadline is not None and time.monotonic() > deadline and "interrupt" in str(e):
+                raise QueryInterrupted("the read ran past its deadline") from None
+            raise
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.set_progress_handler(None, 0)
 
     def read(self, sql: str, args: tuple[Any, ...] | dict[str, Any]) -> list[tuple[Any, ...]]:
         """All rows of one statement; a damaged file is replaced by an empty cache, which is then read."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from exporter.cachefile import CacheFile, describe
+from exporter.cachefile import QueryInterrupted as QueryInterrupted  # raised by Store.spend
 from exporter.cacheschema import check_tables, create_tables
 
 T = TypeVar("T")
@@ -57,6 +58,9 @@ StoredCostRow = tuple[str, str, str, str, str, str, float]  # day, provider, acc
 # input, output, cache_read, cache_write, cache_write_1h tokens (model.TOKEN_TYPES), requests
 StoredUsageRow = tuple[Any, ...]
 
+
+# the cost table's label columns, which Store.spend may group by (the metrics' COST_LABELS)
+SPEND_COLUMNS = ("provider", "account_id", "service_name", "team", "model")
 
 _TOKENS = "input, output, cache_read, cache_write, cache_write_1h"  # model.TOKEN_TYPES, in its order
 _USAGE_COLUMNS = (
@@ -424,6 +428,68 @@ class Store:
             f"GROUP BY provider, account_id, model{day}",
             (source, first.isoformat(), last.isoformat()),
         )
+
+    def spend(
+        self,
+        sources: Iterable[str],
+        first: dt.date,
+        last: dt.date,
+        group_by: Iterable[str] = (),
+        *,
+        monthly: bool = False,
+        limit: int | None = None,
+        deadline: float | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """Cost per billing date of ``sources`` from ``first`` through ``last``, summed over everything but
+        ``group_by`` (cost columns: ``SPEND_COLUMNS``): rows of the date (ISO day, or ``YYYY-MM`` when
+        ``monthly``), the ``group_by`` values in that order, and the sum as an integer of nano-dollars (1e-9 USD:
+        each stored amount rounded once, then summed exactly, so no float drift). Sorted by date, then by the
+        values in order; the first ``limit`` rows at most.
+
+        Read one calendar month at a time (through the index on day), in one read transaction
+        (``CacheFile.read_aside``: a connection of its own, so a long read holds up neither refreshes nor snapshot
+        builds): each month's rows sort apart, and reading stops once ``limit`` rows are in (every label by day
+        over 800 days of a 6.5M-row cache: 3 s, not the 22 s of one statement over the range; docs/performance.md).
+        ``deadline`` (``time.monotonic()``) stops it with ``QueryInterrupted``."""
+        cols = list(group_by)
+        bad = [c for c in cols if c not in SPEND_COLUMNS]
+        if bad or len(set(cols)) != len(cols):
+            raise ValueError(f"not cost columns (or given twice): {cols}")
+        names = sorted(set(sources))
+        if not names or first > last:
+            return []
+        marks = ",".join("?" * len(names))
+        # the day index, always: for every label the planner picks cost_series, and reads the whole source per month
+        where = f"FROM cost INDEXED BY cost_source_day WHERE source IN ({marks}) AND day BETWEEN ? AND ?"
+        total = "SUM(CAST(ROUND(cost_usd * 1e9) AS INTEGER))"
+        labels = "".join(", " + c for c in cols)
+        if not monthly:
+            keys = ", ".join(["day", *cols])
+            sql = f"SELECT day{labels}, {total} {where} GROUP BY {keys} ORDER BY {keys}"
+        elif cols:  # one month's date is one value: group by the labels alone
+            sql = f"SELECT ?{labels}, {total} {where} GROUP BY {', '.join(cols)} ORDER BY {', '.join(cols)}"
+        else:  # one row, empty (a NULL sum) when the month has no cost row
+            sql = f"SELECT ?, {total} {where}"
+        months = []
+        start = first
+        while start <= last:
+            nxt = (start.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+            months.append((start, min(last, nxt - dt.timedelta(days=1))))
+            start = nxt
+
+        def reads(read: Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+            out: list[tuple[Any, ...]] = []
+            for a, b in months:
+                if limit is not None and len(out) >= limit:
+                    break
+                args = (*names, a.isoformat(), b.isoformat())
+                more = f" LIMIT {limit - len(out)}" if limit is not None else ""
+                out += [
+                    r for r in read(sql + more, (a.isoformat()[:7], *args) if monthly else args) if r[-1] is not None
+                ]
+            return out
+
+        return self._file.read_aside(reads, deadline)
 
     def provider_forecasts(self, source: str) -> list[tuple[str, str, float]]:
         """(provider, account_id, remaining USD): the provider's own forecast of the rest of the month."""

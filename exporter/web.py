@@ -1,4 +1,5 @@
-"""HTTP: /metrics (pre-rendered bytes), /, /-/healthy, /-/ready, /status, /config, POST /-/guard/alertmanager.
+"""HTTP: /metrics (pre-rendered bytes), /, /-/healthy, /-/ready, /status, /config, /api/v1/spend (the cache,
+queried on the request's thread: exporter.spendapi), POST /-/guard/alertmanager.
 
 A ``ThreadingHTTPServer`` hardened for what a scrape port meets (docs/reliability.md, "HTTP fuzzing"): strict
 framing, 405 for every other method, no HTTP/0.9 or HTTP/2, ``Host`` required on HTTP/1.1, a lingering close,
@@ -22,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from exporter import __version__
+from exporter import __version__, spendapi
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from exporter.guard import MAX_PAYLOAD as MAX_GUARD_BODY
 from exporter.guard import PayloadError, parse_payload
@@ -212,7 +213,8 @@ class Handler(BaseHTTPRequestHandler):
             return False
         if self.path.startswith(("http://", "https://")):
             # absolute form (RFC 9112 3.2.2), as a proxy or a curious client sends it
-            self.path = urlsplit(self.path).path or "/"
+            url = urlsplit(self.path)
+            self.path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         return True
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -327,6 +329,10 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(200, json.dumps(status_report(app), indent=2).encode() + b"\n", "application/json")
         elif path == "/config":
             self._reply(200, json.dumps(self.server.app_config_redacted, indent=2).encode() + b"\n", "application/json")
+        elif path == spendapi.PATH:
+            query = self.path.split("?", 1)[1] if "?" in self.path else ""
+            code, answer = spendapi.answer(app.store, query, app.now().date(), app.source_names())
+            self._reply(code, json.dumps(answer).encode() + b"\n", "application/json")
         else:
             self._reply(404, b"Not found\n", "text/plain; charset=utf-8")
 

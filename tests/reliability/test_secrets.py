@@ -367,6 +367,7 @@ def serve_and_read_everything(world: World) -> Served:
             time.sleep(0.2)
         status = json.loads(fetch(f"{base}/status", ctx, auth)[2])
         paths = ["/metrics", "/status", "/config", "/", "/-/ready", "/-/healthy", "/nope", "/metrics/x", "/-/reload"]
+        paths += ["/api/v1/spend?group_by=provider,account_id,service_name,team,model", "/api/v1/spend?from=bad"]
         for path in paths:
             for who, a in (("auth", auth), ("no-auth", None), ("wrong", (w.web_user, w.web_password + "x"))):
                 code, headers, body = fetch(base + path, ctx, a)
