@@ -55,7 +55,7 @@ def strip_url(url: str) -> str:
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     kept = [(k, REDACTED if _secret_name(k) else v) for k, v in query]
     return urllib.parse.urlunsplit(
-        (parts.scheme, netloc, parts.path, urllib.parse.urlencode(kept, safe="<>:,"), parts.fragment)
+        (parts.scheme, netloc, parts.path, urllib.parse.urlencode(kept, safe="<>:,[]"), parts.fragment)
     )
 
 

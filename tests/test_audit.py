@@ -353,7 +353,8 @@ def test_raw_list_and_show(
     ops = {p["operation"] for p in shown}
     assert {"workspaces", "cost_report", "usage_report_messages", "usage_report_messages_hourly"} <= ops
     cost_page = next(p for p in shown if p["operation"] == "cost_report")
-    assert cost_page["request"]["url"] == "/v1/organizations/cost_report"
+    assert cost_page["request"]["url"] == emulators["anthropic"].url + "/v1/organizations/cost_report"
+    assert cost_page["request"]["params"]["bucket_width"] == "1d"
     assert cost_page["window"]["now"].startswith("2026-11-22T09:41:07")
     assert isinstance(cost_page["body"]["data"], list) and cost_page["bytes"] > 0
 

@@ -177,7 +177,8 @@ class AnthropicProvider:
             with self.api.shape(operation):
                 _check_report(body)
             page = cast(dict[str, Any], body)
-            return ({"method": "GET", "url": path, "params": query}, page), page["has_more"], page.get("next_page")
+            request = {"method": "GET", "url": str(client.base_url).rstrip("/") + path, "params": query}
+            return (request, page), page["has_more"], page.get("next_page")
 
         for req, page in self.api.reports(operation, request):
             raw.add(operation, req, page)
@@ -191,7 +192,8 @@ class AnthropicProvider:
             return workspaces.list(limit=100, include_archived=True, timeout=self.api.timeout())
 
         for page in self.api.listing_pages("workspaces", first):
-            raw.add("workspaces", {"method": "GET", "url": "/v1/organizations/workspaces"}, page.to_dict(mode="json"))
+            url = str(self._get_client().base_url).rstrip("/") + "/v1/organizations/workspaces"
+            raw.add("workspaces", {"method": "GET", "url": url}, page.to_dict(mode="json"))
 
     def _accounts(self, raw: RawFetch) -> tuple[list[AccountInfo], dict[str, str]]:
         """Account infos and the team tag of each workspace that has one, from the listing's pages."""

@@ -226,7 +226,8 @@ class OpenAIProvider:
 
         # the SDK pages the listing (a cursor of its own); each page is kept as the SDK read it
         for page in self.api.listing_pages("projects", first):
-            raw.add("projects", {"method": "GET", "url": "/v1/organization/projects"}, page.to_dict(mode="json"))
+            url = str(self._get_client().base_url).rstrip("/") + "/organization/projects"
+            raw.add("projects", {"method": "GET", "url": url}, page.to_dict(mode="json"))
 
     def _costs(self, raw: RawFetch, start: int, end: int) -> None:
         self._report(
