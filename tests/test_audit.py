@@ -378,3 +378,46 @@ def test_nothing_is_kept_when_retention_is_off(emulators: dict[str, Any], ai: AI
     finally:
         app.close()
     assert not any(table_rows(data["cache_path"], RAW_TABLES).values())
+
+
+def test_recompute_from_bigquery_result_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The GCP billing export: the query and its result rows are kept, page by page, and parsed again."""
+    from tests.emulators.bigquery import BigQueryEmulator
+
+    with BigQueryEmulator(build_dataset(NOW.date()), now=NOW, page_size=200) as emu:
+        data = {
+            "cache_path": str(tmp_path / "cache.sqlite"),
+            "sources": [
+                {
+                    "name": "gcp",
+                    "type": "gcp_bigquery",
+                    "table": emu.table,
+                    "api_endpoint": emu.url,
+                    "credentials": "anonymous",
+                    "timeout": "10s",
+                    "raw_retention": "30d",
+                }
+            ],
+        }
+        app = build_app(parse_config(data, env={}), now=lambda: NOW)
+        try:
+            assert all(o.ok for o in app.refresh_all())
+        finally:
+            app.close()
+        before = table_rows(data["cache_path"], RECORD_TABLES)
+        assert before["cost"] and before["accounts"]
+        conn = sqlite3.connect(data["cache_path"])
+        ops = [r[0] for r in conn.execute("SELECT operation FROM raw_pages ORDER BY seq")]
+        first = json.loads(zlib.decompress(conn.execute("SELECT body FROM raw_pages WHERE seq=0").fetchone()[0]))
+        request = json.loads(conn.execute("SELECT request FROM raw_pages WHERE seq=0").fetchone()[0])
+        with conn:
+            for t in RECORD_TABLES:
+                conn.execute(f"DELETE FROM {t}")
+        conn.close()
+        assert ops[0] == "jobs.query" and len(ops) > 1 and set(ops[1:]) == {"jobs.getQueryResults"}
+        assert dt.date.fromisoformat(first[0]["day"]) and "gcp_billing_export" in request["params"]["query"]
+        calls = len(emu.requests)
+        assert cli.main(["recompute", "--config.file", write_config(tmp_path, data)]) == 0
+        assert len(emu.requests) == calls
+    assert "gcp: rebuilt from its pages" in capsys.readouterr().out
+    assert table_rows(data["cache_path"], RECORD_TABLES) == before

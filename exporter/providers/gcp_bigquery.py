@@ -26,6 +26,7 @@ import datetime as dt
 import re
 from collections import defaultdict
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import requests
@@ -36,7 +37,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 
-from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow
+from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, RawFetch
 from exporter.providers.base import ProviderContext, SourceError, Throttled, utc_midnight
 from exporter.sources.gcp_bigquery import GcpBigQuerySource
 
@@ -250,13 +251,28 @@ class GcpBigQueryProvider:
         finally:
             # the query ran: charge what BigQuery billed, or the dry run's estimate if jobs.get failed
             self.ctx.record_call("jobs.query", "success", self.cost_of(_bytes_billed(job, estimated_bytes)))
-        return self._read(window, rows)
+        request = {
+            "method": "POST",
+            "operation": "bigquery:jobs.query",
+            "params": {
+                "query": sql,
+                "parameters": {
+                    p.name: _jsonable(p.values if isinstance(p, bigquery.ArrayQueryParameter) else p.value)
+                    for p in params
+                },
+                "project": self.project,
+                "location": self.cfg.location,
+            },
+        }
+        return self.parse(window, self._read(rows, request))
 
-    def _read(self, window: FetchWindow, rows: Any) -> FetchResult:
+    def _read(self, rows: Any, request: dict[str, Any]) -> RawFetch:
+        """Every page of the query's result rows into a ``RawFetch``: the rows as JSON (dates as ISO strings)."""
         total = rows.total_rows
         if total is None:
             raise SourceError("BigQuery returned no result set for the billing query")
-        received: list[Any] = []
+        raw = RawFetch()
+        received = 0
         if total > 0:
             pages = iter(rows.pages)
 
@@ -267,25 +283,31 @@ class GcpBigQueryProvider:
             # the first page came with the jobs.query (or the wait's getQueryResults) response;
             # each further page is one jobs.getQueryResults call
             page = self._call("reading results", next_page)
+            operation = "jobs.query"
             while page is not None:
-                received.extend(page)
+                received += len(page)
+                raw.add(operation, request, [{k: _jsonable(v) for k, v in row.items()} for row in page])
                 if rows.next_page_token is None:
                     break
+                operation = "jobs.getQueryResults"
+                request = {"method": "GET", "operation": "bigquery:jobs.getQueryResults", "params": {}}
                 with self.ctx.api_call("jobs.getQueryResults"):
                     page = self._call("reading results", next_page)
-        if len(received) != total:
-            raise SourceError(f"BigQuery returned {len(received)} of {total} result rows")
-        return self._result(window, received)
+        if received != total:
+            raise SourceError(f"BigQuery returned {received} of {total} result rows")
+        return raw
 
-    def _result(self, window: FetchWindow, rows: list[Any]) -> FetchResult:
+    def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
+        """The records of the result rows ``fetch`` kept (live or from the cache); no API call."""
         sums: dict[tuple[dt.date, str, str, str | None, str, str], float] = defaultdict(float)
         names: dict[str, str] = {}
         data_through: dt.datetime | None = None
         try:
-            for row in rows:
-                day = row["day"]
-                if not isinstance(day, dt.date):
-                    raise SourceError(f"BigQuery returned a row without a day: {day!r}")
+            for row in (r for page in raw.pages for r in page.body):
+                try:
+                    day = dt.date.fromisoformat(row["day"])
+                except (TypeError, ValueError):
+                    raise SourceError(f"BigQuery returned a row without a day: {row['day']!r}") from None
                 account = row["account_id"] or ""
                 service = row["service_name"] or "unknown"
                 team = row["team"] or None
@@ -295,8 +317,8 @@ class GcpBigQueryProvider:
                 sums[(day, account, service, team, model, currency)] += amount
                 if row["account_name"]:
                     names[account] = row["account_name"]
-                end = row["usage_end"]
-                if isinstance(end, dt.datetime) and (data_through is None or end > data_through):
+                end = dt.datetime.fromisoformat(row["usage_end"]) if isinstance(row["usage_end"], str) else None
+                if end is not None and (data_through is None or end > data_through):
                     data_through = end
         except (KeyError, TypeError, ValueError) as e:
             raise SourceError(f"BigQuery returned rows of an unexpected shape: {e.__class__.__name__}: {e}") from None
@@ -307,7 +329,7 @@ class GcpBigQueryProvider:
             )
         ]
         accounts = [AccountInfo(PROVIDER, a, n) for a, n in sorted(names.items())]
-        return FetchResult(days=window.days(), costs=costs, accounts=accounts, data_through=data_through)
+        return FetchResult(days=window.days(), costs=costs, accounts=accounts, data_through=data_through, raw=raw)
 
     # -- errors -----------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:
@@ -348,6 +370,17 @@ class GcpBigQueryProvider:
                 self._client.close()
             finally:
                 self._client = None
+
+
+def _jsonable(value: Any) -> Any:
+    """A result value as JSON keeps it: a date or timestamp as its ISO string, a NUMERIC as its decimal string."""
+    if isinstance(value, dt.date):  # a datetime too
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def _bytes_billed(job: Any, fallback: int) -> int:
