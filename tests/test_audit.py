@@ -380,6 +380,59 @@ def test_nothing_is_kept_when_retention_is_off(emulators: dict[str, Any], ai: AI
     assert not any(table_rows(data["cache_path"], RAW_TABLES).values())
 
 
+def refresh_then_recompute(tmp_path: Path, data: dict[str, Any], emu: Any) -> tuple[list[str], dict[str, Any]]:
+    """One refresh at NOW, the records deleted, ``recompute``: the operations kept; the records before (asserted
+    equal to those after, with no request to ``emu``)."""
+    app = build_app(parse_config(data, env={}), now=lambda: NOW)
+    try:
+        assert all(o.ok for o in app.refresh_all())
+    finally:
+        app.close()
+    before = table_rows(data["cache_path"], RECORD_TABLES)
+    assert before["cost"] and before["accounts"]
+    conn = sqlite3.connect(data["cache_path"])
+    ops = [r[0] for r in conn.execute("SELECT operation FROM raw_pages ORDER BY fetch_id, seq")]
+    with conn:
+        for t in RECORD_TABLES:
+            conn.execute(f"DELETE FROM {t}")
+    conn.close()
+    calls = len(emu.requests)
+    assert cli.main(["recompute", "--config.file", write_config(tmp_path, data)]) == 0
+    assert len(emu.requests) == calls
+    assert table_rows(data["cache_path"], RECORD_TABLES) == before
+    return ops, before
+
+
+def test_recompute_from_oci_usage_pages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """OCI: each RequestSummarizedUsages page as the SDK's to_dict writes its model, parsed again."""
+    from tests.emulators.oci_usage import OciUsageEmulator
+    from tests.helpers import write_oci_key
+
+    tenancy = "ocid1.tenancy.oc1..aaaatest"
+    config_file, _pem, public = write_oci_key(tmp_path / "oci", tenancy)
+    with OciUsageEmulator(build_dataset(NOW.date()), public_key_pem=public) as emu:
+        emu.page_size = 50
+        data = {
+            "cache_path": str(tmp_path / "cache.sqlite"),
+            "sources": [
+                {
+                    "name": "oci",
+                    "type": "oci",
+                    "tenancy_id": tenancy,
+                    "config_file": str(config_file),
+                    "team_tag": {"namespace": "Ops", "key": "team"},
+                    "service_endpoint": emu.url,
+                    "timeout": "10s",
+                    "raw_retention": "30d",
+                }
+            ],
+        }
+        ops, before = refresh_then_recompute(tmp_path, data, emu)
+    assert len(ops) > 1 and set(ops) == {"RequestSummarizedUsages"}
+    assert {r[4] for r in before["cost"]} - {"unallocated"}  # team tags came through the pages
+    assert "oci: rebuilt from its pages" in capsys.readouterr().out
+
+
 def test_recompute_from_bigquery_result_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The GCP billing export: the query and its result rows are kept, page by page, and parsed again."""
     from tests.emulators.bigquery import BigQueryEmulator

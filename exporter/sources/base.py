@@ -65,7 +65,7 @@ class SourceBase(ConfigModel):
             tag = typing.get_args(cls.model_fields["type"].annotation) or (cls.__name__,)
             raise ValueError(
                 f"source type {tag[0]} does not keep raw pages yet "
-                "(openai, anthropic, aws and gcp_bigquery do): set it to 0 or remove it"
+                "(openai, anthropic, aws, gcp_bigquery and oci do): set it to 0 or remove it"
             )
         return v
 
