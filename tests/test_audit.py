@@ -468,7 +468,8 @@ def test_recompute_from_bigquery_result_rows(tmp_path: Path, capsys: pytest.Capt
                 conn.execute(f"DELETE FROM {t}")
         conn.close()
         assert ops[0] == "jobs.query" and len(ops) > 1 and set(ops[1:]) == {"jobs.getQueryResults"}
-        assert dt.date.fromisoformat(first[0]["day"]) and "gcp_billing_export" in request["params"]["query"]
+        assert dt.date.fromisoformat(first["rows"][0][first["fields"].index("day")])
+        assert "gcp_billing_export" in request["params"]["query"]
         calls = len(emu.requests)
         assert cli.main(["recompute", "--config.file", write_config(tmp_path, data)]) == 0
         assert len(emu.requests) == calls

@@ -25,7 +25,7 @@ import concurrent.futures
 import datetime as dt
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -286,7 +286,12 @@ class GcpBigQueryProvider:
             operation = "jobs.query"
             while page is not None:
                 received += len(page)
-                raw.add(operation, request, [{k: _jsonable(v) for k, v in row.items()} for row in page])
+                # as BigQuery's wire format has them, a row is a list under the page's field names: a dict per
+                # row would hold the names again in every row, a cost when a refresh reads millions
+                fields = list(page[0].keys()) if page else []
+                raw.add(
+                    operation, request, {"fields": fields, "rows": [[_jsonable(v) for v in r.values()] for r in page]}
+                )
                 if rows.next_page_token is None:
                     break
                 operation = "jobs.getQueryResults"
@@ -303,7 +308,7 @@ class GcpBigQueryProvider:
         names: dict[str, str] = {}
         data_through: dt.datetime | None = None
         try:
-            for row in (r for page in raw.pages for r in page.body):
+            for row in _rows(raw):
                 try:
                     day = dt.date.fromisoformat(row["day"])
                 except (TypeError, ValueError):
@@ -370,6 +375,16 @@ class GcpBigQueryProvider:
                 self._client.close()
             finally:
                 self._client = None
+
+
+def _rows(raw: RawFetch) -> Iterator[dict[str, Any]]:
+    """The kept pages' rows, each as field name → value."""
+    for page in raw.pages:
+        fields = page.body["fields"]
+        for values in page.body["rows"]:
+            if len(values) != len(fields):
+                raise ValueError("a row does not match the fields")
+            yield dict(zip(fields, values, strict=True))
 
 
 def _jsonable(value: Any) -> Any:
