@@ -330,6 +330,9 @@ class App:
         rt = self._rt[name]
         started = time.monotonic()
         fetches = self.store.raw_fetches(name, self._hashes[name])
+        if fetches and not self._fetchers[name].can_parse():
+            note = "its pages say what was read (files' names, sizes, hashes), not what it held: nothing to rebuild"
+            return RefreshOutcome(name, ok=True, skipped=True, error=note)
         records = 0
         with rt.lock:
             rt.refreshing = True

@@ -117,7 +117,7 @@ def decode_window(text: str) -> FetchWindow:
 def describe_request(request: dict[str, Any]) -> str:
     """One line for ``raw list``: ``GET https://…/v1/organization/costs?…`` or ``POST ce:GetCostAndUsage {…}``."""
     method = str(request.get("method") or "")
-    target = str(request.get("url") or request.get("operation") or "")
+    target = str(request.get("url") or request.get("operation") or request.get("path") or "")
     params = request.get("params")
     if params:
         target += " " + _dumps(params)

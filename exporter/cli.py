@@ -413,7 +413,7 @@ def cmd_recompute(config: Config) -> int:
                 failed = True
                 print(f"{name}: FAILED: {o.error}", file=sys.stderr)
             elif o.skipped:
-                print(f"{name}: no pages kept (raw_retention is 0 or nothing was fetched with it on)")
+                print(f"{name}: {o.error or 'no pages kept (raw_retention is 0 or nothing was fetched with it on)'}")
             else:
                 print(f"{name}: rebuilt from its pages ({o.records} records in the newest fetch) in {o.duration:.2f}s")
         app.rebuild_snapshot()

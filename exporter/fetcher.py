@@ -139,6 +139,10 @@ class SourceFetcher:
             raise SourceError(f"provider returned {type(result).__name__}, not a FetchResult")
         return result
 
+    def can_parse(self) -> bool:
+        """The source's provider rebuilds its records from its pages (``PageParser``)."""
+        return hasattr(self._get_provider(), "parse")
+
     def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
         """The records of pages kept from an earlier fetch of ``window`` (``PageParser.parse``): no API call."""
         p = self._get_provider()

@@ -433,6 +433,46 @@ def test_recompute_from_oci_usage_pages(tmp_path: Path, capsys: pytest.CaptureFi
     assert "oci: rebuilt from its pages" in capsys.readouterr().out
 
 
+def test_recompute_from_cost_management_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Azure: each query.usage / forecast.usage response's JSON (the SDK's cls hook), parsed again; the ARM
+    token the requests carried is nowhere in the cache."""
+    from tests import helpers
+    from tests.emulators.azure_cost import AzureCostEmulator
+
+    token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.audit-only-arm-token"
+    helpers.use_az_stub(monkeypatch, tmp_path, token)
+    scopes = [
+        "/subscriptions/00000000-0000-0000-0000-000000000001",
+        "/subscriptions/00000000-0000-0000-0000-000000000002",
+    ]
+    with AzureCostEmulator(build_dataset(NOW.date()), token=token, page_size=100) as emu:
+        data = {
+            "cache_path": str(tmp_path / "cache.sqlite"),
+            "sources": [
+                {
+                    "name": "azure",
+                    "type": "azure",
+                    "base_url": emu.url,
+                    "credential": "cli",
+                    "scopes": scopes,
+                    "timeout": "10s",
+                    "raw_retention": "30d",
+                }
+            ],
+        }
+        ops, before = refresh_then_recompute(tmp_path, data, emu)
+    assert {"query.usage", "forecast.usage"} <= set(ops) and len(ops) > len(scopes) * 2
+    assert before["forecasts"]
+    assert "azure: rebuilt from its pages" in capsys.readouterr().out
+    conn = sqlite3.connect(data["cache_path"])
+    kept = [v for t in RAW_TABLES for row in conn.execute(f"SELECT * FROM {t}") for v in row]
+    conn.close()
+    texts = [zlib.decompress(v) if isinstance(v, bytes) else str(v).encode() for v in kept]
+    assert texts and not [t for t in texts if token.encode() in t or b"Bearer" in t]
+
+
 def test_recompute_from_bigquery_result_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The GCP billing export: the query and its result rows are kept, page by page, and parsed again."""
     from tests.emulators.bigquery import BigQueryEmulator
@@ -474,4 +514,45 @@ def test_recompute_from_bigquery_result_rows(tmp_path: Path, capsys: pytest.Capt
         assert cli.main(["recompute", "--config.file", write_config(tmp_path, data)]) == 0
         assert len(emu.requests) == calls
     assert "gcp: rebuilt from its pages" in capsys.readouterr().out
+    assert table_rows(data["cache_path"], RECORD_TABLES) == before
+
+
+def test_focus_files_are_kept_as_their_names_sizes_and_hashes(
+    tmp_path: Path, focus: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """FOCUS: not a copy of the user's export, but which file, how big, when changed and its SHA-256."""
+    import hashlib
+
+    day = NOW.date() - dt.timedelta(days=2)
+    files = [
+        focus.write(tmp_path / "exports" / "a.csv", [focus.daily(day, 12.5, ServiceName="Amazon S3")]),
+        focus.write(tmp_path / "exports" / "b.csv", [focus.daily(day, 7.25, ServiceName="Amazon EC2")]),
+    ]
+    data = {
+        "cache_path": str(tmp_path / "cache.sqlite"),
+        "sources": [
+            {"name": "focus", "type": "focus", "paths": [str(tmp_path / "exports" / "*.csv")], "raw_retention": "7d"}
+        ],
+    }
+    app = build_app(parse_config(data, env={}), now=lambda: NOW)
+    try:
+        assert all(o.ok for o in app.refresh_all())
+    finally:
+        app.close()
+    path = write_config(tmp_path, data)
+    assert cli.main(["raw", "show", "focus", "--day", NOW.date().isoformat(), "--config.file", path]) == 0
+    shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [p["body"] for p in shown] == [
+        {
+            "path": str(f),
+            "bytes": f.stat().st_size,
+            "modified": dt.datetime.fromtimestamp(f.stat().st_mtime, dt.UTC).isoformat(),
+            "sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
+        }
+        for f in files
+    ]
+    assert [p["request"] for p in shown] == [{"method": "READ", "path": str(f)} for f in files]
+    before = table_rows(data["cache_path"], RECORD_TABLES)
+    assert cli.main(["recompute", "--config.file", path]) == 0
+    assert "focus: its pages say what was read" in capsys.readouterr().out
     assert table_rows(data["cache_path"], RECORD_TABLES) == before

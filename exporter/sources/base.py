@@ -63,10 +63,7 @@ class SourceBase(ConfigModel):
     def _raw_pages(cls, v: float) -> float:
         if v > 0 and not cls.RAW_PAGES:
             tag = typing.get_args(cls.model_fields["type"].annotation) or (cls.__name__,)
-            raise ValueError(
-                f"source type {tag[0]} does not keep raw pages yet "
-                "(openai, anthropic, aws, gcp_bigquery and oci do): set it to 0 or remove it"
-            )
+            raise ValueError(f"source type {tag[0]} does not keep raw pages yet: set it to 0 or remove it")
         return v
 
 
