@@ -16,6 +16,7 @@ import re
 import urllib.parse
 import zlib
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from exporter.model import FetchWindow, RawFetch, RawPage
@@ -73,12 +74,21 @@ def strip_request(request: dict[str, Any], scrub: Scrub) -> dict[str, Any]:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    """A date or timestamp (ISO 8601) or a decimal (its string) left in a page or a request."""
+    if isinstance(value, dt.date):  # a datetime too
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def encode_page(page: RawPage, scrub: Scrub) -> tuple[str, str, str, int, bytes]:
     """(operation, request JSON, meta JSON, size of the page's JSON in bytes, the page's JSON compressed)."""
-    body = scrub(_dumps(page.body)).encode()
+    body = scrub(_dumps(page.body if page.as_json is None else page.as_json(page.body))).encode()
     request = _dumps(strip_request(page.request, scrub))
     return page.operation, request, scrub(_dumps(page.meta)), len(body), zlib.compress(body, LEVEL)
 

@@ -225,6 +225,9 @@ class RawPage:
     request: dict[str, Any]
     body: Any
     meta: dict[str, Any] = field(default_factory=dict)
+    as_json: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
+    """For a body the SDK handed over as its own objects (OCI's models, BigQuery's rows), which ``parse`` reads as
+    they are: what makes it JSON, called only when the page is kept (so a refresh without it converts nothing)."""
 
 
 @dataclass(slots=True)
@@ -235,8 +238,16 @@ class RawFetch:
     pages: list[RawPage] = field(default_factory=list)
     context: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, operation: str, request: dict[str, Any], body: Any, **meta: Any) -> Any:
-        self.pages.append(RawPage(operation, request, body, meta))
+    def add(
+        self,
+        operation: str,
+        request: dict[str, Any],
+        body: Any,
+        *,
+        as_json: Callable[[Any], Any] | None = None,
+        **meta: Any,
+    ) -> Any:
+        self.pages.append(RawPage(operation, request, body, meta, as_json))
         return body
 
 

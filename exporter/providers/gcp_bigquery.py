@@ -25,7 +25,7 @@ import concurrent.futures
 import datetime as dt
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -288,10 +288,10 @@ class GcpBigQueryProvider:
                 received += len(page)
                 # as BigQuery's wire format has them, a row is a list under the page's field names: a dict per
                 # row would hold the names again in every row, a cost when a refresh reads millions
+                # the client's Row objects as they are (a row indexes like a list): turned into JSON only when
+                # the page is kept (_page_json), so a refresh without raw_retention converts nothing
                 fields = list(page[0].keys()) if page else []
-                raw.add(
-                    operation, request, {"fields": fields, "rows": [[_jsonable(v) for v in r.values()] for r in page]}
-                )
+                raw.add(operation, request, {"fields": fields, "rows": page}, as_json=_page_json)
                 if rows.next_page_token is None:
                     break
                 operation = "jobs.getQueryResults"
@@ -308,23 +308,34 @@ class GcpBigQueryProvider:
         names: dict[str, str] = {}
         data_through: dt.datetime | None = None
         try:
-            for row in _rows(raw):
-                try:
-                    day = dt.date.fromisoformat(row["day"])
-                except (TypeError, ValueError):
-                    raise SourceError(f"BigQuery returned a row without a day: {row['day']!r}") from None
-                account = row["account_id"] or ""
-                service = row["service_name"] or "unknown"
-                team = row["team"] or None
-                currency = (row["currency"] or "").strip().upper()
-                model = model_from_sku(row["sku"])
-                amount = float(row["cost"] or 0.0) + float(row["credits"] or 0.0)
-                sums[(day, account, service, team, model, currency)] += amount
-                if row["account_name"]:
-                    names[account] = row["account_name"]
-                end = dt.datetime.fromisoformat(row["usage_end"]) if isinstance(row["usage_end"], str) else None
-                if end is not None and (data_through is None or end > data_through):
-                    data_through = end
+            for page in raw.pages:
+                # a row live is the client's Row (DATE and TIMESTAMP as date and datetime); kept, a JSON list
+                # (the two as ISO strings): read by position either way
+                at = {f: i for i, f in enumerate(page.body["fields"])}
+                i_day, i_account, i_name, i_service = (
+                    at["day"],
+                    at["account_id"],
+                    at["account_name"],
+                    at["service_name"],
+                )
+                i_team, i_currency, i_sku, i_cost = at["team"], at["currency"], at["sku"], at["cost"]
+                i_credits, i_end = at["credits"], at["usage_end"]
+                for row in page.body["rows"]:
+                    if len(row) != len(at):
+                        raise ValueError("a row does not match the fields")
+                    day = _date(row[i_day])
+                    account = row[i_account] or ""
+                    service = row[i_service] or "unknown"
+                    team = row[i_team] or None
+                    currency = (row[i_currency] or "").strip().upper()
+                    model = model_from_sku(row[i_sku])
+                    amount = float(row[i_cost] or 0.0) + float(row[i_credits] or 0.0)
+                    sums[(day, account, service, team, model, currency)] += amount
+                    if row[i_name]:
+                        names[account] = row[i_name]
+                    end = _timestamp(row[i_end])
+                    if end is not None and (data_through is None or end > data_through):
+                        data_through = end
         except (KeyError, TypeError, ValueError) as e:
             raise SourceError(f"BigQuery returned rows of an unexpected shape: {e.__class__.__name__}: {e}") from None
         costs = [
@@ -377,14 +388,29 @@ class GcpBigQueryProvider:
                 self._client = None
 
 
-def _rows(raw: RawFetch) -> Iterator[dict[str, Any]]:
-    """The kept pages' rows, each as field name → value."""
-    for page in raw.pages:
-        fields = page.body["fields"]
-        for values in page.body["rows"]:
-            if len(values) != len(fields):
-                raise ValueError("a row does not match the fields")
-            yield dict(zip(fields, values, strict=True))
+def _date(value: Any) -> dt.date:
+    """The ``day`` cell: a date (live) or its ISO string (kept)."""
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise SourceError(f"BigQuery returned a row without a day: {value!r}") from None
+
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    """The ``usage_end`` cell: a datetime (live) or its ISO string (kept); None if it is neither."""
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value)
+    return None
+
+
+def _page_json(body: dict[str, Any]) -> dict[str, Any]:
+    """A page of ``Row`` objects as it is kept: each row a list in the fields' order, dates as ISO strings."""
+    fields = body["fields"]
+    return {"fields": fields, "rows": [[_jsonable(r[f]) for f in fields] for r in body["rows"]]}
 
 
 def _jsonable(value: Any) -> Any:
