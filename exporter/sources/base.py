@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, NamedTuple
@@ -13,7 +14,7 @@ from exporter.config_types import ConfigModel, Duration, format_duration, parse_
 
 def _retention(value: Any) -> float:
     """A duration, or ``0`` (off)."""
-    if not isinstance(value, bool) and str(value).strip() in ("0", "0s", "0d"):
+    if not isinstance(value, bool) and re.fullmatch(r"0+(\.0+)?(ms|s|m|h|d|w)?", str(value).strip()):
         return 0.0
     try:
         return parse_duration(value)
