@@ -1,7 +1,7 @@
 """Runs the benchmarks: ``python -m bench.run`` (all) or ``python -m bench.run NAME [options]``.
 
-Names: scrape, refresh, burn, memory, ingest, economy, soak, runaway, backfill, dashboards. Options after NAME go
-to that benchmark (``python -m bench.run scrape --series 1000``). Results: bench/results/<name>.json.
+Names: scrape, refresh, burn, memory, ingest, economy, soak, runaway, backfill, dashboards, audit. Options
+after NAME go to that benchmark (``python -m bench.run scrape --series 1000``). Results: bench/results/<name>.json.
 """
 
 from __future__ import annotations
@@ -10,7 +10,19 @@ import importlib
 import sys
 import time
 
-NAMES = ("scrape", "refresh", "burn", "memory", "ingest", "economy", "soak", "runaway", "backfill", "dashboards")
+NAMES = (
+    "scrape",
+    "refresh",
+    "burn",
+    "memory",
+    "ingest",
+    "economy",
+    "soak",
+    "runaway",
+    "backfill",
+    "dashboards",
+    "audit",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

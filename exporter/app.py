@@ -18,13 +18,13 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from exporter import burn, timing, warmstart
+from exporter import audit, burn, timing, warmstart
 from exporter.attribution import Resolver
 from exporter.config import Config
 from exporter.exposition import clean_label_value
 from exporter.fetcher import SourceFetcher
 from exporter.guard import Guard
-from exporter.model import MinuteUsage
+from exporter.model import FetchResult, FetchWindow, MinuteUsage
 from exporter.normalise import data_through, normalise
 from exporter.pricing import PriceTable
 from exporter.providers.base import PaidCallCapReached, SourceError, Throttled
@@ -301,8 +301,8 @@ class App:
         )
         self.store.replace(src.name, rep, new_state)
         self.builder.count_truncated(src.name, truncated)
-        keep_from = min(window.start, now.date() - dt.timedelta(days=KEEP_DAYS))
-        self.store.prune(src.name, keep_from)
+        self.store.prune(src.name, _keep_from(window))
+        self._keep_raw(src, window, result)
         self._rt[src.name].records = records
         log.info(
             "source %s refreshed: %d records for %s..%s in %.2fs%s",
@@ -314,6 +314,64 @@ class App:
             f"; skipped {dict(skipped)}" if skipped else "",
         )
         return RefreshOutcome(src.name, ok=True, records=records, duration=duration)
+
+    def _keep_raw(self, src: SourceBase, window: FetchWindow, result: FetchResult) -> None:
+        """The audit trail: the fetch's pages kept (``raw_retention``), and those past the retention dropped.
+
+        A page that cannot be kept is a warning, never a failed refresh: the records are already stored.
+        """
+        retention = src.raw_retention
+        try:
+            if retention > 0 and result.raw is not None:
+                scrub = self._fetchers[src.name].scrub
+                self.store.keep_raw(
+                    src.name,
+                    window.now.timestamp(),
+                    self._hashes[src.name],
+                    audit.encode_window(window),
+                    audit.encode_context(result.raw, scrub),
+                    [audit.encode_page(p, scrub) for p in result.raw.pages],
+                )
+            self.store.prune_raw(src.name, window.now.timestamp() - retention)  # 0: every page kept before goes
+        except Exception:
+            log.warning("source %s: could not keep its raw pages in the cache", src.name, exc_info=True)
+
+    def recompute(self, name: str) -> RefreshOutcome:
+        """Rebuild ``name``'s records from its kept pages, with no API call (``spend-exporter recompute``).
+
+        Every fetch kept under the source's current settings is parsed again and normalised with today's rules
+        (attribution, currency rates), oldest first, each replacing the days it covered as its refresh did.
+        The source's state (last refresh, errors) is left as it is.
+        """
+        src = self._sources[name]
+        rt = self._rt[name]
+        started = time.monotonic()
+        fetches = self.store.raw_fetches(name, self._hashes[name])
+        if fetches and not self._fetchers[name].can_parse():
+            note = "its pages say what was read (files' names, sizes, hashes), not what it held: nothing to rebuild"
+            return RefreshOutcome(name, ok=True, skipped=True, error=note)
+        records = 0
+        with rt.lock:
+            rt.refreshing = True
+            try:
+                for fid, _at, _hash, window_text, context in fetches:
+                    window = audit.decode_window(window_text)
+                    pages = [audit.decode_page(*p[:3], p[4]) for p in self.store.raw_pages(fid)]
+                    result = self._fetchers[name].parse(window, audit.decode_fetch(context, pages))
+                    result.clean_labels(clean_label_value)
+                    rep, records, _skipped = normalise(self.resolver, window, result)
+                    self.store.replace_records(name, rep)
+                    self.store.prune(name, _keep_from(window))
+            except Exception as e:
+                msg = str(e) if isinstance(e, SourceError) else f"{e.__class__.__name__}: {e}"
+                msg = self._fetchers[name].scrub(msg)[:2000]
+                return RefreshOutcome(name, ok=False, duration=time.monotonic() - started, error=msg)
+            finally:
+                self.builder.invalidate(name)
+                rt.refreshing = False
+        if not fetches:
+            return RefreshOutcome(src.name, ok=True, skipped=True, duration=time.monotonic() - started)
+        return RefreshOutcome(src.name, ok=True, records=records, duration=time.monotonic() - started)
 
     def _failed(
         self, src: SourceBase, state: SourceState, now: dt.datetime, duration: float, e: Exception
@@ -473,6 +531,11 @@ class App:
         for f in self._fetchers.values():
             f.close()
         self.store.close()
+
+
+def _keep_from(window: FetchWindow) -> dt.date:
+    """The oldest day a refresh of ``window`` keeps: older ones are pruned (the refresh and recompute alike)."""
+    return min(window.start, window.now.date() - dt.timedelta(days=KEEP_DAYS))
 
 
 def _warn_skipped(name: str, skipped: Counter[str]) -> None:

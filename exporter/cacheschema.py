@@ -74,6 +74,17 @@ CREATE TABLE IF NOT EXISTS guard_actions (
     provider TEXT NOT NULL, account_id TEXT NOT NULL, model TEXT NOT NULL, target TEXT NOT NULL DEFAULT '',
     changes TEXT NOT NULL DEFAULT '[]', result TEXT NOT NULL, error TEXT, undone_at REAL, undo_detail TEXT
 );
+-- the audit trail (docs/audit.md): every raw page of a refresh of a source with raw_retention, its request
+-- (secrets stripped) and its JSON, zlib-compressed; the fetch's window and context, from which recompute parses
+CREATE TABLE IF NOT EXISTS raw_fetches (
+    id INTEGER PRIMARY KEY, source TEXT NOT NULL, fetched_at REAL NOT NULL, config_hash TEXT NOT NULL,
+    fetch_window TEXT NOT NULL, context BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS raw_fetches_source ON raw_fetches (source, fetched_at);
+CREATE TABLE IF NOT EXISTS raw_pages (
+    fetch_id INTEGER NOT NULL, seq INTEGER NOT NULL, operation TEXT NOT NULL, request TEXT NOT NULL,
+    meta TEXT NOT NULL, size INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (fetch_id, seq)
+);
 -- the last published snapshot, valid only while meta.generation is still the one it was built at
 CREATE TABLE IF NOT EXISTS snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 1), key TEXT NOT NULL, generation INTEGER NOT NULL,

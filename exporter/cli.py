@@ -1,4 +1,5 @@
-"""Command line: ``run``, ``check``, ``once``, ``guard list``/``guard undo ID``, ``backfill`` and ``config-schema``.
+"""Command line: ``run``, ``check``, ``once``, ``guard list``/``guard undo ID``, ``backfill``, ``raw list``/
+``raw show``, ``recompute`` and ``config-schema``.
 
 Flags follow the exporter conventions (``--config.file``, ``--web.listen-address``,
 ``--web.config.file``, ``--log.level``, ``--log.format``). Exit codes: 0 ok,
@@ -109,7 +110,21 @@ def _parser() -> argparse.ArgumentParser:
     undo = guard_sub.add_parser("undo", parents=[common], help="restore the values an action changed")
     undo.add_argument("id", type=int, help="the action's ID (guard list)")
     _backfill_parser(sub, common)
+    _raw_parsers(sub, common)
     return ap
+
+
+def _raw_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``raw list``, ``raw show`` and ``recompute``: the audit trail (docs/audit.md)."""
+    raw = sub.add_parser("raw", help="the raw API pages kept by raw_retention (docs/audit.md)")
+    raw_sub = raw.add_subparsers(dest="raw_command", required=True)
+    ls = raw_sub.add_parser("list", parents=[common], help="one line per kept page: time, request, size")
+    ls.add_argument("source", help="the source's name")
+    ls.add_argument("--day", default=None, help="only the pages fetched on this UTC day (YYYY-MM-DD)")
+    show = raw_sub.add_parser("show", parents=[common], help="the kept pages of one day's fetches, as JSON lines")
+    show.add_argument("source", help="the source's name")
+    show.add_argument("--day", required=True, help="the UTC day the pages were fetched (YYYY-MM-DD)")
+    sub.add_parser("recompute", parents=[common], help="rebuild every record from the kept pages, with no API call")
 
 
 def _backfill_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -175,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_guard(config, args)
         if args.command == "backfill":
             return cmd_backfill(config, args)
+        if args.command == "raw":
+            return cmd_raw(config, args)
+        if args.command == "recompute":
+            return cmd_recompute(config)
     except KeyboardInterrupt:
         return 130
     return EXIT_CONFIG

@@ -13,9 +13,16 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from exporter.model import FetchResult, FetchWindow, MinuteUsageResult
+from exporter.model import FetchResult, FetchWindow, MinuteUsageResult, RawFetch
 from exporter.providers import create_provider
-from exporter.providers.base import MinuteProvider, PaidCallCapReached, Provider, ProviderContext, SourceError
+from exporter.providers.base import (
+    MinuteProvider,
+    PageParser,
+    PaidCallCapReached,
+    Provider,
+    ProviderContext,
+    SourceError,
+)
 from exporter.sources.base import SourceBase
 from exporter.store import Store
 from exporter.timing import next_midnight
@@ -128,6 +135,20 @@ class SourceFetcher:
         except TimeoutError:
             self._provider = None  # the thread is abandoned; the next refresh gets fresh clients
             raise TimeoutError(f"refresh timed out after {src.timeout:g}s") from None
+        if not isinstance(result, FetchResult):
+            raise SourceError(f"provider returned {type(result).__name__}, not a FetchResult")
+        return result
+
+    def can_parse(self) -> bool:
+        """The source's provider rebuilds its records from its pages (``PageParser``)."""
+        return hasattr(self._get_provider(), "parse")
+
+    def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
+        """The records of pages kept from an earlier fetch of ``window`` (``PageParser.parse``): no API call."""
+        p = self._get_provider()
+        if not hasattr(p, "parse"):
+            raise SourceError(f"source type {getattr(self.src, 'type', '?')} cannot rebuild its records from pages")
+        result = typing.cast(PageParser, p).parse(window, raw)
         if not isinstance(result, FetchResult):
             raise SourceError(f"provider returned {type(result).__name__}, not a FetchResult")
         return result

@@ -212,6 +212,46 @@ def cost_tuples(costs: Sequence[CostRecord]) -> Iterable[CostRecordTuple]:
 
 
 @dataclass(slots=True)
+class RawPage:
+    """One API page as the provider received it, and the request that produced it (the audit trail).
+
+    ``body`` is the page's JSON as sent (for SDKs that return parsed data, such as boto3, the parsed
+    response less its transport metadata); ``request`` is the method, URL or operation and parameters,
+    never a header; ``meta`` is what the provider's parser must know of the request that the body does not
+    say (Cost Explorer: the linked account a page is filtered on).
+    """
+
+    operation: str
+    request: dict[str, Any]
+    body: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+    as_json: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
+    """For a body the SDK handed over as its own objects (OCI's models, BigQuery's rows), which ``parse`` reads as
+    they are: what makes it JSON, called only when the page is kept (so a refresh without it converts nothing)."""
+
+
+@dataclass(slots=True)
+class RawFetch:
+    """Every page one fetch received, in order, and the provider's ``context``: what it used without a call
+    (an account list cached from an earlier refresh). ``PageParser.parse`` rebuilds the ``FetchResult`` from it."""
+
+    pages: list[RawPage] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def add(
+        self,
+        operation: str,
+        request: dict[str, Any],
+        body: Any,
+        *,
+        as_json: Callable[[Any], Any] | None = None,
+        **meta: Any,
+    ) -> Any:
+        self.pages.append(RawPage(operation, request, body, meta, as_json))
+        return body
+
+
+@dataclass(slots=True)
 class FetchResult:
     """Everything one refresh of one source produced.
 
@@ -231,6 +271,8 @@ class FetchResult:
     forecasts: list[ProviderForecast] | None = None
     data_through: dt.datetime | None = None
     skipped: dict[str, int] = field(default_factory=dict)
+    raw: RawFetch | None = None
+    """The pages the result was parsed from (providers that split fetching from parsing: ``PageParser``)."""
 
     def clean_labels(self, clean: Callable[[str], tuple[str, bool]]) -> int:
         """Pass every string that becomes a label value through ``clean``, in place.

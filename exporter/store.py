@@ -199,6 +199,11 @@ class Store:
 
         self._write(write)
 
+    def replace_records(self, source: str, rep: Replacement) -> None:
+        """``replace`` that keeps the source's state as it is (``recompute``: the records change, not the last
+        refresh)."""
+        self.replace(source, rep, self.get_state(source))
+
     def prune(self, source: str, before: dt.date) -> None:
         def write(c: sqlite3.Connection) -> None:
             c.execute("DELETE FROM cost WHERE source=? AND day < ?", (source, before.isoformat()))
@@ -226,6 +231,72 @@ class Store:
 
     def sources_held(self) -> set[str]:
         return {r[0] for r in self.query("SELECT source FROM source_state")}
+
+    # -- the audit trail (exporter.audit encodes what is kept) ----------------------------
+    def keep_raw(
+        self,
+        source: str,
+        fetched_at: float,
+        config_hash: str,
+        window: str,
+        context: bytes,
+        pages: list[tuple[str, str, str, int, bytes]],
+    ) -> None:
+        """Keep one fetch's pages: (operation, request, meta, size, compressed body) each, in order."""
+
+        def write(c: sqlite3.Connection) -> None:
+            cur = c.execute(
+                "INSERT INTO raw_fetches (source, fetched_at, config_hash, fetch_window, context) VALUES (?,?,?,?,?)",
+                (source, fetched_at, config_hash, window, context),
+            )
+            fid = cur.lastrowid
+            c.executemany("INSERT INTO raw_pages VALUES (?,?,?,?,?,?,?)", [(fid, i, *p) for i, p in enumerate(pages)])
+
+        self._write(write)
+
+    def prune_raw(self, source: str, before: float) -> None:
+        """Drop ``source``'s fetches made before ``before`` (unix time), and their pages; no write if none is."""
+        if not self.query("SELECT 1 FROM raw_fetches WHERE source=? AND fetched_at < ? LIMIT 1", (source, before)):
+            return
+
+        def write(c: sqlite3.Connection) -> None:
+            old = "SELECT id FROM raw_fetches WHERE source=? AND fetched_at < ?"
+            c.execute(f"DELETE FROM raw_pages WHERE fetch_id IN ({old})", (source, before))
+            c.execute("DELETE FROM raw_fetches WHERE source=? AND fetched_at < ?", (source, before))
+
+        self._write(write)
+
+    def raw_fetches(self, source: str, config_hash: str | None = None) -> list[tuple[int, float, str, str, bytes]]:
+        """(id, fetched_at, config_hash, window, context) of ``source``'s kept fetches, oldest first; only those
+        made with ``config_hash`` when given."""
+        where, args = ("AND config_hash=?", (source, config_hash)) if config_hash else ("", (source,))
+        return [
+            (int(r[0]), float(r[1]), r[2], r[3], bytes(r[4]))
+            for r in self.query(
+                "SELECT id, fetched_at, config_hash, fetch_window, context FROM raw_fetches "
+                f"WHERE source=? {where} ORDER BY fetched_at, id",
+                args,
+            )
+        ]
+
+    def raw_pages(self, fetch_id: int) -> list[tuple[str, str, str, int, bytes]]:
+        """(operation, request, meta, size, compressed body) of one fetch's pages, in the order received."""
+        return [
+            (r[0], r[1], r[2], int(r[3]), bytes(r[4]))
+            for r in self.query(
+                "SELECT operation, request, meta, size, body FROM raw_pages WHERE fetch_id=? ORDER BY seq", (fetch_id,)
+            )
+        ]
+
+    def raw_index(self, source: str, since: float = 0.0, until: float = float("inf")) -> list[tuple[Any, ...]]:
+        """(fetch id, fetched_at, seq, operation, request, size, compressed size) of every page of ``source``'s
+        fetches made in ``[since, until)``, oldest first."""
+        return self.query(
+            "SELECT f.id, f.fetched_at, p.seq, p.operation, p.request, p.size, LENGTH(p.body) "
+            "FROM raw_fetches f JOIN raw_pages p ON p.fetch_id = f.id "
+            "WHERE f.source=? AND f.fetched_at >= ? AND f.fetched_at < ? ORDER BY f.fetched_at, f.id, p.seq",
+            (source, since, until if until != float("inf") else 1e18),
+        )
 
     # -- state ----------------------------------------------------------------------
     def get_state(self, source: str) -> SourceState:

@@ -130,6 +130,11 @@ class AdminApi:
 
     def listing(self, operation: str, first: Callable[[], Any]) -> Iterator[Any]:
         """Every item of an SDK listing (projects, workspaces), checked to have an id and a name."""
+        for page in self.listing_pages(operation, first):
+            yield from page.data
+
+    def listing_pages(self, operation: str, first: Callable[[], Any]) -> Iterator[Any]:
+        """Every page of an SDK listing, each checked (its items have an id and a name) before the next."""
 
         def checked(page: Any) -> Any:
             with self.shape(operation):
@@ -143,7 +148,7 @@ class AdminApi:
 
         page = self.call(operation, lambda: checked(first()))
         for _ in range(MAX_PAGES):
-            yield from page.data
+            yield page
             if not page.has_next_page():
                 return
             page = self.call(operation, functools.partial(checked_next, page))

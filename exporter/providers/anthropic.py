@@ -49,6 +49,7 @@ from exporter.model import (
     HourlyUsage,
     MinuteUsage,
     MinuteUsageResult,
+    RawFetch,
     UsageRecord,
     burn_bounds,
 )
@@ -166,55 +167,61 @@ class AnthropicProvider:
             self._client.close()
             self._client = None
 
-    def _report(self, operation: str, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Every page of a bucketed report (``client.get``: the SDK does not wrap the reports)."""
+    def _report(self, raw: RawFetch, operation: str, path: str, params: dict[str, Any]) -> None:
+        """Every page of a bucketed report into ``raw`` (``client.get``: the SDK does not wrap the reports)."""
         client = self._get_client()
 
-        def request(token: str | None) -> tuple[dict[str, Any], bool, Any]:
+        def request(token: str | None) -> tuple[tuple[dict[str, Any], dict[str, Any]], bool, Any]:
             query = dict(params, page=token) if token else dict(params)
             body = client.get(path, cast_to=object, options={"params": query, "timeout": self.api.timeout()})
             with self.api.shape(operation):
                 _check_report(body)
             page = cast(dict[str, Any], body)
-            return page, page["has_more"], page.get("next_page")
+            request = {"method": "GET", "url": str(client.base_url).rstrip("/") + path, "params": query}
+            return (request, page), page["has_more"], page.get("next_page")
 
-        return self.api.reports(operation, request)
+        for req, page in self.api.reports(operation, request):
+            raw.add(operation, req, page)
 
     # -- the reports ------------------------------------------------------------------
-    def _workspaces(self) -> tuple[list[AccountInfo], dict[str, str]]:
-        """Account infos and the team tag of each workspace that has one."""
+    def _workspaces(self, raw: RawFetch) -> None:
+        """Every page of the workspace listing into ``raw``, as the SDK read it (it pages the listing)."""
         workspaces = self._get_client().organization.workspaces
 
         def first() -> Any:
             return workspaces.list(limit=100, include_archived=True, timeout=self.api.timeout())
 
+        for page in self.api.listing_pages("workspaces", first):
+            url = str(self._get_client().base_url).rstrip("/") + "/v1/organizations/workspaces"
+            raw.add("workspaces", {"method": "GET", "url": url}, page.to_dict(mode="json"))
+
+    def _accounts(self, raw: RawFetch) -> tuple[list[AccountInfo], dict[str, str]]:
+        """Account infos and the team tag of each workspace that has one, from the listing's pages."""
         infos = [AccountInfo(PROVIDER, DEFAULT_WORKSPACE, DEFAULT_WORKSPACE_NAME)]
         tags: dict[str, str] = {}
-        for w in self.api.listing("workspaces", first):
-            infos.append(AccountInfo(PROVIDER, w.id, w.name or w.id))
-            labels = getattr(w, "tags", None)
-            if not isinstance(labels, dict):
-                continue  # absent from older responses
-            for key in self.ctx.team_tag_keys:
-                value = labels.get(key)
-                if value:
-                    tags[w.id] = str(value)
-                    break
+        with self.api.shape("workspaces"):
+            for page in raw.pages:
+                if page.operation != "workspaces":
+                    continue
+                for w in page.body["data"]:
+                    wid = str(w["id"])
+                    infos.append(AccountInfo(PROVIDER, wid, str(w.get("name") or wid)))
+                    labels = w.get("tags")
+                    if not isinstance(labels, dict):
+                        continue  # absent from older responses
+                    for key in self.ctx.team_tag_keys:
+                        value = labels.get(key)
+                        if value:
+                            tags[wid] = str(value)
+                            break
         return infos, tags
 
     def _costs(
-        self, window: FetchWindow, starting: str, ending: str, tags: dict[str, str]
+        self, window: FetchWindow, raw: RawFetch, tags: dict[str, str]
     ) -> tuple[list[CostRecord], dt.datetime | None]:
-        params = {
-            "starting_at": starting,
-            "ending_at": ending,
-            "bucket_width": "1d",
-            "group_by": ["workspace_id", "description"],
-            "limit": COST_PAGE_LIMIT,
-        }
         amounts: dict[tuple[dt.date, str, str, str, str], float] = defaultdict(float)
         newest: dt.datetime | None = None
-        for page in self._report("cost_report", "/v1/organizations/cost_report", params):
+        for page in _bodies(raw, "cost_report"):
             with self.api.shape("cost_report"):
                 for bucket in page["data"]:
                     day = parse_time(bucket["starting_at"]).date()
@@ -245,10 +252,8 @@ class AnthropicProvider:
         ]
         return records, newest
 
-    def _usage(
-        self, starting: str, ending: str, bucket_width: str, limit: int
-    ) -> Iterator[tuple[dt.datetime, dt.datetime, str, str, dict[str, int], str]]:
-        """(bucket start, bucket end, account, model, tokens, API key) per result, across pages."""
+    def _usage(self, raw: RawFetch, starting: str, ending: str, bucket_width: str, limit: int) -> str:
+        """Every page of the messages usage report into ``raw``; the operation it is kept under."""
         operation = "usage_report_messages" + {"1h": "_hourly", "1m": "_minutes"}.get(bucket_width, "")
         params = {
             "starting_at": starting,
@@ -257,7 +262,14 @@ class AnthropicProvider:
             "group_by": ["model", "workspace_id", "api_key_id"],
             "limit": limit,
         }
-        for page in self._report(operation, "/v1/organizations/usage_report/messages", params):
+        self._report(raw, operation, "/v1/organizations/usage_report/messages", params)
+        return operation
+
+    def _usage_rows(
+        self, raw: RawFetch, operation: str
+    ) -> Iterator[tuple[dt.datetime, dt.datetime, str, str, dict[str, int], str]]:
+        """(bucket start, bucket end, account, model, tokens, API key) per result of ``operation``'s pages."""
+        for page in _bodies(raw, operation):
             rows = []
             with self.api.shape(operation):
                 for bucket in page["data"]:
@@ -271,21 +283,40 @@ class AnthropicProvider:
     def fetch(self, window: FetchWindow) -> FetchResult:
         starting = rfc3339(utc_midnight(window.start))
         ending = rfc3339(utc_midnight(window.end, 1))
+        through = window.last_complete_hour + dt.timedelta(hours=1)
+        raw = RawFetch()
+        self._workspaces(raw)
+        self._report(
+            raw,
+            "cost_report",
+            "/v1/organizations/cost_report",
+            {
+                "starting_at": starting,
+                "ending_at": ending,
+                "bucket_width": "1d",
+                "group_by": ["workspace_id", "description"],
+                "limit": COST_PAGE_LIMIT,
+            },
+        )
+        self._usage(raw, starting, ending, "1d", USAGE_DAILY_PAGE_LIMIT)
+        self._usage(raw, rfc3339(through - dt.timedelta(hours=HOURLY_HOURS)), rfc3339(through), "1h", HOURLY_HOURS)
+        return self.parse(window, raw)
+
+    def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
+        """The records of the pages ``fetch`` kept (live or from the cache); no API call."""
         through = window.last_complete_hour + dt.timedelta(hours=1)  # a partial hour is never claimed as held
-        accounts, tags = self._workspaces()
-        costs, newest = self._costs(window, starting, ending, tags)
+        accounts, tags = self._accounts(raw)
+        costs, newest = self._costs(window, raw, tags)
 
         daily: dict[tuple[dt.date, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for b_start, b_end, account, model, tokens, _key in self._usage(starting, ending, "1d", USAGE_DAILY_PAGE_LIMIT):
+        for b_start, b_end, account, model, tokens, _key in self._usage_rows(raw, "usage_report_messages"):
             newest = b_end if newest is None else max(newest, b_end)
             day = b_start.date()
             if window.start <= day <= window.end:
                 add_tokens(daily[(day, account, model)], tokens)
         h_start = through - dt.timedelta(hours=HOURLY_HOURS)
         hourly: dict[tuple[dt.datetime, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for b_start, b_end, account, model, tokens, _key in self._usage(
-            rfc3339(h_start), rfc3339(through), "1h", HOURLY_HOURS
-        ):
+        for b_start, b_end, account, model, tokens, _key in self._usage_rows(raw, "usage_report_messages_hourly"):
             if h_start <= b_start < through:
                 newest = b_end if newest is None else max(newest, b_end)
                 add_tokens(hourly[(b_start, account, model)], tokens)
@@ -321,18 +352,23 @@ class AnthropicProvider:
             hourly=hourly_records,
             accounts=accounts,
             data_through=min(newest, through) if newest is not None else None,
+            raw=raw,
         )
 
     def fetch_minutes(self, now: dt.datetime) -> MinuteUsageResult:
         """Minute usage of the burn window, by model, workspace and API key (``requests`` stays 0)."""
         clock = now.timestamp()
         if self._tags is None or not 0 <= clock - self._tags[0] < TAGS_MAX_AGE:
-            self._tags = (clock, self._workspaces()[1])
+            listing = RawFetch()
+            self._workspaces(listing)
+            self._tags = (clock, self._accounts(listing)[1])
         tags = self._tags[1]
         start, end = burn_bounds(now, self.cfg.burn_window, self.cfg.burn_delay)
         limit = max(int((end - start).total_seconds()) // 60, 1)
+        raw = RawFetch()
+        operation = self._usage(raw, rfc3339(start), rfc3339(end), "1m", limit)
         by: dict[tuple[dt.datetime, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for b_start, _b_end, account, model, tokens, key in self._usage(rfc3339(start), rfc3339(end), "1m", limit):
+        for b_start, _b_end, account, model, tokens, key in self._usage_rows(raw, operation):
             if start <= b_start < end:  # nothing past the complete end is read
                 add_tokens(by[(b_start, account, model, key)], tokens)
         minutes = [
@@ -349,3 +385,8 @@ class AnthropicProvider:
             for (b, account, model, key), tokens in sorted(by.items())
         ]
         return MinuteUsageResult(start=start, end=end, minutes=minutes)
+
+
+def _bodies(raw: RawFetch, operation: str) -> Iterator[Any]:
+    """The bodies of ``raw``'s pages of ``operation``, in order."""
+    return (page.body for page in raw.pages if page.operation == operation)

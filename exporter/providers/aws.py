@@ -23,7 +23,7 @@ from typing import Any
 
 import boto3
 
-from exporter.model import AccountInfo, FetchResult, FetchWindow, ProviderForecast
+from exporter.model import AccountInfo, FetchResult, FetchWindow, ProviderForecast, RawFetch
 from exporter.providers.base import (
     CostKey,
     ProviderContext,
@@ -143,14 +143,25 @@ class AwsProvider:
         """One request through the context, retried with backoff while Cost Explorer throttles."""
         return boto_call(self.ctx, self._retry, operation, method, params, cost_usd=cost_usd, sleep=self._sleep)
 
-    def _paged(self, operation: str, method: Callable[..., Any], items_key: str, **params: Any) -> list[dict[str, Any]]:
-        """All pages of a paid Cost Explorer call, following NextPageToken by hand."""
+    def _paged(
+        self,
+        operation: str,
+        method: Callable[..., Any],
+        items_key: str,
+        raw: RawFetch | None = None,
+        meta: dict[str, Any] | None = None,
+        **params: Any,
+    ) -> list[dict[str, Any]]:
+        """All pages of a paid Cost Explorer call, following NextPageToken by hand; each kept in ``raw`` (with
+        ``meta``) when given."""
 
         def page(token: str | None) -> tuple[dict[str, Any], str | None]:
             req = {**params, "NextPageToken": token} if token else params
             got = self._call(operation, method, CE_REQUEST_COST_USD, **req)
             if not isinstance(got.get(items_key), list):
                 raise SourceError(f"{operation}: malformed response (no {items_key} list)")
+            if raw is not None:
+                raw.add(operation, _request(operation, req), _body(got), **(meta or {}))
             return got, got.get("NextPageToken") or None
 
         return list(paginate(operation, page))
@@ -165,7 +176,9 @@ class AwsProvider:
             self._own_account = account
         return self._own_account
 
-    def _linked_accounts(self, ce: Any, window: FetchWindow, period: dict[str, str]) -> list[tuple[str, str]]:
+    def _linked_accounts(
+        self, ce: Any, window: FetchWindow, period: dict[str, str], raw: RawFetch
+    ) -> list[tuple[str, str]]:
         fresh = (
             self._accounts is not None
             and self._accounts_at is not None
@@ -179,6 +192,7 @@ class AwsProvider:
             "GetDimensionValues",
             ce.get_dimension_values,
             "DimensionValues",
+            raw,
             TimePeriod=period,
             Dimension="LINKED_ACCOUNT",
             Context="COST_AND_USAGE",
@@ -209,8 +223,15 @@ class AwsProvider:
 
     # -- cost and usage --------------------------------------------------------------------------
     def _groups(
-        self, ce: Any, period: dict[str, str], group_by: list[dict[str, str]], flt: dict[str, Any] | None
-    ) -> list[tuple[dt.date, list[str], Decimal, str]]:
+        self,
+        ce: Any,
+        raw: RawFetch,
+        meta: dict[str, Any],
+        period: dict[str, str],
+        group_by: list[dict[str, str]],
+        flt: dict[str, Any] | None,
+    ) -> None:
+        """Every page of one GetCostAndUsage query into ``raw``, marked with ``meta`` (account and query)."""
         params: dict[str, Any] = {
             "TimePeriod": period,
             "Granularity": "DAILY",
@@ -219,9 +240,15 @@ class AwsProvider:
         }
         if flt is not None:
             params["Filter"] = flt
+        self._paged("GetCostAndUsage", ce.get_cost_and_usage, "ResultsByTime", raw, meta, **params)
+
+    def _group_rows(self, raw: RawFetch, account: str, query: str) -> list[tuple[dt.date, list[str], Decimal, str]]:
+        """(day, group keys, amount, unit) of every group in the pages of one account's query."""
         out = []
-        for page in self._paged("GetCostAndUsage", ce.get_cost_and_usage, "ResultsByTime", **params):
-            for result in page["ResultsByTime"]:
+        for page in raw.pages:
+            if page.operation != "GetCostAndUsage" or page.meta != {"account": account, "query": query}:
+                continue
+            for result in page.body["ResultsByTime"]:
                 try:
                     day = dt.date.fromisoformat(result["TimePeriod"]["Start"][:10])
                     groups = result.get("Groups") or []
@@ -230,7 +257,7 @@ class AwsProvider:
                         metric = g["Metrics"][self.cfg.cost_metric]
                         amount = Decimal(str(metric["Amount"]))
                         unit = str(metric.get("Unit") or "")
-                        if not isinstance(keys, list) or len(keys) != len(group_by) or not amount.is_finite():
+                        if not isinstance(keys, list) or len(keys) != 2 or not amount.is_finite():
                             raise ValueError("bad group")
                         out.append((day, [str(k) for k in keys], amount, unit))
                 except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError) as e:
@@ -245,24 +272,56 @@ class AwsProvider:
         return value or None
 
     def fetch(self, window: FetchWindow) -> FetchResult:
-        days = window.days()
-        if not days:
+        if not window.days():
             return FetchResult(days=[])
         ce, sts = self._clients()
         period = {"Start": window.start.isoformat(), "End": (window.end + dt.timedelta(days=1)).isoformat()}
+        raw = RawFetch()
         names: dict[str, str] = {}
         if self.cfg.group_by_account:
-            accounts = self._linked_accounts(ce, window, period)
+            accounts = self._linked_accounts(ce, window, period, raw)
             names = {a: n for a, n in accounts if n}
             targets: list[tuple[str, str | None]] = [(a, a) for a, _ in accounts]
         else:
             targets = [(self._caller_account(sts), None)]
+        # the accounts may come from an earlier refresh (no call this time): parse must know them all the same
+        raw.context = {"targets": [list(t) for t in targets], "names": names}
 
         tag = {"Type": "TAG", "Key": self.cfg.team_tag_key}
+        for account_id, acct_filter in targets:
+            by_service = {"account": account_id, "query": "service"}
+            self._groups(
+                ce, raw, by_service, period, [{"Type": "DIMENSION", "Key": "SERVICE"}, tag], self._filter(acct_filter)
+            )
+            rows = self._group_rows(raw, account_id, "service")
+            if self.cfg.bedrock_models and any(keys[0] == BEDROCK_SERVICE for _, keys, _, _ in rows):
+                only_bedrock = {"Dimensions": {"Key": "SERVICE", "Values": [BEDROCK_SERVICE]}}
+                self._groups(
+                    ce,
+                    raw,
+                    {"account": account_id, "query": "bedrock_usage_type"},
+                    period,
+                    [{"Type": "DIMENSION", "Key": "USAGE_TYPE"}, tag],
+                    self._filter(acct_filter, only_bedrock),
+                )
+        if self.cfg.forecast:
+            self._forecasts(ce, window, targets, raw)
+        return self.parse(window, raw)
+
+    def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
+        """The records of the pages ``fetch`` kept (live or from the cache); no API call."""
+        days = window.days()
+        if not days:
+            return FetchResult(days=[], raw=raw)
+        try:
+            targets = [(str(a), None if f is None else str(f)) for a, f in raw.context["targets"]]
+            names = {str(a): str(n) for a, n in raw.context["names"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise SourceError("Cost Explorer pages without the accounts they were fetched for") from None
         totals: dict[CostKey, Decimal] = defaultdict(Decimal)
         newest: dt.date | None = None
-        for account_id, acct_filter in targets:
-            rows = self._groups(ce, period, [{"Type": "DIMENSION", "Key": "SERVICE"}, tag], self._filter(acct_filter))
+        for account_id, _filter in targets:
+            rows = self._group_rows(raw, account_id, "service")
             bedrock = self.cfg.bedrock_models and any(keys[0] == BEDROCK_SERVICE for _, keys, _, _ in rows)
             for day, (service, tag_value), amount, unit in rows:
                 if not window.start <= day <= window.end or (bedrock and service == BEDROCK_SERVICE):
@@ -271,14 +330,9 @@ class AwsProvider:
                 totals[(day, account_id, service, self._team(tag_value), model, unit)] += amount
                 newest = day if newest is None or day > newest else newest
             if bedrock:
-                only_bedrock = {"Dimensions": {"Key": "SERVICE", "Values": [BEDROCK_SERVICE]}}
-                by_usage = self._groups(
-                    ce,
-                    period,
-                    [{"Type": "DIMENSION", "Key": "USAGE_TYPE"}, tag],
-                    self._filter(acct_filter, only_bedrock),
-                )
-                for day, (usage_type, tag_value), amount, unit in by_usage:
+                for day, (usage_type, tag_value), amount, unit in self._group_rows(
+                    raw, account_id, "bedrock_usage_type"
+                ):
                     if not window.start <= day <= window.end:
                         continue
                     key = (day, account_id, BEDROCK_SERVICE, self._team(tag_value), bedrock_model(usage_type), unit)
@@ -286,7 +340,7 @@ class AwsProvider:
                     newest = day if newest is None or day > newest else newest
 
         costs = cost_records(PROVIDER, totals, "USD")
-        forecasts = self._forecasts(ce, window, targets) if self.cfg.forecast else None
+        forecasts = self._parse_forecasts(window, targets, raw) if self.cfg.forecast else None
         data_through = min(utc_midnight(newest, 1), window.now) if newest is not None else None
         return FetchResult(
             days=days,
@@ -294,18 +348,23 @@ class AwsProvider:
             accounts=[AccountInfo(PROVIDER, a, n) for a, n in sorted(names.items())],
             forecasts=forecasts,
             data_through=data_through,
+            raw=raw,
         )
 
     # -- forecast -------------------------------------------------------------------------------
-    def _forecasts(self, ce: Any, window: FetchWindow, targets: list[tuple[str, str | None]]) -> list[ProviderForecast]:
+    @staticmethod
+    def _forecast_period(window: FetchWindow) -> tuple[dt.date, dt.date]:
         # From tomorrow: today is already in month-to-date (partially), and Cost Explorer
         # rejects a forecast that starts in the past.
         today = window.now.astimezone(dt.UTC).date()
         start = today + dt.timedelta(days=1)
         month_end = today.replace(day=calendar.monthrange(today.year, today.month)[1]) + dt.timedelta(days=1)
+        return start, month_end
+
+    def _forecasts(self, ce: Any, window: FetchWindow, targets: list[tuple[str, str | None]], raw: RawFetch) -> None:
+        start, month_end = self._forecast_period(window)
         if start >= month_end:
-            return [ProviderForecast(PROVIDER, account_id, 0.0) for account_id, _ in targets]
-        out = []
+            return
         for account_id, acct_filter in targets:
             params: dict[str, Any] = {
                 "TimePeriod": {"Start": start.isoformat(), "End": month_end.isoformat()},
@@ -323,13 +382,36 @@ class AwsProvider:
                     self.ctx.log.info("no Cost Explorer forecast for account %s: %s", account_id, e)
                     continue
                 raise
+            raw.add("GetCostForecast", _request("GetCostForecast", params), _body(resp), account=account_id)
+
+    def _parse_forecasts(
+        self, window: FetchWindow, targets: list[tuple[str, str | None]], raw: RawFetch
+    ) -> list[ProviderForecast]:
+        start, month_end = self._forecast_period(window)
+        if start >= month_end:
+            return [ProviderForecast(PROVIDER, account_id, 0.0) for account_id, _ in targets]
+        out = []
+        for page in raw.pages:
+            if page.operation != "GetCostForecast":
+                continue
             try:
-                total = resp["Total"]
+                total = page.body["Total"]
                 amount = Decimal(str(total["Amount"]))
                 unit = str(total.get("Unit") or "USD")
                 if not amount.is_finite():
                     raise ValueError("not finite")
+                account_id = str(page.meta["account"])
             except (KeyError, TypeError, ValueError, InvalidOperation) as e:
                 raise SourceError(f"GetCostForecast: malformed response ({e.__class__.__name__})") from None
             out.append(ProviderForecast(PROVIDER, account_id, float(amount), unit))
         return out
+
+
+def _request(operation: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A Cost Explorer request as kept with its page: the API call and its parameters (no credentials in them)."""
+    return {"method": "POST", "operation": f"ce:{operation}", "params": params}
+
+
+def _body(response: dict[str, Any]) -> dict[str, Any]:
+    """A boto3 response as kept: the service's data, without the transport's metadata (request id, headers)."""
+    return {k: v for k, v in response.items() if k != "ResponseMetadata"}

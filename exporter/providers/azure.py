@@ -51,7 +51,7 @@ from azure.mgmt.costmanagement.models import (
 )
 
 from exporter import __version__
-from exporter.model import AccountInfo, FetchResult, FetchWindow, ProviderForecast
+from exporter.model import AccountInfo, FetchResult, FetchWindow, ProviderForecast, RawFetch
 from exporter.providers.azure_results import (
     AZURE_OPENAI_SERVICES,
     Table,
@@ -184,15 +184,19 @@ class AzureProvider:
 
         return self.ctx.call(operation, attempt, self._retry, sleep=self._sleep)
 
-    def _pages(self, operation: str, run: Callable[[dict[str, str]], Any]) -> list[Table]:
-        """Every page of a query: the same body posted again with each nextLink's $skiptoken."""
+    def _pages(self, raw: RawFetch, operation: str, run: Callable[..., Any], **meta: Any) -> None:
+        """Every page of a query into ``raw`` (marked with ``meta``): the same body posted again with each
+        nextLink's $skiptoken. Each page is the response's JSON, through the SDK's ``cls`` hook."""
 
-        def page(token: str | None) -> tuple[Table, str | None]:
+        def page(token: str | None) -> tuple[None, str | None]:
             params = {"$skiptoken": token} if token else {}
-            table = Table(operation, self._call(operation, functools.partial(run, params)))
-            return table, None if table.next_link is None else skiptoken(operation, table.next_link)
+            request, body = self._call(operation, functools.partial(run, params, cls=_raw_response))
+            table = Table(operation, body)  # checked before the next page is asked for
+            raw.add(operation, request, body, **meta)
+            return None, None if table.next_link is None else skiptoken(operation, table.next_link)
 
-        return list(paginate(operation, page))
+        for _ in paginate(operation, page):
+            pass
 
     def _register_token(self) -> None:
         """Get a token up front: a credential problem gets a clear message, and the token is scrubbed from errors."""
@@ -206,9 +210,9 @@ class AzureProvider:
 
     # -- queries --------------------------------------------------------------------------------
     def _query(
-        self, scope: str, window: FetchWindow, group: QueryGrouping, service: str | None = None
-    ) -> list[tuple[dt.date, str, str | None, Decimal, str]]:
-        """Rows of (day, group value, team tag, amount, currency) for one scope."""
+        self, raw: RawFetch, scope: str, window: FetchWindow, group: QueryGrouping, service: str | None = None
+    ) -> None:
+        """Every page of one scope's query, grouped by ``group`` (and the team tag), into ``raw``."""
         col = self.cfg.cost_column
         dataset = QueryDataset(
             granularity="Daily",
@@ -228,18 +232,28 @@ class AzureProvider:
             ),
             dataset=dataset,
         )
-        op = "query.usage"
         path = scope.strip().strip("/")
 
-        def run(params: dict[str, str]) -> Any:
-            return self._client.query.usage(path, definition, params=params, **self._options())
+        def run(params: dict[str, str], **kw: Any) -> Any:
+            return self._client.query.usage(path, definition, params=params, **kw, **self._options())
 
+        self._pages(raw, "query.usage", run, scope=scope, group=group.name, service=service)
+
+    def _query_rows(
+        self, raw: RawFetch, scope: str, group: str, service: str | None = None
+    ) -> list[tuple[dt.date, str, str | None, Decimal, str]]:
+        """Rows of (day, group value, team tag, amount, currency) of one scope's query, from its pages."""
+        col = self.cfg.cost_column
+        op = "query.usage"
         out = []
-        for t in self._pages(op, run):
+        for page in raw.pages:
+            if page.operation != op or page.meta != {"scope": scope, "group": group, "service": service}:
+                continue
+            t = Table(op, page.body)
             if not t.rows:
                 continue
             cost = t.cost_columns(op, col)
-            i_group = t.index(op, group.name)
+            i_group = t.index(op, group)
             i_tagkey, i_tagval = t.maybe("TagKey"), t.maybe("TagValue")
             i_tagcol = t.maybe(self.cfg.team_tag_key) if i_tagval is None else None
             if i_tagval is None and i_tagcol is None:
@@ -258,13 +272,17 @@ class AzureProvider:
                 out.append((day, str(r[i_group] or ""), team, amount, currency))
         return out
 
-    def _forecast(self, scope: str, window: FetchWindow) -> tuple[Decimal, str] | None:
-        """What is still to come this month in the scope, and its currency ("" if no day remains); None: no forecast."""
+    @staticmethod
+    def _forecast_days(window: FetchWindow) -> tuple[dt.date, dt.date]:
+        """First and last day the forecast covers: tomorrow to the month's end."""
         today = window.now.astimezone(dt.UTC).date()
-        start = today + dt.timedelta(days=1)
-        last = today.replace(day=calendar.monthrange(today.year, today.month)[1])
+        return today + dt.timedelta(days=1), today.replace(day=calendar.monthrange(today.year, today.month)[1])
+
+    def _forecast(self, raw: RawFetch, scope: str, window: FetchWindow) -> None:
+        """Every page of the scope's forecast of the rest of the month into ``raw`` (none if no day remains)."""
+        start, last = self._forecast_days(window)
         if start > last:
-            return Decimal(0), ""
+            return
         col = self.cfg.cost_column
         definition = ForecastDefinition(
             type=self.cfg.cost_type,
@@ -279,15 +297,26 @@ class AzureProvider:
             include_actual_cost=False,
             include_fresh_partial_cost=False,
         )
-        op = "forecast.usage"
         path = scope.strip().strip("/")
 
-        def run(params: dict[str, str]) -> Any:
-            return self._client.forecast.usage(path, definition, params=params, **self._options())
+        def run(params: dict[str, str], **kw: Any) -> Any:
+            return self._client.forecast.usage(path, definition, params=params, **kw, **self._options())
 
+        self._pages(raw, "forecast.usage", run, scope=scope)
+
+    def _forecast_total(self, raw: RawFetch, scope: str, window: FetchWindow) -> tuple[Decimal, str] | None:
+        """What is still to come this month in the scope, and its currency ("" if no day remains); None: no forecast."""
+        start, last = self._forecast_days(window)
+        if start > last:
+            return Decimal(0), ""
+        col = self.cfg.cost_column
+        op = "forecast.usage"
         total = Decimal(0)
         currencies: set[str] = set()
-        for t in self._pages(op, run):
+        for page in raw.pages:
+            if page.operation != op or page.meta != {"scope": scope}:
+                continue
+            t = Table(op, page.body)
             if not t.rows:
                 continue
             cost = t.cost_columns(op, col)
@@ -328,24 +357,46 @@ class AzureProvider:
 
     # -- fetch --------------------------------------------------------------------------------
     def fetch(self, window: FetchWindow) -> FetchResult:
-        days = window.days()
-        if not days:
+        if not window.days():
             return FetchResult(days=[])
         self._register_token()
+        raw = RawFetch()
+        names: dict[str, str] = {}
+        for scope in self.cfg.scopes:
+            self._query(raw, scope, window, QueryGrouping(type="Dimension", name="ServiceName"))
+            if self.cfg.openai_models:
+                services = {svc for _, svc, _, _, _ in self._query_rows(raw, scope, "ServiceName")}
+                for svc in sorted(services & set(AZURE_OPENAI_SERVICES)):
+                    self._query(raw, scope, window, QueryGrouping(type="Dimension", name="Meter"), svc)
+            subscription = subscription_id(scope)
+            if subscription is not None:
+                name = self._subscription_name(subscription, window.now)
+                if name:
+                    names[scope_account(scope)] = name
+            if self.cfg.forecast:
+                self._forecast(raw, scope, window)
+        # a subscription's name may come from an earlier refresh (no call this time): parse must know it
+        raw.context = {"names": names}
+        return self.parse(window, raw)
+
+    def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
+        """The records of the pages ``fetch`` kept (live or from the cache); no API call."""
+        days = window.days()
+        if not days:
+            return FetchResult(days=[], raw=raw)
+        names = raw.context.get("names")
+        if not isinstance(names, dict):
+            raise SourceError("Cost Management pages without the subscription names they were fetched with")
         totals: dict[CostKey, Decimal] = defaultdict(Decimal)
         newest: dt.date | None = None
-        accounts: dict[str, str] = {}
         forecasts: dict[str, list[tuple[Decimal, str]]] = defaultdict(list)
         for scope in self.cfg.scopes:
             account = scope_account(scope)
-            rows = self._query(scope, window, QueryGrouping(type="Dimension", name="ServiceName"))
+            rows = self._query_rows(raw, scope, "ServiceName")
             ai = set()
             if self.cfg.openai_models:
                 ai = {svc for _, svc, _, _, _ in rows if svc in AZURE_OPENAI_SERVICES}
-            detailed = [
-                (svc, self._query(scope, window, QueryGrouping(type="Dimension", name="Meter"), svc))
-                for svc in sorted(ai)
-            ]
+            detailed = [(svc, self._query_rows(raw, scope, "Meter", svc)) for svc in sorted(ai)]
             for day, service, team, amount, currency in rows:
                 if window.start <= day <= window.end and service not in ai:
                     totals[(day, account, service, team, "", currency)] += amount
@@ -355,13 +406,8 @@ class AzureProvider:
                     if window.start <= day <= window.end:
                         totals[(day, account, service, team, openai_model(meter), currency)] += amount
                         newest = day if newest is None or day > newest else newest
-            subscription = subscription_id(scope)
-            if subscription is not None:
-                name = self._subscription_name(subscription, window.now)
-                if name:
-                    accounts[account] = name
             if self.cfg.forecast:
-                forecast = self._forecast(scope, window)
+                forecast = self._forecast_total(raw, scope, window)
                 if forecast is not None:
                     forecasts[account].append(forecast)
 
@@ -382,10 +428,19 @@ class AzureProvider:
         return FetchResult(
             days=days,
             costs=costs,
-            accounts=[AccountInfo(PROVIDER, a, n) for a, n in sorted(accounts.items())],
+            accounts=[AccountInfo(PROVIDER, str(a), str(n)) for a, n in sorted(names.items())],
             forecasts=provider_forecasts,
             data_through=data_through,
+            raw=raw,
         )
+
+
+def _raw_response(pipeline_response: Any, deserialized: Any, headers: Any) -> tuple[dict[str, Any], Any]:
+    """The SDK's ``cls`` hook: the request as kept (method and URL) and the response's JSON (None for a 204)."""
+    request = pipeline_response.http_request
+    response = pipeline_response.http_response
+    body = response.json() if response.status_code == 200 else None
+    return {"method": request.method, "url": str(request.url)}, body
 
 
 def _first_line(e: BaseException) -> str:

@@ -81,17 +81,18 @@ class Table:
     """A Cost Management result read by column name."""
 
     def __init__(self, operation: str, result: Any) -> None:
-        props = getattr(result, "properties", None) if result is not None else None
+        """``result``: the response's JSON (``{"properties": {"columns", "rows", "nextLink"}}``), None for a 204."""
         if result is None:  # 204 No Content: nothing in this scope and period
             self.columns: dict[str, int] = {}
             self.rows: list[list[Any]] = []
             self.next_link: str | None = None
             return
-        columns = getattr(props, "columns", None)
-        rows = getattr(props, "rows", None)
-        if props is None or not isinstance(columns, list) or not isinstance(rows, list):
+        props = result.get("properties") if isinstance(result, dict) else None
+        columns = props.get("columns") if isinstance(props, dict) else None
+        rows = props.get("rows") if isinstance(props, dict) else None
+        if not isinstance(props, dict) or not isinstance(columns, list) or not isinstance(rows, list):
             raise SourceError(f"{operation}: malformed response (no properties.columns/rows)")
-        names = [getattr(c, "name", None) for c in columns]
+        names = [c.get("name") if isinstance(c, dict) else None for c in columns]
         if not all(isinstance(n, str) for n in names):
             raise SourceError(f"{operation}: malformed response (a column without a name)")
         self.columns = {str(n).lower(): i for i, n in enumerate(names)}
@@ -99,7 +100,7 @@ class Table:
             if not isinstance(r, list) or len(r) != len(names):
                 raise SourceError(f"{operation}: malformed response (a row does not match the columns)")
         self.rows = rows
-        link = getattr(props, "next_link", None)
+        link = props.get("nextLink")
         self.next_link = link if isinstance(link, str) and link else None
 
     def index(self, operation: str, *names: str) -> int:

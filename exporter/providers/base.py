@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from exporter.model import CostRecord, FetchResult, FetchWindow, MinuteUsageResult
+from exporter.model import CostRecord, FetchResult, FetchWindow, MinuteUsageResult, RawFetch
 
 if TYPE_CHECKING:
     # not at run time: the FOCUS reader process imports this module and starts without pydantic and the models
@@ -185,6 +185,18 @@ class MinuteProvider(Provider, Protocol):
         """The minute usage of the source's burn window at ``now`` (``model.burn_bounds``); writes no days.
 
         Must raise when any call fails: the engine then keeps the last good burn data.
+        """
+        ...
+
+
+class PageParser(Provider, Protocol):
+    """A provider whose fetch only collects pages and whose records come from ``parse``: the live refresh and
+    ``spend-exporter recompute`` (pages from the cache, no API call) go through the same code."""
+
+    def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
+        """The records of ``raw``, the pages a fetch of ``window`` received; no API call. ``result.raw`` is ``raw``.
+
+        Raises ``SourceError`` on a page of the wrong shape, as the fetch does.
         """
         ...
 

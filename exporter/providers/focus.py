@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import glob
+import hashlib
 import json
 import os
 import pickle
@@ -22,7 +23,7 @@ import subprocess
 import sys
 from typing import Any
 
-from exporter.model import AccountInfo, CostRows, FetchResult, FetchWindow
+from exporter.model import AccountInfo, CostRows, FetchResult, FetchWindow, RawFetch
 from exporter.providers.base import ProviderContext, SourceError
 from exporter.providers.focus_reader import FocusRead, FocusReader
 from exporter.providers.focus_records import add_usage, hourly_records, normalise_provider, usage_records
@@ -85,9 +86,13 @@ class FocusProvider:
         files = self.files()
         if not files:
             raise SourceError(f"no files match {', '.join(self.config.paths)}")
+        # the audit trail keeps what was read, not a copy of it: each file's name, size, time and SHA-256
+        manifest = _manifest(files) if self.config.raw_retention > 0 else None
         with self.ctx.api_call("read_files"):
             read = self._read_in_child(files, window)
-        return self._result(read, window)
+        result = self._result(read, window)
+        result.raw = manifest
+        return result
 
     def _read_in_child(self, files: list[str], window: FetchWindow) -> FocusRead:
         """The files read by ``FocusReader`` in a process of its own (``python -m exporter.providers.focus_reader``).
@@ -182,3 +187,21 @@ class FocusProvider:
             data_through=data_through,
             skipped={"unparsable_row": read.bad} if read.bad else {},
         )
+
+
+def _manifest(files: list[str]) -> RawFetch:
+    """One page per file: its path, size, modification time and SHA-256 (read in 1 MiB blocks)."""
+    raw = RawFetch()
+    for path in files:
+        digest = hashlib.sha256()
+        try:
+            st = os.stat(path)
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as e:
+            raise SourceError(f"{path}: {e.strerror or e}") from None
+        modified = dt.datetime.fromtimestamp(st.st_mtime, dt.UTC).isoformat()
+        body = {"path": path, "bytes": st.st_size, "modified": modified, "sha256": digest.hexdigest()}
+        raw.add("file", {"method": "READ", "path": os.path.abspath(path)}, body)
+    return raw

@@ -26,6 +26,7 @@ import datetime as dt
 import re
 from collections import defaultdict
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import requests
@@ -36,7 +37,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 
-from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow
+from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, RawFetch
 from exporter.providers.base import ProviderContext, SourceError, Throttled, utc_midnight
 from exporter.sources.gcp_bigquery import GcpBigQuerySource
 
@@ -250,13 +251,28 @@ class GcpBigQueryProvider:
         finally:
             # the query ran: charge what BigQuery billed, or the dry run's estimate if jobs.get failed
             self.ctx.record_call("jobs.query", "success", self.cost_of(_bytes_billed(job, estimated_bytes)))
-        return self._read(window, rows)
+        request = {
+            "method": "POST",
+            "operation": "bigquery:jobs.query",
+            "params": {
+                "query": sql,
+                "parameters": {
+                    p.name: _jsonable(p.values if isinstance(p, bigquery.ArrayQueryParameter) else p.value)
+                    for p in params
+                },
+                "project": self.project,
+                "location": self.cfg.location,
+            },
+        }
+        return self.parse(window, self._read(rows, request))
 
-    def _read(self, window: FetchWindow, rows: Any) -> FetchResult:
+    def _read(self, rows: Any, request: dict[str, Any]) -> RawFetch:
+        """Every page of the query's result rows into a ``RawFetch``: the rows as JSON (dates as ISO strings)."""
         total = rows.total_rows
         if total is None:
             raise SourceError("BigQuery returned no result set for the billing query")
-        received: list[Any] = []
+        raw = RawFetch()
+        received = 0
         if total > 0:
             pages = iter(rows.pages)
 
@@ -267,37 +283,59 @@ class GcpBigQueryProvider:
             # the first page came with the jobs.query (or the wait's getQueryResults) response;
             # each further page is one jobs.getQueryResults call
             page = self._call("reading results", next_page)
+            operation = "jobs.query"
             while page is not None:
-                received.extend(page)
+                received += len(page)
+                # as BigQuery's wire format has them, a row is a list under the page's field names: a dict per
+                # row would hold the names again in every row, a cost when a refresh reads millions
+                # the client's Row objects as they are (a row indexes like a list): turned into JSON only when
+                # the page is kept (_page_json), so a refresh without raw_retention converts nothing
+                fields = list(page[0].keys()) if page else []
+                raw.add(operation, request, {"fields": fields, "rows": page}, as_json=_page_json)
                 if rows.next_page_token is None:
                     break
+                operation = "jobs.getQueryResults"
+                request = {"method": "GET", "operation": "bigquery:jobs.getQueryResults", "params": {}}
                 with self.ctx.api_call("jobs.getQueryResults"):
                     page = self._call("reading results", next_page)
-        if len(received) != total:
-            raise SourceError(f"BigQuery returned {len(received)} of {total} result rows")
-        return self._result(window, received)
+        if received != total:
+            raise SourceError(f"BigQuery returned {received} of {total} result rows")
+        return raw
 
-    def _result(self, window: FetchWindow, rows: list[Any]) -> FetchResult:
+    def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
+        """The records of the result rows ``fetch`` kept (live or from the cache); no API call."""
         sums: dict[tuple[dt.date, str, str, str | None, str, str], float] = defaultdict(float)
         names: dict[str, str] = {}
         data_through: dt.datetime | None = None
         try:
-            for row in rows:
-                day = row["day"]
-                if not isinstance(day, dt.date):
-                    raise SourceError(f"BigQuery returned a row without a day: {day!r}")
-                account = row["account_id"] or ""
-                service = row["service_name"] or "unknown"
-                team = row["team"] or None
-                currency = (row["currency"] or "").strip().upper()
-                model = model_from_sku(row["sku"])
-                amount = float(row["cost"] or 0.0) + float(row["credits"] or 0.0)
-                sums[(day, account, service, team, model, currency)] += amount
-                if row["account_name"]:
-                    names[account] = row["account_name"]
-                end = row["usage_end"]
-                if isinstance(end, dt.datetime) and (data_through is None or end > data_through):
-                    data_through = end
+            for page in raw.pages:
+                # a row live is the client's Row (DATE and TIMESTAMP as date and datetime); kept, a JSON list
+                # (the two as ISO strings): read by position either way
+                at = {f: i for i, f in enumerate(page.body["fields"])}
+                i_day, i_account, i_name, i_service = (
+                    at["day"],
+                    at["account_id"],
+                    at["account_name"],
+                    at["service_name"],
+                )
+                i_team, i_currency, i_sku, i_cost = at["team"], at["currency"], at["sku"], at["cost"]
+                i_credits, i_end = at["credits"], at["usage_end"]
+                for row in page.body["rows"]:
+                    if len(row) != len(at):
+                        raise ValueError("a row does not match the fields")
+                    day = _date(row[i_day])
+                    account = row[i_account] or ""
+                    service = row[i_service] or "unknown"
+                    team = row[i_team] or None
+                    currency = (row[i_currency] or "").strip().upper()
+                    model = model_from_sku(row[i_sku])
+                    amount = float(row[i_cost] or 0.0) + float(row[i_credits] or 0.0)
+                    sums[(day, account, service, team, model, currency)] += amount
+                    if row[i_name]:
+                        names[account] = row[i_name]
+                    end = _timestamp(row[i_end])
+                    if end is not None and (data_through is None or end > data_through):
+                        data_through = end
         except (KeyError, TypeError, ValueError) as e:
             raise SourceError(f"BigQuery returned rows of an unexpected shape: {e.__class__.__name__}: {e}") from None
         costs = [
@@ -307,7 +345,7 @@ class GcpBigQueryProvider:
             )
         ]
         accounts = [AccountInfo(PROVIDER, a, n) for a, n in sorted(names.items())]
-        return FetchResult(days=window.days(), costs=costs, accounts=accounts, data_through=data_through)
+        return FetchResult(days=window.days(), costs=costs, accounts=accounts, data_through=data_through, raw=raw)
 
     # -- errors -----------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:
@@ -348,6 +386,42 @@ class GcpBigQueryProvider:
                 self._client.close()
             finally:
                 self._client = None
+
+
+def _date(value: Any) -> dt.date:
+    """The ``day`` cell: a date (live) or its ISO string (kept)."""
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise SourceError(f"BigQuery returned a row without a day: {value!r}") from None
+
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    """The ``usage_end`` cell: a datetime (live) or its ISO string (kept); None if it is neither."""
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value)
+    return None
+
+
+def _page_json(body: dict[str, Any]) -> dict[str, Any]:
+    """A page of ``Row`` objects as it is kept: each row a list in the fields' order, dates as ISO strings."""
+    fields = body["fields"]
+    return {"fields": fields, "rows": [[_jsonable(r[f]) for f in fields] for r in body["rows"]]}
+
+
+def _jsonable(value: Any) -> Any:
+    """A result value as JSON keeps it: a date or timestamp as its ISO string, a NUMERIC as its decimal string."""
+    if isinstance(value, dt.date):  # a datetime too
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def _bytes_billed(job: Any, fallback: int) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 import oci
 
-from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow
+from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, RawFetch
 from exporter.providers.base import ProviderContext, SourceError, Throttled, paginate, utc_midnight
 from exporter.sources.oci import OciSource
 
@@ -136,7 +136,10 @@ class OciProvider:
             else None,
         )
 
-        def page(token: str | None) -> tuple[list[Any], str | None]:
+        raw = RawFetch()
+        params = oci.util.to_dict(details)
+
+        def page(token: str | None) -> tuple[None, str | None]:
             with self.ctx.api_call(OPERATION):
                 response = self._request(client, details, token, retry_strategy)
                 page_items = getattr(response.data, "items", None)
@@ -145,10 +148,15 @@ class OciProvider:
                     raise SourceError("OCI Usage API returned a malformed or unexpected body: no list of items")
                 if not all(isinstance(getattr(i, "time_usage_started", None), dt.datetime) for i in page_items):
                     raise SourceError("OCI Usage API returned an unexpected body: an item without timeUsageStarted")
-            return page_items, response.next_page or None
+            # the SDK's model as it is; kept, as its own to_dict writes it (timestamps in ISO 8601 UTC): parse reads
+            # either, and a refresh without raw_retention converts nothing (to_dict costs 60 µs an item)
+            request = {"method": "POST", "operation": f"usage_api:{OPERATION}", "params": params, "page": token}
+            raw.add(OPERATION, request, response.data, as_json=oci.util.to_dict)
+            return None, response.next_page or None
 
-        items = [item for got in paginate(f"OCI Usage API {OPERATION}", page, max_pages=MAX_PAGES) for item in got]
-        return self._result(window, items)
+        for _ in paginate(f"OCI Usage API {OPERATION}", page, max_pages=MAX_PAGES):
+            pass
+        return self.parse(window, raw)
 
     def _request(self, client: Any, details: Any, page: str | None, retry_strategy: Any) -> Any:
         try:
@@ -173,7 +181,15 @@ class OciProvider:
         except Exception as e:
             raise SourceError(f"OCI Usage API call failed: {e.__class__.__name__}: {_first_line(e)}") from None
 
-    def _result(self, window: FetchWindow, items: list[Any]) -> FetchResult:
+    def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
+        """The records of the pages ``fetch`` kept (live or from the cache); no API call."""
+        try:
+            items = [item for p in raw.pages for item in _get(p.body, "items")]
+        except TypeError:
+            raise SourceError("OCI Usage API returned a malformed or unexpected body: no list of items") from None
+        return self._result(window, raw, items)
+
+    def _result(self, window: FetchWindow, raw: RawFetch, items: list[Any]) -> FetchResult:
         account = self.cfg.tenancy_id
         sums: dict[tuple[dt.date, str, str | None, str], float] = defaultdict(float)
         unrated: list[CostRecord] = []
@@ -182,29 +198,30 @@ class OciProvider:
         data_through: dt.datetime | None = None
         fallback_currency = (self.cfg.currency or "").upper()
         for item in items:
-            started = getattr(item, "time_usage_started", None)
-            if not isinstance(started, dt.datetime):
+            started = _time(_get(item, "time_usage_started"))
+            if started is None:
                 raise SourceError("OCI Usage API returned an unexpected body: an item without timeUsageStarted")
-            if getattr(item, "is_forecast", False):
+            if _get(item, "is_forecast"):
                 continue
-            day = (started if started.tzinfo else started.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).date()
-            service = (item.service or "").strip() or UNKNOWN_SERVICE
-            team = self._team(item.tags)
-            if item.tenant_name:
-                names.add(item.tenant_name)
-            currency = (item.currency or "").strip().upper()
+            day = started.astimezone(dt.UTC).date()
+            service = (_get(item, "service") or "").strip() or UNKNOWN_SERVICE
+            team = self._team(_get(item, "tags"))
+            tenant_name = _get(item, "tenant_name")
+            if tenant_name:
+                names.add(tenant_name)
+            currency = (_get(item, "currency") or "").strip().upper()
             if not currency:
                 blank_currency += 1
                 currency = fallback_currency
-            amount = item.computed_amount
+            amount = _get(item, "computed_amount")
             if amount is None:
                 unrated.append(CostRecord(day, PROVIDER, account, service, math.nan, currency, team))
                 continue
             if not isinstance(amount, int | float):
                 raise SourceError(f"OCI Usage API returned an unexpected body: computedAmount {amount!r}")
             sums[(day, service, team, currency)] += float(amount)
-            ended = getattr(item, "time_usage_ended", None)
-            if isinstance(ended, dt.datetime) and (data_through is None or ended > data_through):
+            ended = _time(_get(item, "time_usage_ended"))
+            if ended is not None and (data_through is None or ended > data_through):
                 data_through = ended
         if unrated:
             self.ctx.log.warning(
@@ -225,23 +242,41 @@ class OciProvider:
         ]
         costs.extend(unrated)
         accounts = [AccountInfo(PROVIDER, account, sorted(names)[0])] if names else []
-        return FetchResult(days=window.days(), costs=costs, accounts=accounts, data_through=data_through)
+        return FetchResult(days=window.days(), costs=costs, accounts=accounts, data_through=data_through, raw=raw)
 
     def _team(self, tags: Any) -> str | None:
         wanted = self.cfg.team_tag
-        if wanted is None or not tags:
+        if wanted is None or not isinstance(tags, list):
             return None
         for tag in tags:
             # defined-tag namespaces and keys are case-insensitive in OCI
-            if (tag.namespace or "").casefold() == wanted.namespace.casefold() and (
-                tag.key or ""
+            if (_get(tag, "namespace") or "").casefold() == wanted.namespace.casefold() and (
+                _get(tag, "key") or ""
             ).casefold() == wanted.key.casefold():
-                value = (tag.value or "").strip()
+                value = (_get(tag, "value") or "").strip()
                 return value or None
         return None
 
     def close(self) -> None:
         self._auth = None
+
+
+def _get(obj: Any, name: str) -> Any:
+    """A field of the SDK's model (live) or of the dict ``oci.util.to_dict`` made of it (kept); None if absent."""
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def _time(value: Any) -> dt.datetime | None:
+    """A timestamp: the SDK's datetime (naive is UTC), or ``oci.util.to_dict``'s ISO 8601; None if neither."""
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if not isinstance(value, str):
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def _sort_key(key: tuple[dt.date, str, str | None, str]) -> tuple[dt.date, str, str, str]:

@@ -32,7 +32,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import openai
@@ -45,6 +46,7 @@ from exporter.model import (
     HourlyUsage,
     MinuteUsage,
     MinuteUsageResult,
+    RawFetch,
     UsageRecord,
     burn_bounds,
 )
@@ -191,48 +193,92 @@ class OpenAIProvider:
             self._client.close()
             self._client = None
 
-    def _pages(self, operation: str, request: Callable[[str | None], Any]) -> Iterator[Any]:
-        """Every page of a bucketed report; each page's buckets are checked before it is used."""
+    def _report(self, raw: RawFetch, operation: str, endpoint: str, **params: Any) -> None:
+        """Every page of a bucketed report into ``raw``, each checked before the next is asked for.
 
-        def checked(token: str | None) -> tuple[Any, bool, Any]:
-            page = request(token)
+        Through the SDK's ``with_raw_response``: the page is kept as the API sent it, and ``parse`` reads the
+        same JSON whether it was just received or read back from the cache.
+        """
+        method = getattr(self._get_client().admin.organization.usage.with_raw_response, endpoint)
+
+        def checked(token: str | None) -> tuple[tuple[dict[str, str], Any], bool, Any]:
+            resp = method(**params, page=token if token else openai.omit, timeout=self.api.timeout())
+            body = resp.http_response.json()
             with self.api.shape(operation):
-                if not isinstance(page.data, list) or not isinstance(page.has_more, bool):
+                if not isinstance(body["data"], list) or not isinstance(body["has_more"], bool):
                     raise TypeError
-                for bucket in page.data:
-                    int(bucket.start_time), int(bucket.end_time)
-                    if not isinstance(bucket.results, list):
+                for bucket in body["data"]:
+                    int(bucket["start_time"]), int(bucket["end_time"])
+                    if not isinstance(bucket["results"], list):
                         raise TypeError
-            return page, page.has_more, page.next_page
+            request = {"method": resp.http_response.request.method, "url": str(resp.http_response.request.url)}
+            return (request, body), body["has_more"], body.get("next_page")
 
-        return self.api.reports(operation, checked)
+        for request, body in self.api.reports(operation, checked):
+            raw.add(operation, request, body)
 
     # -- the reports ------------------------------------------------------------------
-    def _projects(self, client: openai.OpenAI) -> list[AccountInfo]:
-        projects = client.admin.organization.projects
+    def _projects(self, raw: RawFetch) -> None:
+        projects = self._get_client().admin.organization.projects
 
         def first() -> Any:
             return projects.list(limit=100, include_archived=True, timeout=self.api.timeout())
 
-        return [AccountInfo(PROVIDER, p.id, p.name or p.id) for p in self.api.listing("projects", first)]
+        # the SDK pages the listing (a cursor of its own); each page is kept as the SDK read it
+        for page in self.api.listing_pages("projects", first):
+            url = str(self._get_client().base_url).rstrip("/") + "/organization/projects"
+            raw.add("projects", {"method": "GET", "url": url}, page.to_dict(mode="json"))
 
-    def _costs(self, client: openai.OpenAI, start: int, end: int, window: FetchWindow) -> tuple[list[CostRecord], int]:
-        usage = client.admin.organization.usage
+    def _costs(self, raw: RawFetch, start: int, end: int) -> None:
+        self._report(
+            raw,
+            "costs",
+            "costs",
+            start_time=start,
+            end_time=end,
+            bucket_width="1d",
+            group_by=["project_id", "line_item"],
+            limit=COSTS_PAGE_LIMIT,
+        )
+
+    def _usage(self, raw: RawFetch, endpoint: str, start: int, end: int, bucket_width: str, limit: int) -> str:
+        """Every page of one usage report into ``raw``; the operation it is kept under."""
+        operation = f"usage_{endpoint}" + {"1h": "_hourly", "1m": "_minutes"}.get(bucket_width, "")
+        self._report(
+            raw,
+            operation,
+            endpoint,
+            start_time=start,
+            end_time=end,
+            bucket_width=bucket_width,
+            group_by=["model", "project_id", "api_key_id"],
+            limit=limit,
+        )
+        return operation
+
+    def fetch(self, window: FetchWindow) -> FetchResult:
+        start, end = _epoch(window.start), _epoch(window.end) + DAY
+        h_end = _hourly_end(window)
+        raw = RawFetch()
+        self._projects(raw)
+        self._costs(raw, start, end)
+        for endpoint in dict.fromkeys(self.cfg.usage_endpoints):
+            self._usage(raw, endpoint, start, end, "1d", USAGE_DAILY_PAGE_LIMIT)
+            self._usage(raw, endpoint, h_end - HOURLY_HOURS * 3600, h_end, "1h", HOURLY_HOURS)
+        return self.parse(window, raw)
+
+    def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
+        """The records of the pages ``fetch`` kept (live or from the cache); no API call."""
+        through = _hourly_end(window)  # the usage API is near-real-time; a partial hour is never claimed as held
+        with self.api.shape("projects"):
+            accounts = [
+                AccountInfo(PROVIDER, str(p["id"]), str(p.get("name") or p["id"]))
+                for body in _bodies(self.api, raw, "projects")
+                for p in body["data"]
+            ]
         amounts: dict[tuple[dt.date, str, str, str, str], float] = defaultdict(float)
         newest = 0
-
-        def request(page: str | None) -> Any:
-            return usage.costs(
-                start_time=start,
-                end_time=end,
-                bucket_width="1d",
-                group_by=["project_id", "line_item"],
-                limit=COSTS_PAGE_LIMIT,
-                page=page if page else openai.omit,
-                timeout=self.api.timeout(),
-            )
-
-        for page in self._pages("costs", request):
+        for page in _bodies(self.api, raw, "costs"):
             with self.api.shape("costs"):
                 for bucket in page.data:
                     day = dt.datetime.fromtimestamp(bucket.start_time, UTC).date()
@@ -247,55 +293,10 @@ class OpenAIProvider:
                         model, _token_type, service = parse_line_item(r.line_item)
                         account = r.project_id or "default"
                         amounts[(day, account, service, model, currency)] += float(r.amount.value)
-        records = [
+        costs = [
             CostRecord(day=d, provider=PROVIDER, account_id=a, service_name=s, amount=v, currency=c, model=m)
             for (d, a, s, m, c), v in sorted(amounts.items())
         ]
-        return records, newest
-
-    def _usage(
-        self, client: openai.OpenAI, endpoint: str, start: int, end: int, bucket_width: str, limit: int
-    ) -> Iterator[tuple[int, int, str, str, dict[str, int], int, str]]:
-        """(bucket start, bucket end, account, model, tokens, requests, API key) per result, across pages."""
-        method = getattr(client.admin.organization.usage, endpoint)
-        operation = f"usage_{endpoint}" + {"1h": "_hourly", "1m": "_minutes"}.get(bucket_width, "")
-
-        def request(page: str | None) -> Any:
-            return method(
-                start_time=start,
-                end_time=end,
-                bucket_width=bucket_width,
-                group_by=["model", "project_id", "api_key_id"],
-                limit=limit,
-                page=page if page else openai.omit,
-                timeout=self.api.timeout(),
-            )
-
-        for page in self._pages(operation, request):
-            rows = []
-            with self.api.shape(operation):
-                for bucket in page.data:
-                    for r in bucket.results:
-                        rows.append(
-                            (
-                                int(bucket.start_time),
-                                int(bucket.end_time),
-                                str(r.project_id or "default"),
-                                str(r.model or ""),
-                                usage_tokens(endpoint, r),
-                                int(getattr(r, "num_model_requests", 0) or 0),
-                                str(getattr(r, "api_key_id", None) or ""),
-                            )
-                        )
-            yield from rows
-
-    def fetch(self, window: FetchWindow) -> FetchResult:
-        client = self._get_client()
-        start, end = _epoch(window.start), _epoch(window.end) + DAY
-        # the usage API is near-real-time; a partial hour is never claimed as held
-        through = int((window.last_complete_hour + dt.timedelta(hours=1)).timestamp())
-        accounts = self._projects(client)
-        costs, newest = self._costs(client, start, end, window)
 
         daily: dict[tuple[dt.date, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         daily_requests: dict[tuple[dt.date, str, str, str], int] = defaultdict(int)
@@ -305,8 +306,8 @@ class OpenAIProvider:
         hourly_requests: dict[tuple[int, str, str, str], int] = defaultdict(int)
         for endpoint in dict.fromkeys(self.cfg.usage_endpoints):
             service = ENDPOINT_SERVICE[endpoint]
-            for b_start, b_end, account, model, tokens, requests, _key in self._usage(
-                client, endpoint, start, end, "1d", USAGE_DAILY_PAGE_LIMIT
+            for b_start, b_end, account, model, tokens, requests, _key in _usage_rows(
+                self.api, raw, endpoint, f"usage_{endpoint}"
             ):
                 day = dt.datetime.fromtimestamp(b_start, UTC).date()
                 newest = max(newest, b_end)
@@ -315,8 +316,8 @@ class OpenAIProvider:
                 key = (day, account, service, model)
                 add_tokens(daily[key], tokens)
                 daily_requests[key] += requests
-            for b_start, b_end, account, model, tokens, requests, _key in self._usage(
-                client, endpoint, h_start, h_end, "1h", HOURLY_HOURS
+            for b_start, b_end, account, model, tokens, requests, _key in _usage_rows(
+                self.api, raw, endpoint, f"usage_{endpoint}_hourly"
             ):
                 if not h_start <= b_start < h_end:
                     continue
@@ -356,18 +357,20 @@ class OpenAIProvider:
             hourly=hourly_records,
             accounts=accounts,
             data_through=dt.datetime.fromtimestamp(min(newest, through), UTC) if newest else None,
+            raw=raw,
         )
 
     def fetch_minutes(self, now: dt.datetime) -> MinuteUsageResult:
         """Minute usage of the burn window (chat completions), by model, project and API key; one request."""
-        client = self._get_client()
         start, end = burn_bounds(now, self.cfg.burn_window, self.cfg.burn_delay)
         s, e = int(start.timestamp()), int(end.timestamp())
         service = ENDPOINT_SERVICE["completions"]
+        raw = RawFetch()
+        operation = self._usage(raw, "completions", s, e, "1m", max((e - s) // 60, 1))
         tokens_by: dict[tuple[int, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         requests_by: dict[tuple[int, str, str, str], int] = defaultdict(int)
-        for b_start, _b_end, account, model, tokens, requests, key in self._usage(
-            client, "completions", s, e, "1m", max((e - s) // 60, 1)
+        for b_start, _b_end, account, model, tokens, requests, key in _usage_rows(
+            self.api, raw, "completions", operation
         ):
             if not s <= b_start < e:
                 continue  # the API snaps the start to the minute; nothing past the complete end is read
@@ -388,3 +391,48 @@ class OpenAIProvider:
             for (b, account, model, key), tokens in sorted(tokens_by.items())
         ]
         return MinuteUsageResult(start=start, end=end, minutes=minutes)
+
+
+def _hourly_end(window: FetchWindow) -> int:
+    """End of the hourly buckets asked for: the end of the last complete hour (unix)."""
+    return int((window.last_complete_hour + dt.timedelta(hours=1)).timestamp())
+
+
+def _attrs(value: Any) -> Any:
+    """A page's JSON with attribute access (``bucket.results``, ``r.amount.value``), as the SDK's models read."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{str(k): _attrs(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_attrs(v) for v in value]
+    return value
+
+
+def _bodies(api: AdminApi, raw: RawFetch, operation: str) -> Iterator[Any]:
+    """The bodies of ``raw``'s pages of ``operation``, in order; a projects page as JSON, a report with attributes."""
+    for page in raw.pages:
+        if page.operation == operation:
+            with api.shape(operation):
+                yield page.body if operation == "projects" else _attrs(page.body)
+
+
+def _usage_rows(
+    api: AdminApi, raw: RawFetch, endpoint: str, operation: str
+) -> Iterator[tuple[int, int, str, str, dict[str, int], int, str]]:
+    """(bucket start, bucket end, account, model, tokens, requests, API key) per result of ``operation``'s pages."""
+    for page in _bodies(api, raw, operation):
+        rows = []
+        with api.shape(operation):
+            for bucket in page.data:
+                for r in bucket.results:
+                    rows.append(
+                        (
+                            int(bucket.start_time),
+                            int(bucket.end_time),
+                            str(r.project_id or "default"),
+                            str(r.model or ""),
+                            usage_tokens(endpoint, r),
+                            int(getattr(r, "num_model_requests", 0) or 0),
+                            str(getattr(r, "api_key_id", None) or ""),
+                        )
+                    )
+        yield from rows

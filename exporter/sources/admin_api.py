@@ -13,6 +13,8 @@ from exporter.sources.base import RetrySettings, SourceBase
 class AdminApiSource(SourceBase):
     """Keys shared by the AI admin-API sources (``openai``, ``anthropic``)."""
 
+    RAW_PAGES = True
+
     FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {
         "request_timeout",
         "max_retries",

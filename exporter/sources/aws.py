@@ -11,6 +11,7 @@ from exporter.sources.base import SourceSpec, ThrottleRetry
 
 
 class AwsSource(ThrottleRetry):
+    RAW_PAGES = True
     type: Literal["aws"]
     endpoint_url: str | None = None
     region: str = "us-east-1"

@@ -11,6 +11,7 @@ from exporter.sources.base import SourceSpec, ThrottleRetry
 
 
 class AzureSource(ThrottleRetry):
+    RAW_PAGES = True
     type: Literal["azure"]
     scopes: Annotated[list[NonEmptyStr], Field(min_length=1)]
     cost_type: Literal["ActualCost", "AmortizedCost"] = "ActualCost"

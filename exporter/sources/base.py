@@ -2,20 +2,47 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass, field
-from typing import Annotated, ClassVar, NamedTuple
+from typing import Annotated, Any, ClassVar, NamedTuple
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema, field_validator
 
-from exporter.config_types import ConfigModel, Duration
+from exporter.config_types import ConfigModel, Duration, format_duration, parse_duration
+
+
+def _retention(value: Any) -> float:
+    """A duration, or ``0`` (off)."""
+    if not isinstance(value, bool) and re.fullmatch(r"0+(\.0+)?(ms|s|m|h|d|w)?", str(value).strip()):
+        return 0.0
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise ValueError(f"{e}; 0 turns it off") from None
+
+
+Retention = Annotated[
+    float,
+    BeforeValidator(_retention),
+    PlainSerializer(lambda v: format_duration(v) if v else "0", return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(0|(\d+(\.\d+)?(ms|s|m|h|d|w))+)$",
+            "description": "A duration such as 90d, or 0 (off).",
+        }
+    ),
+]
 
 
 class SourceBase(ConfigModel):
     FETCH_NEUTRAL: ClassVar[frozenset[str]] = frozenset(
-        {"interval", "jitter", "timeout", "backoff_max", "max_api_cost_usd_per_day"}
+        {"interval", "jitter", "timeout", "backoff_max", "max_api_cost_usd_per_day", "raw_retention"}
     )
     """Keys that change when or how patiently a source is fetched, not what: changing one keeps the cache."""
+    RAW_PAGES: ClassVar[bool] = False
+    """The type's provider keeps its raw pages and rebuilds its records from them (``raw_retention``)."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
     interval: Duration = 6 * 3600.0
@@ -27,8 +54,18 @@ class SourceBase(ConfigModel):
     backoff_max: Duration = 3600.0
     history_days: Annotated[int, Field(ge=1, le=400)] = 35
     """Days fetched on a cold cache besides the previous month (for baselines)."""
+    raw_retention: Retention = 0.0
+    """How long every raw API page a refresh receives is kept in the cache (docs/audit.md); 0: none is."""
     type: str
     """The source type; each narrows it to its own ``Literal``, on which the config's union is discriminated."""
+
+    @field_validator("raw_retention")
+    @classmethod
+    def _raw_pages(cls, v: float) -> float:
+        if v > 0 and not cls.RAW_PAGES:
+            tag = typing.get_args(cls.model_fields["type"].annotation) or (cls.__name__,)
+            raise ValueError(f"source type {tag[0]} does not keep raw pages yet: set it to 0 or remove it")
+        return v
 
 
 class RetrySettings(NamedTuple):

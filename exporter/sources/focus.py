@@ -15,6 +15,8 @@ SqlName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=2
 class FocusSource(ThrottleRetry):
     """FOCUS exports: local files through DuckDB, or (``engine: athena``) a table in S3 queried by Athena."""
 
+    RAW_PAGES = True  # with engine duckdb: the files' names, sizes and hashes (docs/audit.md)
+
     # the throttle_* keys are the Athena engine's (TooManyRequestsException, ThrottlingException)
     FETCH_NEUTRAL = ThrottleRetry.FETCH_NEUTRAL | {"poll_interval", "memory_limit", "threads"}
     type: Literal["focus"]
@@ -48,6 +50,8 @@ class FocusSource(ThrottleRetry):
             raise ValueError("paths: needed with engine duckdb (a list of files or globs)")
         if self.engine == "athena" and (not self.database or not self.table):
             raise ValueError("database and table: needed with engine athena")
+        if self.engine == "athena" and self.raw_retention > 0:
+            raise ValueError("raw_retention: not kept with engine athena yet (engine duckdb keeps the files' hashes)")
         return self
 
 

@@ -11,6 +11,7 @@ from exporter.sources.base import SourceBase, SourceSpec
 
 
 class GcpBigQuerySource(SourceBase):
+    RAW_PAGES = True
     # google-api-core retries by itself (its Retry), so these are not the throttle_* keys
     FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {
         "price_usd_per_tib",

@@ -16,6 +16,7 @@ class OciTeamTag(ConfigModel):
 
 
 class OciSource(SourceBase):
+    RAW_PAGES = True
     # the OCI SDK retries by itself (its RetryStrategy), so these are not the throttle_* keys
     FETCH_NEUTRAL = SourceBase.FETCH_NEUTRAL | {"retry_max_attempts", "retry_base_delay", "retry_max_delay"}
     type: Literal["oci"]
