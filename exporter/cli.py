@@ -364,6 +364,102 @@ def cmd_guard(config: Config, args: argparse.Namespace) -> int:
         store.close()
 
 
+def cmd_raw(config: Config, args: argparse.Namespace) -> int:
+    """``raw list SOURCE [--day D]`` and ``raw show SOURCE --day D``, read from a running exporter's cache."""
+    import sqlite3
+
+    from exporter import audit
+    from exporter.cachefile import CacheFileError
+    from exporter.store import Store
+
+    since, until = 0.0, float("inf")
+    if args.day is not None:
+        try:
+            day = dt.date.fromisoformat(args.day)
+        except ValueError:
+            print(f"error: --day: {args.day!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
+            return EXIT_CONFIG
+        since = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp()
+        until = since + 86400
+    try:
+        store = Store(config.cache_path, shared=True)
+    except (OSError, sqlite3.Error, CacheFileError) as e:
+        print(f"error: cache_path {config.cache_path}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        index = store.raw_index(args.source, since, until)
+        if not index and args.source not in {s.name for s in config.sources}:
+            print(f"error: no source named {args.source!r} in the configuration or the cache", file=sys.stderr)
+            return EXIT_CONFIG
+        if not index:
+            print(
+                f"no raw pages kept for source {args.source}" + (f" on {args.day}" if args.day else ""), file=sys.stderr
+            )
+            return 0
+        out = sys.stdout
+        if args.raw_command == "list":
+            rows = [("TIME", "FETCH", "PAGE", "OPERATION", "BYTES", "STORED", "REQUEST")]
+            for fid, at, seq, operation, request, size, stored in index:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+                req = audit.describe_request(json.loads(request))
+                rows.append((when, str(fid), str(seq), operation, str(size), str(stored), req))
+            widths = [max(len(r[i]) for r in rows) for i in range(6)]
+            for r in rows:
+                out.write("  ".join([*(c.ljust(widths[i]) for i, c in enumerate(r[:6])), r[6]]).rstrip() + "\n")
+            return 0
+        windows = {f[0]: json.loads(f[3]) for f in store.raw_fetches(args.source)}
+        for fid in dict.fromkeys(row[0] for row in index):
+            at = next(row[1] for row in index if row[0] == fid)
+            for seq, (operation, request, meta, size, body) in enumerate(store.raw_pages(fid)):
+                line = {
+                    "fetch": fid,
+                    "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)),
+                    "window": windows.get(fid),
+                    "page": seq,
+                    "operation": operation,
+                    "request": json.loads(request),
+                    "meta": json.loads(meta),
+                    "bytes": size,
+                    "body": audit.page_json(body),
+                }
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_recompute(config: Config) -> int:
+    """Rebuild every source's records from its kept pages, with no API call (docs/audit.md)."""
+    import sqlite3
+
+    from exporter.app import App
+    from exporter.cachefile import CacheFileError
+    from exporter.store import Store
+
+    try:
+        # shared: beside a running exporter, which shows the result after its next refresh or a restart
+        store = Store(config.cache_path, shared=True)
+    except (OSError, sqlite3.Error, CacheFileError) as e:
+        print(f"error: cache_path {config.cache_path}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return EXIT_FAILED
+    app = App(config, store=store, one_shot=True)
+    try:
+        failed = False
+        for name in app.source_names():
+            o = app.recompute(name)
+            if not o.ok:
+                failed = True
+                print(f"{name}: FAILED: {o.error}", file=sys.stderr)
+            elif o.skipped:
+                print(f"{name}: {o.error or 'no pages kept (raw_retention is 0 or nothing was fetched with it on)'}")
+            else:
+                print(f"{name}: rebuilt from its pages ({o.records} records in the newest fetch) in {o.duration:.2f}s")
+        app.rebuild_snapshot()
+        return EXIT_FAILED if failed else 0
+    finally:
+        app.close()
+
+
 def cmd_backfill(config: Config, args: argparse.Namespace, now: Callable[[], dt.datetime] = utc_now) -> int:
     """``backfill``: the cache's history as OpenMetrics with timestamps (``exporter.backfill``); no API call."""
     import sqlite3
