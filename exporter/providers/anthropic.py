@@ -283,8 +283,8 @@ class AnthropicProvider:
                 add_tokens(daily[(day, account, model)], tokens)
         h_start = through - dt.timedelta(hours=HOURLY_HOURS)
         hourly: dict[tuple[dt.datetime, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for b_start, b_end, account, model, tokens, _key in self._usage(
-            rfc3339(h_start), rfc3339(through), "1h", HOURLY_HOURS
+        for b_start, b_end, account, model, tokens, _key in (
+            () if window.history else self._usage(rfc3339(h_start), rfc3339(through), "1h", HOURLY_HOURS)
         ):
             if h_start <= b_start < through:
                 newest = b_end if newest is None else max(newest, b_end)
@@ -318,7 +318,7 @@ class AnthropicProvider:
             days=window.days(),
             costs=costs,
             usage=usage,
-            hourly=hourly_records,
+            hourly=None if window.history else hourly_records,
             accounts=accounts,
             data_through=min(newest, through) if newest is not None else None,
         )

@@ -286,7 +286,7 @@ class AwsProvider:
                     newest = day if newest is None or day > newest else newest
 
         costs = cost_records(PROVIDER, totals, "USD")
-        forecasts = self._forecasts(ce, window, targets) if self.cfg.forecast else None
+        forecasts = self._forecasts(ce, window, targets) if self.cfg.forecast and not window.history else None
         data_through = min(utc_midnight(newest, 1), window.now) if newest is not None else None
         return FetchResult(
             days=days,

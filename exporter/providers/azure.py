@@ -360,13 +360,13 @@ class AzureProvider:
                 name = self._subscription_name(subscription, window.now)
                 if name:
                     accounts[account] = name
-            if self.cfg.forecast:
+            if self.cfg.forecast and not window.history:
                 forecast = self._forecast(scope, window)
                 if forecast is not None:
                     forecasts[account].append(forecast)
 
         provider_forecasts = None
-        if self.cfg.forecast:
+        if self.cfg.forecast and not window.history:
             provider_forecasts = []
             for account, parts in sorted(forecasts.items()):
                 currencies = {c for _, c in parts if c}

@@ -315,8 +315,8 @@ class OpenAIProvider:
                 key = (day, account, service, model)
                 add_tokens(daily[key], tokens)
                 daily_requests[key] += requests
-            for b_start, b_end, account, model, tokens, requests, _key in self._usage(
-                client, endpoint, h_start, h_end, "1h", HOURLY_HOURS
+            for b_start, b_end, account, model, tokens, requests, _key in (
+                () if window.history else self._usage(client, endpoint, h_start, h_end, "1h", HOURLY_HOURS)
             ):
                 if not h_start <= b_start < h_end:
                     continue
@@ -353,7 +353,7 @@ class OpenAIProvider:
             days=window.days(),
             costs=costs,
             usage=usage,
-            hourly=hourly_records,
+            hourly=None if window.history else hourly_records,
             accounts=accounts,
             data_through=dt.datetime.fromtimestamp(min(newest, through), UTC) if newest else None,
         )

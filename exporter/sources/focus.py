@@ -50,6 +50,9 @@ class FocusSource(ThrottleRetry):
             raise ValueError("database and table: needed with engine athena")
         return self
 
+    def history_request_usd(self, listed: float | None) -> float | None:
+        return None if self.engine == "athena" else listed  # Athena bills the data each query scans
+
 
 SPEC = SourceSpec(
     FocusSource,
@@ -58,4 +61,5 @@ SPEC = SourceSpec(
     api="FinOps FOCUS files",
     extra="",
     docs="docs/configuration.md",
+    # whatever the files (or the Athena table) hold, read in one query
 )
