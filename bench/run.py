@@ -1,6 +1,6 @@
 """Runs the benchmarks: ``python -m bench.run`` (all) or ``python -m bench.run NAME [options]``.
 
-Names: scrape, refresh, burn, memory, ingest, economy, soak, runaway. Options after NAME go to that benchmark
+Names: scrape, refresh, burn, memory, ingest, economy, soak, runaway, history. Options after NAME go to that benchmark
 (``python -m bench.run scrape --series 1000``). Results: bench/results/<name>.json.
 """
 
@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 
-NAMES = ("scrape", "refresh", "burn", "memory", "ingest", "economy", "soak", "runaway")
+NAMES = ("scrape", "refresh", "burn", "memory", "ingest", "economy", "soak", "runaway", "history")
 
 
 def main(argv: list[str] | None = None) -> int:

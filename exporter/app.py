@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from exporter import burn, history, timing, warmstart
 from exporter.attribution import Resolver
@@ -356,6 +357,18 @@ class App:
         if fetched_from is None:
             return False
         return bool(history.owed(self.config, self._sources[name], self.now().date(), fetched_from))
+
+    def history_status(self, name: str) -> dict[str, Any]:
+        """``/status``'s view of the source's history: how far back it should and does reach, its last error."""
+        fetched_from, attempt, error = self.store.history_state(name)
+        start = history.history_start(self.config, self._sources[name], self.now().date())
+        return {
+            "from": start.isoformat(),
+            "complete_from": fetched_from.isoformat() if fetched_from else None,
+            "complete": fetched_from is not None and fetched_from <= start,
+            "last_attempt": attempt,
+            "last_error": error,
+        }
 
     def refresh_history(self, name: str) -> RefreshOutcome:
         """Fetch what the source's history still needs, newest first, one query at a time; each query's days are

@@ -16,6 +16,7 @@ from exporter import history
 from exporter.app import App
 from exporter.config import Config, parse_config
 from exporter.scheduler import Scheduler
+from exporter.status import status_report
 from exporter.sources import SOURCES
 from exporter.store import Store
 from tests.clock import FIXED_NOW
@@ -137,6 +138,8 @@ def test_cold_start_fills_the_history_as_far_as_the_api_reaches(
         assert min(a for a, _ in hist) == reach
         assert "GetCostForecast" not in emu.operations()[-len(hist) :]  # the history asks for days only
         assert app.store.history_state("aws")[0] == reach
+        shown = status_report(app)["sources"][0]["history"]
+        assert (shown["from"], shown["complete_from"], shown["complete"]) == ("2025-10-01", "2025-10-01", True)
 
         # the next refresh fetches the restatement window only; the history is never fetched again
         clock.advance(hours=25)
@@ -197,6 +200,8 @@ def test_a_history_cut_by_the_paid_call_cap_resumes_without_fetching_twice(
         target = TODAY - dt.timedelta(days=200)
         assert fetched_from is not None and target < fetched_from < dt.date(2026, 10, 1)
         assert app.store.history_state("aws")[2] == out.error
+        shown = status_report(app)["sources"][0]["history"]
+        assert (shown["complete"], shown["last_error"]) == (False, out.error)
         want = expected_by_day(long_dataset)
         assert held_by_day(app.store) == {d: v for d, v in want.items() if d >= fetched_from}
         assert app.store.api_cost_on("aws", TODAY) <= 0.08 + 1e-9
