@@ -16,8 +16,8 @@ from exporter import history
 from exporter.app import App
 from exporter.config import Config, parse_config
 from exporter.scheduler import Scheduler
-from exporter.status import status_report
 from exporter.sources import SOURCES
+from exporter.status import status_report
 from exporter.store import Store
 from tests.clock import FIXED_NOW
 from tests.conftest import Clock
@@ -242,7 +242,7 @@ def test_the_plan_counts_queries_and_dollars_without_calling(tmp_path: Path, emu
     assert (aws.first, aws.last) == (dt.date(2025, 10, 16), TODAY)
     assert aws.queries == len(history.chunks(dt.date(2025, 10, 16), TODAY, 92)) == 5
     assert (aws.requests, aws.usd, aws.cap_usd, aws.days_to_finish) == (5, 0.05, 0.02, 3)
-    assert (files.first, files.queries, files.usd) == (TODAY - dt.timedelta(days=400), 1, 0.0)
+    assert (files.first, files.queries, files.usd) == (TODAY - dt.timedelta(days=400), 7, 0.0)  # 62 days a query
     assert bq.usd is None  # billed by the bytes each query scans
     assert emu.requests == []
 

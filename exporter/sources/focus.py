@@ -61,5 +61,7 @@ SPEC = SourceSpec(
     api="FinOps FOCUS files",
     extra="",
     docs="docs/configuration.md",
-    # whatever the files (or the Athena table) hold, read in one query
+    # whatever the files (or the Athena table) hold; 62 days a query, a cold refresh's span, so that the history
+    # never holds more in memory than a first refresh does (each query reads the files again)
+    query_days=62,
 )
