@@ -14,6 +14,10 @@ from exporter.cachefile import CacheFileError
 SCHEMA_VERSION = 2
 # 2: usage and hourly gain cache_write_1h (1-hour prompt-cache writes); a version 1 file is migrated in place
 
+CHECK_AFTER_START = frozenset({"cost"})
+"""Tables that serving does not read (the snapshot reads ``cost_recent``): after an unclean stop they are checked
+with the whole file after start, not before (``exporter.cachefile``)."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cost (

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from exporter.cachefile import CacheFile, describe
-from exporter.cacheschema import check_tables, create_tables
+from exporter.cacheschema import CHECK_AFTER_START, check_tables, create_tables
 
 T = TypeVar("T")
 
@@ -100,7 +100,7 @@ class Store:
 
     def __init__(self, path: str | Path, shared: bool = False) -> None:
         """``shared``: the file of a running exporter, opened by a command beside it (``CacheFile``)."""
-        self._file = CacheFile(path, check_tables, create_tables, shared=shared)
+        self._file = CacheFile(path, check_tables, create_tables, shared=shared, check_after_start=CHECK_AFTER_START)
 
     @property
     def path(self) -> str:
@@ -342,9 +342,13 @@ class Store:
     # -- reads for the snapshot ------------------------------------------------------
     def cost_days(self, source: str, before: dt.date) -> tuple[dt.date | None, dt.date | None]:
         """The newest and the oldest day held for ``source`` before ``before``."""
-        row = self.query("SELECT MAX(day), MIN(day) FROM cost WHERE source=? AND day < ?", (source, before.isoformat()))
-        newest = dt.date.fromisoformat(row[0][0]) if row and row[0][0] else None
-        oldest = dt.date.fromisoformat(row[0][1]) if row and row[0][1] else None
+        # two statements: SQLite answers a lone MIN or MAX from the index (cost_source_day) in one step, but
+        # MIN and MAX together by reading every day held (5.9 s at 400 days of 100k series)
+        args = (source, before.isoformat())
+        hi = self.query("SELECT MAX(day) FROM cost WHERE source=? AND day < ?", args)
+        lo = self.query("SELECT MIN(day) FROM cost WHERE source=? AND day < ?", args)
+        newest = dt.date.fromisoformat(hi[0][0]) if hi and hi[0][0] else None
+        oldest = dt.date.fromisoformat(lo[0][0]) if lo and lo[0][0] else None
         return newest, oldest
 
     def _cost_table(self, first: dt.date) -> str:
