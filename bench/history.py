@@ -7,6 +7,9 @@ what the store would hold. Then, for each copy, interleaved: the snapshot build 
 of ``--repeat``), the same build reading the whole ``cost`` table as before ``cost_recent`` (400 days only), and
 ``spend-exporter run`` from process start to the first ``200`` from ``/-/ready``: a restart (saved snapshot), a
 start that builds the snapshot, and a start after an unclean stop (``PRAGMA quick_check`` first).
+
+``--before TREE`` (a checkout of the code before the history, e.g. ``git archive i14 | tar -x -C /tmp/before``)
+measures that code too, on its own copy of the 70-day cache, in the same run: today's figures.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import http.client
+import json
 import os
 import shutil
 import sqlite3
@@ -81,15 +85,43 @@ def _ready(port: int) -> bool:
         return False
 
 
-def _start(cfg: dict[str, Any], where: Path) -> float:
-    """Seconds from starting ``spend-exporter run`` (this tree's code) to its first 200 from /-/ready."""
+_BUILD = """
+import json, sys, time, yaml
+from exporter.app import build_app
+from exporter.config import parse_config
+app = build_app(parse_config(yaml.safe_load(open(sys.argv[1]))))
+out = []
+for _ in range(int(sys.argv[2])):
+    for name in app.source_names():
+        app.builder.invalidate(name)
+    t = time.perf_counter()
+    app.rebuild_snapshot(save=False)
+    out.append(time.perf_counter() - t)
+app.close()
+print(json.dumps(out))
+"""
+
+
+def _build_in(tree: Path, cfg: dict[str, Any], where: Path, repeat: int) -> list[float]:
+    """Snapshot builds by the code in ``tree`` (another process: another version of the package)."""
+    path = where / "config-build.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run([PY, "-c", _BUILD, str(path), str(repeat)], cwd=tree, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr)
+    return [float(x) for x in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+def _start(cfg: dict[str, Any], where: Path, tree: Path = ROOT) -> float:
+    """Seconds from starting ``spend-exporter run`` (the code in ``tree``) to its first 200 from /-/ready."""
     port = free_port()
     path = where / "config-run.yml"
     path.write_text(yaml.safe_dump({**cfg, "listen_address": f"127.0.0.1:{port}"}))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(tree)}
     t = time.perf_counter()
     proc = subprocess.Popen(
-        [PY, "-m", "exporter.cli", "run", "--config.file", str(path)], cwd=ROOT, env=env, stderr=subprocess.DEVNULL
+        [PY, "-m", "exporter.cli", "run", "--config.file", str(path)], cwd=tree, env=env, stderr=subprocess.DEVNULL
     )
     try:
         deadline = time.monotonic() + 300
@@ -109,6 +141,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--days", default="70,400", help="days held, compared in the same run")
     ap.add_argument("--repeat", type=int, default=5, help="snapshot builds per case")
     ap.add_argument("--starts", type=int, default=3, help="starts of each kind per case")
+    ap.add_argument("--before", type=Path, help="a source tree of the code before the history, measured at 70 days")
     args = ap.parse_args(argv)
     from exporter.app import build_app
     from exporter.config import parse_config
@@ -140,7 +173,18 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         }
         print(f"  {days} days held: {rows} cost rows, {cases[days]['file_mb']} MB ({time.perf_counter() - t:.0f}s)")
 
+    before: dict[str, Any] | None = None
+    if args.before is not None and RECENT_DAYS in cases:
+        path = work / "cache-before.sqlite"
+        shutil.copy(cases[RECENT_DAYS]["cfg"]["cache_path"], path)
+        cfg = {**cases[RECENT_DAYS]["cfg"], "cache_path": str(path)}
+        cfg.pop("history_days")  # not a key before
+        before = {"code": str(args.before), "days_held": RECENT_DAYS, "cfg": cfg, "build_s": [], "restart_s": []}
+        before.update(start_building_s=[], start_after_unclean_stop_s=[])
+
     # the builds, interleaved between the cases
+    if before is not None:
+        before["build_s"] = _build_in(args.before, before["cfg"], work, args.repeat)
     apps = {d: build_app(parse_config(c["cfg"])) for d, c in cases.items()}
     try:
         series = {d: a.snapshot.series for d, a in apps.items()}
@@ -169,17 +213,18 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             app.close()
 
     # start -> ready, interleaved: warm-up (saves the snapshot), then restart / build / unclean per case
-    for c in cases.values():
-        _start(c["cfg"], work)
+    runs = [(c, ROOT) for c in cases.values()] + ([(before, args.before)] if before is not None else [])
+    for c, tree in runs:
+        _start(c["cfg"], work, tree)
     for _ in range(args.starts):
         for kind in ("restart", "build", "unclean"):
-            for c in cases.values():
+            for c, tree in runs:
                 path = Path(c["cfg"]["cache_path"])
                 if kind == "build":
                     _sql(path, "DELETE FROM snapshot")
                 elif kind == "unclean":
                     _sql(path, "UPDATE meta SET value='0' WHERE key='closed_cleanly'")  # as a kill -9 leaves it
-                took = _start(c["cfg"], work)
+                took = _start(c["cfg"], work, tree)
                 key = {"restart": "restart_s", "build": "start_building_s", "unclean": "start_after_unclean_stop_s"}
                 c[key[kind]].append(took)
 
@@ -200,6 +245,17 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             + f"; start -> ready: restart {', '.join(f'{s:.2f}' for s in c['restart_s'])} s, building "
             f"{', '.join(f'{s:.2f}' for s in c['start_building_s'])} s, after an unclean stop "
             f"{', '.join(f'{s:.2f}' for s in c['start_after_unclean_stop_s'])} s",
+            flush=True,
+        )
+    if before is not None:
+        before.pop("cfg")
+        before["build_median_s"] = median(before["build_s"])
+        out["before"] = before
+        print(
+            f"  before ({args.before}), {RECENT_DAYS} days held: build median {before['build_median_s']:.2f}s; "
+            f"start -> ready: restart {', '.join(f'{s:.2f}' for s in before['restart_s'])} s, building "
+            f"{', '.join(f'{s:.2f}' for s in before['start_building_s'])} s, after an unclean stop "
+            f"{', '.join(f'{s:.2f}' for s in before['start_after_unclean_stop_s'])} s",
             flush=True,
         )
     save("history", out)

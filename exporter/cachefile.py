@@ -18,9 +18,11 @@ module only needs its ``meta (key, value)`` table, where the clean-close flag is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 import urllib.parse
@@ -190,6 +192,9 @@ class CacheFile:
 
     def _background_check(self) -> None:
         resets = self._resets
+        if sys.platform == "linux":  # this thread only (a TID): the check reads the whole file, a start must not wait
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         try:
             # read-only: never creates a file at a path a test or an operator has just removed
             uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
