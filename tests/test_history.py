@@ -256,3 +256,38 @@ def test_the_plan_counts_queries_and_dollars_without_calling(tmp_path: Path, emu
         assert left.queries == 4
     finally:
         app.close()
+
+
+def test_a_stop_longer_than_the_window_leaves_no_gap(tmp_path: Path, focus: Any) -> None:
+    """After a stop of months, the refresh fetches a cold start's days: the history fills the days between."""
+    first = dt.date(2025, 1, 1)
+    rows = [focus.daily(first + i * DAY, (first + i * DAY).day + 0.01) for i in range(300)]
+    focus.write(tmp_path / "f" / "a.csv", rows)
+    cfg = parse_config(
+        {
+            "cache_path": str(tmp_path / "c.sqlite"),
+            "history_days": 100,
+            "sources": [{"name": "aws", "type": "focus", "paths": [str(tmp_path / "f" / "*.csv")], "jitter": 0}],
+        }
+    )
+
+    def want(today: dt.date) -> dict[dt.date, Decimal]:
+        d, out = today - dt.timedelta(days=100), {}
+        while d <= today:
+            out[d] = Decimal(f"{d.day}.01")
+            d += DAY
+        return out
+
+    clock = Clock(dt.datetime.combine(first + 200 * DAY, dt.time(12), tzinfo=dt.UTC))
+    app = App(cfg, now=clock)
+    try:
+        app.refresh("aws")
+        app.refresh_history("aws")
+        assert held_by_day(app.store) == want(clock().date())
+        clock.advance(days=80)  # stopped for 80 days: the next refresh's window starts well after the last fetch
+        app.refresh("aws")
+        assert app.history_due("aws")
+        assert app.refresh_history("aws").ok
+        assert held_by_day(app.store) == want(clock().date())
+    finally:
+        app.close()
