@@ -153,6 +153,30 @@ def soak(r: dict[str, Any]) -> None:
             print(f"| {name} | {c['start_s']:.1f} s | {fetch} | {pub} | {at_start} | {c['rss_peak_mb']:.0f} MB |")
 
 
+def history(r: dict[str, Any]) -> None:
+    """bench/results/history.json: build and starts with 400 days held against 70 (and the code before)."""
+
+    def row(label: str, c: dict[str, Any]) -> str:
+        starts = [", ".join(f"{x:.2f}" for x in c[k]) + " s" for k in ("restart_s", "start_building_s")]
+        starts.append(", ".join(f"{x:.2f}" for x in c["start_after_unclean_stop_s"]) + " s")
+        rows = f"{c['cost_rows']:,}" if "cost_rows" in c else ""
+        size = f"{c['file_mb']:,.0f} MB" if "file_mb" in c else ""
+        return f"| {label} | {rows} | {size} | {c['build_median_s']:.2f} s | " + " | ".join(starts) + " |"
+
+    print(
+        "| | cost rows | cache file | snapshot build, median | start → `/-/ready`: restart (saved snapshot) "
+        "| start that builds the snapshot | start after an unclean stop |"
+    )
+    print("|---|---:|---:|---:|---|---|---|")
+    if "before" in r:
+        print(row(f"before, {r['before']['days_held']} days held", r["before"]))
+    for c in r["cases"]:
+        print(row(f"{c['days_held']} days held", c))
+        if c.get("build_reading_cost_s"):
+            median = c["build_reading_cost_median_s"]
+            print(f"| {c['days_held']} days, reading the whole `cost` table | | | {median:.2f} s | | | |")
+
+
 def main() -> None:
     for name, fn in (
         ("scrape", scrape),
@@ -161,6 +185,7 @@ def main() -> None:
         ("ingest", ingest),
         ("economy", economy),
         ("soak", soak),
+        ("history", history),
     ):
         r = _load(name)
         if r is None:

@@ -1,7 +1,8 @@
 """Runs the benchmarks: ``python -m bench.run`` (all) or ``python -m bench.run NAME [options]``.
 
-Names: scrape, refresh, burn, memory, ingest, economy, soak, runaway, backfill, dashboards, audit. Options
-after NAME go to that benchmark (``python -m bench.run scrape --series 1000``). Results: bench/results/<name>.json.
+Names: scrape, refresh, burn, memory, ingest, economy, soak, runaway, backfill, dashboards, audit, history.
+Options after NAME go to that benchmark (``python -m bench.run scrape --series 1000``). Results:
+bench/results/<name>.json.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ NAMES = (
     "backfill",
     "dashboards",
     "audit",
+    "history",
 )
 
 

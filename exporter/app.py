@@ -11,14 +11,16 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import random
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from exporter import audit, burn, timing, warmstart
+from exporter import audit, burn, history, timing, warmstart
 from exporter.attribution import Resolver
 from exporter.config import Config
 from exporter.exposition import clean_label_value
@@ -35,8 +37,6 @@ from exporter.sources.base import SourceBase
 from exporter.store import SourceState, Store
 
 log = logging.getLogger(__name__)
-
-KEEP_DAYS = 70  # older days are pruned: baselines need 28 + the forecast 7, previous month up to 62
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Runtime:
     records: int = 0
     refreshing: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    refresh_usd: float = 0.0  # paid calls of the last refresh: the history leaves them for the day's refreshes
 
 
 @dataclass
@@ -99,6 +100,9 @@ def burn_next_at(now: float, interval: float) -> float:
 def _source_hash(src: SourceBase) -> str:
     """Hash of the settings that change what is fetched (all but the source type's ``FETCH_NEUTRAL`` keys)."""
     data = src.model_dump(mode="json", exclude=set(src.FETCH_NEUTRAL))
+    # history_days was hashed, at its default of 35, before it became fetch-neutral: hashing that constant
+    # keeps the caches written then (their history is fetched, not the whole cache again)
+    data["history_days"] = 35
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -273,6 +277,7 @@ class App:
             return RefreshOutcome(src.name, ok=False, skipped=True, error="paid-call cap reached for today")
         window = timing.fetch_window(src, state, now, cold)
         started = time.monotonic()
+        spent = self.store.api_cost_on(src.name, now.date())
         try:
             result = self._fetchers[src.name].fetch(window)
             truncated = result.clean_labels(clean_label_value)
@@ -299,9 +304,14 @@ class App:
             skipped_records=sum(skipped.values()),
             skipped_detail=json.dumps(dict(skipped)) if skipped else None,
         )
-        self.store.replace(src.name, rep, new_state)
+        self._rt[src.name].refresh_usd = max(self.store.api_cost_on(src.name, now.date()) - spent, 0.0)
+        # the history is complete from this window's first day on: a new source's, or a cache from before history
+        # (or again from it, when a long stop left days between the last fetch and this window unfetched)
+        gap = state.fetched_through is not None and window.start > state.fetched_through + dt.timedelta(days=1)
+        complete_from = window.start if cold or gap or self.store.history_state(src.name)[0] is None else None
+        self.store.replace(src.name, rep, new_state, history_from=complete_from)
         self.builder.count_truncated(src.name, truncated)
-        self.store.prune(src.name, _keep_from(window))
+        self._prune(src.name, window)
         self._keep_raw(src, window, result)
         self._rt[src.name].records = records
         log.info(
@@ -314,6 +324,13 @@ class App:
             f"; skipped {dict(skipped)}" if skipped else "",
         )
         return RefreshOutcome(src.name, ok=True, records=records, duration=duration)
+
+    def _prune(self, name: str, window: FetchWindow) -> None:
+        """Drop the days a refresh of ``window`` no longer keeps (older than ``history_days``; the refresh and
+        recompute alike), and the snapshot's recent copy past ``history.RECENT_DAYS``."""
+        today = window.now.date()
+        keep_from = min(window.start, today - dt.timedelta(days=self.config.history_days))
+        self.store.prune(name, keep_from, recent_from=today - dt.timedelta(days=history.RECENT_DAYS))
 
     def _keep_raw(self, src: SourceBase, window: FetchWindow, result: FetchResult) -> None:
         """The audit trail: the fetch's pages kept (``raw_retention``), and those past the retention dropped.
@@ -361,7 +378,7 @@ class App:
                     result.clean_labels(clean_label_value)
                     rep, records, _skipped = normalise(self.resolver, window, result)
                     self.store.replace_records(name, rep)
-                    self.store.prune(name, _keep_from(window))
+                    self._prune(name, window)
             except Exception as e:
                 msg = str(e) if isinstance(e, SourceError) else f"{e.__class__.__name__}: {e}"
                 msg = self._fetchers[name].scrub(msg)[:2000]
@@ -410,6 +427,86 @@ class App:
             msg,
         )
         return RefreshOutcome(src.name, ok=False, duration=duration, error=msg)
+
+    # -- the history (exporter.history) ------------------------------------------------------
+    def history_due(self, name: str) -> bool:
+        """The source's last refresh succeeded and its history does not yet reach ``history_days`` back (or as
+        far as its API serves)."""
+        st = self.store.get_state(name)
+        if st.last_success is None or st.config_hash != self._hashes[name] or st.consecutive_failures:
+            return False
+        fetched_from = self.store.history_state(name)[0]  # None: no refresh since the history came in
+        if fetched_from is None:
+            return False
+        return bool(history.owed(self.config, self._sources[name], self.now().date(), fetched_from))
+
+    def history_status(self, name: str) -> dict[str, Any]:
+        """``/status``'s view of the source's history: how far back it should and does reach, its last error."""
+        fetched_from, attempt, error = self.store.history_state(name)
+        start = history.history_start(self.config, self._sources[name], self.now().date())
+        return {
+            "from": start.isoformat(),
+            "complete_from": fetched_from.isoformat() if fetched_from else None,
+            "complete": fetched_from is not None and fetched_from <= start,
+            "last_attempt": attempt,
+            "last_error": error,
+        }
+
+    def refresh_history(self, name: str) -> RefreshOutcome:
+        """Fetch what the source's history still needs, newest first, one query at a time; each query's days are
+        stored as it ends, so a stop (error, paid-call cap, restart) loses nothing and the next call resumes."""
+        rt = self._rt[name]
+        with rt.lock:
+            rt.refreshing = True
+            try:
+                out = self._refresh_history(self._sources[name])
+            finally:
+                self.builder.invalidate(name)
+                rt.refreshing = False
+        if out.records:
+            try:
+                self.rebuild_snapshot()
+            except Exception:
+                log.exception("building the snapshot failed; serving the previous one")
+        return out
+
+    def _refresh_history(self, src: SourceBase) -> RefreshOutcome:
+        now = self.now()
+        fetched_from = self.store.history_state(src.name)[0]
+        spans = history.owed(self.config, src, now.date(), fetched_from) if fetched_from else []
+        fetcher = self._fetchers[src.name]
+        started = time.monotonic()
+        stored = 0
+        error: str | None = None
+        for first, last in spans:
+            if fetcher.cap_reached():
+                error = "paid-call cap reached for today"
+                break
+            window = FetchWindow(first, last, now, history=True)
+            try:
+                result = fetcher.fetch(window, reserve=self._refresh_reserve(src, now))
+                truncated = result.clean_labels(clean_label_value)
+                rep, records, skipped = normalise(self.resolver, window, result)
+            except Exception as e:
+                error = fetcher.scrub(str(e) if isinstance(e, SourceError) else f"{e.__class__.__name__}: {e}")[:2000]
+                break
+            _warn_skipped(src.name, skipped)
+            # days only: the forecast and the hourly buckets are the refresh's
+            self.store.replace(src.name, replace(rep, hourly=None, forecasts=None), None, history_from=first)
+            self.builder.count_truncated(src.name, truncated)
+            stored += records
+            log.info("source %s: history %s..%s fetched, %d records", src.name, first, last, records)
+        self.store.history_tried(src.name, now.timestamp(), error)
+        duration = time.monotonic() - started
+        if error is not None:
+            log.warning("source %s: history fetch stopped, to resume after the next refresh: %s", src.name, error)
+            return RefreshOutcome(src.name, ok=False, records=stored, duration=duration, error=error)
+        return RefreshOutcome(src.name, ok=True, records=stored, duration=duration)
+
+    def _refresh_reserve(self, src: SourceBase, now: dt.datetime) -> float:
+        """Dollars of today's paid-call cap the history leaves for the refreshes still due today."""
+        left = (timing.next_midnight(now) - now).total_seconds()
+        return self._rt[src.name].refresh_usd * max(1, math.ceil(left / src.interval))
 
     # -- the burn rate ----------------------------------------------------------------------
     def burn_sources(self) -> list[str]:
@@ -531,11 +628,6 @@ class App:
         for f in self._fetchers.values():
             f.close()
         self.store.close()
-
-
-def _keep_from(window: FetchWindow) -> dt.date:
-    """The oldest day a refresh of ``window`` keeps: older ones are pruned (the refresh and recompute alike)."""
-    return min(window.start, window.now.date() - dt.timedelta(days=KEEP_DAYS))
 
 
 def _warn_skipped(name: str, skipped: Counter[str]) -> None:

@@ -158,14 +158,27 @@ def source_days(store: Store, source: str, first: dt.date, last: dt.date) -> Sou
     return SourceDays(source, min(days), max(days), len(held), missing)
 
 
-def history_fetch_plan(config: Config, store: Store, first: dt.date, last: dt.date) -> list[str] | None:
-    """HOOK for the history fetch's planner (issue 15, part 1, another module): the lines saying which API calls
-    fetching ``first`` through ``last`` would make and what they cost, paid calls capped as in a refresh.
+def history_fetch_plan(config: Config, store: Store, first: dt.date, last: dt.date) -> list[str]:
+    """What the history fetch still owes (``exporter.history.plan_history``, calling nothing): per source, the days,
+    queries, requests and dollars, paid calls capped as in a refresh. The backfill itself makes no API call:
+    ``spend-exporter run`` fetches the history after its first refresh, and the backfill then has the days.
+    ``first``/``last``: the days the range needs; ``last`` + 1 is today."""
+    from exporter.history import plan_history
 
-    None while the planner is not part of this build: ``--dry-run`` then says so and prints what the cache
-    holds and lacks (``source_days``) instead.
-    """
-    return None
+    lines = []
+    for p in plan_history(config, last + dt.timedelta(days=1), store):
+        if p.first is None or p.last is None:
+            lines.append(f"history fetch, source {p.source}: complete, nothing to fetch")
+            continue
+        usd = "billed by the data each query scans" if p.usd is None else f"${p.usd:,.2f}"
+        cap = f"; at most ${p.cap_usd:,.2f} a day: {p.days_to_finish} day(s)" if p.cap_usd else ""
+        short = f" (the range needs {first}: beyond the source's reach)" if p.first > first else ""
+        lines.append(
+            f"history fetch, source {p.source} ({p.provider}): {p.first}..{p.last} still to fetch{short}, "
+            f"{p.queries} queries, at least {p.requests} API requests, {usd}{cap}; `spend-exporter run` fetches "
+            "it after its first refresh (the backfill itself makes no API call)"
+        )
+    return lines
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,11 @@ module only needs its ``meta (key, value)`` table, where the clean-close flag is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 import urllib.parse
@@ -66,8 +68,9 @@ def describe(e: BaseException) -> str:
     return f"{e}" if code not in _UNWRITABLE or _UNWRITABLE[code] in str(e) else f"{_UNWRITABLE[code]}: {e}"
 
 
-def _quick_check(conn: sqlite3.Connection) -> None:
-    ok = conn.execute("PRAGMA quick_check").fetchone()
+def _quick_check(conn: sqlite3.Connection, table: str | None = None) -> None:
+    """The whole file, or (SQLite 3.33+) one table and its indexes."""
+    ok = conn.execute("PRAGMA quick_check" + (f'("{table}")' if table else "")).fetchone()
     if not ok or ok[0] != "ok":
         raise CacheFileError(f"integrity check failed: {ok[0] if ok else 'no answer'}")
 
@@ -107,9 +110,13 @@ class CacheFile:
         check_tables: Callable[[sqlite3.Connection], None],
         create_tables: Callable[[sqlite3.Connection], None],
         shared: bool = False,
+        check_after_start: frozenset[str] = frozenset(),
     ) -> None:
         """``shared``: a file a running exporter holds (``guard list``, ``guard undo``): no check, no clean-close
-        flag, no recovery (a fault raises: only the exporter that owns the file may move it aside)."""
+        flag, no recovery (a fault raises: only the exporter that owns the file may move it aside).
+        ``check_after_start``: tables that serving does not read, whose check after an unclean stop waits for the
+        whole file's check after start (the history's days: checking them first would make the start as slow as
+        the file is large)."""
         self.path = str(path)
         self.shared = shared
         self.persistent = self.path != ":memory:"
@@ -117,6 +124,7 @@ class CacheFile:
         self.on_reset: list[Callable[[], None]] = []
         self._check_tables = check_tables
         self._create_tables = create_tables
+        self._check_after_start = check_after_start
         self._lock = threading.RLock()
         self._check_later = False
         self._resets = 0
@@ -169,6 +177,15 @@ class CacheFile:
                 if clean:
                     # reading the whole file takes ~2 ms a MB: after a clean shutdown it runs after start instead
                     self._check_later = True
+                elif clean is False and self._check_after_start:
+                    # what serving reads first (table by table), then the whole file after start, as after a
+                    # clean stop: damage it finds there is handled like damage a read finds
+                    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+                        if table not in self._check_after_start:
+                            _quick_check(conn, table)
+                    self._check_later = True
+                    msg = "cache file %s was not closed cleanly (a crash or kill -9); the tables it serves checked ok"
+                    log.info(msg, path)
                 else:
                     _quick_check(conn)
                     if clean is False:
@@ -185,6 +202,9 @@ class CacheFile:
 
     def _background_check(self) -> None:
         resets = self._resets
+        if sys.platform == "linux":  # this thread only (a TID): the check reads the whole file, a start must not wait
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         try:
             # read-only: never creates a file at a path a test or an operator has just removed
             uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"

@@ -14,6 +14,10 @@ from exporter.cachefile import CacheFileError
 SCHEMA_VERSION = 2
 # 2: usage and hourly gain cache_write_1h (1-hour prompt-cache writes); a version 1 file is migrated in place
 
+CHECK_AFTER_START = frozenset({"cost"})
+"""Tables that serving does not read (the snapshot reads ``cost_recent``): after an unclean stop they are checked
+with the whole file after start, not before (``exporter.cachefile``)."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cost (
@@ -23,6 +27,19 @@ CREATE TABLE IF NOT EXISTS cost (
 CREATE INDEX IF NOT EXISTS cost_source_day ON cost (source, day);
 -- covers the snapshot's aggregation: rows come out grouped by series, no sort (8x faster at 100k series)
 CREATE INDEX IF NOT EXISTS cost_series ON cost (source, provider, account_id, service_name, team, model, day, cost_usd);
+-- the recent days of cost (from meta.recent_from on), a copy the store keeps equal to cost's: the snapshot reads
+-- these, so that its build reads as many rows with 400 days held as with 70 (docs/performance.md, "History")
+CREATE TABLE IF NOT EXISTS cost_recent (
+    source TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
+    service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL, cost_usd REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cost_recent_day ON cost_recent (source, day);
+CREATE INDEX IF NOT EXISTS cost_recent_series
+    ON cost_recent (source, provider, account_id, service_name, team, model, day, cost_usd);
+-- each source's history (exporter.history): every day from fetched_from on has been fetched; the last try's error
+CREATE TABLE IF NOT EXISTS history (
+    source TEXT PRIMARY KEY, fetched_from TEXT, last_attempt REAL, last_error TEXT
+);
 CREATE TABLE IF NOT EXISTS usage (
     source TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
     service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL,
@@ -132,6 +149,8 @@ def create_tables(conn: sqlite3.Connection) -> None:
     conn.executescript(_SCHEMA)
     if not had_series_index:
         _merge_cost_duplicates(conn)
+    if conn.execute("SELECT 1 FROM meta WHERE key='recent_from'").fetchone() is None:
+        _fill_cost_recent(conn)
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     if row is None:
         conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -159,6 +178,19 @@ def _migrate(conn: sqlite3.Connection) -> None:
     try:
         for table, name, ddl in missing:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _fill_cost_recent(conn: sqlite3.Connection) -> None:
+    """A cache written before cost_recent: copy its cost rows once (all of them; the next prune trims the copy)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM cost_recent")
+        conn.execute("INSERT INTO cost_recent SELECT * FROM cost")
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('recent_from', '')")
     except BaseException:
         conn.execute("ROLLBACK")
         raise

@@ -542,15 +542,8 @@ def cmd_backfill(config: Config, args: argparse.Namespace, now: Callable[[], dt.
             )
             for h in held:
                 print(h.describe())
-            plan = history_fetch_plan(config, store, first - dt.timedelta(days=28), last)
-            if plan is None:
-                print(
-                    "history fetch: no planner in this build (exporter.backfill.history_fetch_plan); "
-                    "API calls and dollars not estimated; the backfill itself makes no API call"
-                )
-            else:
-                for line in plan:
-                    print(line)
+            for line in history_fetch_plan(config, store, first - dt.timedelta(days=28), last):
+                print(line)
             return 0
         if any(h.missing for h in held):
             for h in held:

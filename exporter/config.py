@@ -93,6 +93,9 @@ class Config(ConfigModel):
     currency_rates: dict[Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")], Annotated[float, Field(gt=0)]] = {}
     attribution: Attribution = Attribution()
     max_series_per_source: Annotated[int, Field(ge=1)] = 5000
+    history_days: Annotated[int, Field(ge=70, le=1200)] = 400
+    """Days the cache keeps, and how far back a source's history is fetched (as far as its API allows); at least
+    70: the baselines, the previous month and the forecast need them."""
     sources: list[SourceConfig] = []
     budgets: list[Budget] = []
     pricing: dict[

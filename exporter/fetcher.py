@@ -59,6 +59,7 @@ class SourceFetcher:
         self._burn_ctx: ProviderContext | None = None
         self._burn_provider: Provider | None = None
         self.cap_reached_until: float | None = None  # unix time: no paid call before it
+        self._reserve = 0.0  # dollars of today's cap the running fetch (the history's) must leave unspent
 
     def context(self) -> ProviderContext:
         if self._ctx is None:
@@ -94,6 +95,14 @@ class SourceFetcher:
             return
         now = self._now()
         spent = self._store.api_cost_on(src.name, now.date())
+        reserve = self._reserve
+        if reserve > 0 and cap + 1e-9 >= spent + cost > cap - reserve + 1e-9:
+            # the history stops here; the day's refreshes may still spend what it left
+            msg = (
+                f"paid-call cap: ${spent:.2f} of max_api_cost_usd_per_day ${cap:.2f} spent today, "
+                f"${reserve:.2f} kept for today's refreshes"
+            )
+            raise PaidCallCapReached(msg)
         if spent + cost > cap + 1e-9:
             until = next_midnight(now)
             self.cap_reached_until = until.timestamp()
@@ -126,15 +135,21 @@ class SourceFetcher:
             self._provider = p
         return p
 
-    def fetch(self, window: FetchWindow) -> FetchResult:
-        """Run the provider's fetch in its own thread, so that a hung API cannot outlive the timeout."""
+    def fetch(self, window: FetchWindow, reserve: float = 0.0) -> FetchResult:
+        """Run the provider's fetch in its own thread, so that a hung API cannot outlive the timeout.
+
+        ``reserve``: dollars of today's paid-call cap this fetch must leave (the history's, for the refreshes);
+        reaching it raises ``PaidCallCapReached`` without holding back the refreshes."""
         src = self.src
         self.context().set_deadline(time.monotonic() + src.timeout)
+        self._reserve = reserve
         try:
             result = _in_thread(f"fetch-{src.name}", lambda: self._get_provider().fetch(window), src.timeout)
         except TimeoutError:
             self._provider = None  # the thread is abandoned; the next refresh gets fresh clients
             raise TimeoutError(f"refresh timed out after {src.timeout:g}s") from None
+        finally:
+            self._reserve = 0.0
         if not isinstance(result, FetchResult):
             raise SourceError(f"provider returned {type(result).__name__}, not a FetchResult")
         return result

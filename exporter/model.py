@@ -125,6 +125,8 @@ class FetchWindow:
     start: dt.date
     end: dt.date
     now: dt.datetime
+    history: bool = False
+    """A chunk of the history (``exporter.history``): the days only, no forecast and no hourly buckets."""
 
     def days(self) -> list[dt.date]:
         n = (self.end - self.start).days + 1

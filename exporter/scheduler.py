@@ -56,6 +56,19 @@ class BurnRefresher(Protocol):
         ...
 
 
+@runtime_checkable
+class HistoryRefresher(Protocol):
+    """A refresher with a history to fetch once per source (``exporter.history``)."""
+
+    def history_due(self, name: str) -> bool:
+        """The source's history does not reach back as far as it should yet."""
+        ...
+
+    def refresh_history(self, name: str) -> object:
+        """Fetch what the source's history still needs; logs and records its own failures."""
+        ...
+
+
 class Scheduler:
     """Runs ``refresher.refresh(source)`` for each source when it is due, and ``refresh_burn`` likewise.
 
@@ -66,6 +79,7 @@ class Scheduler:
     def __init__(self, refresher: Refresher, now: Callable[[], dt.datetime] = utc_now) -> None:
         self.refresher = refresher
         self.burn: BurnRefresher | None = refresher if isinstance(refresher, BurnRefresher) else None
+        self.history: HistoryRefresher | None = refresher if isinstance(refresher, HistoryRefresher) else None
         self.now = now
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -77,6 +91,19 @@ class Scheduler:
         for name in self.refresher.source_names():
             if self.refresher.due_at(name) <= self.now().timestamp():
                 self.refresher.refresh(name)
+                ran.append(name)
+        return ran
+
+    def run_pending_history(self) -> list[str]:
+        """Fetch every source's history that is due, one after another; returns their names. For tests.
+
+        The workers do it right after a source's refresh, in the same thread (one fetch of a source at a time).
+        """
+        ran = []
+        hist = self.history
+        for name in self.refresher.source_names():
+            if hist is not None and hist.history_due(name):
+                hist.refresh_history(name)
                 ran.append(name)
         return ran
 
@@ -127,6 +154,8 @@ class Scheduler:
                     wake.clear()
                     continue
                 self.refresher.refresh(name)
+                if self.history is not None and self.history.history_due(name):
+                    self.history.refresh_history(name)  # once, after the first refresh; resumed after a later one
                 release_freed_memory()  # a refresh frees a few hundred thousand objects: keep the RSS level
             except Exception:  # the worker must survive anything; the refresher already logs
                 log.exception("refresh worker for %s failed; retrying in 60s", name)

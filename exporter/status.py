@@ -46,6 +46,8 @@ def status_report(app: App) -> dict[str, Any]:
                 "month_to_date_usd": round(snap.mtd_by_source.get(src.name, 0.0), 2),
             }
         )
+        hist = app.history_status(src.name)
+        sources[-1]["history"] = {**hist, "last_attempt": _iso(hist["last_attempt"])}
         burn = app.burn_status(src.name)
         if burn is not None:
             sources[-1]["burn"] = burn

@@ -14,6 +14,7 @@ from exporter.model import FetchWindow
 from exporter.store import SourceState
 
 BACKOFF_BASE = 30.0  # first retry after a failure, doubled each time
+COLD_DAYS = 35  # a cold refresh's days besides the previous month (baselines 28 + 7); the history, the rest
 
 
 class Timing(Protocol):
@@ -25,8 +26,6 @@ class Timing(Protocol):
     def jitter(self) -> float: ...
     @property
     def backoff_max(self) -> float: ...
-    @property
-    def history_days(self) -> int: ...
     @property
     def restatement_days(self) -> int: ...
 
@@ -42,14 +41,15 @@ def next_midnight(now: dt.datetime) -> dt.datetime:
 def fetch_window(src: Timing, state: SourceState, now: dt.datetime, cold: bool) -> FetchWindow:
     """The days one refresh fetches.
 
-    Cold cache: the previous month and ``history_days`` back, whichever is
-    earlier, so baselines and the previous month have data. Warm: from
+    Cold cache: the previous month and ``COLD_DAYS`` back, whichever is
+    earlier, so baselines and the previous month have data (the older days
+    are the history's: ``exporter.history``). Warm: from
     ``restatement_days`` before the last day fetched, so every day still open
     to restatement is fetched again and older days, final, never are.
     """
     today = now.date()
     prev_month_start = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
-    cold_start = min(prev_month_start, today - dt.timedelta(days=src.history_days))
+    cold_start = min(prev_month_start, today - dt.timedelta(days=COLD_DAYS))
     if cold or state.fetched_through is None or state.fetched_through > today:
         # fetched "after" today: the clock went back (across a month end, the previous month may be missing)
         start = cold_start

@@ -318,7 +318,7 @@ def test_dry_run_prints_the_range_the_cache_and_the_fetch_hook(
     assert "backfill 2026-09-01T00:00:00Z to 2026-11-20T12:00:00Z" in out
     assert "source focus: the cache holds 2026-09-15..2026-11-19" in out
     assert "2026-08-31..2026-09-14" in out  # what the range lacks
-    assert "history fetch:" in out
+    assert "history fetch, source focus" in out  # exporter.history.plan_history, calling nothing
     got = re.search(r"about (\d+) series .*, ([\d,]+) samples, ([\d,]+) MB", out)
     assert got, out
     series, samples, size = (int(g.replace(",", "")) for g in got.groups())

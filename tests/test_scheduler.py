@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import math
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,31 @@ def test_cold_cache_fetches_history_for_baselines(tmp_path: Path, clock: Any, fo
     assert (first, last) == ("2025-02-01", "2025-03-15")
     assert value(app, "spend_cost_previous_month_usd") == pytest.approx(28 * 10.0)
     assert value(app, "spend_cost_daily_baseline_usd") == pytest.approx(10.0)
+
+
+def test_the_history_comes_after_the_first_refresh_in_the_worker(
+    tmp_path: Path, clock: Any, focus: Any, app_factory: Any
+) -> None:
+    """``run``'s worker fetches the history right after the refresh, once, in queries of 62 days, to the cent."""
+    write_days(focus, tmp_path / "focus" / "a.csv", dt.date(2024, 6, 1), clock().date(), cost=lambda d: d.day + 0.01)
+    app, scheduler = app_factory(config(tmp_path, focus_source(tmp_path), history_days=200))
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not app.history_status("focus")["complete"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        scheduler.stop()
+    first = clock().date() - dt.timedelta(days=200)
+    held = dict(app.store.query("SELECT day, ROUND(SUM(cost_usd), 2) FROM cost GROUP BY day"))
+    want = {}
+    d = first
+    while d <= clock().date():
+        want[d.isoformat()] = d.day + 0.01
+        d += DAY
+    assert held == want
+    assert not app.history_due("focus")
+    assert scheduler.run_pending_history() == []
 
 
 # --------------------------------------------------------------------------- failures

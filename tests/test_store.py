@@ -467,3 +467,39 @@ def test_a_damaged_file_found_by_a_snapshot_read_is_recovered(tmp_path: Path) ->
         assert list(tmp_path.glob("c.sqlite.corrupt-*"))
     finally:
         store.close()
+
+
+def test_after_an_unclean_stop_the_history_is_checked_after_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The tables serving reads are checked before the start; the cost table, with its history, after it."""
+    path = tmp_path / "c.sqlite"
+    Store(path).close()
+    con = sqlite3.connect(path)
+    (roots,) = con.execute("SELECT MAX(rootpage) FROM sqlite_master").fetchone()
+    rows = [
+        ("s", (D(2024, 2, 1) + i * DAY).isoformat(), "aws", "111", f"svc-{j}", "t", "", 1.0)
+        for i in range(400)
+        for j in range(10)
+    ]
+    con.executemany("INSERT INTO cost VALUES (?,?,?,?,?,?,?,?)", rows)  # only cost grows beyond its root pages
+    con.execute("UPDATE meta SET value='0' WHERE key='closed_cleanly'")  # as a kill -9 leaves it
+    con.commit()
+    con.close()
+    data = bytearray(path.read_bytes())
+    data[roots * 4096 :] = b"\xa5" * (len(data) - roots * 4096)
+    path.write_bytes(bytes(data))
+
+    caplog.set_level(logging.INFO)
+    store = Store(path)  # the served tables are whole: it opens the file, and serves from it
+    reset = threading.Event()
+    store.on_reset.append(reset.set)
+    try:
+        assert any("the tables it serves checked ok" in r.getMessage() for r in caplog.records)
+        assert not list(tmp_path.glob("c.sqlite.corrupt-*"))
+        store.query("SELECT COUNT(*) FROM cost")  # either this read or the check after start finds the damage
+        assert reset.wait(30)
+        assert list(tmp_path.glob("c.sqlite.corrupt-*"))
+        assert store.query("SELECT COUNT(*) FROM cost") == [(0,)]
+    finally:
+        store.close()

@@ -299,7 +299,8 @@ class AnthropicProvider:
             },
         )
         self._usage(raw, starting, ending, "1d", USAGE_DAILY_PAGE_LIMIT)
-        self._usage(raw, rfc3339(through - dt.timedelta(hours=HOURLY_HOURS)), rfc3339(through), "1h", HOURLY_HOURS)
+        if not window.history:  # days only: the hourly buckets are the refresh's
+            self._usage(raw, rfc3339(through - dt.timedelta(hours=HOURLY_HOURS)), rfc3339(through), "1h", HOURLY_HOURS)
         return self.parse(window, raw)
 
     def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
@@ -349,7 +350,7 @@ class AnthropicProvider:
             days=window.days(),
             costs=costs,
             usage=usage,
-            hourly=hourly_records,
+            hourly=None if window.history else hourly_records,
             accounts=accounts,
             data_through=min(newest, through) if newest is not None else None,
             raw=raw,

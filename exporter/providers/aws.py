@@ -304,7 +304,7 @@ class AwsProvider:
                     [{"Type": "DIMENSION", "Key": "USAGE_TYPE"}, tag],
                     self._filter(acct_filter, only_bedrock),
                 )
-        if self.cfg.forecast:
+        if self.cfg.forecast and not window.history:
             self._forecasts(ce, window, targets, raw)
         return self.parse(window, raw)
 
@@ -340,7 +340,7 @@ class AwsProvider:
                     newest = day if newest is None or day > newest else newest
 
         costs = cost_records(PROVIDER, totals, "USD")
-        forecasts = self._parse_forecasts(window, targets, raw) if self.cfg.forecast else None
+        forecasts = self._parse_forecasts(window, targets, raw) if self.cfg.forecast and not window.history else None
         data_through = min(utc_midnight(newest, 1), window.now) if newest is not None else None
         return FetchResult(
             days=days,

@@ -373,7 +373,7 @@ class AzureProvider:
                 name = self._subscription_name(subscription, window.now)
                 if name:
                     names[scope_account(scope)] = name
-            if self.cfg.forecast:
+            if self.cfg.forecast and not window.history:
                 self._forecast(raw, scope, window)
         # a subscription's name may come from an earlier refresh (no call this time): parse must know it
         raw.context = {"names": names}
@@ -406,13 +406,13 @@ class AzureProvider:
                     if window.start <= day <= window.end:
                         totals[(day, account, service, team, openai_model(meter), currency)] += amount
                         newest = day if newest is None or day > newest else newest
-            if self.cfg.forecast:
+            if self.cfg.forecast and not window.history:
                 forecast = self._forecast_total(raw, scope, window)
                 if forecast is not None:
                     forecasts[account].append(forecast)
 
         provider_forecasts = None
-        if self.cfg.forecast:
+        if self.cfg.forecast and not window.history:
             provider_forecasts = []
             for account, parts in sorted(forecasts.items()):
                 currencies = {c for _, c in parts if c}

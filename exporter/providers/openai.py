@@ -264,7 +264,8 @@ class OpenAIProvider:
         self._costs(raw, start, end)
         for endpoint in dict.fromkeys(self.cfg.usage_endpoints):
             self._usage(raw, endpoint, start, end, "1d", USAGE_DAILY_PAGE_LIMIT)
-            self._usage(raw, endpoint, h_end - HOURLY_HOURS * 3600, h_end, "1h", HOURLY_HOURS)
+            if not window.history:  # days only: the hourly buckets are the refresh's
+                self._usage(raw, endpoint, h_end - HOURLY_HOURS * 3600, h_end, "1h", HOURLY_HOURS)
         return self.parse(window, raw)
 
     def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
@@ -354,7 +355,7 @@ class OpenAIProvider:
             days=window.days(),
             costs=costs,
             usage=usage,
-            hourly=hourly_records,
+            hourly=None if window.history else hourly_records,
             accounts=accounts,
             data_through=dt.datetime.fromtimestamp(min(newest, through), UTC) if newest else None,
             raw=raw,

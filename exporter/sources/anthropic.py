@@ -21,4 +21,6 @@ SPEC = SourceSpec(
     api="Anthropic Admin API",
     extra="anthropic",
     docs="docs/providers/anthropic.md",
+    # no documented limit on starting_at; a page holds 31 daily buckets
+    query_days=93,
 )

@@ -26,6 +26,10 @@ class AwsSource(ThrottleRetry):
     bedrock_models: bool = True
     """One more query per account breaks Amazon Bedrock down by usage type to fill ``model``."""
 
+    def history_requests_per_query(self) -> int:
+        # GetCostAndUsage per account (one at least), GetDimensionValues first when grouping by account
+        return 2 if self.group_by_account else 1
+
 
 SPEC = SourceSpec(
     AwsSource,
@@ -34,4 +38,9 @@ SPEC = SourceSpec(
     api="AWS Cost Explorer",
     extra="aws",
     docs="docs/providers/aws.md",
+    # GetCostAndUsage serves the current month and the 13 before it at daily granularity (the multi-year
+    # opt-in is monthly only); $0.01 a request, each page a request
+    reach_months=13,
+    query_days=92,
+    request_usd=0.01,
 )

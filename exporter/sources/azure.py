@@ -35,4 +35,7 @@ SPEC = SourceSpec(
     api="Azure Cost Management",
     extra="azure",
     docs="docs/providers/azure.md",
+    # Query - Usage: a daily query spans 31 days at most (a longer one is cut short, not refused); 37 months back
+    reach_months=37,
+    query_days=31,
 )

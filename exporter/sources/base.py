@@ -38,7 +38,7 @@ Retention = Annotated[
 
 class SourceBase(ConfigModel):
     FETCH_NEUTRAL: ClassVar[frozenset[str]] = frozenset(
-        {"interval", "jitter", "timeout", "backoff_max", "max_api_cost_usd_per_day", "raw_retention"}
+        {"interval", "jitter", "timeout", "backoff_max", "max_api_cost_usd_per_day", "raw_retention", "history_days"}
     )
     """Keys that change when or how patiently a source is fetched, not what: changing one keeps the cache."""
     RAW_PAGES: ClassVar[bool] = False
@@ -52,8 +52,9 @@ class SourceBase(ConfigModel):
     restatement_days: Annotated[int, Field(ge=0, le=60)] = 3
     max_api_cost_usd_per_day: Annotated[float, Field(ge=0)] | None = None
     backoff_max: Duration = 3600.0
-    history_days: Annotated[int, Field(ge=1, le=400)] = 35
-    """Days fetched on a cold cache besides the previous month (for baselines)."""
+    history_days: Annotated[int, Field(ge=1, le=1200)] | None = None
+    """How far back this source's history is fetched (default: the top-level ``history_days``); the cache keeps
+    the top-level figure. Changing it keeps the cache: a longer reach fetches only the days missing."""
     raw_retention: Retention = 0.0
     """How long every raw API page a refresh receives is kept in the cache (docs/audit.md); 0: none is."""
     type: str
@@ -66,6 +67,14 @@ class SourceBase(ConfigModel):
             tag = typing.get_args(cls.model_fields["type"].annotation) or (cls.__name__,)
             raise ValueError(f"source type {tag[0]} does not keep raw pages yet: set it to 0 or remove it")
         return v
+
+    def history_requests_per_query(self) -> int:
+        """API requests one history query makes at least (its first page of each listing), for the dry-run plan."""
+        return 1
+
+    def history_request_usd(self, listed: float | None) -> float | None:
+        """What one request costs, from the type's ``SourceSpec.request_usd`` (None: billed by data scanned)."""
+        return listed
 
 
 class RetrySettings(NamedTuple):
@@ -112,6 +121,16 @@ class SourceSpec:
     """The pip extra that installs its SDK ("" if none)."""
     docs: str
     """The page that documents it, from the repository's root."""
+    reach_months: int | None = None
+    """How far back the API serves daily data: from the first of the month this many months before the current
+    one (Cost Explorer: 13). None: no such limit (``reach_days``, or as far as the data goes)."""
+    reach_days: int | None = None
+    """How far back the API serves daily data, in days before today. None: no such limit."""
+    query_days: int | None = None
+    """Days one history query asks for at most (the API's cap on a query's span, or a size that pages well);
+    None: the whole history in one query (files read whole)."""
+    request_usd: float | None = 0.0
+    """What one API request costs; None: billed by data scanned, known only once a query is planned by the API."""
     type: str = field(init=False)
     """The ``type`` key's value, read from the model's ``Literal``."""
 

@@ -54,6 +54,9 @@ class FocusSource(ThrottleRetry):
             raise ValueError("raw_retention: not kept with engine athena yet (engine duckdb keeps the files' hashes)")
         return self
 
+    def history_request_usd(self, listed: float | None) -> float | None:
+        return None if self.engine == "athena" else listed  # Athena bills the data each query scans
+
 
 SPEC = SourceSpec(
     FocusSource,
@@ -62,4 +65,7 @@ SPEC = SourceSpec(
     api="FinOps FOCUS files",
     extra="",
     docs="docs/configuration.md",
+    # whatever the files (or the Athena table) hold; 62 days a query, a cold refresh's span, so that the history
+    # never holds more in memory than a first refresh does (each query reads the files again)
+    query_days=62,
 )

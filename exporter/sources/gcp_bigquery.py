@@ -44,4 +44,7 @@ SPEC = SourceSpec(
     api="GCP BigQuery billing export",
     extra="gcp",
     docs="docs/providers/gcp_bigquery.md",
+    # as far back as the export table holds (from the day the export was turned on); billed by bytes scanned
+    query_days=92,
+    request_usd=None,
 )

@@ -41,4 +41,7 @@ SPEC = SourceSpec(
     api="OCI Usage API",
     extra="oci",
     docs="docs/providers/oci.md",
+    # the Usage API's cost data: one year back; a daily query of more than about 90 days is refused
+    reach_days=365,
+    query_days=90,
 )

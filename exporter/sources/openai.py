@@ -24,4 +24,6 @@ SPEC = SourceSpec(
     api="OpenAI Admin API",
     extra="openai",
     docs="docs/providers/openai.md",
+    # no documented limit on start_time; a page holds 180 daily cost buckets, 31 usage buckets
+    query_days=90,
 )

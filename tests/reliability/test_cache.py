@@ -63,10 +63,10 @@ import sys, threading
 from exporter import store
 replace, put_state = store.Store.replace, store.Store._put_state
 inside = threading.local()
-def held_replace(self, source, rep, state):
+def held_replace(self, source, rep, state, **kw):
     inside.on = True
     try:
-        return replace(self, source, rep, state)
+        return replace(self, source, rep, state, **kw)
     finally:
         inside.on = False
 def held_put_state(c, s):
