@@ -242,9 +242,13 @@ class App:
         return self._fetchers[name].cap_reached()
 
     # -- refreshing ------------------------------------------------------------------------
-    def refresh_all(self) -> list[RefreshOutcome]:
-        """Refresh every source once, now, whatever its schedule (``once``, ``check``, tests)."""
-        return [self.refresh(s.name) for s in self.config.sources]
+    def refresh_all(self, history: bool = False) -> list[RefreshOutcome]:
+        """Refresh every source once, now, whatever its schedule (``once``, ``check``, tests); ``history``: then
+        fetch each refreshed source's history still owed (``once``; ``run``'s workers do it after a refresh)."""
+        out = [self.refresh(s.name) for s in self.config.sources]
+        if history:
+            out += [self.refresh_history(o.source) for o in out if o.ok and self.history_due(o.source)]
+        return out
 
     def refresh(self, name: str) -> RefreshOutcome:
         src = self._sources[name]

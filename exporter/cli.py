@@ -306,7 +306,7 @@ def cmd_check(config: Config) -> int:
 def cmd_once(config: Config, output: str | None) -> int:
     app, _ = _build(config, one_shot=True)
     try:
-        outcomes = app.refresh_all()
+        outcomes = app.refresh_all(history=True)  # the history still owed too, as `run` fetches it
         # the textfile carries the burn rate too: one burn fetch per AI source (``check`` has none: its
         # hourly usage call already proves the same endpoint and key)
         outcomes += [app.refresh_burn(name) for name in app.burn_sources()]

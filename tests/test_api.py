@@ -152,7 +152,7 @@ class Focus:
             }
         )
         self.app: App = build_app(cfg, now=lambda: self.clock)
-        assert all(o.ok for o in self.app.refresh_all())
+        assert all(o.ok for o in self.app.refresh_all(history=True))
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +246,7 @@ def test_aws_cost_explorer_sums_per_day_and_month(tmp_path: Path, monkeypatch: p
         )
         app = build_app(cfg, now=lambda: FIXED_NOW)
         try:
-            assert all(o.ok for o in app.refresh_all())
+            assert all(o.ok for o in app.refresh_all(history=True))
             with running(app) as s:
                 keys = ("provider", "team", "service_name")
                 body = spend(s, f"from={first}&to={TODAY}&group_by={','.join(keys)}")

@@ -89,7 +89,7 @@ def app_on(tmp: Path, focus: Any, data: list[dict[str, Any]], now: dt.datetime) 
         "budgets": [{"name": "all", "amount_usd": 2000}, {"name": "team-b", "amount_usd": 300, "team": "b"}],
     }
     app = build_app(parse_config(raw), now=lambda: now)
-    assert all(o.ok for o in app.refresh_all())
+    assert all(o.ok for o in app.refresh_all(history=True))
     return app
 
 
@@ -382,7 +382,7 @@ def openai_app(tmp: Path, dataset: Any, now: dt.datetime) -> tuple[App, Any]:
     source = {"name": "oai", "type": "openai", "admin_key_env": OPENAI_ENV, "base_url": emu.url + "/v1"}
     raw = {"cache_path": str(tmp / "cache.sqlite"), "sources": [{**source, "history_days": 40, "jitter": 0}]}
     app = App(parse_config(raw), now=lambda: now)
-    assert all(o.ok for o in app.refresh_all())
+    assert all(o.ok for o in app.refresh_all(history=True))
     return app, emu
 
 
