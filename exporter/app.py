@@ -157,11 +157,13 @@ class App:
         self._snapshot_key = warmstart.snapshot_key(config, self.prices.version)
         self.snapshot_restored = False  # serving the snapshot saved before the restart
         self.snapshot_stale = False  # ... and it is from an earlier hour: rebuild_snapshot() soon
+        # the burn rate's scale (price ratios) before a build: loaded at the first burn refresh, not at start
+        # (pricing the ratios loads the price table: 1-2 s that a restart on the saved snapshot need not wait)
+        self._ratios_pending = True
         restored = warmstart.load(self.store, self._snapshot_key, self.now(), stale_ok)
         if restored is not None:
             self._snapshot: Snapshot = restored[0]
             self.snapshot_restored, self.snapshot_stale = True, not restored[1]
-            self.builder.load_price_ratios(self.now(), self._sources)  # the burn rate's scale before a build
         else:
             self._snapshot = self.rebuild_snapshot()
         # POST /-/guard/alertmanager: an action's result republishes the snapshot (spend_guard_* families)
@@ -198,6 +200,7 @@ class App:
             generation = self.store.generation()
             snap = self.builder.build(now, self._sources)
             self._snapshot = snap
+            self._ratios_pending = False  # the build set them
             self.snapshot_restored = self.snapshot_stale = False
             try:
                 if consistent and save:
@@ -205,6 +208,13 @@ class App:
             except Exception:
                 log.warning("could not save the snapshot in the cache", exc_info=True)
             return snap
+
+    def load_price_ratios(self) -> None:
+        """The price ratios the burn rate is scaled by, as a build would set them, when no build has yet (a start
+        on the saved snapshot); the first burn refresh calls it."""
+        if self._ratios_pending:
+            self.builder.load_price_ratios(self.now(), self._sources)
+            self._ratios_pending = False
 
     def rebuild_stale_snapshot(self) -> None:
         """Replace a snapshot restored from an earlier hour (``run`` calls it in a thread at start)."""
@@ -565,6 +575,7 @@ class App:
         assert isinstance(src, AdminApiSource)
         st = self._burn[name]
         with st.lock:
+            self.load_price_ratios()
             now = self.now()
             started = time.monotonic()
             out: RefreshOutcome

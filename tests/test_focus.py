@@ -702,9 +702,11 @@ def test_one_hour_cache_writes_from_focus_are_kept_apart(tmp_path: Path, focus: 
     assert ratio == {"claude-sonnet-4-20250514": 1.0}  # both at 3.75 would read 9.75 / 7.50 = 1.3
     assert app.builder.price_ratio("anthropic", "wrkspc_x", "claude-sonnet-4-20250514") == 1.0
     app.close()
-    # a restart on the saved snapshot knows the ratio before any build (the burn rate is scaled by it)
+    # a restart on the saved snapshot loads the ratio when the burn rate first needs it, before any build
     again, _ = engine()
     assert again.snapshot_restored
+    assert again.builder.price_ratio("anthropic", "wrkspc_x", "claude-sonnet-4-20250514") is None  # not at start
+    again.load_price_ratios()  # what refresh_burn does first
     assert again.builder.price_ratio("anthropic", "wrkspc_x", "claude-sonnet-4-20250514") == 1.0
 
 
