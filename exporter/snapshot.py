@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter import __version__
+from exporter.allocation import Allocated, allocate, allocation_fragments
 from exporter.budgets import BudgetFigure, SeriesCost, budget_figures, budget_fragments
 from exporter.cardinality import Rows, cost_weight, fold
 from exporter.config import Config
@@ -39,6 +40,7 @@ from exporter.forecast import (
     remaining_days,
 )
 from exporter.metrics import (
+    ALLOCATION_FAMILIES,
     CACHED,
     COST_LABELS,
     EXPORTER_FAMILIES,
@@ -124,6 +126,7 @@ class SnapshotBuilder:
         self._views: dict[str, tuple[dt.date, SourceView]] = {}
         self._lock = threading.Lock()
         self._unpriced_logged: set[tuple[str, str]] = set()
+        self._empty_pools_logged: set[str] = set()
         self._truncated: dict[str, int] = {}
         self._burn: dict[str, tuple[dict[str, bytes], int]] = {}  # source → burn fragments, series folded
         apis = sorted({m[1] for m in source_meta.values()})
@@ -185,6 +188,7 @@ class SnapshotBuilder:
                 labels=labels,  # type: ignore[arg-type]
                 mtd=vals.get("spend_cost_month_to_date_usd", 0.0),
                 forecast=vals.get("spend_cost_forecast_month_end_usd"),
+                previous=vals.get("spend_cost_previous_month_usd"),
             )
             for labels, vals in cost_rows
         ]
@@ -391,7 +395,16 @@ class SnapshotBuilder:
                     fam.fragments.append(frag)
                     n_series += frag.count(b"\n")
             families.append(fam)
-        budgets = budget_figures(self.config.budgets, [s for v in views.values() for s in v.series])
+        all_series = [s for v in views.values() for s in v.series]
+        allocated = self._allocated(all_series)
+        if allocated is None:
+            budgets = budget_figures(self.config.budgets, all_series)
+        else:
+            budgets = budget_figures(self.config.budgets, all_series, allocated.pooled, allocated.shares_by_team())
+            frags = allocation_fragments(allocated)
+            for name, mtype, help_, _labels in ALLOCATION_FAMILIES:
+                families.append(Family(name, mtype, f"{help_} {self._cached_note}", [frags[name]]))
+                n_series += frags[name].count(b"\n")
         budget_frags = budget_fragments(budgets)
         for fam in families:
             if fam.name in budget_frags:
@@ -421,6 +434,21 @@ class SnapshotBuilder:
             mtd_by_source={s: views[s].mtd_usd for s in names},
             _families=families,
         )
+
+    def _allocated(self, series: list[SeriesCost]) -> Allocated | None:
+        """The shared-cost pools split over ``series`` (None without pools); a pool that matches no series is
+        logged once (its shares read 0)."""
+        pools = self.config.allocation.shared
+        if not pools:
+            return None
+        allocated = allocate(pools, series)
+        for name in allocated.empty:
+            if name not in self._empty_pools_logged:
+                self._empty_pools_logged.add(name)
+                log.warning(
+                    "allocation.shared pool %r matches no cost line item: its shares are 0 (check its match)", name
+                )
+        return allocated
 
     def _guard_fragments(self) -> tuple[bytes, bytes]:
         """The ``spend_guard_*`` families from the guard's record in the cache. Every configured rule has every
