@@ -396,7 +396,7 @@ class SnapshotBuilder:
                     n_series += frag.count(b"\n")
             families.append(fam)
         all_series = [s for v in views.values() for s in v.series]
-        allocated = self._allocated(all_series)
+        allocated = self._allocated(all_series, names)
         if allocated is None:
             budgets = budget_figures(self.config.budgets, all_series)
         else:
@@ -435,18 +435,22 @@ class SnapshotBuilder:
             _families=families,
         )
 
-    def _allocated(self, series: list[SeriesCost]) -> Allocated | None:
-        """The shared-cost pools split over ``series`` (None without pools); a pool that matches no series is
-        logged once (its shares read 0)."""
+    def _allocated(self, series: list[SeriesCost], sources: list[str]) -> Allocated | None:
+        """The shared-cost pools split over ``series`` (None without pools). A pool that takes no series is logged
+        once (its shares read 0), once every source has refreshed: before, its line items may be yet to come."""
         pools = self.config.allocation.shared
         if not pools:
             return None
         allocated = allocate(pools, series)
+        if not all(self.store.get_state(s).last_success for s in sources):
+            return allocated
         for name in allocated.empty:
             if name not in self._empty_pools_logged:
                 self._empty_pools_logged.add(name)
                 log.warning(
-                    "allocation.shared pool %r matches no cost line item: its shares are 0 (check its match)", name
+                    "allocation.shared pool %r takes no cost line item (none matches, or an earlier pool takes them): "
+                    "its shares are 0; check its match",
+                    name,
                 )
         return allocated
 
