@@ -269,9 +269,14 @@ def _describe(err: Any, data: Any) -> str:
 
 
 def _duplicates(data: dict[str, Any], errors: list[str]) -> None:
-    """Duplicate source and budget names, checked on the raw tree so that the error names its key."""
-    for key, what in (("sources", "source"), ("budgets", "budget")):
-        items = data.get(key)
+    """Duplicate source, budget and pool names, checked on the raw tree so that the error names its key."""
+    allocation = data.get("allocation")
+    shared = allocation.get("shared") if isinstance(allocation, dict) else None
+    for key, what, items in (
+        ("sources", "source", data.get("sources")),
+        ("budgets", "budget", data.get("budgets")),
+        ("allocation.shared", "pool", shared),
+    ):
         if not isinstance(items, list):
             continue
         seen: set[str] = set()
@@ -337,15 +342,11 @@ def known_teams(cfg: Config) -> set[str]:
 
 
 def allocation_errors(cfg: Config) -> list[str]:
-    """What ``allocation.shared`` needs of itself and the rest: unique names, weights for known receiving teams."""
+    """What ``allocation.shared`` needs of the rest: weights for known receiving teams, never the pool's own team."""
     out: list[str] = []
-    seen: set[str] = set()
     known = known_teams(cfg)
     for i, pool in enumerate(cfg.allocation.shared):
         where = f"allocation.shared[{i}]"
-        if pool.name in seen:
-            out.append(f"{where}.name: duplicate pool name {pool.name!r}")
-        seen.add(pool.name)
         own = set(pool.match.team or [])
         for t in pool.to_teams or []:
             if t in own:

@@ -114,6 +114,32 @@ FAMILIES: list[MetricSpec] = [
         "Account, project or subscription names; always 1.",
         ("provider", "account_id", "account_name"),
     ),
+    # shared-cost pools (allocation.shared, exporter.allocation): no samples without pools
+    MetricSpec(
+        "spend_cost_shared_month_to_date_usd",
+        "gauge",
+        "Each team's share in USD of each shared-cost pool this UTC month (allocation.shared); a pool's shares add "
+        "up to the pool to the cent. The pool's line items stay in spend_cost_month_to_date_usd under their own team.",
+        ("team", "pool"),
+    ),
+    MetricSpec(
+        "spend_cost_shared_previous_month_usd",
+        "gauge",
+        "Each team's share in USD of each shared-cost pool in the last complete UTC month.",
+        ("team", "pool"),
+    ),
+    MetricSpec(
+        "spend_cost_direct_month_to_date_usd",
+        "gauge",
+        "Each team's cost in USD this UTC month outside every shared-cost pool; plus its shares: its allocated total.",
+        ("team",),
+    ),
+    MetricSpec(
+        "spend_cost_direct_previous_month_usd",
+        "gauge",
+        "Each team's cost in USD in the last complete UTC month outside every shared-cost pool.",
+        ("team",),
+    ),
 ]
 
 EXPORTER_FAMILIES: list[MetricSpec] = [
@@ -207,35 +233,6 @@ GUARD_FAMILIES: list[MetricSpec] = [
 ]
 """Rendered when ``guard.rules`` are configured (``exporter.guard``)."""
 
-ALLOCATION_FAMILIES: list[MetricSpec] = [
-    MetricSpec(
-        "spend_cost_shared_month_to_date_usd",
-        "gauge",
-        "Each team's share in USD of each shared-cost pool this UTC month (allocation.shared); a pool's shares add "
-        "up to the pool to the cent. The pool's line items stay in spend_cost_month_to_date_usd under their own team.",
-        ("team", "pool"),
-    ),
-    MetricSpec(
-        "spend_cost_shared_previous_month_usd",
-        "gauge",
-        "Each team's share in USD of each shared-cost pool in the last complete UTC month.",
-        ("team", "pool"),
-    ),
-    MetricSpec(
-        "spend_cost_direct_month_to_date_usd",
-        "gauge",
-        "Each team's cost in USD this UTC month outside every shared-cost pool; plus its shares: its allocated total.",
-        ("team",),
-    ),
-    MetricSpec(
-        "spend_cost_direct_previous_month_usd",
-        "gauge",
-        "Each team's cost in USD in the last complete UTC month outside every shared-cost pool.",
-        ("team",),
-    ),
-]
-"""Rendered when ``allocation.shared`` pools are configured (``exporter.allocation``)."""
-
 GUARD_RESULTS = ("applied", "dry_run", "failed", "limited", "duplicate")
 
 
@@ -243,5 +240,5 @@ def describe_families() -> list[dict[str, Any]]:
     """Every family the exporter can emit (for docs tests)."""
     return [
         {"name": n, "type": t, "help": h, "labels": list(lab)}
-        for n, t, h, lab in FAMILIES + ALLOCATION_FAMILIES + EXPORTER_FAMILIES + GUARD_FAMILIES
+        for n, t, h, lab in FAMILIES + EXPORTER_FAMILIES + GUARD_FAMILIES
     ]

@@ -40,7 +40,6 @@ from exporter.forecast import (
     remaining_days,
 )
 from exporter.metrics import (
-    ALLOCATION_FAMILIES,
     CACHED,
     COST_LABELS,
     EXPORTER_FAMILIES,
@@ -401,10 +400,11 @@ class SnapshotBuilder:
             budgets = budget_figures(self.config.budgets, all_series)
         else:
             budgets = budget_figures(self.config.budgets, all_series, allocated.pooled, allocated.shares_by_team())
-            frags = allocation_fragments(allocated)
-            for name, mtype, help_, _labels in ALLOCATION_FAMILIES:
-                families.append(Family(name, mtype, f"{help_} {self._cached_note}", [frags[name]]))
-                n_series += frags[name].count(b"\n")
+            allocation_frags = allocation_fragments(allocated)
+            for fam in families:
+                if fam.name in allocation_frags:
+                    fam.fragments = [allocation_frags[fam.name]]
+                    n_series += allocation_frags[fam.name].count(b"\n")
         budget_frags = budget_fragments(budgets)
         for fam in families:
             if fam.name in budget_frags:
