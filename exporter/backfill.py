@@ -52,6 +52,10 @@ BACKFILLED = (
     "spend_budget_forecast_usd",
     "spend_budget_warning_ratio",
     "spend_account_info",
+    "spend_cost_shared_month_to_date_usd",
+    "spend_cost_shared_previous_month_usd",
+    "spend_cost_direct_month_to_date_usd",
+    "spend_cost_direct_previous_month_usd",
 )
 """Families written with history: what the exporter computes from the days in the cache."""
 

@@ -6,10 +6,10 @@ few, and cheap); ``/status`` shows the same ``BudgetFigure`` values that ``/metr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from exporter.config import Budget
+from exporter.config import Budget, BudgetMatch
 from exporter.exposition import render_samples, rounded
 from exporter.metrics import BUDGET_LABELS
 
@@ -28,6 +28,7 @@ class SeriesCost:
     labels: tuple[str, str, str, str, str]  # provider, account_id, service_name, team, model
     mtd: float
     forecast: float | None
+    previous: float | None = None  # the last complete month, where the series had cost then
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,17 @@ def budget_matches(b: Budget, labels: Sequence[str]) -> bool:
 
     ``match.team`` takes precedence over the budget's own ``team``.
     """
-    provider, account_id, service_name, team, model = labels
     m = b.match
+    if not match_holds(m, labels, teams=False):
+        return False
+    if m.team is not None:
+        return labels[3] in m.team
+    return not (b.team is not None and labels[3] != b.team)
+
+
+def match_holds(m: BudgetMatch, labels: Sequence[str], teams: bool = True) -> bool:
+    """Every key ``m`` gives holds of a series' cost labels (``teams``: ``m.team`` too); budgets and pools match so."""
+    provider, account_id, service_name, team, model = labels
     if m.provider is not None and provider not in m.provider:
         return False
     if m.account_id is not None and account_id not in m.account_id:
@@ -57,24 +67,41 @@ def budget_matches(b: Budget, labels: Sequence[str]) -> bool:
         return False
     if m.model is not None and model not in m.model:
         return False
-    if m.team is not None:
-        return team in m.team
-    return not (b.team is not None and team != b.team)
+    return not (teams and m.team is not None and team not in m.team)
 
 
-def budget_figures(budgets: Iterable[Budget], series: Sequence[SeriesCost]) -> list[BudgetFigure]:
+def budget_teams(b: Budget) -> list[str]:
+    """The teams a budget is restricted to (``match.team``, else its ``team``); empty: any team."""
+    return list(b.match.team) if b.match.team is not None else [b.team] if b.team is not None else []
+
+
+def budget_figures(
+    budgets: Iterable[Budget],
+    series: Sequence[SeriesCost],
+    pooled: Container[tuple[str, ...]] = frozenset(),
+    shares: Mapping[str, tuple[float, float]] | None = None,
+) -> list[BudgetFigure]:
     """Each budget's month-to-date and forecast: the sums over the series it matches.
 
-    A series without a forecast counts with its month-to-date.
+    A series without a forecast counts with its month-to-date. A budget with ``include_shared`` leaves out the
+    series in a shared-cost pool (``pooled``: their labels) and counts its teams' ``shares`` instead (team →
+    (month to date, forecast), from ``exporter.allocation``): the team's allocated spend.
     """
     figures = []
     for b in budgets:
         spent = 0.0
         forecast = 0.0
         for s in series:
+            if b.include_shared and s.labels in pooled:
+                continue
             if budget_matches(b, s.labels):
                 spent += s.mtd
                 forecast += s.forecast if s.forecast is not None else s.mtd
+        if b.include_shared and shares:
+            for team in budget_teams(b):
+                mtd_share, forecast_share = shares.get(team, (0.0, 0.0))
+                spent += mtd_share
+                forecast += forecast_share
         figures.append(BudgetFigure(b.name, b.team or "", b.amount_usd, spent, forecast, b.warning_ratio))
     return figures
 

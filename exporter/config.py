@@ -85,6 +85,38 @@ class Budget(ConfigModel):
     """Owning team; also restricts the budget to that team's spend unless ``match.team`` is set."""
     warning_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
     match: BudgetMatch = BudgetMatch()
+    include_shared: bool = False
+    """Count the team's shares of the shared-cost pools (``allocation.shared``) instead of its pooled line items."""
+
+    @model_validator(mode="after")
+    def _shared_needs_a_team(self) -> Budget:
+        if self.include_shared and self.team is None and self.match.team is None:
+            raise ValueError("include_shared needs team or match.team: shares belong to teams")
+        return self
+
+
+class SharedPool(ConfigModel):
+    """One pool of shared cost (``allocation.shared[]``), split across teams by ``exporter.allocation``."""
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    match: BudgetMatch
+    split: Literal["proportional", "even", "weights"] = "proportional"
+    weights: dict[NonEmptyStr, Annotated[float, Field(gt=0)]] | None = None
+    to_teams: list[NonEmptyStr] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SharedPool:
+        if not any(getattr(self.match, f) for f in ("provider", "account_id", "service_name", "team", "model")):
+            raise ValueError("match needs at least one of provider, account_id, service_name, team, model")
+        if self.split == "weights" and not self.weights:
+            raise ValueError("split: weights needs weights (team: number)")
+        if self.split != "weights" and self.weights is not None:
+            raise ValueError(f"weights is only for split: weights (this pool's split is {self.split})")
+        return self
+
+
+class Allocation(ConfigModel):
+    shared: list[SharedPool] = []
 
 
 class Config(ConfigModel):
@@ -104,6 +136,7 @@ class Config(ConfigModel):
     ] = {}
     """USD per 1M tokens by model and token type; overrides the genai-prices list prices (exporter/pricing.py)."""
     guard: GuardConfig = GuardConfig()
+    allocation: Allocation = Allocation()
 
     @field_validator("currency_rates")
     @classmethod
@@ -239,9 +272,14 @@ def _describe(err: Any, data: Any) -> str:
 
 
 def _duplicates(data: dict[str, Any], errors: list[str]) -> None:
-    """Duplicate source and budget names, checked on the raw tree so that the error names its key."""
-    for key, what in (("sources", "source"), ("budgets", "budget")):
-        items = data.get(key)
+    """Duplicate source, budget and pool names, checked on the raw tree so that the error names its key."""
+    allocation = data.get("allocation")
+    shared = allocation.get("shared") if isinstance(allocation, dict) else None
+    for key, what, items in (
+        ("sources", "source", data.get("sources")),
+        ("budgets", "budget", data.get("budgets")),
+        ("allocation.shared", "pool", shared),
+    ):
         if not isinstance(items, list):
             continue
         seen: set[str] = set()
@@ -295,6 +333,44 @@ def guard_errors(cfg: Config, env: dict[str, str]) -> list[str]:
     return out
 
 
+def known_teams(cfg: Config) -> set[str]:
+    """Teams the configuration names outside a pool's own keys: attribution rules, budgets, pools' ``to_teams``."""
+    teams = {r.team for r in cfg.attribution.rules}
+    for b in cfg.budgets:
+        teams.update([b.team] if b.team else [])
+        teams.update(b.match.team or [])
+    for p in cfg.allocation.shared:
+        teams.update(p.to_teams or [])
+    return teams
+
+
+def allocation_errors(cfg: Config) -> list[str]:
+    """What ``allocation.shared`` needs of the rest: weights for known receiving teams, never the pool's own team."""
+    out: list[str] = []
+    known = known_teams(cfg)
+    for i, pool in enumerate(cfg.allocation.shared):
+        where = f"allocation.shared[{i}]"
+        own = set(pool.match.team or [])
+        for t in pool.to_teams or []:
+            if t in own:
+                out.append(f"{where}.to_teams: {t!r} is the pool's own team (match.team): it never receives a share")
+        for t in pool.weights or {}:
+            if t in own:
+                out.append(f"{where}.weights.{t}: {t!r} is the pool's own team (match.team): it never receives a share")
+            elif pool.to_teams is not None and t not in pool.to_teams:
+                out.append(f"{where}.weights.{t}: unknown team {t!r}: not in to_teams {pool.to_teams}")
+            elif pool.to_teams is None and t not in known:
+                out.append(
+                    f"{where}.weights.{t}: unknown team {t!r}: list the receiving teams in to_teams, or name the "
+                    "team in attribution.rules or budgets"
+                )
+        if pool.weights and pool.to_teams is not None:
+            for t in pool.to_teams:
+                if t not in pool.weights and t not in own:
+                    out.append(f"{where}.weights: no weight for team {t!r} of to_teams")
+    return out
+
+
 def guard_source(cfg: Config, rule_source: str | None, action: str) -> SourceBase | None:
     """The AI source a guard rule's action uses (``guard_errors`` has checked there is one)."""
     provider = ACTION_PROVIDER.get(action)
@@ -324,6 +400,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
     _duplicates(data, later)
     if cfg is not None:
         later.extend(guard_errors(cfg, env))
+        later.extend(allocation_errors(cfg))
     # a key whose ${VAR} failed has already its error; what validation says of the half-built value only confuses
     errors.extend(line for line in later if not _under(line, failed))
     if errors or cfg is None:

@@ -114,6 +114,32 @@ FAMILIES: list[MetricSpec] = [
         "Account, project or subscription names; always 1.",
         ("provider", "account_id", "account_name"),
     ),
+    # shared-cost pools (allocation.shared, exporter.allocation): no samples without pools
+    MetricSpec(
+        "spend_cost_shared_month_to_date_usd",
+        "gauge",
+        "Each team's share in USD of each shared-cost pool this UTC month (allocation.shared); a pool's shares add "
+        "up to the pool to the cent. The pool's line items stay in spend_cost_month_to_date_usd under their own team.",
+        ("team", "pool"),
+    ),
+    MetricSpec(
+        "spend_cost_shared_previous_month_usd",
+        "gauge",
+        "Each team's share in USD of each shared-cost pool in the last complete UTC month.",
+        ("team", "pool"),
+    ),
+    MetricSpec(
+        "spend_cost_direct_month_to_date_usd",
+        "gauge",
+        "Each team's cost in USD this UTC month outside every shared-cost pool; plus its shares: its allocated total.",
+        ("team",),
+    ),
+    MetricSpec(
+        "spend_cost_direct_previous_month_usd",
+        "gauge",
+        "Each team's cost in USD in the last complete UTC month outside every shared-cost pool.",
+        ("team",),
+    ),
 ]
 
 EXPORTER_FAMILIES: list[MetricSpec] = [

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter import __version__
+from exporter.allocation import Allocated, allocate, allocation_fragments
 from exporter.budgets import BudgetFigure, SeriesCost, budget_figures, budget_fragments
 from exporter.cardinality import Rows, cost_weight, fold
 from exporter.config import Config
@@ -124,6 +125,7 @@ class SnapshotBuilder:
         self._views: dict[str, tuple[dt.date, SourceView]] = {}
         self._lock = threading.Lock()
         self._unpriced_logged: set[tuple[str, str]] = set()
+        self._empty_pools_logged: set[str] = set()
         self._truncated: dict[str, int] = {}
         self._burn: dict[str, tuple[dict[str, bytes], int]] = {}  # source → burn fragments, series folded
         apis = sorted({m[1] for m in source_meta.values()})
@@ -185,6 +187,7 @@ class SnapshotBuilder:
                 labels=labels,  # type: ignore[arg-type]
                 mtd=vals.get("spend_cost_month_to_date_usd", 0.0),
                 forecast=vals.get("spend_cost_forecast_month_end_usd"),
+                previous=vals.get("spend_cost_previous_month_usd"),
             )
             for labels, vals in cost_rows
         ]
@@ -391,7 +394,17 @@ class SnapshotBuilder:
                     fam.fragments.append(frag)
                     n_series += frag.count(b"\n")
             families.append(fam)
-        budgets = budget_figures(self.config.budgets, [s for v in views.values() for s in v.series])
+        all_series = [s for v in views.values() for s in v.series]
+        allocated = self._allocated(all_series, names)
+        if allocated is None:
+            budgets = budget_figures(self.config.budgets, all_series)
+        else:
+            budgets = budget_figures(self.config.budgets, all_series, allocated.pooled, allocated.shares_by_team())
+            allocation_frags = allocation_fragments(allocated)
+            for fam in families:
+                if fam.name in allocation_frags:
+                    fam.fragments = [allocation_frags[fam.name]]
+                    n_series += allocation_frags[fam.name].count(b"\n")
         budget_frags = budget_fragments(budgets)
         for fam in families:
             if fam.name in budget_frags:
@@ -421,6 +434,25 @@ class SnapshotBuilder:
             mtd_by_source={s: views[s].mtd_usd for s in names},
             _families=families,
         )
+
+    def _allocated(self, series: list[SeriesCost], sources: list[str]) -> Allocated | None:
+        """The shared-cost pools split over ``series`` (None without pools). A pool that takes no series is logged
+        once (its shares read 0), once every source has refreshed: before, its line items may be yet to come."""
+        pools = self.config.allocation.shared
+        if not pools:
+            return None
+        allocated = allocate(pools, series)
+        if not all(self.store.get_state(s).last_success for s in sources):
+            return allocated
+        for name in allocated.empty:
+            if name not in self._empty_pools_logged:
+                self._empty_pools_logged.add(name)
+                log.warning(
+                    "allocation.shared pool %r takes no cost line item (none matches, or an earlier pool takes them): "
+                    "its shares are 0; check its match",
+                    name,
+                )
+        return allocated
 
     def _guard_fragments(self) -> tuple[bytes, bytes]:
         """The ``spend_guard_*`` families from the guard's record in the cache. Every configured rule has every

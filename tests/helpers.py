@@ -210,3 +210,68 @@ def write_oci_key(directory: Path, tenancy: str, pass_phrase: str | None = None)
     )
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return config, pem, public
+
+
+# -- shared-cost pools: the figures a dataset's line items give, worked out here in Decimal ----------------
+
+CostKey = tuple[str, str, str, str, str]  # provider, account_id, service_name, team, model
+COST_KEYS = ("provider", "account_id", "service_name", "team", "model")
+
+
+def _pool_matches(match: dict[str, Any], key: CostKey) -> bool:
+    labels = dict(zip(COST_KEYS, key, strict=True))
+    return all(labels[k] in ([v] if isinstance(v, str) else v) for k, v in match.items())
+
+
+def assert_allocation(text: str, items: dict[CostKey, Decimal], pools: list[dict[str, Any]], period: str) -> None:
+    """The ``spend_cost_shared_<period>_usd`` and ``spend_cost_direct_<period>_usd`` samples of ``text`` against
+    the dataset's line items of that period (``items``) and the configured ``pools``:
+
+    - each pool's shares add up to the pool's line items (first pool that matches) to the cent, exactly;
+    - each share is within a cent of its exact quota (proportional to the team's direct spend, even, or weights),
+      to the receiving teams only;
+    - each team's direct figure is its spend outside the pools, and direct plus shares is every dollar once.
+    """
+    direct: dict[str, Decimal] = {}
+    totals = {p["name"]: Decimal(0) for p in pools}
+    for key, v in items.items():
+        pool = next((p["name"] for p in pools if _pool_matches(p["match"], key)), None)
+        if pool is None:
+            direct[key[3]] = direct.get(key[3], Decimal(0)) + v
+        else:
+            totals[pool] += v
+            direct.setdefault(key[3], Decimal(0))
+    shares: dict[str, dict[str, Decimal]] = {p["name"]: {} for p in pools}
+    for labels, v in series(text, f"spend_cost_shared_{period}_usd").items():
+        d = dict(labels)
+        shares[d["pool"]][d["team"]] = Decimal(repr(v))
+    got_direct = {dict(k)["team"]: Decimal(repr(v)) for k, v in series(text, f"spend_cost_direct_{period}_usd").items()}
+    assert {t: v.quantize(CENT) for t, v in got_direct.items() if t in direct} == {
+        t: v.quantize(CENT) for t, v in direct.items()
+    }, "direct spend outside the pools"
+
+    for p in pools:
+        name, total, got = p["name"], totals[p["name"]], shares[p["name"]]
+        assert sum(got.values(), Decimal(0)) == total.quantize(CENT), f"pool {name}: shares do not add up"
+        own = set([p["match"]["team"]] if isinstance(p["match"].get("team"), str) else p["match"].get("team", []))
+        teams = (
+            p.get("to_teams")
+            or list(p.get("weights", {}))
+            or [t for t, v in direct.items() if v > 0 and t != "unallocated"]
+        )
+        teams = [t for t in teams if t not in own]
+        assert set(got) == set(teams), f"pool {name}: receivers"
+        split = p.get("split", "proportional")
+        if split == "weights":
+            w = {t: Decimal(str(p["weights"][t])) for t in teams}
+        elif split == "even":
+            w = dict.fromkeys(teams, Decimal(1))
+        else:
+            w = {t: max(direct.get(t, Decimal(0)), Decimal(0)) for t in teams}
+        whole = sum(w.values(), Decimal(0))
+        for t in teams:
+            quota = total.quantize(CENT) * w[t] / whole
+            assert abs(got[t] - quota) < CENT, f"pool {name}, team {t}: {got[t]} is not its quota {quota}"
+    allocated = sum(got_direct.values(), Decimal(0)) + sum((v for s in shares.values() for v in s.values()), Decimal(0))
+    # each pool is rounded to the cent once: the allocated totals are the dataset's within half a cent per pool
+    assert abs(allocated - sum(items.values(), Decimal(0))) <= CENT / 2 * len(pools), "every dollar once"

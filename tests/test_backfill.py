@@ -86,7 +86,13 @@ def app_on(tmp: Path, focus: Any, data: list[dict[str, Any]], now: dt.datetime) 
                 "history_days": 70,
             }
         ],
-        "budgets": [{"name": "all", "amount_usd": 2000}, {"name": "team-b", "amount_usd": 300, "team": "b"}],
+        "budgets": [
+            {"name": "all", "amount_usd": 2000},
+            {"name": "team-b", "amount_usd": 300, "team": "b"},
+            {"name": "team-b-allocated", "amount_usd": 300, "team": "b", "include_shared": True},
+        ],
+        # S3 (from NEW on) shared by both teams: the shares and budgets as they stood
+        "allocation": {"shared": [{"name": "s3", "match": {"service_name": "Amazon S3"}, "to_teams": ["a", "b"]}]},
     }
     app = build_app(parse_config(raw), now=lambda: now)
     assert all(o.ok for o in app.refresh_all(history=True))
@@ -168,6 +174,8 @@ def test_each_day_is_what_the_live_exporter_served_then(
         "spend_cost_daily_baseline_usd",
         "spend_budget_spent_usd",
         "spend_budget_forecast_usd",
+        "spend_cost_shared_month_to_date_usd",
+        "spend_cost_direct_month_to_date_usd",
     }
     assert samples_at(text, int(noon.timestamp())) == want
     # the same all day: at 00:00 the new day's figures, through 23:55

@@ -21,7 +21,14 @@ from exporter.sources.aws import AwsSource
 from tests.emulators.aws_ce import AwsCostExplorerEmulator, CostExplorerData
 from tests.emulators.dataset import CloudRow, Dataset, build_dataset
 from tests.emulators.server import Fault
-from tests.helpers import Calls, assert_to_the_cent, month_to_date, series, use_static_aws_credentials
+from tests.helpers import (
+    Calls,
+    assert_allocation,
+    assert_to_the_cent,
+    month_to_date,
+    series,
+    use_static_aws_credentials,
+)
 
 TODAY = dt.date(2026, 11, 21)
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
@@ -481,5 +488,52 @@ def test_metrics_through_the_engine_and_last_good_data(
         text = app.exposition()
         assert month_to_date(text, "aws") == got
         assert series(text, "spend_exporter_source_up")[(("provider", "aws"), ("source", "aws"))] == 1
+    finally:
+        app.close()
+
+
+# -- shared-cost pools through the engine ---------------------------------------------------------------
+
+POOLS: list[dict[str, Any]] = [
+    {"name": "storage", "match": {"service_name": "Amazon Simple Storage Service"}},  # proportional
+    # the staging account's S3 is in "storage" already: the first pool that matches takes an item
+    {"name": "staging", "match": {"account_id": "222222222222"}, "split": "even"},
+    {
+        "name": "lambda",
+        "match": {"service_name": "AWS Lambda", "team": "search"},
+        "split": "weights",
+        "weights": {"payments": 3, "ml": 1},
+        "to_teams": ["payments", "ml"],  # ml has no direct spend: weights give it a share all the same
+    },
+]
+
+
+def test_shared_pools_split_the_datasets_cost_to_the_cent(
+    emu: AwsCostExplorerEmulator, dataset: Dataset, tmp_path: Path
+) -> None:
+    from exporter.app import build_app
+
+    cfg = parse_config(
+        {
+            "cache_path": str(tmp_path / "cache.sqlite"),
+            "sources": [{"name": "aws", "type": "aws", "endpoint_url": emu.url, "group_by_account": True}],
+            "allocation": {"shared": POOLS},
+        }
+    )
+    month_start = TODAY.replace(day=1)
+    prev_start = (month_start - dt.timedelta(days=1)).replace(day=1)
+    periods = {
+        "month_to_date": FetchWindow(month_start, TODAY, NOW),
+        "previous_month": FetchWindow(prev_start, month_start - dt.timedelta(days=1), NOW),
+    }
+    app = build_app(cfg, now=lambda: NOW)
+    try:
+        assert all(o.ok for o in app.refresh_all())
+        text = app.exposition()
+        for period, window in periods.items():
+            items: dict[tuple[str, str, str, str, str], Decimal] = defaultdict(Decimal)
+            for (_, acct, svc, team, model), v in expected(dataset.rows("aws"), window).items():
+                items[("aws", acct, svc, team or "unallocated", model)] += v
+            assert_allocation(text, items, POOLS, period)
     finally:
         app.close()

@@ -22,7 +22,7 @@ from tests import helpers
 from tests.emulators.azure_cost import AzureCostEmulator
 from tests.emulators.dataset import CloudRow, Dataset, build_dataset
 from tests.emulators.server import Fault
-from tests.helpers import assert_to_the_cent, month_to_date, series
+from tests.helpers import assert_allocation, assert_to_the_cent, month_to_date, series
 
 TODAY = dt.date(2026, 11, 21)
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
@@ -395,5 +395,55 @@ def test_metrics_through_the_engine_and_last_good_data(
         text = app.exposition()
         assert month_to_date(text, "azure") == got
         assert series(text, "spend_exporter_source_up")[up_key] == 1
+    finally:
+        app.close()
+
+
+# -- shared-cost pools through the engine ---------------------------------------------------------------
+
+POOLS: list[dict[str, Any]] = [
+    # the untagged VMs are the platform's: shared by the tagged teams in proportion to their own spend
+    {"name": "platform", "match": {"team": "unallocated", "service_name": "Virtual Machines"}},
+    {
+        "name": "eu",
+        "match": {"account_id": SUB_EU},
+        "split": "weights",
+        "weights": {"search": 2, "payments": 1, "data": 1},
+        "to_teams": ["search", "payments", "data"],
+    },
+    {"name": "openai", "match": {"provider": "azure", "service_name": ["Azure OpenAI"]}, "split": "even"},
+]
+
+
+def test_shared_pools_split_the_datasets_cost_to_the_cent(
+    emu: AzureCostEmulator, dataset: Dataset, tmp_path: Path
+) -> None:
+    from exporter.app import build_app
+
+    cfg = parse_config(
+        {
+            "cache_path": str(tmp_path / "cache.sqlite"),
+            "currency_rates": {"EUR": float(EUR_RATE)},
+            "sources": [{"name": "azure", "type": "azure", "base_url": emu.url, "credential": "cli", "scopes": SCOPES}],
+            "allocation": {"shared": POOLS},
+        }
+    )
+    month_start = TODAY.replace(day=1)
+    prev_start = (month_start - dt.timedelta(days=1)).replace(day=1)
+    periods = {
+        "month_to_date": (month_start, TODAY),
+        "previous_month": (prev_start, month_start - dt.timedelta(days=1)),
+    }
+    app = build_app(cfg, now=lambda: NOW)
+    try:
+        assert all(o.ok for o in app.refresh_all())
+        text = app.exposition()
+        for period, (first, last) in periods.items():
+            items: dict[tuple[str, str, str, str, str], Decimal] = defaultdict(Decimal)
+            for r in dataset.rows("azure"):
+                if first <= r.day <= last:
+                    usd = r.amount * (EUR_RATE if r.currency == "EUR" else 1)
+                    items[("azure", r.account_id, r.service_name, r.team or "unallocated", r.model)] += usd
+            assert_allocation(text, items, POOLS, period)
     finally:
         app.close()
