@@ -101,6 +101,19 @@ class Config(ConfigModel):
     ] = {}
     """USD per 1M tokens by model and token type; overrides the genai-prices list prices (exporter/pricing.py)."""
     guard: GuardConfig = GuardConfig()
+    revenue_file: NonEmptyStr | None = None
+    """CSV ``customer_id,monthly_revenue_usd`` (exporter/revenue.py); must be readable at start."""
+
+    @field_validator("revenue_file")
+    @classmethod
+    def _revenue_readable(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                with open(v, "rb"):
+                    pass
+            except OSError as e:
+                raise ValueError(f"cannot read {v!r}: {e.strerror or e.__class__.__name__}") from None
+        return v
 
     @field_validator("currency_rates")
     @classmethod

@@ -114,7 +114,16 @@ FAMILIES: list[MetricSpec] = [
         "Account, project or subscription names; always 1.",
         ("provider", "account_id", "account_name"),
     ),
+    MetricSpec(
+        "spend_customer_revenue_monthly_usd",
+        "gauge",
+        "Each customer's monthly revenue in USD, from revenue_file (read again when it changes).",
+        ("customer_id",),
+    ),
 ]
+
+NOT_FROM_BILLING = frozenset({"spend_customer_revenue_monthly_usd"})
+"""Families of ``FAMILIES`` that no billing API gives: their HELP has no ``CACHED`` note."""
 
 EXPORTER_FAMILIES: list[MetricSpec] = [
     MetricSpec("spend_exporter_source_up", "gauge", "1 if the source's last refresh succeeded, else 0.", SOURCE_LABELS),

@@ -30,6 +30,7 @@ ALERT_NAMES = {
     "SpendSourceDataStale": "warning",
     "SpendExporterAPICostHigh": "warning",
     "SpendExporterCacheInMemory": "warning",
+    "SpendUnallocatedHigh": "warning",
 }
 # Alerts whose $value is an amount of money.
 MONEY_ALERTS = {
