@@ -1233,7 +1233,8 @@ def allocation() -> dict[str, Any]:
     f_team = 'team=~"$team"'
     f_key = 'provider=~"$provider", model=~"$model"'
     key_cost = f"sum by (provider, account_id, api_key_id, model) (spend_ai_key_cost_month_to_date_usd{{{f_key}}})"
-    env = f"label_replace(sum by (environment) (spend_cost_month_to_date_usd{{{F}}}), {UNTAGGED.format(label='environment')})"
+    untagged = UNTAGGED.format(label="environment")
+    env = f"label_replace(sum by (environment) (spend_cost_month_to_date_usd{{{F}}}), {untagged})"
     panels = [
         (row("Teams and shared costs"), 24, 1),
         (
