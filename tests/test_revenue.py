@@ -13,6 +13,7 @@ import pytest
 from exporter.app import build_app
 from exporter.config import ConfigError, parse_config
 from exporter.revenue import RevenueFile, parse_revenue
+from exporter.warmstart import snapshot_key
 from tests.helpers import series
 
 NOW = dt.datetime(2025, 3, 15, 10, 30, tzinfo=dt.UTC)
@@ -127,3 +128,14 @@ def test_no_revenue_file_no_family_samples(tmp_path: Path) -> None:
 def test_unreadable_at_start_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"revenue_file: cannot read '.*': Is a directory"):
         parse_config({"revenue_file": str(tmp_path)})
+
+
+def test_a_changed_file_is_not_served_from_the_saved_snapshot(tmp_path: Path) -> None:
+    """The warm start's key covers the file's content: a file changed while the exporter was stopped rebuilds."""
+    path = tmp_path / "customers.csv"
+    path.write_text("customer_id,monthly_revenue_usd\nacme,10\n")
+    cfg = parse_config({"revenue_file": str(path)})
+    before = snapshot_key(cfg, "p")
+    assert snapshot_key(cfg, "p") == before
+    path.write_text("customer_id,monthly_revenue_usd\nacme,11\n")
+    assert snapshot_key(cfg, "p") != before

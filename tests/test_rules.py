@@ -232,6 +232,7 @@ def _routing_cases() -> list[tuple[dict[str, str], str]]:
         ({"alertname": "SpendBudgetExceeded", "severity": "critical", "budget": "total"}, "finops-pager"),
         ({"alertname": "SpendSourceDown", "severity": "warning", "source": "aws"}, "finops-chat"),
         ({"alertname": "SpendDailyAnomaly", "severity": "warning", "team": "unallocated"}, "finops-chat"),
+        ({"alertname": "SpendUnallocatedHigh", "severity": "warning"}, "finops-chat"),
         # a team nobody routed: the generic webhook
         ({"alertname": "SpendBudgetExceeded", "severity": "critical", "team": "not-a-team"}, "spend-webhook"),
     ]
