@@ -1291,8 +1291,15 @@ def allocation() -> dict[str, Any]:
             timeseries(
                 "Unallocated share over time",
                 "The unallocated share of the month to date, as it moved: a jump is a new untagged account or a "
-                "renamed tag key; it falls as tags and rules claim the costs.",
-                [(":spend_cost_unallocated_share:ratio", "Unallocated share")],
+                "renamed tag key; it falls as tags and rules claim the costs. The recording rule's expression, "
+                "so that a backfilled history (docs/backfill.md) shows too.",
+                [
+                    (
+                        '(sum(spend_cost_month_to_date_usd{team="unallocated"}) or vector(0))\n'
+                        "/ (sum(spend_cost_month_to_date_usd) > 0)",
+                        "Unallocated share",
+                    )
+                ],
                 unit="percentunit",
             ),
             9,
