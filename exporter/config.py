@@ -102,18 +102,7 @@ class Config(ConfigModel):
     """USD per 1M tokens by model and token type; overrides the genai-prices list prices (exporter/pricing.py)."""
     guard: GuardConfig = GuardConfig()
     revenue_file: NonEmptyStr | None = None
-    """CSV ``customer_id,monthly_revenue_usd`` (exporter/revenue.py); must be readable at start."""
-
-    @field_validator("revenue_file")
-    @classmethod
-    def _revenue_readable(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                with open(v, "rb"):
-                    pass
-            except OSError as e:
-                raise ValueError(f"cannot read {v!r}: {e.strerror or e.__class__.__name__}") from None
-        return v
+    """CSV ``customer_id,monthly_revenue_usd`` (exporter/revenue.py); must be readable at start (``file_errors``)."""
 
     @field_validator("currency_rates")
     @classmethod
@@ -362,6 +351,18 @@ def _hide_env_values(errors: list[str], written: Any, env: dict[str, str]) -> li
     for value in sorted(refs, key=len, reverse=True):
         errors = [e.replace(value, refs[value]) for e in errors]
     return errors
+
+
+def file_errors(cfg: Config) -> list[str]:
+    """The files the configuration names that cannot be read now: checked when the exporter starts and by
+    ``check`` (not by ``parse_config``: a config is valid before the files it names are written)."""
+    if cfg.revenue_file is None:
+        return []
+    try:
+        with open(cfg.revenue_file, "rb"):
+            return []
+    except OSError as e:
+        return [f"revenue_file: cannot read {cfg.revenue_file!r}: {e.strerror or e.__class__.__name__}"]
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> tuple[Config, dict[str, Any]]:
