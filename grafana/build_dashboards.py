@@ -1308,11 +1308,14 @@ def allocation() -> dict[str, Any]:
         (
             table(
                 "Unallocated cost by account and service, month to date",
-                "Where the unallocated spend is: tag these resources or add an attribution rule.",
+                "Where the unallocated spend is, most first: tag these resources or add an attribution rule. "
+                "Services with nothing unallocated read 0.",
                 [
                     (
-                        "topk(20, sum by (provider, account_id, service_name) "
-                        '(spend_cost_month_to_date_usd{provider=~"$provider", team="unallocated"}))',
+                        "topk(20,\n  sum by (provider, account_id, service_name) "
+                        '(spend_cost_month_to_date_usd{provider=~"$provider", team="unallocated"})\n'
+                        "  or 0 * sum by (provider, account_id, service_name) "
+                        '(spend_cost_month_to_date_usd{provider=~"$provider"})\n)',
                         "Month to date",
                         USD,
                     )
@@ -1336,13 +1339,13 @@ def allocation() -> dict[str, Any]:
         ),
         (
             table(
-                "Non-production cost by service, month to date",
-                "Every environment but production (and untagged), by service, most expensive first: the "
-                "candidates to stop at night and at weekends.",
+                "Cost by environment and service, month to date",
+                "The 30 most expensive services of each environment this month: the staging and development "
+                "ones are the candidates to stop at night and at weekends.",
                 [
                     (
-                        "topk(20, sum by (environment, provider, account_id, service_name, team) "
-                        f'(spend_cost_month_to_date_usd{{{F}, environment!~"|prod|production"}}))',
+                        "label_replace(topk by (environment) (30, sum by (environment, provider, account_id, "
+                        f"service_name, team) (spend_cost_month_to_date_usd{{{F}}})), {untagged})",
                         "Month to date",
                         USD,
                     )
