@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
 from decimal import Decimal, InvalidOperation
 
@@ -50,7 +51,7 @@ def parse_revenue(text: str, name: str) -> tuple[dict[str, Decimal], list[str]]:
         except InvalidOperation:
             errors.append(f"{name}:{line}: monthly_revenue_usd {raw!r} is not a number")
             continue
-        if not usd.is_finite() or usd < 0:
+        if not usd.is_finite() or usd < 0 or not math.isfinite(float(usd)):
             errors.append(f"{name}:{line}: monthly_revenue_usd {raw!r} must be a finite number of at least 0")
             continue
         if customer in out:

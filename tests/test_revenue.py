@@ -38,6 +38,7 @@ def test_bad_rows_are_named_by_line_and_the_good_rows_kept() -> None:
         "umbrella,NaN\n"  # 7
         "stark,1,extra\n"  # 8
         "wayne,2500.5\n"  # 9
+        "oscorp,1e400\n"  # 10: a float cannot hold it
     )
     revenue, errors = parse_revenue(text, "c.csv")
     assert revenue == {"acme": Decimal("100"), "wayne": Decimal("2500.5")}
@@ -48,6 +49,7 @@ def test_bad_rows_are_named_by_line_and_the_good_rows_kept() -> None:
         "c.csv:6: customer_id 'acme' again (first on line 2); this row is left out",
         "c.csv:7: monthly_revenue_usd 'NaN' must be a finite number of at least 0",
         "c.csv:8: 3 fields, the header has 2",
+        "c.csv:10: monthly_revenue_usd '1e400' must be a finite number of at least 0",
     ]
 
 
