@@ -102,6 +102,30 @@ AI = {
 }
 AI_TEAM = {"proj_search": "search", "proj_ml": "ml-platform", "wrkspc_ml": "ml-platform", "wrkspc_support": None}
 
+# Allocation (docs/allocation.md): the tagged cloud rows also carry an `env` tag (by account: the staging
+# waste) and most a `customer` tag; the team `platform` runs shared infrastructure (a pool in the demo config).
+ENV = {
+    "111111111111": "prod",
+    "222222222222": "staging",
+    "sub-0001": "prod",
+    "sub-0002": "dev",
+    "acme-prod": "prod",
+    "acme-data": "staging",
+    "ocid1.tenancy.oc1..demo": "prod",
+}
+CUSTOMERS = ["acme-corp", "globex", "initech", "umbrella", "hooli"]
+# revenue_file: each customer's monthly revenue as a multiple of its cost over the last 30 days (initech
+# costs more than it pays); wayne-ent pays and has no tagged cost.
+REVENUE_MULTIPLE = {"acme-corp": 2.5, "globex": 1.8, "initech": 0.6, "umbrella": 1.3, "hooli": 3.0}
+REVENUE_NO_COST = {"wayne-ent": 1500.0}
+# the shared platform's series: (provider, account, service, USD a day, roughly)
+PLATFORM = [
+    ("aws", ("111111111111", "prod"), "Amazon Elastic Kubernetes Service", 90.0),
+    ("aws", ("111111111111", "prod"), "Amazon RDS", 140.0),
+    ("gcp", ("acme-prod", "Acme Prod"), "Cloud SQL", 60.0),
+]
+REVENUE_FILE = "revenue/customers.csv"  # under --out; not *.csv of --out itself, which the FOCUS source reads
+
 AI_BUDGET_RATIO = 0.82  # of the ai-platform budget: past the 80% warning, under the limit
 DATA_BUDGET_RATIO = 1.10  # of the data-platform budget: exceeded
 AI_BUDGET_USD = 5000.0
@@ -154,9 +178,12 @@ def generate(
             combos.append((prov, acct, f"{svc} #{i // len(base)}" if i >= len(base) else svc, team))
             i += 1
     rows: list[Row] = []
-    for prov, (acct_id, acct_name), svc, team in combos:
+    customer_of: dict[int, str] = {}  # id(row) → its customer tag
+    for i, (prov, (acct_id, acct_name), svc, team) in enumerate(combos):
         pname, cur, fmt, _, _ = CLOUDS[prov]
         level = rnd.uniform(5, 120)
+        # not drawn from rnd, so that every figure of the demo stays what it was before these tags
+        customer = CUSTOMERS[i % 7] if i % 7 < len(CUSTOMERS) and team and not series else None
         for d in range(days):
             day = first + dt.timedelta(days=d)
             cost = level * rnd.uniform(0.85, 1.15) * (0.8 if day.weekday() >= 5 else 1.0)
@@ -164,8 +191,12 @@ def generate(
                 cost = level * 9  # the anomalous day: a misconfigured Lambda
             start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
             tags = json.dumps({"team": team}) if team else ""
+            if team and not series:
+                tag = {"team": team, "env": ENV[acct_id]} | ({"customer": customer} if customer else {})
+                tags = json.dumps(tag)
             if team == "payments" and prov == "azure":
-                tags = json.dumps({" Team ": team, "env": "prod"})  # key case and spaces vary in real exports
+                # key case and spaces vary in real exports
+                tags = json.dumps({" Team ": team, "env": ENV[acct_id] if not series else "prod"})
             rows.append(
                 Row(
                     {
@@ -194,6 +225,8 @@ def generate(
                     cost * (eur_rate if cur == "EUR" else 1.0),
                 )
             )
+            if customer:
+                customer_of[id(rows[-1])] = customer
         if not series and team == "payments" and prov == "aws":
             # a credit: negative cost
             day = first + dt.timedelta(days=days // 2)
@@ -214,6 +247,9 @@ def generate(
                     -25.0,
                 )
             )
+
+    if not series:
+        rows += _platform_rows(first, days, random.Random(seed + 1))
 
     # --- AI: daily rows, then hourly rows for yesterday and today through the last complete hour
     ai_rows: list[Row] = []
@@ -311,6 +347,9 @@ def generate(
                 w.writerow(r.values)
         os.replace(tmp, path)
         counts[path.name] = len(prov_rows)
+    if not series:
+        _write_revenue(out / REVENUE_FILE, [r for r in rows if id(r) in customer_of], customer_of, yesterday)
+        counts[REVENUE_FILE] = len(REVENUE_MULTIPLE) + len(REVENUE_NO_COST)
     (out / "SYNTHETIC-DATA.txt").write_text(
         "Every file here is SYNTHETIC demo data written by examples/generate_demo.py. It is not a real bill.\n"
     )
@@ -321,6 +360,57 @@ def generate(
         csv_path.unlink()
         counts[f"{prov}-focus.parquet"] = counts.pop(csv_path.name)
     return counts
+
+
+def _platform_rows(first: dt.date, days: int, rnd: random.Random) -> list[Row]:
+    """The shared platform's daily rows (team platform), from a generator of their own: the other rows'
+    figures do not move."""
+    out = []
+    for prov, (acct_id, acct_name), svc, level in PLATFORM:
+        pname, cur, fmt, _, _ = CLOUDS[prov]
+        for d in range(days):
+            day = first + dt.timedelta(days=d)
+            cost = level * rnd.uniform(0.9, 1.1)
+            start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+            values = {
+                **dict.fromkeys(HEADER, ""),
+                "BillingAccountId": acct_id,
+                "BillingAccountName": acct_name,
+                "BillingCurrency": cur,
+                "BilledCost": f"{cost:.4f}",
+                "EffectiveCost": f"{cost * 0.93:.4f}",
+                "ChargeCategory": "Usage",
+                "ChargeDescription": f"{svc} usage",
+                "ChargePeriodStart": _ts(start, fmt),
+                "ChargePeriodEnd": _ts(start + dt.timedelta(days=1), fmt),
+                "ProviderName": pname,
+                "ServiceName": svc,
+                "SubAccountId": acct_id,
+                "SubAccountName": acct_name,
+                "Tags": json.dumps({"team": "platform", "env": ENV[acct_id]}),
+                "ConsumedQuantity": "NULL",
+            }
+            out.append(Row(values, day, "platform", prov, cost))
+    return out
+
+
+def _write_revenue(path: Path, rows: list[Row], customer_of: dict[int, str], yesterday: dt.date) -> None:
+    """revenue_file: each customer's monthly revenue, a multiple of its cost over the 30 days to yesterday."""
+    since = yesterday - dt.timedelta(days=29)
+    cost = dict.fromkeys(REVENUE_MULTIPLE, 0.0)
+    for r in rows:
+        if r.day >= since:
+            cost[customer_of[id(r)]] += r.usd
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["customer_id", "monthly_revenue_usd"])
+        for c, k in REVENUE_MULTIPLE.items():
+            w.writerow([c, f"{cost[c] * k:.2f}"])
+        for c, usd in REVENUE_NO_COST.items():
+            w.writerow([c, f"{usd:.2f}"])
+    os.replace(tmp, path)
 
 
 def _scale(rows: list[Row], target: float) -> None:

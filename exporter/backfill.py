@@ -63,6 +63,7 @@ NOT_BACKFILLED: dict[str, str] = {
     "spend_ai_cost_last_hour_usd": "hourly usage is kept for one day only",
     "spend_ai_burn_rate_usd_per_hour": "minute usage is not kept",
     "spend_ai_burn_window_end_timestamp_seconds": "minute usage is not kept",
+    "spend_customer_revenue_monthly_usd": "revenue_file holds this month's revenue only, not its history",
     "spend_provider_forecast_month_end_usd": "the provider's forecast is fetched as of now; past ones are not kept",
     **{
         spec.name: "describes the exporter process and its refreshes, which did not run then"

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter import __version__
-from exporter.config import Config, ConfigError, json_schema, load_config, parse_listen_address, redacted
+from exporter.config import (
+    Config,
+    ConfigError,
+    file_errors,
+    json_schema,
+    load_config,
+    parse_listen_address,
+    redacted,
+)
 from exporter.osutil import tune_malloc
 from exporter.timing import utc_now
 
@@ -164,7 +172,10 @@ def _backfill_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _load(path: str) -> tuple[Config, dict[str, Any]]:
     try:
-        return load_config(path)
+        cfg, raw = load_config(path)
+        if errors := file_errors(cfg):
+            raise ConfigError(errors)
+        return cfg, raw
     except ConfigError as e:
         print(f"error: invalid configuration {path}:", file=sys.stderr)
         for line in e.errors:

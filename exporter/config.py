@@ -137,6 +137,8 @@ class Config(ConfigModel):
     """USD per 1M tokens by model and token type; overrides the genai-prices list prices (exporter/pricing.py)."""
     guard: GuardConfig = GuardConfig()
     allocation: Allocation = Allocation()
+    revenue_file: NonEmptyStr | None = None
+    """CSV ``customer_id,monthly_revenue_usd`` (exporter/revenue.py); must be readable at start (``file_errors``)."""
 
     @field_validator("currency_rates")
     @classmethod
@@ -429,6 +431,18 @@ def _hide_env_values(errors: list[str], written: Any, env: dict[str, str]) -> li
     for value in sorted(refs, key=len, reverse=True):
         errors = [e.replace(value, refs[value]) for e in errors]
     return errors
+
+
+def file_errors(cfg: Config) -> list[str]:
+    """The files the configuration names that cannot be read now: checked when the exporter starts and by
+    ``check`` (not by ``parse_config``: a config is valid before the files it names are written)."""
+    if cfg.revenue_file is None:
+        return []
+    try:
+        with open(cfg.revenue_file, "rb"):
+            return []
+    except OSError as e:
+        return [f"revenue_file: cannot read {cfg.revenue_file!r}: {e.strerror or e.__class__.__name__}"]
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> tuple[Config, dict[str, Any]]:

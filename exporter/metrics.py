@@ -140,7 +140,16 @@ FAMILIES: list[MetricSpec] = [
         "Each team's cost in USD in the last complete UTC month outside every shared-cost pool.",
         ("team",),
     ),
+    MetricSpec(
+        "spend_customer_revenue_monthly_usd",
+        "gauge",
+        "Each customer's monthly revenue in USD, from revenue_file (read again when it changes).",
+        ("customer_id",),
+    ),
 ]
+
+NOT_FROM_BILLING = frozenset({"spend_customer_revenue_monthly_usd"})
+"""Families of ``FAMILIES`` that no billing API gives: their HELP has no ``CACHED`` note."""
 
 EXPORTER_FAMILIES: list[MetricSpec] = [
     MetricSpec("spend_exporter_source_up", "gauge", "1 if the source's last refresh succeeded, else 0.", SOURCE_LABELS),

@@ -46,10 +46,12 @@ from exporter.metrics import (
     FAMILIES,
     GUARD_FAMILIES,
     GUARD_RESULTS,
+    NOT_FROM_BILLING,
     SOURCE_LABELS,
 )
 from exporter.model import TOKEN_TYPES
 from exporter.pricing import PriceTable
+from exporter.revenue import RevenueFile
 from exporter.store import CostWindows, Store
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,7 @@ class SnapshotBuilder:
         self._empty_pools_logged: set[str] = set()
         self._truncated: dict[str, int] = {}
         self._burn: dict[str, tuple[dict[str, bytes], int]] = {}  # source → burn fragments, series folded
+        self._revenue = RevenueFile(config.revenue_file) if config.revenue_file else None
         apis = sorted({m[1] for m in source_meta.values()})
         self._cached_note = CACHED.format(apis=", ".join(apis) if apis else "the billing APIs")
 
@@ -387,7 +390,7 @@ class SnapshotBuilder:
         families: list[Family] = []
         n_series = 0
         for name, mtype, help_, _labels in FAMILIES:
-            fam = Family(name, mtype, f"{help_} {self._cached_note}")
+            fam = Family(name, mtype, help_ if name in NOT_FROM_BILLING else f"{help_} {self._cached_note}")
             for s in names:
                 frag = views[s].fragments.get(name) or (burn[s][0].get(name) if s in burn else None)
                 if frag:
@@ -410,6 +413,16 @@ class SnapshotBuilder:
             if fam.name in budget_frags:
                 fam.fragments = [budget_frags[fam.name]]
                 n_series += budget_frags[fam.name].count(b"\n")
+        if self._revenue is not None:
+            revenue = render_samples(
+                "spend_customer_revenue_monthly_usd",
+                ("customer_id",),
+                sorted((_truncate((c,)), float(usd)) for c, usd in self._revenue.current().items()),
+            )
+            for fam in families:
+                if fam.name == "spend_customer_revenue_monthly_usd":
+                    fam.fragments = [revenue]
+                    n_series += revenue.count(b"\n")
         ratios: dict[tuple[str, str, str], float] = {}
         for s in names:
             ratios.update(views[s].price_ratios)

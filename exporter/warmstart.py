@@ -51,6 +51,7 @@ _CODE = (
     "exposition.py",
     "store.py",
     "pricing.py",
+    "revenue.py",
     "warmstart.py",
 )
 
@@ -60,6 +61,11 @@ def snapshot_key(config: Config, price_version: str | None = None) -> str:
     genai-prices when None), so that a price update rebuilds the snapshot."""
     data = config.model_dump(mode="json", exclude={"listen_address"})
     h = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode())
+    if config.revenue_file:  # its figures are in the snapshot: a changed file rebuilds it
+        try:
+            h.update(Path(config.revenue_file).read_bytes())
+        except OSError:
+            h.update(b"revenue_file unreadable")
     prices = price_version if price_version is not None else library_version()
     h.update(f"|{__version__}|{SCHEMA_VERSION}|{FORMAT}|{platform.python_version()}|{prices}|".encode())
     here = Path(__file__).parent

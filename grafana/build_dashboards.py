@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes grafana/dashboards/*.json, the four spend-exporter dashboards.
+"""Writes grafana/dashboards/*.json, the five spend-exporter dashboards.
 
 The JSON files are what Grafana provisions and what users import; this script
 is how they are kept consistent (one datasource variable, the same chained
@@ -168,6 +168,7 @@ def table(
     columns: list[tuple[str, str, str]],
     hide: list[str] | None = None,
     sort: str | None = None,
+    ascending: bool = False,
 ) -> Panel:
     """Instant queries merged on their labels; ``columns`` is (expr, column title, unit)."""
     targets = [target(e, "", table=True, ref=chr(ord("A") + i)) for i, (e, _, _) in enumerate(columns)]
@@ -192,7 +193,7 @@ def table(
     ]
     p["options"] = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}}
     if sort:
-        p["options"]["sortBy"] = [{"displayName": sort, "desc": True}]
+        p["options"]["sortBy"] = [{"displayName": sort, "desc": not ascending}]
     return p
 
 
@@ -1220,11 +1221,230 @@ def exporter() -> dict[str, Any]:
     )
 
 
+# Unallocated share: SpendUnallocatedHigh's threshold (prometheus/rules/spend-alerts.yml) turns the panels orange.
+UNALLOCATED_STEPS: list[tuple[float | None, str]] = [(None, "green"), (0.2, "orange")]
+# An empty extra label (a cost without the tag) shown as such rather than as a blank legend.
+UNTAGGED = '"{label}", "(untagged)", "{label}", ""'
+
+
+def allocation() -> dict[str, Any]:
+    """Who spends it (docs/allocation.md): direct and shared cost per team, the pools, the unallocated share,
+    cost by environment, customers' cost and margin, and AI spend per API key."""
+    f_team = 'team=~"$team"'
+    f_key = 'provider=~"$provider", model=~"$model"'
+    key_cost = f"sum by (provider, account_id, api_key_id, model) (spend_ai_key_cost_month_to_date_usd{{{f_key}}})"
+    untagged = UNTAGGED.format(label="environment")
+    env = f"label_replace(sum by (environment) (spend_cost_month_to_date_usd{{{F}}}), {untagged})"
+    panels = [
+        (row("Teams and shared costs"), 24, 1),
+        (
+            table(
+                "Teams: direct and shared cost, month to date",
+                "Direct: a team's cost outside every shared-cost pool. Shared: its shares of the pools "
+                "(allocation.shared), split proportionally, evenly or by weights. Their sum is what the team is "
+                "allocated; a pool's own line items are counted in its shares only.",
+                [
+                    (f"sum by (team) (spend_cost_direct_month_to_date_usd{{{f_team}}})", "Direct", USD),
+                    (f"sum by (team) (spend_cost_shared_month_to_date_usd{{{f_team}}})", "Shared", USD),
+                ],
+                sort="Direct",
+            ),
+            12,
+            9,
+        ),
+        (
+            bargauge(
+                "Shared-cost pools, month to date",
+                "Each pool's cost this month: the sum of its teams' shares, to the cent.",
+                "sum by (pool) (spend_cost_shared_month_to_date_usd)",
+                "{{pool}}",
+            ),
+            12,
+            9,
+        ),
+        (
+            table(
+                "Pool shares by team, month to date",
+                "Each team's share of each pool.",
+                [(f"sum by (pool, team) (spend_cost_shared_month_to_date_usd{{{f_team}}})", "Share", USD)],
+                sort="Share",
+            ),
+            24,
+            8,
+        ),
+        (row("Unallocated"), 24, 1),
+        (
+            bargauge(
+                "Unallocated share",
+                "The share of this month's spend that no team claims (team unallocated: untagged and no "
+                "attribution rule). SpendUnallocatedHigh fires above 20% for 6 hours.",
+                ":spend_cost_unallocated_share:ratio",
+                "Unallocated",
+                unit="percentunit",
+                thresholds=UNALLOCATED_STEPS,
+                max_=1,
+            ),
+            6,
+            8,
+        ),
+        (
+            timeseries(
+                "Unallocated share over time",
+                "The unallocated share of the month to date, as it moved: a jump is a new untagged account or a "
+                "renamed tag key; it falls as tags and rules claim the costs. The recording rule's expression, "
+                "so that a backfilled history (docs/backfill.md) shows too.",
+                [
+                    (
+                        '(sum(spend_cost_month_to_date_usd{team="unallocated"}) or vector(0))\n'
+                        "/ (sum(spend_cost_month_to_date_usd) > 0)",
+                        "Unallocated share",
+                    )
+                ],
+                unit="percentunit",
+            ),
+            9,
+            8,
+        ),
+        (
+            table(
+                "Unallocated cost by account and service, month to date",
+                "Where the unallocated spend is, most first: tag these resources or add an attribution rule. "
+                "Services with nothing unallocated read 0.",
+                [
+                    (
+                        "topk(20,\n  sum by (provider, account_id, service_name) "
+                        '(spend_cost_month_to_date_usd{provider=~"$provider", team="unallocated"})\n'
+                        "  or 0 * sum by (provider, account_id, service_name) "
+                        '(spend_cost_month_to_date_usd{provider=~"$provider"})\n)',
+                        "Month to date",
+                        USD,
+                    )
+                ],
+                sort="Month to date",
+            ),
+            9,
+            8,
+        ),
+        (row("Environments"), 24, 1),
+        (
+            bargauge(
+                "Month to date by environment",
+                "Spend this month by the environment label (attribution.labels, from the env or environment "
+                "tag): what staging and development cost beside production.",
+                env,
+                "{{environment}}",
+            ),
+            12,
+            9,
+        ),
+        (
+            table(
+                "Cost by environment and service, month to date",
+                "The 30 most expensive services of each environment this month: the staging and development "
+                "ones are the candidates to stop at night and at weekends.",
+                [
+                    (
+                        "label_replace(topk by (environment) (30, sum by (environment, provider, account_id, "
+                        f"service_name, team) (spend_cost_month_to_date_usd{{{F}}})), {untagged})",
+                        "Month to date",
+                        USD,
+                    )
+                ],
+                sort="Month to date",
+            ),
+            12,
+            9,
+        ),
+        (row("Customers"), 24, 1),
+        (
+            table(
+                "Customers by margin, negative first",
+                "Revenue (revenue_file) against cost per customer (the customer_id label). Margin: the month's "
+                "revenue less the month-end forecast cost (a month-to-date cost against a whole month's revenue "
+                "would flatter every customer early in the month). A customer with cost and no revenue has a "
+                "margin of minus its cost.",
+                [
+                    ("customer_id:spend_gross_margin_usd:revenue_minus_forecast", "Margin", USD),
+                    ("customer_id:spend_gross_margin:ratio", "Margin %", "percentunit"),
+                    ("customer_id:spend_customer_revenue_monthly_usd:sum", "Revenue", USD),
+                    ("customer_id:spend_cost_month_to_date_usd:sum", "Cost, month to date", USD),
+                    ("customer_id:spend_cost_forecast_month_end_usd:sum", "Cost, month-end forecast", USD),
+                ],
+                sort="Margin",
+                ascending=True,
+            ),
+            24,
+            10,
+        ),
+        (
+            bargauge(
+                "Customers by cost, month to date",
+                "The 20 customers that cost most this month (costs tagged with a customer only).",
+                "topk(20, customer_id:spend_cost_month_to_date_usd:sum)",
+                "{{customer_id}}",
+            ),
+            12,
+            10,
+        ),
+        (
+            bargauge(
+                "Negative margins",
+                "Customers forecast to cost more this month than they pay, by the loss (month-end forecast cost "
+                "less revenue), largest first.",
+                "sort_desc(-(customer_id:spend_gross_margin_usd:revenue_minus_forecast < 0))",
+                "{{customer_id}}",
+                thresholds=[(None, "red")],
+            ),
+            12,
+            10,
+        ),
+        (row("AI API keys"), 24, 1),
+        (
+            table(
+                "AI spend by API key, month to date",
+                "Usage by API key times the price, scaled so that a project's keys add up to its billed cost; "
+                "the key's name from the Admin API's key list (spend_ai_key_info).",
+                [
+                    (
+                        f"{key_cost}\n* on (provider, account_id, api_key_id) group_left (api_key_name)\n"
+                        "  max by (provider, account_id, api_key_id, api_key_name) (spend_ai_key_info)\n"
+                        f"or on (provider, account_id, api_key_id, model)\n{key_cost}",
+                        "Month to date",
+                        USD,
+                    )
+                ],
+                sort="Month to date",
+            ),
+            14,
+            10,
+        ),
+        (
+            bargauge(
+                "Top API keys by cost, month to date",
+                "The 15 API keys that cost most this month, all models.",
+                f"topk(15, sum by (provider, api_key_id) (spend_ai_key_cost_month_to_date_usd{{{f_key}}}))",
+                "{{provider}} {{api_key_id}}",
+            ),
+            10,
+            10,
+        ),
+    ]
+    return dashboard(
+        "spend-allocation",
+        "Spend / Allocation",
+        "Who spends it: each team's direct and shared cost, the shared-cost pools, the unallocated share, cost by "
+        "environment, customers by cost and margin, and AI spend per API key.",
+        spend_variables(),
+        layout(panels),
+    )
+
+
 DASHBOARDS = {
     "spend-overview.json": overview,
     "spend-teams.json": teams,
     "spend-ai.json": ai,
     "spend-exporter.json": exporter,
+    "spend-allocation.json": allocation,
 }
 
 

@@ -21,6 +21,7 @@ EXPECTED = {
     "spend-teams": "Spend / Teams",
     "spend-ai": "Spend / AI",
     "spend-exporter": "Spend / Exporter",
+    "spend-allocation": "Spend / Allocation",
 }
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 

@@ -58,6 +58,7 @@ DESIGN_FAMILIES = [
     "spend_budget_warning_ratio",
     "spend_provider_forecast_month_end_usd",
     "spend_account_info",
+    "spend_customer_revenue_monthly_usd",
     "spend_exporter_source_up",
     "spend_exporter_source_last_success_timestamp_seconds",
     "spend_exporter_source_data_through_timestamp_seconds",
@@ -89,6 +90,7 @@ def demo_app(directory: Path) -> App:
     raw["cache_path"] = str(directory / "cache.sqlite")
     (src,) = raw["sources"]
     src["paths"] = [str(directory / "data" / Path(p).name) for p in src["paths"]]
+    raw["revenue_file"] = str(directory / "data" / Path(raw["revenue_file"]).relative_to("examples/data"))
     app = build_app(parse_config(raw), now=lambda: FIXED)
     outcomes = app.refresh_all()
     assert all(o.ok for o in outcomes), outcomes

@@ -30,6 +30,7 @@ ALERT_NAMES = {
     "SpendSourceDataStale": "warning",
     "SpendExporterAPICostHigh": "warning",
     "SpendExporterCacheInMemory": "warning",
+    "SpendUnallocatedHigh": "warning",
 }
 # Alerts whose $value is an amount of money.
 MONEY_ALERTS = {
@@ -231,6 +232,7 @@ def _routing_cases() -> list[tuple[dict[str, str], str]]:
         ({"alertname": "SpendBudgetExceeded", "severity": "critical", "budget": "total"}, "finops-pager"),
         ({"alertname": "SpendSourceDown", "severity": "warning", "source": "aws"}, "finops-chat"),
         ({"alertname": "SpendDailyAnomaly", "severity": "warning", "team": "unallocated"}, "finops-chat"),
+        ({"alertname": "SpendUnallocatedHigh", "severity": "warning"}, "finops-chat"),
         # a team nobody routed: the generic webhook
         ({"alertname": "SpendBudgetExceeded", "severity": "critical", "team": "not-a-team"}, "spend-webhook"),
     ]
@@ -317,3 +319,9 @@ def test_receivers_read_secrets_from_files() -> None:
                 assert "credentials" not in auth
                 assert auth["credentials_file"].startswith("/etc/alertmanager/secrets/")
                 assert Path(auth["credentials_file"]).name in secrets_readme
+
+
+def test_cost_per_request_template_in_the_docs_is_the_tested_one() -> None:
+    """docs/allocation.md shows examples/cost-per-request.rules.yml (prometheus/tests/cost-per-request.yml tests it)."""
+    (block,) = re.findall(r"```yaml\n(groups:\n.*?)```", (ROOT / "docs" / "allocation.md").read_text(), re.S)
+    assert yaml.safe_load(block) == yaml.safe_load((ROOT / "examples" / "cost-per-request.rules.yml").read_text())
