@@ -52,6 +52,8 @@ BACKFILLED = (
     "spend_budget_forecast_usd",
     "spend_budget_warning_ratio",
     "spend_account_info",
+    "spend_ai_key_cost_month_to_date_usd",
+    "spend_ai_key_info",
 )
 """Families written with history: what the exporter computes from the days in the cache."""
 
@@ -110,6 +112,9 @@ class AsOfStore(Store):
         self, source: str, first: dt.date, last: dt.date, *, by_day: bool = False
     ) -> list[tuple[Any, ...]]:
         return super().usage_by_model(source, first, self._last(last), by_day=by_day)
+
+    def key_usage_by_series(self, source: str, first: dt.date, last: dt.date) -> list[tuple[Any, ...]]:
+        return super().key_usage_by_series(source, first, self._last(last))
 
     def provider_forecasts(self, source: str) -> list[tuple[str, str, float]]:
         return []

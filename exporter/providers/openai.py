@@ -18,6 +18,11 @@ Calls, all through the ``openai`` SDK's admin client
   ``burn_delay`` before now, grouped by ``model``, ``project_id`` and
   ``api_key_id``; one request, no days written.
 - ``projects.list``: project names for ``spend_account_info`` and team rules.
+- ``projects.api_keys.list`` (``GET /v1/organization/projects/{project_id}/api_keys``, ``owner_project_access=any``)
+  for each project with usage by an API key in the window: the keys' names for ``spend_ai_key_info``.
+
+The daily usage by API key is kept too (``FetchResult.key_usage``): the snapshot splits each project's billed
+cost of a model across its keys (``exporter.keycost``).
 
 ``account_id`` is the project id. Tokens: ``input`` is uncached input
 (``input_uncached_tokens``; for older responses without it,
@@ -39,10 +44,12 @@ import openai
 
 from exporter.model import (
     AccountInfo,
+    ApiKeyInfo,
     CostRecord,
     FetchResult,
     FetchWindow,
     HourlyUsage,
+    KeyUsage,
     MinuteUsage,
     MinuteUsageResult,
     UsageRecord,
@@ -216,6 +223,20 @@ class OpenAIProvider:
 
         return [AccountInfo(PROVIDER, p.id, p.name or p.id) for p in self.api.listing("projects", first)]
 
+    def _api_keys(self, client: openai.OpenAI, projects: list[str]) -> list[ApiKeyInfo]:
+        """The API keys of ``projects`` (every key, whether or not its owner still has access to the project)."""
+        api_keys = client.admin.organization.projects.api_keys
+        out = []
+        for project in projects:
+
+            def first(project: str = project) -> Any:
+                return api_keys.list(project, limit=100, owner_project_access="any", timeout=self.api.timeout())
+
+            out += [
+                ApiKeyInfo(PROVIDER, project, k.id, k.name or k.id) for k in self.api.listing("project_api_keys", first)
+            ]
+        return out
+
     def _costs(self, client: openai.OpenAI, start: int, end: int, window: FetchWindow) -> tuple[list[CostRecord], int]:
         usage = client.admin.organization.usage
         amounts: dict[tuple[dt.date, str, str, str, str], float] = defaultdict(float)
@@ -299,13 +320,15 @@ class OpenAIProvider:
 
         daily: dict[tuple[dt.date, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         daily_requests: dict[tuple[dt.date, str, str, str], int] = defaultdict(int)
+        by_key: dict[tuple[dt.date, str, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        key_requests: dict[tuple[dt.date, str, str, str, str], int] = defaultdict(int)
         h_end = through
         h_start = h_end - HOURLY_HOURS * 3600
         hourly: dict[tuple[int, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         hourly_requests: dict[tuple[int, str, str, str], int] = defaultdict(int)
         for endpoint in dict.fromkeys(self.cfg.usage_endpoints):
             service = ENDPOINT_SERVICE[endpoint]
-            for b_start, b_end, account, model, tokens, requests, _key in self._usage(
+            for b_start, b_end, account, model, tokens, requests, api_key in self._usage(
                 client, endpoint, start, end, "1d", USAGE_DAILY_PAGE_LIMIT
             ):
                 day = dt.datetime.fromtimestamp(b_start, UTC).date()
@@ -315,6 +338,8 @@ class OpenAIProvider:
                 key = (day, account, service, model)
                 add_tokens(daily[key], tokens)
                 daily_requests[key] += requests
+                add_tokens(by_key[(*key, api_key)], tokens)
+                key_requests[(*key, api_key)] += requests
             for b_start, b_end, account, model, tokens, requests, _key in self._usage(
                 client, endpoint, h_start, h_end, "1h", HOURLY_HOURS
             ):
@@ -349,6 +374,20 @@ class OpenAIProvider:
             )
             for (b_start, account, service, model), tokens in sorted(hourly.items())
         ]
+        key_usage = [
+            KeyUsage(
+                day=day,
+                provider=PROVIDER,
+                account_id=account,
+                service_name=service,
+                model=model,
+                api_key_id=api_key,
+                tokens=dict(tokens),
+                requests=key_requests[(day, account, service, model, api_key)],
+            )
+            for (day, account, service, model, api_key), tokens in sorted(by_key.items())
+        ]
+        with_keys = sorted({k.account_id for k in key_usage if k.api_key_id and k.account_id != "default"})
         return FetchResult(
             days=window.days(),
             costs=costs,
@@ -356,6 +395,8 @@ class OpenAIProvider:
             hourly=hourly_records,
             accounts=accounts,
             data_through=dt.datetime.fromtimestamp(min(newest, through), UTC) if newest else None,
+            key_usage=key_usage,
+            api_keys=self._api_keys(client, with_keys),
         )
 
     def fetch_minutes(self, now: dt.datetime) -> MinuteUsageResult:
