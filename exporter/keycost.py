@@ -45,8 +45,13 @@ class KeyCosts:
 
 
 def to_cents(usd: float) -> int:
-    """``usd`` rounded to the cent, half up (the float's shortest decimal form, so 0.125 is 13 cents)."""
-    return int((Decimal(repr(usd)) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    """``usd`` rounded to the cent, half up.
+
+    The sum of many billed amounts in floats drifts (12.345 may read 12.344999999998): it is rounded to the
+    micro-dollar first, the finest unit the AI cost APIs bill in, so that a half cent rounds up as billed.
+    """
+    exact = Decimal(repr(round(usd, 6)))
+    return int((exact * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def split_cents(total: int, weights: Sequence[float]) -> list[int]:

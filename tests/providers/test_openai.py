@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -641,7 +641,7 @@ def test_key_costs_equal_the_dataset_and_add_up_to_the_billed_cost(h: Harness, d
         for account, model in {(a, m) for a, _, m in keys}:
             bill = billed.cost_sum("openai", start=MONTH_START, end=NOW.date(), account_id=account, model=model)
             total = sum(v for (a, _, m), v in keys.items() if (a, m) == (account, model))
-            assert total == bill.quantize(Decimal("0.01")), (account, model)
+            assert total == bill.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP), (account, model)
         # the fine-tuned model the price table cannot price: no key figure (never 0), its tokens counted
         assert not any(m == UNPRICED_MODEL for _, _, m in keys)
         unpriced = {lab["model"] for lab, _ in family_samples(text, "spend_exporter_unpriced_tokens")}
