@@ -113,8 +113,10 @@ class AsOfStore(Store):
     ) -> list[tuple[Any, ...]]:
         return super().usage_by_model(source, first, self._last(last), by_day=by_day)
 
-    def key_usage_by_series(self, source: str, first: dt.date, last: dt.date) -> list[tuple[Any, ...]]:
-        return super().key_usage_by_series(source, first, self._last(last))
+    def key_usage_by_series(
+        self, source: str, month_start: dt.date, since: dt.date, through: dt.date
+    ) -> list[tuple[Any, ...]]:
+        return super().key_usage_by_series(source, month_start, since, self._last(through))
 
     def provider_forecasts(self, source: str) -> list[tuple[str, str, float]]:
         return []

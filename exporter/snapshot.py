@@ -275,7 +275,8 @@ class SnapshotBuilder:
         """The API keys' shares of this month's billed AI cost (``exporter.keycost``): the unfolded series (for
         budgets), the ``spend_ai_key_cost_month_to_date_usd`` samples under the cardinality cap, and how many
         series were folded."""
-        usage = self.store.key_usage_by_series(source, dates.month_start, dates.today)
+        # keys with usage last month read 0 in a new month rather than vanish (as costs and tokens)
+        usage = self.store.key_usage_by_series(source, dates.month_start, dates.prev_month_start, dates.today)
         if not usage:
             return [], [], 0
         providers = {r[0] for r in usage}

@@ -441,15 +441,20 @@ class Store:
             (source, first.isoformat(), last.isoformat()),
         )
 
-    def key_usage_by_series(self, source: str, first: dt.date, last: dt.date) -> list[tuple[Any, ...]]:
-        """(provider, account_id, service_name, team, model, api_key_id, then tokens by ``model.TOKEN_TYPES``,
-        requests): ``source``'s usage by API key from ``first`` through ``last``."""
+    def key_usage_by_series(
+        self, source: str, month_start: dt.date, since: dt.date, through: dt.date
+    ) -> list[tuple[Any, ...]]:
+        """One row per API key series of ``source`` with usage from ``since`` through ``through``.
+
+        Columns: provider, account_id, service_name, team, model, api_key_id; then tokens by
+        ``model.TOKEN_TYPES`` and requests from ``month_start`` on (0 for a key with none there).
+        """
+        this = ", ".join(f"SUM(CASE WHEN day >= :ms THEN {c} ELSE 0 END)" for c in (*_TOKENS.split(", "), "requests"))
         return self.query(
-            "SELECT provider, account_id, service_name, team, model, api_key_id, SUM(input), SUM(output), "
-            "SUM(cache_read), SUM(cache_write), SUM(cache_write_1h), SUM(requests) FROM key_usage "
-            "WHERE source = ? AND day BETWEEN ? AND ? "
+            f"SELECT provider, account_id, service_name, team, model, api_key_id, {this} FROM key_usage "
+            "WHERE source = :s AND day >= :p0 AND day <= :today "
             "GROUP BY provider, account_id, service_name, team, model, api_key_id",
-            (source, first.isoformat(), last.isoformat()),
+            {"s": source, "ms": month_start.isoformat(), "p0": since.isoformat(), "today": through.isoformat()},
         )
 
     def api_keys(self, source: str) -> list[tuple[str, str, str, str]]:

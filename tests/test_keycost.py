@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
+from exporter.cardinality import OTHER
+from exporter.config import parse_config
 from exporter.keycost import key_costs, split_cents, to_cents
+from exporter.snapshot import SnapshotBuilder
+from exporter.store import Replacement, SourceState, Store
+from tests.helpers import family_samples
 
 
 def test_three_uneven_keys_keep_every_cent() -> None:
@@ -73,3 +80,50 @@ def test_shares_add_up_to_the_bill_to_the_cent(n: int) -> None:
     usage = [_row("p", f"k{i}", "m", 1_000_003 * (i + 1)) for i in range(n)]
     kc = key_costs(usage, {("openai", "p", "m"): 123.456789}, _estimate({"m": 0.37}))  # type: ignore[arg-type]
     assert sum(round(v * 100) for v in kc.by_key().values()) == 12346
+
+
+# --------------------------------------------------------------------------- through the store and the snapshot
+
+NOW = dt.datetime(2026, 11, 22, 9, 41, 7, tzinfo=dt.UTC)
+
+
+def _key_row(day: dt.date, key: str, tokens: int) -> tuple[object, ...]:
+    return (day.isoformat(), "openai", "proj_a", "chat", "search", "m-test", key, tokens, 0, 0, 0, 0, 1)
+
+
+def test_snapshot_caps_keys_and_carries_last_months_keys_at_zero(tmp_path: Path) -> None:
+    """Six keys this month and one of last month under a cap of 4: the three heaviest kept, the rest folded into
+    one __other__ series that keeps their cents; the key of last month reads 0 before it is folded away."""
+    cfg = parse_config(
+        {"cache_path": str(tmp_path / "c.sqlite"), "max_series_per_source": 4, "pricing": {"m-test": {"input": 1.0}}},
+        env={},
+    )
+    store = Store(cfg.cache_path)
+    day, last_month = dt.date(2026, 11, 20), dt.date(2026, 10, 30)
+    rep = Replacement(
+        start=last_month,
+        end=NOW.date(),
+        costs=[(day.isoformat(), "openai", "proj_a", "chat", "search", "m-test", 10.0)],
+        usage=[],
+        hourly=None,
+        accounts=[],
+        forecasts=None,
+        key_usage=[_key_row(day, f"key_{i}", 1_000_000 * (i + 1)) for i in range(6)]
+        + [_key_row(last_month, "key_old", 5_000_000)],
+        api_keys=[("openai", "proj_a", f"key_{i}", f"user {i}") for i in range(6)],
+    )
+    store.replace("s", rep, SourceState(source="s"))
+    builder = SnapshotBuilder(cfg, store, {"s": ("openai", "OpenAI Admin API", 900.0)})
+    try:
+        text = builder.build(NOW, ["s"]).text.decode()
+    finally:
+        store.close()
+    cost = {lab["api_key_id"]: v for lab, v in family_samples(text, "spend_ai_key_cost_month_to_date_usd")}
+    # 1000 cents by 1:2:3:4:5:6 (of 21): 47.62, 95.24, 142.86, 190.48, 238.10, 285.71: floors 47, 95, 142, 190,
+    # 238, 285 (997), the 3 cents left to the largest remainders (.86, .71, .62); key_old (no tokens) 0
+    assert cost == {"key_5": 2.86, "key_4": 2.38, "key_3": 1.9, OTHER: 2.86}
+    assert round(sum(cost.values()) * 100) == 1000
+    names = {lab["api_key_id"] for lab, _ in family_samples(text, "spend_ai_key_info")}
+    assert len(names) == 3  # names past the cap are dropped, not folded
+    overflow = [v for _, v in family_samples(text, "spend_exporter_series_overflow")]
+    assert overflow == [4 + 3]  # key cost series folded (4 of 7) and key names dropped (3 of 6)
