@@ -363,7 +363,9 @@ class AnthropicProvider:
             accounts=accounts,
             data_through=min(newest, through) if newest is not None else None,
             key_usage=key_usage,
-            api_keys=self._api_keys({a.account_id for a in accounts}, used_in),
+            api_keys=self.api.optional(
+                "API key names", lambda: self._api_keys({a.account_id for a in accounts}, used_in)
+            ),
         )
 
     def fetch_minutes(self, now: dt.datetime) -> MinuteUsageResult:

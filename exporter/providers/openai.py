@@ -396,7 +396,7 @@ class OpenAIProvider:
             accounts=accounts,
             data_through=dt.datetime.fromtimestamp(min(newest, through), UTC) if newest else None,
             key_usage=key_usage,
-            api_keys=self._api_keys(client, with_keys),
+            api_keys=self.api.optional("API key names", lambda: self._api_keys(client, with_keys)),
         )
 
     def fetch_minutes(self, now: dt.datetime) -> MinuteUsageResult:

@@ -540,6 +540,27 @@ def test_usage_by_api_key_and_key_names(h: Harness, ds: AIDataset) -> None:
     assert names[("default", "apikey_01O1")] == "org key"  # organization-scoped
 
 
+def test_a_key_list_that_fails_leaves_the_names_out_not_the_refresh(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Key names are not worth a refresh: a key list refused (an admin key without that permission) is logged once
+    and counted; costs, usage and usage by key are stored as usual."""
+    whole = h.fetch()
+    h.emu.inject(Fault("403", times=-1, path_contains="/v1/organizations/api_keys"))
+    provider = h.provider()  # the engine keeps one provider per source across refreshes
+    try:
+        with caplog.at_level(logging.WARNING):
+            first = provider.fetch(WINDOW)
+            second = provider.fetch(WINDOW)
+    finally:
+        provider.close()
+    assert first.api_keys == second.api_keys == [] and whole.api_keys
+    assert first.costs == whole.costs and first.key_usage == whole.key_usage
+    assert len([r for r in caplog.records if "API key names not refreshed" in r.getMessage()]) == 1
+    assert "HTTP 403" in caplog.text
+    assert any(status != "success" for op, status, _ in h.calls if "api_keys" in op)
+
+
 def test_key_costs_equal_the_dataset_and_add_up_to_the_billed_cost(h: Harness, ds: AIDataset, tmp_path: Path) -> None:
     """The cost report has no cost per key: the workspace's billed cost of a model is split across its keys by
     their list-price estimates, each key within a cent of its usage at the billed price, the keys adding up to the

@@ -614,6 +614,27 @@ def test_key_names_follow_pages(h: Harness) -> None:
     assert len([r for r in h.emu.requests if r.path == f"/v1/organization/projects/{LABS}/api_keys"]) == 3
 
 
+def test_a_key_list_that_fails_leaves_the_names_out_not_the_refresh(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Key names are not worth a refresh: a key list refused (an admin key without that permission) is logged once
+    and counted; costs, usage and usage by key are stored as usual."""
+    whole = h.fetch()
+    h.emu.inject(Fault("403", times=-1, path_contains="/api_keys"))
+    provider = h.provider()  # the engine keeps one provider per source across refreshes
+    try:
+        with caplog.at_level(logging.WARNING):
+            first = provider.fetch(WINDOW)
+            second = provider.fetch(WINDOW)
+    finally:
+        provider.close()
+    assert first.api_keys == second.api_keys == [] and whole.api_keys
+    assert first.costs == whole.costs and first.key_usage == whole.key_usage
+    assert len([r for r in caplog.records if "API key names not refreshed" in r.getMessage()]) == 1
+    assert "HTTP 403" in caplog.text
+    assert any(status != "success" for op, status, _ in h.calls if "api_keys" in op)
+
+
 def test_key_costs_equal_the_dataset_and_add_up_to_the_billed_cost(h: Harness, ds: AIDataset, tmp_path: Path) -> None:
     """Two keys share gpt-4o in the Labs project, billed 20% off: each key's cost is its usage at the billed
     price, to the cent, and the keys add up to what the project was billed; a budget on one key counts it."""
