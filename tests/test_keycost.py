@@ -127,3 +127,25 @@ def test_snapshot_caps_keys_and_carries_last_months_keys_at_zero(tmp_path: Path)
     assert len(names) == 3  # names past the cap are dropped, not folded
     overflow = [v for _, v in family_samples(text, "spend_exporter_series_overflow")]
     assert overflow == [4 + 3]  # key cost series folded (4 of 7) and key names dropped (3 of 6)
+
+
+def test_key_rows_are_replaced_with_their_days_pruned_and_forgotten(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.sqlite")
+    d1, d2 = dt.date(2026, 11, 1), dt.date(2026, 11, 2)
+
+    def rep(first: dt.date, last: dt.date, rows: list[tuple[object, ...]]) -> Replacement:
+        names = [("openai", "proj_a", "key_1", "user 1")]
+        return Replacement(first, last, [], [], None, [], None, key_usage=rows, api_keys=names)
+
+    try:
+        store.replace("s", rep(d1, d2, [_key_row(d1, "key_1", 5), _key_row(d2, "key_1", 7)]), SourceState("s"))
+        store.replace("s", rep(d2, d2, [_key_row(d2, "key_1", 11)]), SourceState("s"))  # d2 again: replaced
+        (row,) = store.key_usage_by_series("s", d1, d1, d2)
+        assert row[5:8] == ("key_1", 16, 0)
+        store.prune("s", d2)
+        assert store.key_usage_by_series("s", d1, d1, d2)[0][6] == 11
+        assert store.api_keys("s") == [("openai", "proj_a", "key_1", "user 1")]
+        store.forget_source("s")
+        assert store.key_usage_by_series("s", d1, d1, d2) == [] and store.api_keys("s") == []
+    finally:
+        store.close()
