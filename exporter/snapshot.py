@@ -253,7 +253,13 @@ class SnapshotBuilder:
         frags["spend_ai_key_cost_month_to_date_usd"] = render_samples(
             "spend_ai_key_cost_month_to_date_usd", KEY_LABELS, sorted((lab, round(v, 2)) for lab, v in key_rows)
         )
-        keys, over5 = fold([(_truncate(k), {"v": 1.0}) for k in self.store.api_keys(source)], cap, lambda v: 0.0)
+        # past the cap, the names of the keys that cost most this month are kept
+        spent: dict[tuple[str, str, str], float] = defaultdict(float)
+        for k in key_series:
+            spent[(k.labels[0], k.labels[1], k.api_key_id)] += k.mtd
+        keys, over5 = fold(
+            [(_truncate(k), {"v": spent.get(k[:3], 0.0)}) for k in self.store.api_keys(source)], cap, lambda v: v["v"]
+        )
         frags["spend_ai_key_info"] = render_samples(
             "spend_ai_key_info",
             ("provider", "account_id", "api_key_id", "api_key_name"),
