@@ -56,6 +56,8 @@ BACKFILLED = (
     "spend_cost_shared_previous_month_usd",
     "spend_cost_direct_month_to_date_usd",
     "spend_cost_direct_previous_month_usd",
+    "spend_ai_key_cost_month_to_date_usd",
+    "spend_ai_key_info",
 )
 """Families written with history: what the exporter computes from the days in the cache."""
 
@@ -115,6 +117,11 @@ class AsOfStore(Store):
         self, source: str, first: dt.date, last: dt.date, *, by_day: bool = False
     ) -> list[tuple[Any, ...]]:
         return super().usage_by_model(source, first, self._last(last), by_day=by_day)
+
+    def key_usage_by_series(
+        self, source: str, month_start: dt.date, since: dt.date, through: dt.date
+    ) -> list[tuple[Any, ...]]:
+        return super().key_usage_by_series(source, month_start, since, self._last(through))
 
     def provider_forecasts(self, source: str) -> list[tuple[str, str, float]]:
         return []

@@ -31,6 +31,15 @@ class SeriesCost:
     previous: float | None = None  # the last complete month, where the series had cost then
 
 
+@dataclass
+class KeySeriesCost:
+    """One API key's share of one cost series' model (``exporter.keycost``): what ``api_key_id`` budgets count."""
+
+    labels: tuple[str, str, str, str, str]  # provider, account_id, service_name, team, model
+    api_key_id: str
+    mtd: float
+
+
 @dataclass(frozen=True)
 class BudgetFigure:
     """One budget as the snapshot computed it (``/status`` shows the same figures as ``/metrics``)."""
@@ -80,23 +89,37 @@ def budget_figures(
     series: Sequence[SeriesCost],
     pooled: Container[tuple[str, ...]] = frozenset(),
     shares: Mapping[str, tuple[float, float]] | None = None,
+    key_series: Sequence[KeySeriesCost] = (),
 ) -> list[BudgetFigure]:
     """Each budget's month-to-date and forecast: the sums over the series it matches.
 
     A series without a forecast counts with its month-to-date. A budget with ``include_shared`` leaves out the
     series in a shared-cost pool (``pooled``: their labels) and counts its teams' ``shares`` instead (team →
-    (month to date, forecast), from ``exporter.allocation``): the team's allocated spend.
+    (month to date, forecast), from ``exporter.allocation``): the team's allocated spend. A budget with
+    ``match.api_key_id`` sums the keys' shares instead; a key's forecast is its share of the forecast of its
+    (provider, account, model).
     """
     figures = []
+    growth: dict[tuple[str, str, str], tuple[float, float]] | None = None
     for b in budgets:
         spent = 0.0
         forecast = 0.0
-        for s in series:
-            if b.include_shared and s.labels in pooled:
-                continue
-            if budget_matches(b, s.labels):
-                spent += s.mtd
-                forecast += s.forecast if s.forecast is not None else s.mtd
+        keys = b.match.api_key_id
+        if keys is not None:
+            if growth is None:
+                growth = _growth(series)
+            for k in key_series:
+                if k.api_key_id in keys and budget_matches(b, k.labels):
+                    mtd, fc = growth.get((k.labels[0], k.labels[1], k.labels[4]), (0.0, 0.0))
+                    spent += k.mtd
+                    forecast += k.mtd * fc / mtd if mtd > 0 else k.mtd
+        else:
+            for s in series:
+                if b.include_shared and s.labels in pooled:
+                    continue
+                if budget_matches(b, s.labels):
+                    spent += s.mtd
+                    forecast += s.forecast if s.forecast is not None else s.mtd
         if b.include_shared and shares:
             for team in budget_teams(b):
                 mtd_share, forecast_share = shares.get(team, (0.0, 0.0))
@@ -104,6 +127,16 @@ def budget_figures(
                 forecast += forecast_share
         figures.append(BudgetFigure(b.name, b.team or "", b.amount_usd, spent, forecast, b.warning_ratio))
     return figures
+
+
+def _growth(series: Sequence[SeriesCost]) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """(month-to-date, forecast) of every (provider, account_id, model)'s cost series together."""
+    out: dict[tuple[str, str, str], tuple[float, float]] = {}
+    for s in series:
+        key = (s.labels[0], s.labels[1], s.labels[4])
+        mtd, fc = out.get(key, (0.0, 0.0))
+        out[key] = (mtd + s.mtd, fc + (s.forecast if s.forecast is not None else s.mtd))
+    return out
 
 
 def budget_fragments(figures: Iterable[BudgetFigure]) -> dict[str, bytes]:

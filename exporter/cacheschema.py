@@ -54,6 +54,24 @@ CREATE TABLE IF NOT EXISTS hourly (
     cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, cache_write_1h INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS hourly_source ON hourly (source, hour);
+-- AI usage by API key (spend_ai_key_cost_month_to_date_usd), one row per day and series, replaced with the days
+CREATE TABLE IF NOT EXISTS key_usage (
+    source TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
+    service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL, api_key_id TEXT NOT NULL,
+    input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
+    cache_write INTEGER NOT NULL, cache_write_1h INTEGER NOT NULL, requests INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS key_usage_source_day ON key_usage (source, day);
+-- covers the snapshot's per-key read (Store.key_usage_by_series), as cost_series does: no sort (6x faster at 3000 keys)
+CREATE INDEX IF NOT EXISTS key_usage_series ON key_usage (
+    source, provider, account_id, service_name, team, model, api_key_id, day,
+    input, output, cache_read, cache_write, cache_write_1h, requests
+);
+-- the API keys' names (spend_ai_key_info), as the provider's key list last gave them
+CREATE TABLE IF NOT EXISTS api_keys (
+    source TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL, api_key_id TEXT NOT NULL,
+    api_key_name TEXT NOT NULL, PRIMARY KEY (source, provider, account_id, api_key_id)
+);
 CREATE TABLE IF NOT EXISTS accounts (
     source TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL, account_name TEXT NOT NULL,
     PRIMARY KEY (source, provider, account_id)

@@ -76,6 +76,16 @@ class BudgetMatch(ConfigModel):
     service_name: StrOrList | None = None
     team: StrOrList | None = None
     model: StrOrList | None = None
+    # the budget counts the API keys' scaled cost (spend_ai_key_cost_month_to_date_usd), not the cost series
+    api_key_id: (
+        Annotated[
+            list[NonEmptyStr],
+            BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
+            Field(min_length=1),
+            WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+        ]
+        | None
+    ) = None
 
 
 class Budget(ConfigModel):

@@ -15,6 +15,7 @@ from exporter.exposition import MAX_LABEL_VALUE_BYTES
 COST_LABELS = ("provider", "account_id", "service_name", "team", "model")
 BUDGET_LABELS = ("budget", "team")
 SOURCE_LABELS = ("source", "provider")
+KEY_LABELS = ("provider", "account_id", "api_key_id", "model")
 
 # appended to the HELP of the cost families (``FAMILIES``), naming the billing APIs configured
 CACHED = "Cached: refreshed in the background from {apis}, never at scrape time."
@@ -145,6 +146,19 @@ FAMILIES: list[MetricSpec] = [
         "gauge",
         "Each customer's monthly revenue in USD, from revenue_file (read again when it changes).",
         ("customer_id",),
+    ),
+    MetricSpec(
+        "spend_ai_key_cost_month_to_date_usd",
+        "gauge",
+        "AI cost in USD of the current UTC month per API key: usage by key times the price table, scaled so that "
+        "the keys of a project or workspace add up to its billed cost of the model, to the cent.",
+        KEY_LABELS,
+    ),
+    MetricSpec(
+        "spend_ai_key_info",
+        "gauge",
+        "AI API key names, from the providers' key lists; always 1.",
+        ("provider", "account_id", "api_key_id", "api_key_name"),
     ),
 ]
 

@@ -80,6 +80,34 @@ class MinuteUsage:
     team_tag: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    """AI usage of one API key for one day and one model (``spend_ai_key_cost_month_to_date_usd``'s input).
+
+    ``api_key_id`` is "" for usage the provider attributes to no key (say, the console's).
+    """
+
+    day: dt.date
+    provider: str
+    account_id: str
+    service_name: str
+    model: str
+    api_key_id: str
+    tokens: dict[str, int] = field(default_factory=dict)
+    requests: int = 0
+    team_tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    """An API key as the provider's key list names it (``spend_ai_key_info``)."""
+
+    provider: str
+    account_id: str
+    api_key_id: str
+    api_key_name: str
+
+
 @dataclass(slots=True)
 class MinuteUsageResult:
     """What one burn fetch returned: the minute buckets of ``[start, end)``, every minute of it complete.
@@ -261,6 +289,8 @@ class FetchResult:
     days for the source, so a day with no rows in ``costs`` is stored as empty.
     ``hourly`` replaces the source's hourly usage when not None.
     ``data_through`` is the end of the newest billing bucket returned.
+    ``key_usage`` is the daily usage by API key of the same days (replaced with them); ``api_keys`` names
+    keys (added to the names held, as ``accounts``).
     ``skipped`` counts, by reason, rows the provider itself could not use (say an unparsable date or
     amount in a file): the engine adds them to what it skips and to ``spend_exporter_source_records_skipped``.
     """
@@ -275,6 +305,8 @@ class FetchResult:
     skipped: dict[str, int] = field(default_factory=dict)
     raw: RawFetch | None = None
     """The pages the result was parsed from (providers that split fetching from parsing: ``PageParser``)."""
+    key_usage: list[KeyUsage] = field(default_factory=list)
+    api_keys: list[ApiKeyInfo] = field(default_factory=list)
 
     def clean_labels(self, clean: Callable[[str], tuple[str, bool]]) -> int:
         """Pass every string that becomes a label value through ``clean``, in place.
@@ -308,6 +340,8 @@ class FetchResult:
         if self.hourly is not None:
             self.hourly = [fix(h, labels) for h in self.hourly]
         self.accounts = [fix(a, ("provider", "account_id", "account_name")) for a in self.accounts]
+        self.key_usage = [fix(k, (*labels, "api_key_id")) for k in self.key_usage]
+        self.api_keys = [fix(k, ("provider", "account_id", "api_key_id", "api_key_name")) for k in self.api_keys]
         if self.forecasts is not None:
             self.forecasts = [fix(f, ("provider", "account_id")) for f in self.forecasts]
         return n

@@ -39,6 +39,17 @@ def normalise(r: Resolver, window: FetchWindow, result: FetchResult) -> tuple[Re
             skipped["outside_window"] += 1
             continue
         usage.append(_usage_row(u.day.isoformat(), u, r))
+    key_usage = []
+    for k in result.key_usage:
+        if not lo <= k.day <= hi:
+            skipped["outside_window"] += 1
+            continue
+        team = r.team(k.team_tag, k.provider, k.account_id, k.service_name, k.model)
+        tokens = tuple(int(k.tokens.get(t, 0)) for t in TOKEN_TYPES)
+        key_usage.append(
+            (k.day.isoformat(), k.provider, k.account_id, k.service_name, team, k.model, k.api_key_id, *tokens)
+            + (int(k.requests),)
+        )
     hourly = None
     if result.hourly is not None:
         hourly = []
@@ -61,6 +72,8 @@ def normalise(r: Resolver, window: FetchWindow, result: FetchResult) -> tuple[Re
         hourly=hourly,
         accounts=[(a.provider, a.account_id, a.account_name) for a in result.accounts],
         forecasts=forecasts,
+        key_usage=key_usage,
+        api_keys=[(k.provider, k.account_id, k.api_key_id, k.api_key_name) for k in result.api_keys],
     )
     return rep, len(costs) + len(usage), skipped
 

@@ -24,8 +24,8 @@ from typing import Any
 
 from exporter import __version__
 from exporter.allocation import Allocated, allocate, allocation_fragments
-from exporter.budgets import BudgetFigure, SeriesCost, budget_figures, budget_fragments
-from exporter.cardinality import Rows, cost_weight, fold
+from exporter.budgets import BudgetFigure, KeySeriesCost, SeriesCost, budget_figures, budget_fragments
+from exporter.cardinality import OTHER, Rows, cost_weight, fold
 from exporter.config import Config
 from exporter.exposition import MAX_LABEL_VALUE_BYTES, Family, gzipped, render, render_samples, rounded
 from exporter.forecast import (
@@ -39,6 +39,7 @@ from exporter.forecast import (
     recent_window,
     remaining_days,
 )
+from exporter.keycost import key_costs
 from exporter.metrics import (
     CACHED,
     COST_LABELS,
@@ -46,6 +47,7 @@ from exporter.metrics import (
     FAMILIES,
     GUARD_FAMILIES,
     GUARD_RESULTS,
+    KEY_LABELS,
     NOT_FROM_BILLING,
     SOURCE_LABELS,
 )
@@ -71,6 +73,7 @@ class SourceView:
     unpriced: list[tuple[str, str, float]]  # provider, model, tokens
     mtd_usd: float  # the sum of the month-to-date samples rendered in ``fragments``
     price_ratios: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (provider, account, model)
+    key_series: list[KeySeriesCost] = field(default_factory=list)  # API keys' shares, for api_key_id budgets
 
 
 @dataclass
@@ -128,6 +131,7 @@ class SnapshotBuilder:
         self._lock = threading.Lock()
         self._unpriced_logged: set[tuple[str, str]] = set()
         self._empty_pools_logged: set[str] = set()
+        self._unsplit_logged: set[tuple[str, str, str, str]] = set()
         self._truncated: dict[str, int] = {}
         self._burn: dict[str, tuple[dict[str, bytes], int]] = {}  # source → burn fragments, series folded
         self._revenue = RevenueFile(config.revenue_file) if config.revenue_file else None
@@ -198,7 +202,8 @@ class SnapshotBuilder:
         cost_rows, over1 = fold(cost_rows, cap, cost_weight)
         usage_rows, over2 = fold(usage_rows, cap, lambda v: sum(v.values()))
         hourly_rows, over3 = fold([(k, {"v": v}) for k, v in hourly.items()], cap, lambda v: v["v"])
-        overflow = over1 + over2 + over3
+        key_series, key_rows, over4 = self._key_costs(source, dates)
+        overflow = over1 + over2 + over3 + over4
 
         frags: dict[str, bytes] = {}
         for fam in (
@@ -251,14 +256,70 @@ class SnapshotBuilder:
         frags["spend_account_info"] = render_samples(
             "spend_account_info", ("provider", "account_id", "account_name"), sorted(accounts)
         )
+        frags["spend_ai_key_cost_month_to_date_usd"] = render_samples(
+            "spend_ai_key_cost_month_to_date_usd", KEY_LABELS, sorted((lab, round(v, 2)) for lab, v in key_rows)
+        )
+        # past the cap, the names of the keys that cost most this month are kept
+        spent: dict[tuple[str, str, str], float] = defaultdict(float)
+        for k in key_series:
+            spent[(k.labels[0], k.labels[1], k.api_key_id)] += k.mtd
+        keys, over5 = fold(
+            [(_truncate(k), {"v": spent.get(k[:3], 0.0)}) for k in self.store.api_keys(source)], cap, lambda v: v["v"]
+        )
+        frags["spend_ai_key_info"] = render_samples(
+            "spend_ai_key_info",
+            ("provider", "account_id", "api_key_id", "api_key_name"),
+            sorted((lab[:4], 1.0) for lab, _v in keys if lab[1] != OTHER),
+        )
         return SourceView(
             fragments=frags,
             series=series,
-            overflow=overflow,
+            overflow=overflow + over5,
             unpriced=[(p, m, t) for (p, m), t in sorted(unpriced.items())],
             mtd_usd=math.fsum(rounded(v["spend_cost_month_to_date_usd"]) for _, v in cost_rows),
             price_ratios=ratios,
+            key_series=key_series,
         )
+
+    def _key_costs(
+        self, source: str, dates: Dates
+    ) -> tuple[list[KeySeriesCost], list[tuple[tuple[str, ...], float]], int]:
+        """The API keys' shares of this month's billed AI cost (``exporter.keycost``): the unfolded series (for
+        budgets), the ``spend_ai_key_cost_month_to_date_usd`` samples under the cardinality cap, and how many
+        series were folded."""
+        # keys with usage last month read 0 in a new month rather than vanish (as costs and tokens)
+        usage = self.store.key_usage_by_series(source, dates.month_start, dates.prev_month_start, dates.today)
+        if not usage:
+            return [], [], 0
+        providers = {r[0] for r in usage}
+        billed = {
+            (p, a, m): c
+            for p, a, m, c in self.store.ai_cost_by_model(source, providers, dates.month_start, dates.today)
+        }
+
+        def estimate(provider: str, model: str, tokens: Any) -> tuple[float, int]:
+            e = self.prices.estimate(provider, model, tokens)
+            return e.usd, e.unpriced_tokens
+
+        kc = key_costs(usage, billed, estimate)
+        # a model the price table cannot price is logged once as unpriced (_priced); its keys get no figure
+        for p, a, m in sorted(kc.unsplit):
+            if (source, p, a, m) not in self._unsplit_logged:
+                self._unsplit_logged.add((source, p, a, m))
+                log.warning(
+                    "source %s: the billed cost of model %r in %s account %s is not split across API keys: "
+                    "their usage has no tokens to price",
+                    source,
+                    m,
+                    p,
+                    a,
+                )
+        rows, over = fold(
+            [(_truncate(k), {"v": v}) for k, v in kc.by_key().items()],
+            self.config.max_series_per_source,
+            lambda v: v["v"],
+        )
+        return kc.series, [(lab[:4], v["v"]) for lab, v in rows], over
 
     def _cost_rows(self, source: str, dates: Dates, newest: dt.date | None, oldest: dt.date | None) -> Rows:
         """The cost families of each series of ``source``, unfolded (``Store.cost_days``: its newest and oldest)."""
@@ -398,11 +459,14 @@ class SnapshotBuilder:
                     n_series += frag.count(b"\n")
             families.append(fam)
         all_series = [s for v in views.values() for s in v.series]
+        key_series = [k for v in views.values() for k in v.key_series]
         allocated = self._allocated(all_series, names)
         if allocated is None:
-            budgets = budget_figures(self.config.budgets, all_series)
+            budgets = budget_figures(self.config.budgets, all_series, key_series=key_series)
         else:
-            budgets = budget_figures(self.config.budgets, all_series, allocated.pooled, allocated.shares_by_team())
+            budgets = budget_figures(
+                self.config.budgets, all_series, allocated.pooled, allocated.shares_by_team(), key_series=key_series
+            )
             allocation_frags = allocation_fragments(allocated)
             for fam in families:
                 if fam.name in allocation_frags:

@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,6 +67,10 @@ _USAGE_COLUMNS = (
     f"(source, day, provider, account_id, service_name, team, model, {_TOKENS}, requests) VALUES ({'?,' * 12}?)"
 )
 _HOURLY_COLUMNS = _USAGE_COLUMNS.replace("day", "hour", 1)
+_KEY_USAGE_COLUMNS = (
+    f"(source, day, provider, account_id, service_name, team, model, api_key_id, {_TOKENS}, requests) "
+    f"VALUES ({'?,' * 13}?)"
+)
 
 
 @dataclass
@@ -80,6 +84,9 @@ class Replacement:
     hourly: list[StoredUsageRow] | None
     accounts: list[tuple[str, str, str]]
     forecasts: list[tuple[str, str, float]] | None
+    # day, provider, account_id, service_name, team, model, api_key_id, tokens (model.TOKEN_TYPES), requests
+    key_usage: list[StoredUsageRow] = field(default_factory=list)
+    api_keys: list[tuple[str, str, str, str]] = field(default_factory=list)  # provider, account_id, api_key_id, name
 
 
 @dataclass(frozen=True)
@@ -201,6 +208,10 @@ class Store:
             if rep.hourly is not None:
                 c.execute("DELETE FROM hourly WHERE source=?", (source,))
                 c.executemany(f"INSERT INTO hourly {_HOURLY_COLUMNS}", [(source, *r) for r in rep.hourly])
+            c.execute("DELETE FROM key_usage WHERE source=? AND day BETWEEN ? AND ?", (source, s, e))
+            c.executemany(f"INSERT INTO key_usage {_KEY_USAGE_COLUMNS}", [(source, *r) for r in rep.key_usage])
+            # like accounts: names are kept (a key listed once keeps its name), and the latest listing wins
+            c.executemany("INSERT OR REPLACE INTO api_keys VALUES (?,?,?,?,?)", [(source, *k) for k in rep.api_keys])
             c.executemany("INSERT OR REPLACE INTO accounts VALUES (?,?,?,?)", [(source, *a) for a in rep.accounts])
             if rep.forecasts is not None:
                 c.execute("DELETE FROM forecasts WHERE source=?", (source,))
@@ -231,6 +242,7 @@ class Store:
             c.execute("DELETE FROM cost WHERE source=? AND day < ?", (source, before.isoformat()))
             c.execute("DELETE FROM cost_recent WHERE source=? AND day < ?", (source, before.isoformat()))
             c.execute("DELETE FROM usage WHERE source=? AND day < ?", (source, before.isoformat()))
+            c.execute("DELETE FROM key_usage WHERE source=? AND day < ?", (source, before.isoformat()))
             if recent_from is not None and recent_from.isoformat() > _recent_from(c):
                 c.execute("DELETE FROM cost_recent WHERE day < ?", (recent_from.isoformat(),))
                 c.execute("INSERT OR REPLACE INTO meta VALUES ('recent_from', ?)", (recent_from.isoformat(),))
@@ -241,7 +253,7 @@ class Store:
         """Drop everything held for a source (its config changed, or it was removed)."""
 
         def write(c: sqlite3.Connection) -> None:
-            for table in ("cost", "cost_recent", "usage", "hourly", "accounts", "forecasts"):
+            for table in ("cost", "cost_recent", "usage", "hourly", "accounts", "forecasts", "key_usage", "api_keys"):
                 others = c.execute(f"SELECT 1 FROM {table} WHERE source < ? OR source > ? LIMIT 1", (source, source))
                 if others.fetchone():
                     c.execute(f"DELETE FROM {table} WHERE source=?", (source,))
@@ -555,6 +567,31 @@ class Store:
             f"GROUP BY provider, account_id, model{day}",
             (source, first.isoformat(), last.isoformat()),
         )
+
+    def key_usage_by_series(
+        self, source: str, month_start: dt.date, since: dt.date, through: dt.date
+    ) -> list[tuple[Any, ...]]:
+        """One row per API key series of ``source`` with usage from ``since`` through ``through``.
+
+        Columns: provider, account_id, service_name, team, model, api_key_id; then tokens by
+        ``model.TOKEN_TYPES`` and requests from ``month_start`` on (0 for a key with none there).
+        """
+        this = ", ".join(f"SUM(CASE WHEN day >= :ms THEN {c} ELSE 0 END)" for c in (*_TOKENS.split(", "), "requests"))
+        return self.query(
+            f"SELECT provider, account_id, service_name, team, model, api_key_id, {this} FROM key_usage "
+            "WHERE source = :s AND day >= :p0 AND day <= :today "
+            "GROUP BY provider, account_id, service_name, team, model, api_key_id",
+            {"s": source, "ms": month_start.isoformat(), "p0": since.isoformat(), "today": through.isoformat()},
+        )
+
+    def api_keys(self, source: str) -> list[tuple[str, str, str, str]]:
+        """(provider, account_id, api_key_id, api_key_name) of every API key ``source``'s key lists named."""
+        return [
+            (r[0], r[1], r[2], r[3])
+            for r in self.query(
+                "SELECT provider, account_id, api_key_id, api_key_name FROM api_keys WHERE source=?", (source,)
+            )
+        ]
 
     def spend(
         self,

@@ -55,6 +55,7 @@ class AdminApi:
         self.key_hint = key_hint
         self.permission_hint = permission_hint
         self.retry = RetryPolicy.from_settings(config)
+        self._warned: set[str] = set()
 
     def admin_key(self) -> str:
         """The admin key from the environment variable the config names, registered as a secret."""
@@ -119,6 +120,19 @@ class AdminApi:
                 raise self.error(operation, e) from None
 
         return self.ctx.call(operation, attempt, self.retry)
+
+    def optional(self, what: str, fn: Callable[[], list[T]]) -> list[T]:
+        """A listing the refresh can do without (the API keys' names): its error is logged once per message and
+        gives [] (the names already held are kept); throttling still fails the refresh, to back off."""
+        try:
+            return fn()
+        except Throttled:
+            raise
+        except SourceError as e:
+            if str(e) not in self._warned:
+                self._warned.add(str(e))
+                self.ctx.log.warning("%s not refreshed (the names held are kept): %s", what, e)
+            return []
 
     @contextlib.contextmanager
     def shape(self, operation: str) -> Iterator[None]:

@@ -17,6 +17,10 @@ and ``anthropic-version: 2023-06-01``:
   (``bucket_width=1m``) of the last ``burn_window`` that ends ``burn_delay``
   before now, grouped the same way; one request, plus the workspace listing
   (for team tags) at most once an hour.
+- ``client.organization.api_keys.list`` (``GET /v1/organizations/api_keys``, 1000 keys a page): the API keys'
+  names for ``spend_ai_key_info``. A key belongs to the workspace its usage is reported under; a key without
+  usage in the window, to its scope's workspace, or ``default`` for the default workspace (the list gives its
+  real id, which the reports never use) and for organization-scoped keys.
 - ``client.organization.workspaces.list``: workspace names (and tags: a tag
   named by ``attribution.team_tag_keys`` is the team tag) for
   ``spend_account_info`` and team rules.
@@ -28,7 +32,9 @@ Token usage is the Messages API's (``service_name="messages"``):
 ``cache_creation.ephemeral_5m_input_tokens`` → cache_write,
 ``ephemeral_1h_input_tokens`` → cache_write_1h (priced at the 1-hour rate),
 ``output_tokens`` → output. The usage report has no request
-count, so ``requests`` is 0.
+count, so ``requests`` is 0. The daily usage by API key is kept too (``FetchResult.key_usage``): the cost report
+has no API-key grouping, so the snapshot splits each workspace's billed cost of a model across its keys
+(``exporter.keycost``).
 """
 
 from __future__ import annotations
@@ -43,10 +49,12 @@ import anthropic
 
 from exporter.model import (
     AccountInfo,
+    ApiKeyInfo,
     CostRecord,
     FetchResult,
     FetchWindow,
     HourlyUsage,
+    KeyUsage,
     MinuteUsage,
     MinuteUsageResult,
     RawFetch,
@@ -64,6 +72,7 @@ DEFAULT_WORKSPACE_NAME = "Default Workspace"
 SERVICE = "messages"
 UTC = dt.UTC
 COST_PAGE_LIMIT = 31  # buckets per page: the API's maxima
+API_KEYS_PAGE_LIMIT = 1000
 USAGE_DAILY_PAGE_LIMIT = 31
 TAGS_MAX_AGE = 3600.0  # the burn fetch lists workspaces (their team tags) again after this long
 HOURLY_HOURS = 24  # hourly buckets kept: the last complete hour is priced; series of the last day stay visible
@@ -216,6 +225,20 @@ class AnthropicProvider:
                             break
         return infos, tags
 
+    def _api_keys(self, workspaces: set[str], used_in: dict[str, str]) -> list[ApiKeyInfo]:
+        """Every API key of the organization, with the workspace it is used in (``used_in``) or scoped to."""
+        api_keys = self._get_client().organization.api_keys
+
+        def first() -> Any:
+            return api_keys.list(limit=API_KEYS_PAGE_LIMIT, timeout=self.api.timeout())
+
+        out = []
+        for k in self.api.listing("api_keys", first):
+            scoped = getattr(k.scope, "workspace_id", None)
+            account = used_in.get(k.id) or (scoped if scoped in workspaces else DEFAULT_WORKSPACE)
+            out.append(ApiKeyInfo(PROVIDER, account, k.id, k.name or k.id))
+        return out
+
     def _costs(
         self, window: FetchWindow, raw: RawFetch, tags: dict[str, str]
     ) -> tuple[list[CostRecord], dt.datetime | None]:
@@ -301,7 +324,13 @@ class AnthropicProvider:
         self._usage(raw, starting, ending, "1d", USAGE_DAILY_PAGE_LIMIT)
         if not window.history:  # days only: the hourly buckets are the refresh's
             self._usage(raw, rfc3339(through - dt.timedelta(hours=HOURLY_HOURS)), rfc3339(through), "1h", HOURLY_HOURS)
-        return self.parse(window, raw)
+        result = self.parse(window, raw)
+        # the keys' names (spend_ai_key_info) are not records: listed live, not kept with the pages (names held
+        # are never deleted, so a recompute keeps them)
+        used_in = {k.api_key_id: k.account_id for k in result.key_usage}
+        workspaces = {a.account_id for a in result.accounts}
+        result.api_keys = self.api.optional("API key names", lambda: self._api_keys(workspaces, used_in))
+        return result
 
     def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
         """The records of the pages ``fetch`` kept (live or from the cache); no API call."""
@@ -310,11 +339,13 @@ class AnthropicProvider:
         costs, newest = self._costs(window, raw, tags)
 
         daily: dict[tuple[dt.date, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for b_start, b_end, account, model, tokens, _key in self._usage_rows(raw, "usage_report_messages"):
+        by_key: dict[tuple[dt.date, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for b_start, b_end, account, model, tokens, api_key in self._usage_rows(raw, "usage_report_messages"):
             newest = b_end if newest is None else max(newest, b_end)
             day = b_start.date()
             if window.start <= day <= window.end:
                 add_tokens(daily[(day, account, model)], tokens)
+                add_tokens(by_key[(day, account, model, api_key)], tokens)
         h_start = through - dt.timedelta(hours=HOURLY_HOURS)
         hourly: dict[tuple[dt.datetime, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for b_start, b_end, account, model, tokens, _key in self._usage_rows(raw, "usage_report_messages_hourly"):
@@ -346,6 +377,19 @@ class AnthropicProvider:
             )
             for (b_start, account, model), tokens in sorted(hourly.items())
         ]
+        key_usage = [
+            KeyUsage(
+                day=day,
+                provider=PROVIDER,
+                account_id=account,
+                service_name=SERVICE,
+                model=model,
+                api_key_id=api_key,
+                tokens=dict(tokens),
+                team_tag=tags.get(account),
+            )
+            for (day, account, model, api_key), tokens in sorted(by_key.items())
+        ]
         return FetchResult(
             days=window.days(),
             costs=costs,
@@ -354,6 +398,7 @@ class AnthropicProvider:
             accounts=accounts,
             data_through=min(newest, through) if newest is not None else None,
             raw=raw,
+            key_usage=key_usage,
         )
 
     def fetch_minutes(self, now: dt.datetime) -> MinuteUsageResult:

@@ -18,6 +18,12 @@ Calls, all through the ``openai`` SDK's admin client
   ``burn_delay`` before now, grouped by ``model``, ``project_id`` and
   ``api_key_id``; one request, no days written.
 - ``projects.list``: project names for ``spend_account_info`` and team rules.
+- ``projects.api_keys.list`` (``GET /v1/organization/projects/{project_id}/api_keys``, ``owner_project_access=any``)
+  for each project with usage by an API key in the window: the keys' names for ``spend_ai_key_info``.
+
+The daily usage by API key is kept too (``FetchResult.key_usage``): the snapshot splits each project's billed
+cost of a model across its keys (``exporter.keycost``).
+
 
 ``account_id`` is the project id. Tokens: ``input`` is uncached input
 (``input_uncached_tokens``; for older responses without it,
@@ -40,10 +46,12 @@ import openai
 
 from exporter.model import (
     AccountInfo,
+    ApiKeyInfo,
     CostRecord,
     FetchResult,
     FetchWindow,
     HourlyUsage,
+    KeyUsage,
     MinuteUsage,
     MinuteUsageResult,
     RawFetch,
@@ -229,6 +237,20 @@ class OpenAIProvider:
             url = str(self._get_client().base_url).rstrip("/") + "/organization/projects"
             raw.add("projects", {"method": "GET", "url": url}, page.to_dict(mode="json"))
 
+    def _api_keys(self, client: openai.OpenAI, projects: list[str]) -> list[ApiKeyInfo]:
+        """The API keys of ``projects`` (every key, whether or not its owner still has access to the project)."""
+        api_keys = client.admin.organization.projects.api_keys
+        out = []
+        for project in projects:
+
+            def first(project: str = project) -> Any:
+                return api_keys.list(project, limit=100, owner_project_access="any", timeout=self.api.timeout())
+
+            out += [
+                ApiKeyInfo(PROVIDER, project, k.id, k.name or k.id) for k in self.api.listing("project_api_keys", first)
+            ]
+        return out
+
     def _costs(self, raw: RawFetch, start: int, end: int) -> None:
         self._report(
             raw,
@@ -266,7 +288,13 @@ class OpenAIProvider:
             self._usage(raw, endpoint, start, end, "1d", USAGE_DAILY_PAGE_LIMIT)
             if not window.history:  # days only: the hourly buckets are the refresh's
                 self._usage(raw, endpoint, h_end - HOURLY_HOURS * 3600, h_end, "1h", HOURLY_HOURS)
-        return self.parse(window, raw)
+        result = self.parse(window, raw)
+        # the keys' names (spend_ai_key_info) are not records: listed live, not kept with the pages (names held
+        # are never deleted, so a recompute keeps them)
+        client = self._get_client()
+        with_keys = sorted({k.account_id for k in result.key_usage if k.api_key_id and k.account_id != "default"})
+        result.api_keys = self.api.optional("API key names", lambda: self._api_keys(client, with_keys))
+        return result
 
     def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
         """The records of the pages ``fetch`` kept (live or from the cache); no API call."""
@@ -301,13 +329,15 @@ class OpenAIProvider:
 
         daily: dict[tuple[dt.date, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         daily_requests: dict[tuple[dt.date, str, str, str], int] = defaultdict(int)
+        by_key: dict[tuple[dt.date, str, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        key_requests: dict[tuple[dt.date, str, str, str, str], int] = defaultdict(int)
         h_end = through
         h_start = h_end - HOURLY_HOURS * 3600
         hourly: dict[tuple[int, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         hourly_requests: dict[tuple[int, str, str, str], int] = defaultdict(int)
         for endpoint in dict.fromkeys(self.cfg.usage_endpoints):
             service = ENDPOINT_SERVICE[endpoint]
-            for b_start, b_end, account, model, tokens, requests, _key in _usage_rows(
+            for b_start, b_end, account, model, tokens, requests, api_key in _usage_rows(
                 self.api, raw, endpoint, f"usage_{endpoint}"
             ):
                 day = dt.datetime.fromtimestamp(b_start, UTC).date()
@@ -317,6 +347,8 @@ class OpenAIProvider:
                 key = (day, account, service, model)
                 add_tokens(daily[key], tokens)
                 daily_requests[key] += requests
+                add_tokens(by_key[(*key, api_key)], tokens)
+                key_requests[(*key, api_key)] += requests
             for b_start, b_end, account, model, tokens, requests, _key in _usage_rows(
                 self.api, raw, endpoint, f"usage_{endpoint}_hourly"
             ):
@@ -351,6 +383,19 @@ class OpenAIProvider:
             )
             for (b_start, account, service, model), tokens in sorted(hourly.items())
         ]
+        key_usage = [
+            KeyUsage(
+                day=day,
+                provider=PROVIDER,
+                account_id=account,
+                service_name=service,
+                model=model,
+                api_key_id=api_key,
+                tokens=dict(tokens),
+                requests=key_requests[(day, account, service, model, api_key)],
+            )
+            for (day, account, service, model, api_key), tokens in sorted(by_key.items())
+        ]
         return FetchResult(
             days=window.days(),
             costs=costs,
@@ -359,6 +404,7 @@ class OpenAIProvider:
             accounts=accounts,
             data_through=dt.datetime.fromtimestamp(min(newest, through), UTC) if newest else None,
             raw=raw,
+            key_usage=key_usage,
         )
 
     def fetch_minutes(self, now: dt.datetime) -> MinuteUsageResult:

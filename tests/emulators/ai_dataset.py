@@ -398,6 +398,29 @@ class AIDataset:
                     total += Decimal(n) * prices[billed] / MILLION
         return total
 
+    def key_cost(
+        self, provider: str, *, start: dt.date, end: dt.date, account_id: str, api_key_id: str
+    ) -> dict[str, Decimal]:
+        """What each model used by one API key cost, days ``start``..``end``: its tokens at ``BILLING_PRICES``,
+        with the account's discount, unrounded (the APIs bill no key: this is the truth the exporter estimates)."""
+        out: dict[str, Decimal] = defaultdict(Decimal)
+        for r in self.rows(provider):
+            acct = r.account_id if r.account_id is not None else "default"
+            if acct != account_id or r.api_key_id != api_key_id or not start <= r.day <= end:
+                continue
+            prices = BILLING_PRICES[r.model]
+            discount = self.discounts.get((provider, r.account_id), Decimal(1))
+            for billed, n in (
+                ("input", r.input),
+                ("output", r.output),
+                ("cache_read", r.cache_read),
+                ("cache_write_5m", r.cache_write_5m),
+                ("cache_write_1h", r.cache_write_1h),
+            ):
+                if n:
+                    out[r.model] += Decimal(n) * prices[billed] / MILLION * discount
+        return dict(out)
+
     def token_sum(
         self,
         provider: str,

@@ -20,6 +20,10 @@ the fields to set; the updated object back). Every project starts with one rate
 limit per model of the dataset (``rl-<model>``). With ``write_key`` set, that key
 also reads, and only it writes (the usage key gets 403 on a write). Every write is
 recorded in ``writes``; one answered by an injected fault is only in ``requests``.
+
+``GET /v1/organization/projects/{id}/api_keys`` (``limit`` 1..100, ``after``, ``owner_project_access``)
+lists a project's API keys (``organization.project.api_key``): the dataset's keys of that project, named
+``<key id> service key``, plus ``extra_api_keys`` (project id → ``(id, name)``) for keys without usage.
 """
 
 from __future__ import annotations
@@ -135,6 +139,7 @@ class OpenAIAdminEmulator(RecordsWrites, ServesAIDataset, Emulator):
         }
         self.page_size_cap = page_size_cap
         self.legacy_usage_fields = legacy_usage_fields
+        self.extra_api_keys: dict[str, list[tuple[str, str]]] = {}
 
     def _now(self) -> dt.datetime:
         return self.scenario.now if self.scenario else self.dataset.now
@@ -183,6 +188,9 @@ class OpenAIAdminEmulator(RecordsWrites, ServesAIDataset, Emulator):
                 return Response(200, self._usage(request, endpoint))
             if path == "/v1/organization/projects":
                 return Response(200, self._projects(request))
+            parts = path.split("/")  # "", v1, organization, projects, {id}, api_keys
+            if len(parts) == 6 and path.startswith("/v1/organization/projects/") and parts[5] == "api_keys":
+                return self._project_api_keys(request, parts[4])
         except BadRequest as e:
             return _error(400, str(e), "invalid_request_error", param=e.param)
         return _error(404, f"Invalid URL (GET {request.path})", "invalid_request_error")
@@ -374,6 +382,52 @@ class OpenAIAdminEmulator(RecordsWrites, ServesAIDataset, Emulator):
             "last_id": page[-1]["id"] if page else None,
             "has_more": len(projects) > n,
         }
+
+    def _project_api_keys(self, request: Request, project: str) -> Response:
+        if project not in {a.id for a in self.dataset.accounts["openai"]}:
+            return _error(404, f"No such project: {project}", "invalid_request_error")
+        try:
+            limit = int(request.q("limit") or 20)
+        except ValueError:
+            raise BadRequest("limit must be an integer.", "limit") from None
+        if not 1 <= limit <= 100:
+            raise BadRequest("limit must be between 1 and 100.", "limit")
+        if (request.q("owner_project_access") or "any") not in ("active", "inactive", "any"):
+            raise BadRequest("owner_project_access must be one of active, inactive, any.", "owner_project_access")
+        created = int((self.dataset.now - dt.timedelta(days=300)).timestamp())
+        ids = [(s.api_key_id, f"{s.api_key_id} service key") for s in STREAMS if s.account_id == project]
+        ids += self.extra_api_keys.get(project, [])
+        keys = [
+            {
+                "object": "organization.project.api_key",
+                "id": key_id,
+                "name": name,
+                "redacted_value": f"sk-proj-****{key_id[-2:]}",
+                "created_at": created,
+                "last_used_at": None,
+                "owner": {"type": "service_account", "service_account": None, "user": None},
+                "owner_project_access": "active",
+            }
+            for key_id, name in dict.fromkeys(ids)
+        ]
+        after = request.q("after")
+        if after:
+            found = [k["id"] for k in keys]
+            if after not in found:
+                raise BadRequest(f"No such API key: {after!r}", "after")
+            keys = keys[found.index(after) + 1 :]
+        n = min(limit, self.page_size_cap or limit)
+        page = keys[:n]
+        return Response(
+            200,
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(keys) > n,
+            },
+        )
 
     # -- project rate limits (the guard's writes) ---------------------------------------
     def _rate_limits(self, request: Request, key: str) -> Response:

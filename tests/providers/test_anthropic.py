@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from tests.emulators.ai_dataset import (
     build_ai_dataset,
     runaway,
 )
-from tests.emulators.anthropic_admin import DEFAULT_ADMIN_KEY, AnthropicAdminEmulator
+from tests.emulators.anthropic_admin import DEFAULT_ADMIN_KEY, DEFAULT_WORKSPACE_REAL_ID, AnthropicAdminEmulator
 from tests.emulators.scenario import Scenario, Stream, per_minute
 from tests.emulators.server import Fault
 from tests.helpers import FetchHarness, family_samples
@@ -210,7 +210,10 @@ def test_requests_follow_the_documented_wire_format(h: Harness) -> None:
     assert [r.q("ending_at") for r in hourly] == ["2026-11-22T09:00:00Z"]
     workspaces = [r for r in reqs if r.path == "/v1/organizations/workspaces"]
     assert workspaces[0].q("include_archived") == "true"
+    keys = [r for r in reqs if r.path == "/v1/organizations/api_keys"]
+    assert [r.q("limit") for r in keys] == ["1000"]  # the key names: one request per 1000 keys
     assert {op for op, _, _ in h.calls} == {
+        "api_keys",
         "workspaces",
         "cost_report",
         "usage_report_messages",
@@ -492,6 +495,121 @@ def test_price_ratio_shows_a_negotiated_discount(h: Harness, ds: AIDataset, tmp_
         assert ratios[(SUPPORT, HAIKU)] == pytest.approx(0.85, abs=1e-4)
         assert ratios[(RESEARCH, SONNET)] == pytest.approx(1.0, abs=1e-4)
         assert app.builder.price_ratio("anthropic", SUPPORT, SONNET) == pytest.approx(ratios[(SUPPORT, SONNET)])
+    finally:
+        app.close()
+
+
+# --------------------------------------------------------------------------- per-key AI spend
+
+
+def _shared_key(ds: AIDataset, emu: AnthropicAdminEmulator) -> AIDataset:
+    """The Support workspace's Sonnet usage split between two keys (every third hour on a second one), billed
+    15% off; the key list also names two keys without usage, one in the default workspace (its real id)."""
+    usage = [
+        dataclasses.replace(r, api_key_id="apikey_01S2")
+        if r.provider == "anthropic" and r.account_id == SUPPORT and r.model == SONNET and r.hour.hour % 3 == 0
+        else r
+        for r in ds.usage
+    ]
+    template = emu.api_keys["apikey_01S1"]
+    for key_id, workspace in (("apikey_01S2", SUPPORT), ("apikey_01X9", DEFAULT_WORKSPACE_REAL_ID)):
+        scope = {"type": "workspace", "workspace_id": workspace}
+        emu.api_keys[key_id] = dict(template, id=key_id, name=f"{key_id} service key", scope=scope)
+    emu.api_keys["apikey_01O1"] = dict(template, id="apikey_01O1", name="org key", scope={"type": "organization"})
+    return dataclasses.replace(ds, usage=usage, discounts={("anthropic", SUPPORT): Decimal("0.85")})
+
+
+def test_usage_by_api_key_and_key_names(h: Harness, ds: AIDataset) -> None:
+    h.emu.dataset = shared = _shared_key(ds, h.emu)
+    res = h.fetch()
+    got: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    for k in res.key_usage:
+        assert (k.provider, k.service_name, k.requests) == ("anthropic", "messages", 0)
+        for tt, n in k.tokens.items():
+            got[(k.account_id, k.api_key_id, k.model, tt)] += n
+    want: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    for r in shared.rows("anthropic"):
+        if WINDOW.start <= r.day <= WINDOW.end:
+            for tt, n in r.tokens.items():
+                want[(r.account_id or "default", r.api_key_id, r.model, tt)] += n
+    assert {k: v for k, v in got.items() if v} == {k: v for k, v in want.items() if v}
+    names = {(k.account_id, k.api_key_id): k.api_key_name for k in res.api_keys}
+    assert names[(SUPPORT, "apikey_01S2")] == "apikey_01S2 service key"
+    assert names[("default", "apikey_01D1")] == "01D1 service key"  # used in the default workspace
+    assert names[("default", "apikey_01X9")] == "apikey_01X9 service key"  # scoped to it by its real id
+    assert names[("default", "apikey_01O1")] == "org key"  # organization-scoped
+
+
+def test_a_key_list_that_fails_leaves_the_names_out_not_the_refresh(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Key names are not worth a refresh: a key list refused (an admin key without that permission) is logged once
+    and counted; costs, usage and usage by key are stored as usual."""
+    whole = h.fetch()
+    h.emu.inject(Fault("403", times=-1, path_contains="/v1/organizations/api_keys"))
+    provider = h.provider()  # the engine keeps one provider per source across refreshes
+    try:
+        with caplog.at_level(logging.WARNING):
+            first = provider.fetch(WINDOW)
+            second = provider.fetch(WINDOW)
+    finally:
+        provider.close()
+    assert first.api_keys == second.api_keys == [] and whole.api_keys
+    assert first.costs == whole.costs and first.key_usage == whole.key_usage
+    assert len([r for r in caplog.records if "API key names not refreshed" in r.getMessage()]) == 1
+    assert "HTTP 403" in caplog.text
+    assert any(status != "success" for op, status, _ in h.calls if "api_keys" in op)
+
+
+def test_key_costs_equal_the_dataset_and_add_up_to_the_billed_cost(h: Harness, ds: AIDataset, tmp_path: Path) -> None:
+    """The cost report has no cost per key: the workspace's billed cost of a model is split across its keys by
+    their list-price estimates, each key within a cent of its usage at the billed price, the keys adding up to the
+    bill to the cent; budgets on a key count its share, within its team."""
+    from exporter.app import build_app
+
+    h.emu.dataset = billed = _shared_key(ds, h.emu)
+    cfg = parse_config(
+        {
+            "cache_path": str(tmp_path / "cache.sqlite"),
+            "attribution": {"rules": ds.attribution_rules()},
+            "sources": [{"name": "anthropic", "type": "anthropic", "admin_key_env": ENV, "base_url": h.emu.url}],
+            "budgets": [
+                {"name": "s2", "amount_usd": 50, "team": "support", "match": {"api_key_id": "apikey_01S2"}},
+                {"name": "s2-research", "amount_usd": 50, "team": "research", "match": {"api_key_id": "apikey_01S2"}},
+                {"name": "s-both", "amount_usd": 50, "match": {"api_key_id": ["apikey_01S1", "apikey_01S2"]}},
+            ],
+        },
+        env={},
+    )
+    app = build_app(cfg, now=lambda: NOW)
+    try:
+        assert [o.ok for o in app.refresh_all()] == [True]
+        text = app.exposition()
+        keys = {
+            (lab["account_id"], lab["api_key_id"], lab["model"]): Decimal(repr(v))
+            for lab, v in family_samples(text, "spend_ai_key_cost_month_to_date_usd")
+        }
+        assert {(a, k) for a, k, _ in keys} == {
+            (r.account_id or "default", r.api_key_id) for r in billed.rows("anthropic") if r.day >= MONTH_START
+        }
+        for (account, key, model), value in keys.items():
+            truth = billed.key_cost("anthropic", start=MONTH_START, end=NOW.date(), account_id=account, api_key_id=key)
+            assert abs(value - truth[model]) <= Decimal("0.01"), (account, key, model, value, truth[model])
+        for account, model in {(a, m) for a, _, m in keys}:
+            bill = billed.cost_sum("anthropic", start=MONTH_START, end=NOW.date(), account_id=account, model=model)
+            total = sum(v for (a, _, m), v in keys.items() if (a, m) == (account, model))
+            assert total == bill.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP), (account, model)
+        s1, s2 = keys[(SUPPORT, "apikey_01S1", SONNET)], keys[(SUPPORT, "apikey_01S2", SONNET)]
+        assert s1 > s2 > 0
+        info = {lab["api_key_id"]: lab for lab, _ in family_samples(text, "spend_ai_key_info")}
+        assert info["apikey_01S2"]["account_id"] == SUPPORT
+        assert info["apikey_01X9"]["account_id"] == "default"
+        spent = {lab["budget"]: Decimal(repr(v)) for lab, v in family_samples(text, "spend_budget_spent_usd")}
+        assert spent["s2"] == s2
+        assert spent["s2-research"] == 0  # the key's usage is the support team's
+        assert spent["s-both"] == s1 + s2 + keys[(SUPPORT, "apikey_01S1", HAIKU)]
+        forecast = {lab["budget"]: v for lab, v in family_samples(text, "spend_budget_forecast_usd")}
+        assert forecast["s2"] > float(s2)  # its share of the workspace's month-end forecast for the model
     finally:
         app.close()
 

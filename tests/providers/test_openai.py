@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +234,11 @@ def test_requests_follow_the_documented_wire_format(h: Harness) -> None:
         "/v1/organization/usage/completions",
         "/v1/organization/usage/embeddings",
         "/v1/organization/usage/images",
+        # the keys of each project with usage by an API key: names for spend_ai_key_info
+        *(f"/v1/organization/projects/{p}/api_keys" for p in (SEARCH, "proj_PAYMENTSd4e5", LABS, SANDBOX)),
     }
+    keys = [r for r in reqs if r.path.endswith("/api_keys")]
+    assert {(r.q("limit"), r.q("owner_project_access")) for r in keys} == {("100", "any")}
     start = int(dt.datetime(2026, 10, 1, tzinfo=dt.UTC).timestamp())
     end = int(dt.datetime(2026, 11, 23, tzinfo=dt.UTC).timestamp())
     costs = [r for r in reqs if r.path.endswith("/costs")]
@@ -258,6 +262,7 @@ def test_requests_follow_the_documented_wire_format(h: Harness) -> None:
         "usage_embeddings_hourly",
         "usage_images",
         "usage_images_hourly",
+        "project_api_keys",
     }
 
 
@@ -573,6 +578,105 @@ def test_price_ratio_shows_a_negotiated_discount(h: Harness, ds: AIDataset, tmp_
         assert app.builder.price_ratio("openai", LABS, GPT4O) == pytest.approx(ratios[(LABS, GPT4O)], abs=1e-6)
         assert app.builder.price_ratio("openai", "proj_PAYMENTSd4e5", UNPRICED_MODEL) is None
         assert app.builder.price_ratio("openai", LABS, "gpt-5") is None
+    finally:
+        app.close()
+
+
+# --------------------------------------------------------------------------- per-key AI spend
+
+
+def test_usage_by_api_key_and_key_names(h: Harness, ds: AIDataset) -> None:
+    res = h.fetch(usage_endpoints=["completions", "embeddings"])
+    got: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    for k in res.key_usage:
+        assert k.provider == "openai" and k.service_name == ("embeddings" if k.model == EMBED else "chat")
+        for tt, n in k.tokens.items():
+            got[(k.account_id, k.api_key_id, k.model, tt)] += n
+    want: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    for r in ds.rows("openai"):
+        if WINDOW.start <= r.day <= WINDOW.end:
+            for tt, n in r.tokens.items():
+                want[(r.account_id or "", r.api_key_id, r.model, tt)] += n
+    assert {k: v for k, v in got.items() if v} == {k: v for k, v in want.items() if v}
+    # the keys' requests add up to the project's
+    assert sum(k.requests for k in res.key_usage) == sum(u.requests for u in res.usage)
+    assert {(k.account_id, k.api_key_id, k.api_key_name) for k in res.api_keys} == {
+        (r.account_id, r.api_key_id, f"{r.api_key_id} service key") for r in ds.rows("openai")
+    }
+
+
+def test_key_names_follow_pages(h: Harness) -> None:
+    h.emu.extra_api_keys = {LABS: [(f"key_unused_{i}", f"unused {i}") for i in range(5)]}
+    h.emu.page_size_cap = 3
+    res = h.fetch()
+    names = {(k.account_id, k.api_key_id): k.api_key_name for k in res.api_keys}
+    assert names[(LABS, "key_unused_4")] == "unused 4"  # 7 keys, 3 a page
+    assert len([r for r in h.emu.requests if r.path == f"/v1/organization/projects/{LABS}/api_keys"]) == 3
+
+
+def test_a_key_list_that_fails_leaves_the_names_out_not_the_refresh(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Key names are not worth a refresh: a key list refused (an admin key without that permission) is logged once
+    and counted; costs, usage and usage by key are stored as usual."""
+    whole = h.fetch()
+    h.emu.inject(Fault("403", times=-1, path_contains="/api_keys"))
+    provider = h.provider()  # the engine keeps one provider per source across refreshes
+    try:
+        with caplog.at_level(logging.WARNING):
+            first = provider.fetch(WINDOW)
+            second = provider.fetch(WINDOW)
+    finally:
+        provider.close()
+    assert first.api_keys == second.api_keys == [] and whole.api_keys
+    assert first.costs == whole.costs and first.key_usage == whole.key_usage
+    assert len([r for r in caplog.records if "API key names not refreshed" in r.getMessage()]) == 1
+    assert "HTTP 403" in caplog.text
+    assert any(status != "success" for op, status, _ in h.calls if "api_keys" in op)
+
+
+def test_key_costs_equal_the_dataset_and_add_up_to_the_billed_cost(h: Harness, ds: AIDataset, tmp_path: Path) -> None:
+    """Two keys share gpt-4o in the Labs project, billed 20% off: each key's cost is its usage at the billed
+    price, to the cent, and the keys add up to what the project was billed; a budget on one key counts it."""
+    from exporter.app import build_app
+
+    h.emu.dataset = billed = dataclasses.replace(ds, discounts={("openai", LABS): Decimal("0.8")})
+    cfg = _app_config(tmp_path, h.emu, ds).model_dump(mode="json")
+    cfg["budgets"] = [
+        {"name": "labs-d4", "amount_usd": 100, "match": {"provider": "openai", "api_key_id": "key_labs_D4"}},
+        {"name": "nobody", "amount_usd": 100, "match": {"api_key_id": ["key_gone"]}},
+    ]
+    app = build_app(parse_config(cfg, env={}), now=lambda: NOW)
+    try:
+        assert [o.ok for o in app.refresh_all()] == [True]
+        text = app.exposition()
+        keys = {
+            (lab["account_id"], lab["api_key_id"], lab["model"]): _d(v)
+            for lab, v in family_samples(text, "spend_ai_key_cost_month_to_date_usd")
+        }
+        assert (LABS, "key_labs_D4", GPT4O) in keys and (LABS, "key_labs_E5", GPT4O) in keys
+        for (account, key, model), value in keys.items():
+            truth = billed.key_cost("openai", start=MONTH_START, end=NOW.date(), account_id=account, api_key_id=key)
+            assert abs(value - truth[model]) <= Decimal("0.01"), (account, key, model, value, truth[model])
+        # the keys of a project add up to its billed cost of the model, to the cent
+        for account, model in {(a, m) for a, _, m in keys}:
+            bill = billed.cost_sum("openai", start=MONTH_START, end=NOW.date(), account_id=account, model=model)
+            total = sum(v for (a, _, m), v in keys.items() if (a, m) == (account, model))
+            assert total == bill.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP), (account, model)
+        # the fine-tuned model the price table cannot price: no key figure (never 0), its tokens counted
+        assert not any(m == UNPRICED_MODEL for _, _, m in keys)
+        unpriced = {lab["model"] for lab, _ in family_samples(text, "spend_exporter_unpriced_tokens")}
+        assert UNPRICED_MODEL in unpriced
+        info = {
+            (lab["account_id"], lab["api_key_id"]): lab["api_key_name"]
+            for lab, v in family_samples(text, "spend_ai_key_info")
+            if v == 1
+        }
+        assert info[(LABS, "key_labs_D4")] == "key_labs_D4 service key"
+        assert {k for _, k, _ in keys} <= {k for _, k in info}
+        spent = {lab["budget"]: v for lab, v in family_samples(text, "spend_budget_spent_usd")}
+        assert _d(spent["labs-d4"]) == keys[(LABS, "key_labs_D4", GPT4O)]
+        assert spent["nobody"] == 0
     finally:
         app.close()
 
