@@ -443,8 +443,6 @@ def test_usage_hourly_forecast_and_account_reads(tmp_path: Path) -> None:
 def test_a_damaged_file_found_by_a_snapshot_read_is_recovered(tmp_path: Path) -> None:
     """The snapshot reads through the store's recovery: damage is moved aside, not raised into the refresh."""
     path = tmp_path / "c.sqlite"
-    Store(path).close()
-    schema_pages = len(path.read_bytes()) // 4096  # the schema (sqlite_master may overflow) and empty tables
     store = Store(path)
     services = [("aws", "111", f"svc-{j}", "search", "") for j in range(10)]
     put(store, "s", [((D(2024, 2, 1) + i * DAY).isoformat(), *s, 1.0) for i in range(400) for s in services])
