@@ -423,6 +423,7 @@ def test_ai_tokens_requests_and_price_ratio_are_what_the_live_exporter_served(
             "spend_ai_requests_month_to_date",
             "spend_ai_price_ratio",
             "spend_cost_daily_usd",
+            "spend_ai_key_cost_month_to_date_usd",
         }
         assert samples_at(text, int(then.timestamp())) == want
     finally:

@@ -47,6 +47,7 @@ SERIES = [  # provider name in FOCUS, provider label, team, service
     ("Google Cloud", "gcp", "search", "BigQuery"),
     ("Google Cloud", "gcp", "data", "Cloud Storage"),
     ("OpenAI", "openai", "search", "chat"),
+    ("AWS", "aws", "platform", "Amazon EKS"),  # the shared pool's line items
 ]
 AI_COLUMNS = {  # the OpenAI series is a model's input tokens, so the AI panels have data too
     "chat": {
@@ -58,6 +59,11 @@ AI_COLUMNS = {  # the OpenAI series is a model's input tokens, so the AI panels 
     }
 }
 BUDGETS = [{"name": "search", "amount_usd": 100_000, "team": "search"}, {"name": "total", "amount_usd": 500_000}]
+POOLS = {"shared": [{"name": "platform", "match": {"team": "platform"}, "split": "proportional"}]}
+# per-key AI spend comes only from the OpenAI and Anthropic Admin APIs, which this FOCUS dataset has not:
+# tests/test_backfill.py holds its backfilled figures equal to the live ones on the OpenAI emulator, and
+# tests/e2e/test_stack.py runs these panels on live data
+NOT_IN_THIS_DATASET = {"spend_ai_key_cost_month_to_date_usd", "spend_ai_key_info"}
 RESTATED = Decimal("999.99")  # the new figure of day 10 back, for one series
 SPIKE = Decimal("9000.00")  # yesterday's figure of the second series: an anomaly for the anomaly panels
 
@@ -185,7 +191,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # history_days: the cold refresh reads 70 days; restatement_days: the refresh after the change reads day 10 back
     source = {"name": "focus", "type": "focus", "paths": ["exports/*.csv"], "history_days": HISTORY}
     source["restatement_days"] = BACK[1] + 2
-    cfg = {"cache_path": "cache.sqlite", "sources": [source], "budgets": BUDGETS}
+    cfg = {"cache_path": "cache.sqlite", "sources": [source], "budgets": BUDGETS, "allocation": POOLS}
     (tmp / "config.yml").write_text(yaml.safe_dump(cfg))
     since = (today - (BACK[0] + 1) * DAY).isoformat()  # noon of day 40 back, and of the day after it
     exporter("once", "--config.file", "config.yml", "--output", "once.prom", cwd=tmp)
@@ -263,7 +269,8 @@ def test_every_dashboard_query_on_backfilled_families_returns_data(run: dict[str
     query that moves between the two is seen."""
     now = dt.datetime.now(dt.UTC)
     queries = dashboard_queries({"__rate_interval": "5m", "__range": "1d", "__interval": "5m"})
-    covered = [q for q in queries if _families(q.expr) and _families(q.expr) <= set(BACKFILLED)]
+    with_history = set(BACKFILLED) - NOT_IN_THIS_DATASET
+    covered = [q for q in queries if _families(q.expr) and _families(q.expr) <= with_history]
     assert len(covered) >= 50, [q.id for q in covered]
     empty = []
     with prometheus_on(run["tmp"] / "tsdb-first") as url:
