@@ -9,6 +9,7 @@ Flags follow the exporter conventions (``--config.file``, ``--web.listen-address
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -572,19 +573,8 @@ def _month_done(day: dt.date) -> None:
 
 def _write_backfill(bf: Any, rng: Any, out: Path, head: str) -> int:
     """Stream into a file beside ``out`` and rename it at the end (a partial file is never left as ``out``)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 20) as f:
-            res = bf.write(rng, f, tmpdir=out.parent, progress=_month_done)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_file(out) as tmp, open(tmp, "w", encoding="utf-8", buffering=1 << 20) as f:
+        res = bf.write(rng, f, tmpdir=out.parent, progress=_month_done)
     print(head, file=sys.stderr)
     print(
         f"wrote {res.series} series, {res.samples} samples to {out}; next: "
@@ -595,15 +585,15 @@ def _write_backfill(bf: Any, rng: Any, out: Path, head: str) -> int:
     return 0
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write next to the target and rename, so node_exporter never reads half a file."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write, renamed to ``path`` (mode 0644) when the block ends without an
+    error, removed when it raises: a reader (node_exporter, promtool) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -612,6 +602,14 @@ def write_atomic(path: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write next to the target and rename, so node_exporter never reads half a file."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 if __name__ == "__main__":

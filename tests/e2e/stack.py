@@ -3,6 +3,7 @@ queries, a receiver that records what Alertmanager sends, and the shipped alertm
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import importlib.util
@@ -10,13 +11,14 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -305,6 +307,49 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 10) ->
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def free_port() -> int:
+    """A port the system says is free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def prometheus_on(tsdb: Path, retention: str = "100y") -> Iterator[str]:
+    """A real Prometheus serving the blocks in ``tsdb`` and scraping nothing; its URL. Retention counts back from
+    the newest block, so a long one keeps every block written."""
+    binary = tool("prometheus")
+    cfg = tsdb.parent / f"{tsdb.name}.yml"
+    cfg.write_text("global: {}\n")
+    port = free_port()
+    log = tsdb.parent / f"{tsdb.name}.log"
+    argv = [
+        binary,
+        f"--config.file={cfg}",
+        f"--storage.tsdb.path={tsdb}",
+        f"--storage.tsdb.retention.time={retention}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"Prometheus did not start:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        stop_processes([proc])
 
 
 def strip_keys(node: Any, keys: set[str]) -> Any:

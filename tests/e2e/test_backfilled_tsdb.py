@@ -13,17 +13,14 @@ data is dated relative to the real date, and the module waits for a new day when
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,7 @@ import yaml
 
 from exporter.backfill import BACKFILLED
 from tests.conftest import daily, write_focus_csv
-from tests.e2e.stack import dashboard_queries, tool
+from tests.e2e.stack import dashboard_queries, prometheus_on, tool
 
 pytestmark = pytest.mark.e2e
 
@@ -120,48 +117,6 @@ def blocks(om: Path, tsdb: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def prometheus_on(tsdb: Path) -> Iterator[str]:
-    """A real Prometheus on the blocks in ``tsdb``, scraping nothing."""
-    binary = tool("prometheus")
-    cfg = tsdb.parent / f"{tsdb.name}.yml"
-    cfg.write_text("global: {}\n")
-    port = free_port()
-    log = tsdb.parent / f"{tsdb.name}.log"
-    argv = [
-        binary,
-        f"--config.file={cfg}",
-        f"--storage.tsdb.path={tsdb}",
-        "--storage.tsdb.retention.time=5y",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail(f"Prometheus did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 def api(url: str, path: str, **params: Any) -> list[dict[str, Any]]:
     with urllib.request.urlopen(f"{url}/api/v1/{path}?{urllib.parse.urlencode(params)}", timeout=10) as r:
         res = json.load(r)
@@ -206,7 +161,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_day_d_at_noon_of_d_plus_1_to_the_cent_per_provider_and_team(run: dict[str, Any]) -> None:
     today = run["today"]
-    with prometheus_on(run["tmp"] / "tsdb-first") as url:
+    with prometheus_on(run["tmp"] / "tsdb-first", retention="5y") as url:
         for back in BACK:
             d = today - back * DAY
             got = by_provider_team(
@@ -224,7 +179,7 @@ def test_day_d_at_noon_of_d_plus_1_to_the_cent_per_provider_and_team(run: dict[s
 def test_no_gap_at_any_zoom(run: dict[str, Any]) -> None:
     today = run["today"]
     d = today - BACK[1] * DAY
-    with prometheus_on(run["tmp"] / "tsdb-first") as url:
+    with prometheus_on(run["tmp"] / "tsdb-first", retention="5y") as url:
         q = 'spend_cost_daily_usd{service_name="Amazon EC2"}'
         # a 15 s step across 00:00 of d: every step has a sample, and the figure changes at 00:00
         start, end = at(d, 0) - 3600, at(d, 0) + 3600
@@ -241,7 +196,7 @@ def test_no_gap_at_any_zoom(run: dict[str, Any]) -> None:
 
 def test_a_restated_day_shows_its_new_figure(run: dict[str, Any]) -> None:
     today, d = run["today"], run["restated"]
-    with prometheus_on(run["tmp"] / "tsdb-second") as url:
+    with prometheus_on(run["tmp"] / "tsdb-second", retention="5y") as url:
         got = by_provider_team(
             api(url, "query", query="sum by (provider, team) (spend_cost_daily_usd)", time=at(d + DAY))
         )
@@ -273,7 +228,7 @@ def test_every_dashboard_query_on_backfilled_families_returns_data(run: dict[str
     covered = [q for q in queries if _families(q.expr) and _families(q.expr) <= with_history]
     assert len(covered) >= 50, [q.id for q in covered]
     empty = []
-    with prometheus_on(run["tmp"] / "tsdb-first") as url:
+    with prometheus_on(run["tmp"] / "tsdb-first", retention="5y") as url:
         for q in covered:
             if not api(url, "query", query=q.expr, time=q.at(now).timestamp()):
                 empty.append(q.id)

@@ -14,10 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
-import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -25,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.stack import Query, dashboard_queries, tool
+from tests.e2e.stack import Query, dashboard_queries, prometheus_on, tool
 
 pytestmark = pytest.mark.e2e
 
@@ -82,12 +79,6 @@ def openmetrics() -> str:
     return "\n".join([*out, "# EOF", ""])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Prom:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -114,7 +105,7 @@ class Prom:
 
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
-    promtool, prometheus = tool("promtool"), tool("prometheus")
+    promtool = tool("promtool")
     tmp = tmp_path_factory.mktemp("billing-dates")
     (tmp / "history.om").write_text(openmetrics())
     data = tmp / "data"
@@ -125,39 +116,8 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
         capture_output=True,
         timeout=120,
     )
-    (tmp / "prometheus.yml").write_text("global: {}\n")
-    port = _free_port()
-    log = tmp / "prometheus.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                prometheus,
-                f"--config.file={tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={data}",
-                "--storage.tsdb.retention.time=100y",  # retention counts from the newest block: keep all
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=os.environ.copy(),
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail("prometheus did not start:\n" + log.read_text(errors="replace")[-3000:])
-            time.sleep(0.2)
+    with prometheus_on(data) as url:
         yield Prom(url)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _query(uid: str, panel: str, ref: str = "A") -> Query:
