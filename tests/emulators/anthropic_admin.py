@@ -31,7 +31,15 @@ from decimal import Decimal
 from typing import Any
 
 from tests.emulators.ai_dataset import ANTHROPIC_TOKEN_TYPE, STREAMS, AICostRow, AIDataset, AIUsageRow
-from tests.emulators.common import RecordsWrites, ServesAIDataset, WriteCall, bucket_starts, retry_after_headers
+from tests.emulators.common import (
+    RecordsWrites,
+    ServesAIDataset,
+    WriteCall,
+    after_id,
+    bucket_starts,
+    id_page,
+    retry_after_headers,
+)
 from tests.emulators.scenario import Scenario
 from tests.emulators.server import Emulator, Fault, Request, Response
 
@@ -338,19 +346,10 @@ class AnthropicAdminEmulator(RecordsWrites, ServesAIDataset, Emulator):
                 }
             )
         after = request.q("after_id")
-        if after:
-            ids = [w["id"] for w in items]
-            if after not in ids:
-                raise BadRequest(f"after_id: no such workspace {after!r}")
-            items = items[ids.index(after) + 1 :]
-        n = min(limit, self.page_size_cap or limit)
-        page = items[:n]
-        return {
-            "data": page,
-            "has_more": len(items) > n,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-        }
+        rest = after_id(items, after)
+        if rest is None:
+            raise BadRequest(f"after_id: no such workspace {after!r}")
+        return id_page(rest, limit, self.page_size_cap)
 
     # -- API keys (the guard's writes) -----------------------------------------------------
     def _api_keys(self, request: Request, key: str) -> Response:
@@ -404,19 +403,7 @@ class AnthropicAdminEmulator(RecordsWrites, ServesAIDataset, Emulator):
         if request.q("workspace_id"):
             items = [k for k in items if k["scope"]["workspace_id"] == request.q("workspace_id")]
         after = request.q("after_id")
-        if after:
-            ids = [k["id"] for k in items]
-            if after not in ids:
-                return _error(400, "invalid_request_error", f"after_id: no such API key {after!r}")
-            items = items[ids.index(after) + 1 :]
-        n = min(limit, self.page_size_cap or limit)
-        page = items[:n]
-        return Response(
-            200,
-            {
-                "data": page,
-                "has_more": len(items) > n,
-                "first_id": page[0]["id"] if page else None,
-                "last_id": page[-1]["id"] if page else None,
-            },
-        )
+        rest = after_id(items, after)
+        if rest is None:
+            return _error(400, "invalid_request_error", f"after_id: no such API key {after!r}")
+        return Response(200, id_page(rest, limit, self.page_size_cap))

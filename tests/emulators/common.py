@@ -46,6 +46,28 @@ class PageTokens(Generic[T]):
             return self._pages.get(token)
 
 
+def after_id(items: list[dict[str, Any]], after: str | None) -> list[dict[str, Any]] | None:
+    """The items listed after the one whose ``id`` is ``after`` (every item without it); None when no item has
+    that id (the caller answers with its API's own error)."""
+    if not after:
+        return items
+    ids = [i["id"] for i in items]
+    return items[ids.index(after) + 1 :] if after in ids else None
+
+
+def id_page(items: list[dict[str, Any]], limit: int, cap: int | None) -> dict[str, Any]:
+    """The first page of ``items`` as the admin APIs' id-cursor listings show it (at most ``limit``, and at most
+    ``cap`` when the emulator caps pages): ``data``, ``first_id``, ``last_id``, ``has_more``."""
+    n = min(limit, cap or limit)
+    page = items[:n]
+    return {
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > n,
+    }
+
+
 def query_digest(body: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
     """A short digest of a request body (without the ``ignore`` keys): ties a page token to its query."""
     clean = {k: v for k, v in body.items() if k not in ignore}

@@ -35,7 +35,15 @@ from decimal import Decimal
 from typing import Any
 
 from tests.emulators.ai_dataset import STREAMS, AICostRow, AIDataset, AIUsageRow
-from tests.emulators.common import RecordsWrites, ServesAIDataset, WriteCall, bucket_starts, retry_after_headers
+from tests.emulators.common import (
+    RecordsWrites,
+    ServesAIDataset,
+    WriteCall,
+    after_id,
+    bucket_starts,
+    id_page,
+    retry_after_headers,
+)
 from tests.emulators.scenario import Scenario
 from tests.emulators.server import Emulator, Fault, Request, Response
 
@@ -368,20 +376,10 @@ class OpenAIAdminEmulator(RecordsWrites, ServesAIDataset, Emulator):
             if include_archived or not a.archived
         ]
         after = request.q("after")
-        if after:
-            ids = [p["id"] for p in projects]
-            if after not in ids:
-                raise BadRequest(f"No such project: {after!r}", "after")
-            projects = projects[ids.index(after) + 1 :]
-        n = min(limit, self.page_size_cap or limit)
-        page = projects[:n]
-        return {
-            "object": "list",
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(projects) > n,
-        }
+        rest = after_id(projects, after)
+        if rest is None:
+            raise BadRequest(f"No such project: {after!r}", "after")
+        return {"object": "list", **id_page(rest, limit, self.page_size_cap)}
 
     def _project_api_keys(self, request: Request, project: str) -> Response:
         if project not in {a.id for a in self.dataset.accounts["openai"]}:
@@ -411,23 +409,10 @@ class OpenAIAdminEmulator(RecordsWrites, ServesAIDataset, Emulator):
             for key_id, name in dict.fromkeys(ids)
         ]
         after = request.q("after")
-        if after:
-            found = [k["id"] for k in keys]
-            if after not in found:
-                raise BadRequest(f"No such API key: {after!r}", "after")
-            keys = keys[found.index(after) + 1 :]
-        n = min(limit, self.page_size_cap or limit)
-        page = keys[:n]
-        return Response(
-            200,
-            {
-                "object": "list",
-                "data": page,
-                "first_id": page[0]["id"] if page else None,
-                "last_id": page[-1]["id"] if page else None,
-                "has_more": len(keys) > n,
-            },
-        )
+        rest = after_id(keys, after)
+        if rest is None:
+            raise BadRequest(f"No such API key: {after!r}", "after")
+        return Response(200, {"object": "list", **id_page(rest, limit, self.page_size_cap)})
 
     # -- project rate limits (the guard's writes) ---------------------------------------
     def _rate_limits(self, request: Request, key: str) -> Response:
@@ -478,20 +463,7 @@ class OpenAIAdminEmulator(RecordsWrites, ServesAIDataset, Emulator):
             return _error(400, "limit must be an integer.", "invalid_request_error", param="limit")
         items = [dict(v) for v in limits.values()]
         after = request.q("after")
-        if after:
-            ids = [r["id"] for r in items]
-            if after not in ids:
-                return _error(400, f"No such rate limit: {after!r}", "invalid_request_error", param="after")
-            items = items[ids.index(after) + 1 :]
-        n = min(limit, self.page_size_cap or limit)
-        page = items[:n]
-        return Response(
-            200,
-            {
-                "object": "list",
-                "data": page,
-                "first_id": page[0]["id"] if page else None,
-                "last_id": page[-1]["id"] if page else None,
-                "has_more": len(items) > n,
-            },
-        )
+        rest = after_id(items, after)
+        if rest is None:
+            return _error(400, f"No such rate limit: {after!r}", "invalid_request_error", param="after")
+        return Response(200, {"object": "list", **id_page(rest, limit, self.page_size_cap)})
