@@ -25,7 +25,7 @@ BUDGET_FAMILIES = (
 class SeriesCost:
     """One cost series, unfolded (before the cardinality cap): what budgets are computed from."""
 
-    labels: tuple[str, str, str, str, str]  # provider, account_id, service_name, team, model
+    labels: tuple[str, ...]  # provider, account_id, service_name, team, model, then the extra labels' values
     mtd: float
     forecast: float | None
 
@@ -47,7 +47,7 @@ def budget_matches(b: Budget, labels: Sequence[str]) -> bool:
 
     ``match.team`` takes precedence over the budget's own ``team``.
     """
-    provider, account_id, service_name, team, model = labels
+    provider, account_id, service_name, team, model = labels[:5]
     m = b.match
     if m.provider is not None and provider not in m.provider:
         return False

@@ -11,18 +11,22 @@ import sqlite3
 
 from exporter.cachefile import CacheFileError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # 2: usage and hourly gain cache_write_1h (1-hour prompt-cache writes); a version 1 file is migrated in place
+# 3: cost gains labels (the extra labels of attribution.labels, attribution.encode_labels; '' when none) and
+#    cost_series groups by it; a version 1 or 2 file is migrated in place
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cost (
     source TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
-    service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL, cost_usd REAL NOT NULL
+    service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL, cost_usd REAL NOT NULL,
+    labels TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS cost_source_day ON cost (source, day);
 -- covers the snapshot's aggregation: rows come out grouped by series, no sort (8x faster at 100k series)
-CREATE INDEX IF NOT EXISTS cost_series ON cost (source, provider, account_id, service_name, team, model, day, cost_usd);
+CREATE INDEX IF NOT EXISTS cost_series
+    ON cost (source, provider, account_id, service_name, team, model, labels, day, cost_usd);
 CREATE TABLE IF NOT EXISTS usage (
     source TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
     service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL,
@@ -96,6 +100,7 @@ _COLUMNS = _expected_columns()
 
 # columns added since version 1, by table: (name, definition), appended in this order by the migration
 _ADDED = {
+    "cost": [("labels", "TEXT NOT NULL DEFAULT ''")],
     "usage": [("cache_write_1h", "INTEGER NOT NULL DEFAULT 0")],
     "hourly": [("cache_write_1h", "INTEGER NOT NULL DEFAULT 0")],
 }
@@ -124,7 +129,7 @@ def create_tables(conn: sqlite3.Connection) -> None:
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     if row is None:
         conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-    elif row[0] == "1":  # migrated above
+    elif row[0] in ("1", "2"):  # migrated above
         conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
     elif row[0] != str(SCHEMA_VERSION):
         raise CacheFileError(f"schema version {row[0]} is not {SCHEMA_VERSION}")
@@ -132,7 +137,10 @@ def create_tables(conn: sqlite3.Connection) -> None:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """A version 1 cache gets the columns added since, in place and in one transaction (its rows read 0 there).
+    """An older cache gets the columns added since, in place and in one transaction (its rows read 0 or '' there).
+
+    Version 3's ``cost.labels`` changes the covering index ``cost_series``: it is dropped here and made again
+    with the new column by ``_SCHEMA``.
 
     The user's cache is never moved aside for a new column: its history may hold more days than the
     billing APIs still return.
@@ -148,6 +156,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     try:
         for table, name, ddl in missing:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+            if (table, name) == ("cost", "labels"):
+                conn.execute("DROP INDEX IF EXISTS cost_series")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -157,6 +167,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
 def _merge_cost_duplicates(conn: sqlite3.Connection) -> None:
     """A cache written before one-row-per-day-and-series: merge its duplicate rows once."""
     cols = "source, day, provider, account_id, service_name, team, model"
+    # (a cache this old has no extra labels: every row's labels is '', restored by the column's default)
     dup = conn.execute(f"SELECT 1 FROM cost GROUP BY {cols} HAVING COUNT(*) > 1 LIMIT 1").fetchone()
     if not dup:
         return
@@ -164,7 +175,7 @@ def _merge_cost_duplicates(conn: sqlite3.Connection) -> None:
     try:
         conn.execute(f"CREATE TEMP TABLE merged AS SELECT {cols}, SUM(cost_usd) FROM cost GROUP BY {cols}")
         conn.execute("DELETE FROM cost")
-        conn.execute("INSERT INTO cost SELECT * FROM merged")
+        conn.execute(f"INSERT INTO cost ({cols}, cost_usd) SELECT * FROM merged")
         conn.execute("DROP TABLE merged")
     except BaseException:
         conn.execute("ROLLBACK")

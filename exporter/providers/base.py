@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from exporter.model import CostRecord, FetchResult, FetchWindow, MinuteUsageResult
 
@@ -193,6 +193,23 @@ CallHook = Callable[[str, str, float], None]
 CapCheck = Callable[[float], None]
 
 
+def labels_from_tags(tags: dict[str, Any], extra_labels: list[tuple[str, list[str]]]) -> tuple[tuple[str, str], ...]:
+    """The extra labels found in a record's ``tags`` (key → value; keys compared case-insensitively, as the
+    team tag's): (name, value) for each label one of whose tag keys has a non-empty value."""
+    if not extra_labels or not tags:
+        return ()
+    lowered = {str(k).strip().lower(): v for k, v in tags.items()}
+    out = []
+    for name, keys in extra_labels:
+        for key in keys:
+            v = lowered.get(key.strip().lower())
+            if v is not None and str(v).strip() and str(v).strip().upper() != "NULL":
+                # a JSON escape like "\udcff" decodes to a lone surrogate, which no UTF-8 store accepts
+                out.append((name, str(v).strip().encode("utf-16", "surrogatepass").decode("utf-16", "replace")))
+                break
+    return tuple(out)
+
+
 class ProviderContext:
     """What the engine gives a provider: its name, settings and accounting hooks."""
 
@@ -201,6 +218,7 @@ class ProviderContext:
         source_name: str,
         *,
         team_tag_keys: list[str] | None = None,
+        extra_labels: list[tuple[str, list[str]]] | None = None,
         on_call: CallHook | None = None,
         check_cap: CapCheck | None = None,
         deadline: Callable[[], float] | None = None,
@@ -211,6 +229,8 @@ class ProviderContext:
         # where a provider may spill temporary files (DuckDB): beside the cache, the one writable place in the image
         self.scratch_dir = scratch_dir
         self.team_tag_keys = list(team_tag_keys or ["team", "Team"])
+        # attribution.labels: (label name, tag keys to read its value from, the first present wins)
+        self.extra_labels = list(extra_labels or [])
         self._on_call = on_call
         self._check_cap = check_cap
         self._deadline = deadline
