@@ -13,7 +13,9 @@ counted and held to ``max_api_cost_usd_per_day``.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import datetime as dt
+import itertools
 import re
 import time
 from collections import defaultdict
@@ -37,6 +39,7 @@ from exporter.providers.boto import boto_call, boto_clients
 from exporter.sources.aws import AwsSource
 
 PROVIDER = "aws"
+Labels = tuple[tuple[str, str], ...]  # the extra labels found for a cell: (name, value)
 CE_REQUEST_COST_USD = 0.01
 ACCOUNT_CACHE = dt.timedelta(days=1)
 BEDROCK_SERVICE = "Amazon Bedrock"
@@ -239,6 +242,83 @@ class AwsProvider:
                     ) from None
         return out
 
+    # -- extra labels (attribution.labels) ----------------------------------------------------------
+    def _tag_values(self, ce: Any, period: dict[str, str], acct_filter: str | None, key: str) -> list[str]:
+        """The values tag ``key`` has in the period's cost data (``GetTags``, paid, per page), empty ones left out."""
+        params: dict[str, Any] = {"TimePeriod": period, "TagKey": key}
+        flt = self._filter(acct_filter)
+        if flt is not None:
+            params["Filter"] = flt
+        values: set[str] = set()
+        for page in self._paged("GetTags", ce.get_tags, "Tags", **params):
+            values.update(v for v in page["Tags"] if isinstance(v, str) and v)
+        return sorted(values)
+
+    def _label_choices(
+        self, ce: Any, period: dict[str, str], acct_filter: str | None
+    ) -> list[list[tuple[str, str, list[dict[str, Any]]]]]:
+        """For each extra label, its values as (name, value, filter expressions): ``Tags key = value``, and for a
+        second tag key, none of the first key's values (the first key present wins, as everywhere)."""
+        out = []
+        for name, keys in self.ctx.extra_labels:
+            choices: list[tuple[str, str, list[dict[str, Any]]]] = []
+            earlier: list[dict[str, Any]] = []
+            for key in keys:
+                values = self._tag_values(ce, period, acct_filter, key)
+                for v in values:
+                    eq = {"Tags": {"Key": key, "Values": [v], "MatchOptions": ["EQUALS"]}}
+                    choices.append((name, v, [eq, *earlier]))
+                if values:
+                    earlier.append({"Not": {"Tags": {"Key": key, "Values": values, "MatchOptions": ["EQUALS"]}}})
+            out.append(choices)
+        return out
+
+    def _sliced(
+        self,
+        ce: Any,
+        period: dict[str, str],
+        group_by: list[dict[str, str]],
+        acct_filter: str | None,
+        choices: list[list[tuple[str, str, list[dict[str, Any]]]]],
+        *extra: dict[str, Any],
+    ) -> dict[Labels, dict[tuple[dt.date, tuple[str, ...], str], Decimal]]:
+        """The query's groups split exactly by the extra labels' values.
+
+        Cost Explorer groups by two keys at most (here the service or usage type, and the team tag), so each
+        combination of label values (or "any" for a label) is one more query filtered on those values; the
+        combination of "any" everywhere is the unfiltered query. A cell where a label has none of its tag
+        values is what its "any" query holds beyond the cells with a value there: computed, never guessed.
+        """
+        combos = list(itertools.product(*[range(-1, len(c)) for c in choices]))  # -1: any (no value)
+        queried: dict[tuple[int, ...], dict[tuple[dt.date, tuple[str, ...], str], Decimal]] = {}
+        for combo in combos:
+            exprs = [e for i, j in enumerate(combo) if j >= 0 for e in choices[i][j][2]]
+            sums: dict[tuple[dt.date, tuple[str, ...], str], Decimal] = defaultdict(Decimal)
+            for day, keys, amount, unit in self._groups(
+                ce, period, group_by, self._filter(acct_filter, *extra, *exprs)
+            ):
+                sums[(day, tuple(keys), unit)] += amount
+            queried[combo] = sums
+        exact: dict[tuple[int, ...], dict[tuple[dt.date, tuple[str, ...], str], Decimal]] = {}
+        split: set[tuple[dt.date, tuple[str, ...], str]] = set()  # groups a finer cell took cost from
+        for combo in sorted(combos, key=lambda c: -sum(j >= 0 for j in c)):  # the most specific first
+            cell = dict(queried[combo])
+            for finer, part in exact.items():
+                if all(j < 0 or j == f for j, f in zip(combo, finer, strict=True)):
+                    for k, v in part.items():
+                        cell[k] = cell.get(k, Decimal(0)) - v
+                        split.add(k)
+            # a group wholly in finer cells leaves 0 here: no series of its own (a group Cost Explorer
+            # itself returns with 0 and no finer cell stays, as without extra labels)
+            exact[combo] = {k: v for k, v in cell.items() if v or k not in split}
+        out: dict[Labels, dict[tuple[dt.date, tuple[str, ...], str], Decimal]] = {}
+        for combo, cell in exact.items():
+            labels = tuple((choices[i][j][0], choices[i][j][1]) for i, j in enumerate(combo) if j >= 0)
+            rows = out.setdefault(labels, {})
+            for k, v in cell.items():
+                rows[k] = rows.get(k, Decimal(0)) + v
+        return out
+
     def _team(self, tag_key: str) -> str | None:
         prefix = f"{self.cfg.team_tag_key}$"
         value = tag_key[len(prefix) :] if tag_key.startswith(prefix) else tag_key.partition("$")[2]
@@ -259,33 +339,44 @@ class AwsProvider:
             targets = [(self._caller_account(sts), None)]
 
         tag = {"Type": "TAG", "Key": self.cfg.team_tag_key}
-        totals: dict[CostKey, Decimal] = defaultdict(Decimal)
+        totals: dict[tuple[Labels, CostKey], Decimal] = defaultdict(Decimal)
         newest: dt.date | None = None
         for account_id, acct_filter in targets:
-            rows = self._groups(ce, period, [{"Type": "DIMENSION", "Key": "SERVICE"}, tag], self._filter(acct_filter))
-            bedrock = self.cfg.bedrock_models and any(keys[0] == BEDROCK_SERVICE for _, keys, _, _ in rows)
-            for day, (service, tag_value), amount, unit in rows:
-                if not window.start <= day <= window.end or (bedrock and service == BEDROCK_SERVICE):
-                    continue
-                model = bedrock_edition_model(service)
-                totals[(day, account_id, service, self._team(tag_value), model, unit)] += amount
-                newest = day if newest is None or day > newest else newest
+            choices = self._label_choices(ce, period, acct_filter)
+            cells = self._sliced(ce, period, [{"Type": "DIMENSION", "Key": "SERVICE"}, tag], acct_filter, choices)
+            bedrock = self.cfg.bedrock_models and any(
+                keys[0] == BEDROCK_SERVICE for rows in cells.values() for (_, keys, _) in rows
+            )
+            for labels, rows in cells.items():
+                for (day, (service, tag_value), unit), amount in rows.items():
+                    if not window.start <= day <= window.end or (bedrock and service == BEDROCK_SERVICE):
+                        continue
+                    model = bedrock_edition_model(service)
+                    totals[(labels, (day, account_id, service, self._team(tag_value), model, unit))] += amount
+                    newest = day if newest is None or day > newest else newest
             if bedrock:
                 only_bedrock = {"Dimensions": {"Key": "SERVICE", "Values": [BEDROCK_SERVICE]}}
-                by_usage = self._groups(
-                    ce,
-                    period,
-                    [{"Type": "DIMENSION", "Key": "USAGE_TYPE"}, tag],
-                    self._filter(acct_filter, only_bedrock),
+                by_usage = self._sliced(
+                    ce, period, [{"Type": "DIMENSION", "Key": "USAGE_TYPE"}, tag], acct_filter, choices, only_bedrock
                 )
-                for day, (usage_type, tag_value), amount, unit in by_usage:
-                    if not window.start <= day <= window.end:
-                        continue
-                    key = (day, account_id, BEDROCK_SERVICE, self._team(tag_value), bedrock_model(usage_type), unit)
-                    totals[key] += amount
-                    newest = day if newest is None or day > newest else newest
+                for labels, rows in by_usage.items():
+                    for (day, (usage_type, tag_value), unit), amount in rows.items():
+                        if not window.start <= day <= window.end:
+                            continue
+                        model = bedrock_model(usage_type)
+                        totals[(labels, (day, account_id, BEDROCK_SERVICE, self._team(tag_value), model, unit))] += (
+                            amount
+                        )
+                        newest = day if newest is None or day > newest else newest
 
-        costs = cost_records(PROVIDER, totals, "USD")
+        by_labels: dict[Labels, dict[CostKey, Decimal]] = defaultdict(dict)
+        for (labels, key), amount in totals.items():
+            by_labels[labels][key] = amount
+        costs = [
+            dataclasses.replace(rec, labels=labels) if labels else rec
+            for labels, part in sorted(by_labels.items())
+            for rec in cost_records(PROVIDER, part, "USD")
+        ]
         forecasts = self._forecasts(ce, window, targets) if self.cfg.forecast else None
         data_through = min(utc_midnight(newest, 1), window.now) if newest is not None else None
         return FetchResult(
