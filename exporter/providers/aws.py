@@ -15,7 +15,6 @@ from __future__ import annotations
 import calendar
 import dataclasses
 import datetime as dt
-import itertools
 import re
 import time
 from collections import defaultdict
@@ -28,11 +27,13 @@ import boto3
 from exporter.model import AccountInfo, FetchResult, FetchWindow, ProviderForecast
 from exporter.providers.base import (
     CostKey,
+    LabelChoice,
     ProviderContext,
     RetryPolicy,
     SourceError,
     cost_records,
     paginate,
+    split_by_labels,
     utc_midnight,
 )
 from exporter.providers.boto import boto_call, boto_clients
@@ -254,20 +255,18 @@ class AwsProvider:
             values.update(v for v in page["Tags"] if isinstance(v, str) and v)
         return sorted(values)
 
-    def _label_choices(
-        self, ce: Any, period: dict[str, str], acct_filter: str | None
-    ) -> list[list[tuple[str, str, list[dict[str, Any]]]]]:
+    def _label_choices(self, ce: Any, period: dict[str, str], acct_filter: str | None) -> list[list[LabelChoice]]:
         """For each extra label, its values as (name, value, filter expressions): ``Tags key = value``, and for a
         second tag key, none of the first key's values (the first key present wins, as everywhere)."""
         out = []
         for name, keys in self.ctx.extra_labels:
-            choices: list[tuple[str, str, list[dict[str, Any]]]] = []
+            choices: list[LabelChoice] = []
             earlier: list[dict[str, Any]] = []
             for key in keys:
                 values = self._tag_values(ce, period, acct_filter, key)
                 for v in values:
                     eq = {"Tags": {"Key": key, "Values": [v], "MatchOptions": ["EQUALS"]}}
-                    choices.append((name, v, [eq, *earlier]))
+                    choices.append((name, v, [eq, *earlier], []))
                 if values:
                     earlier.append({"Not": {"Tags": {"Key": key, "Values": values, "MatchOptions": ["EQUALS"]}}})
             out.append(choices)
@@ -279,7 +278,7 @@ class AwsProvider:
         period: dict[str, str],
         group_by: list[dict[str, str]],
         acct_filter: str | None,
-        choices: list[list[tuple[str, str, list[dict[str, Any]]]]],
+        choices: list[list[LabelChoice]],
         *extra: dict[str, Any],
     ) -> dict[Labels, dict[tuple[dt.date, tuple[str, ...], str], Decimal]]:
         """The query's groups split exactly by the extra labels' values.
@@ -289,35 +288,16 @@ class AwsProvider:
         combination of "any" everywhere is the unfiltered query. A cell where a label has none of its tag
         values is what its "any" query holds beyond the cells with a value there: computed, never guessed.
         """
-        combos = list(itertools.product(*[range(-1, len(c)) for c in choices]))  # -1: any (no value)
-        queried: dict[tuple[int, ...], dict[tuple[dt.date, tuple[str, ...], str], Decimal]] = {}
-        for combo in combos:
-            exprs = [e for i, j in enumerate(combo) if j >= 0 for e in choices[i][j][2]]
+
+        def run(exprs: list[dict[str, Any]]) -> dict[tuple[dt.date, tuple[str, ...], str], Decimal]:
             sums: dict[tuple[dt.date, tuple[str, ...], str], Decimal] = defaultdict(Decimal)
             for day, keys, amount, unit in self._groups(
                 ce, period, group_by, self._filter(acct_filter, *extra, *exprs)
             ):
                 sums[(day, tuple(keys), unit)] += amount
-            queried[combo] = sums
-        exact: dict[tuple[int, ...], dict[tuple[dt.date, tuple[str, ...], str], Decimal]] = {}
-        split: set[tuple[dt.date, tuple[str, ...], str]] = set()  # groups a finer cell took cost from
-        for combo in sorted(combos, key=lambda c: -sum(j >= 0 for j in c)):  # the most specific first
-            cell = dict(queried[combo])
-            for finer, part in exact.items():
-                if all(j < 0 or j == f for j, f in zip(combo, finer, strict=True)):
-                    for k, v in part.items():
-                        cell[k] = cell.get(k, Decimal(0)) - v
-                        split.add(k)
-            # a group wholly in finer cells leaves 0 here: no series of its own (a group Cost Explorer
-            # itself returns with 0 and no finer cell stays, as without extra labels)
-            exact[combo] = {k: v for k, v in cell.items() if v or k not in split}
-        out: dict[Labels, dict[tuple[dt.date, tuple[str, ...], str], Decimal]] = {}
-        for combo, cell in exact.items():
-            labels = tuple((choices[i][j][0], choices[i][j][1]) for i, j in enumerate(combo) if j >= 0)
-            rows = out.setdefault(labels, {})
-            for k, v in cell.items():
-                rows[k] = rows.get(k, Decimal(0)) + v
-        return out
+            return sums
+
+        return split_by_labels(choices, run)
 
     def _team(self, tag_key: str) -> str | None:
         prefix = f"{self.cfg.team_tag_key}$"

@@ -16,6 +16,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -50,6 +51,7 @@ class Throttled(SourceError):
 
 T = TypeVar("T")
 P = TypeVar("P")
+K = TypeVar("K")
 
 MAX_PAGES = 1000
 """Pages of one listing after which ``paginate`` gives up: a runaway page-token loop is a bug on one side."""
@@ -208,6 +210,55 @@ def labels_from_tags(tags: dict[str, Any], extra_labels: list[tuple[str, list[st
                 out.append((name, str(v).strip().encode("utf-16", "surrogatepass").decode("utf-16", "replace")))
                 break
     return tuple(out)
+
+
+LabelChoice = tuple[str, str, list[Any], list[Any]]
+"""One value of an extra label for ``split_by_labels``: (label name, value, filter expressions that select it,
+expressions whose cost must be taken out: a second tag key's value counts only where the first key has none)."""
+
+
+def split_by_labels(
+    choices: list[list[LabelChoice]], run: Callable[[list[Any]], Mapping[K, Decimal]]
+) -> dict[tuple[tuple[str, str], ...], dict[K, Decimal]]:
+    """A billing query's groups split exactly by the extra labels' values, for an API that groups by too few keys.
+
+    ``run(exprs)`` is the query filtered on all of ``exprs`` (none: the query as it is), summed by group. Each
+    combination of one value (or "any") per label is queried; a label's "no value" cell is what its "any" query
+    holds beyond the cells with a value, and a choice's ``exclude`` expressions are taken out by
+    inclusion-exclusion: everything is exact arithmetic on the API's own figures, nothing is estimated. A group
+    whose cost all went to finer cells leaves no 0 behind.
+    """
+    combos = list(itertools.product(*[range(-1, len(c)) for c in choices]))  # -1: any (no value)
+
+    def cell_query(combo: tuple[int, ...]) -> dict[K, Decimal]:
+        chosen = [choices[i][j] for i, j in enumerate(combo) if j >= 0]
+        incl = [e for c in chosen for e in c[2]]
+        excl = [e for c in chosen for e in c[3]]
+        out: dict[K, Decimal] = defaultdict(Decimal)
+        for n in range(len(excl) + 1):
+            for subset in itertools.combinations(excl, n):
+                sign = -1 if n % 2 else 1
+                for k, v in run([*incl, *subset]).items():
+                    out[k] += sign * v
+        return out
+
+    exact: dict[tuple[int, ...], dict[K, Decimal]] = {}
+    split: set[K] = set()  # groups a finer cell took cost from
+    for combo in sorted(combos, key=lambda c: -sum(j >= 0 for j in c)):  # the most specific first
+        cell = dict(cell_query(combo))
+        for finer, part in exact.items():
+            if all(j < 0 or j == f for j, f in zip(combo, finer, strict=True)):
+                for k, v in part.items():
+                    cell[k] = cell.get(k, Decimal(0)) - v
+                    split.add(k)
+        exact[combo] = {k: v for k, v in cell.items() if v or k not in split}
+    result: dict[tuple[tuple[str, str], ...], dict[K, Decimal]] = {}
+    for combo, cell in exact.items():
+        labels = tuple((choices[i][j][0], choices[i][j][1]) for i, j in enumerate(combo) if j >= 0)
+        rows = result.setdefault(labels, {})
+        for k, v in cell.items():
+            rows[k] = rows.get(k, Decimal(0)) + v
+    return result
 
 
 class ProviderContext:
