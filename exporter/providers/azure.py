@@ -15,6 +15,7 @@ honours those headers itself, a bounded number of times.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import datetime as dt
 import functools
 import ipaddress
@@ -63,17 +64,20 @@ from exporter.providers.azure_results import (
 )
 from exporter.providers.base import (
     CostKey,
+    LabelChoice,
     ProviderContext,
     RetryPolicy,
     SourceError,
     Throttled,
     cost_records,
     paginate,
+    split_by_labels,
     utc_midnight,
 )
 from exporter.sources.azure import AzureSource
 
 PROVIDER = "azure"
+Labels = tuple[tuple[str, str], ...]  # the extra labels found for a cell: (name, value)
 CLIENT_TYPE = "spend-exporter"
 """Sent as the ``ClientType`` header: Cost Management keeps a rate-limit bucket per client type."""
 ARM_SCOPE = "https://management.azure.com/.default"
@@ -206,19 +210,34 @@ class AzureProvider:
 
     # -- queries --------------------------------------------------------------------------------
     def _query(
-        self, scope: str, window: FetchWindow, group: QueryGrouping, service: str | None = None
+        self,
+        scope: str,
+        window: FetchWindow,
+        group: QueryGrouping,
+        service: str | None = None,
+        tags: list[QueryFilter] | None = None,
+        tag_key: str | None = None,
     ) -> list[tuple[dt.date, str, str | None, Decimal, str]]:
-        """Rows of (day, group value, team tag, amount, currency) for one scope."""
+        """Rows of (day, group value, team tag, amount, currency) for one scope.
+
+        ``tags``: filter expressions on tags too (the extra labels); ``tag_key``: group by this tag instead of
+        the team's (the extra labels' values)."""
         col = self.cfg.cost_column
+        tag_key = tag_key or self.cfg.team_tag_key
         dataset = QueryDataset(
             granularity="Daily",
             aggregation={col: QueryAggregation(name=col, function="Sum")},
-            grouping=[group, QueryGrouping(type="TagKey", name=self.cfg.team_tag_key)],
+            grouping=[group, QueryGrouping(type="TagKey", name=tag_key)],
         )
+        parts = list(tags or [])
         if service is not None:
-            dataset.filter = QueryFilter(
-                dimensions=QueryComparisonExpression(name="ServiceName", operator="In", values_property=[service])
+            parts.append(
+                QueryFilter(
+                    dimensions=QueryComparisonExpression(name="ServiceName", operator="In", values_property=[service])
+                )
             )
+        if parts:
+            dataset.filter = parts[0] if len(parts) == 1 else QueryFilter(and_property=parts)
         definition = QueryDefinition(
             type=self.cfg.cost_type,
             timeframe="Custom",
@@ -241,7 +260,7 @@ class AzureProvider:
             cost = t.cost_columns(op, col)
             i_group = t.index(op, group.name)
             i_tagkey, i_tagval = t.maybe("TagKey"), t.maybe("TagValue")
-            i_tagcol = t.maybe(self.cfg.team_tag_key) if i_tagval is None else None
+            i_tagcol = t.maybe(tag_key) if i_tagval is None else None
             if i_tagval is None and i_tagcol is None:
                 raise SourceError(f"{op}: response has no TagValue column")
             for r in t.rows:
@@ -249,14 +268,55 @@ class AzureProvider:
                 if not currency:
                     raise SourceError(f"{op}: malformed row (no currency)")
                 if i_tagval is not None:
-                    key = str(r[i_tagkey] or "") if i_tagkey is not None else self.cfg.team_tag_key
+                    key = str(r[i_tagkey] or "") if i_tagkey is not None else tag_key
                     value = r[i_tagval]
-                    team = str(value) if value and key.lower() == self.cfg.team_tag_key.lower() else None
+                    team = str(value) if value and key.lower() == tag_key.lower() else None
                 else:
                     assert i_tagcol is not None
                     team = str(r[i_tagcol]) if r[i_tagcol] else None
                 out.append((day, str(r[i_group] or ""), team, amount, currency))
         return out
+
+    # -- extra labels (attribution.labels) ----------------------------------------------------------
+    def _label_choices(self, scope: str, window: FetchWindow) -> list[list[LabelChoice]]:
+        """For each extra label, its values in the scope: one query grouped by the tag key per key (free, rate
+        limited). Filters have no ``not``, so a second key's value excludes the first key's values by
+        inclusion-exclusion (``split_by_labels``)."""
+        out = []
+        for name, keys in self.ctx.extra_labels:
+            choices: list[LabelChoice] = []
+            earlier: list[QueryFilter] = []
+            for key in keys:
+                rows = self._query(scope, window, QueryGrouping(type="Dimension", name="ServiceName"), tag_key=key)
+                values = sorted({str(tag).strip() for _, _, tag, _, _ in rows if tag and str(tag).strip()})
+                for v in values:
+                    eq = QueryFilter(tags=QueryComparisonExpression(name=key, operator="In", values_property=[v]))
+                    choices.append((name, v, [eq], list(earlier)))
+                if values:
+                    earlier.append(
+                        QueryFilter(tags=QueryComparisonExpression(name=key, operator="In", values_property=values))
+                    )
+            out.append(choices)
+        return out
+
+    def _sliced(
+        self,
+        scope: str,
+        window: FetchWindow,
+        group: QueryGrouping,
+        choices: list[list[LabelChoice]],
+        service: str | None = None,
+    ) -> dict[Labels, dict[tuple[dt.date, str, str | None, str], Decimal]]:
+        """The query's groups split exactly by the extra labels' values: Cost Management groups by two keys at
+        most (here the service or meter, and the team tag), so each combination of values is a filtered query."""
+
+        def run(exprs: list[Any]) -> dict[tuple[dt.date, str, str | None, str], Decimal]:
+            sums: dict[tuple[dt.date, str, str | None, str], Decimal] = defaultdict(Decimal)
+            for day, value, team, amount, currency in self._query(scope, window, group, service, tags=exprs):
+                sums[(day, value, team, currency)] += amount
+            return sums
+
+        return split_by_labels(choices, run)
 
     def _forecast(self, scope: str, window: FetchWindow) -> tuple[Decimal, str] | None:
         """What is still to come this month in the scope, and its currency ("" if no day remains); None: no forecast."""
@@ -332,29 +392,29 @@ class AzureProvider:
         if not days:
             return FetchResult(days=[])
         self._register_token()
-        totals: dict[CostKey, Decimal] = defaultdict(Decimal)
+        totals: dict[tuple[Labels, CostKey], Decimal] = defaultdict(Decimal)
         newest: dt.date | None = None
         accounts: dict[str, str] = {}
         forecasts: dict[str, list[tuple[Decimal, str]]] = defaultdict(list)
         for scope in self.cfg.scopes:
             account = scope_account(scope)
-            rows = self._query(scope, window, QueryGrouping(type="Dimension", name="ServiceName"))
+            choices = self._label_choices(scope, window)
+            by_service = self._sliced(scope, window, QueryGrouping(type="Dimension", name="ServiceName"), choices)
             ai = set()
             if self.cfg.openai_models:
-                ai = {svc for _, svc, _, _, _ in rows if svc in AZURE_OPENAI_SERVICES}
-            detailed = [
-                (svc, self._query(scope, window, QueryGrouping(type="Dimension", name="Meter"), svc))
-                for svc in sorted(ai)
-            ]
-            for day, service, team, amount, currency in rows:
-                if window.start <= day <= window.end and service not in ai:
-                    totals[(day, account, service, team, "", currency)] += amount
-                    newest = day if newest is None or day > newest else newest
-            for service, meter_rows in detailed:
-                for day, meter, team, amount, currency in meter_rows:
-                    if window.start <= day <= window.end:
-                        totals[(day, account, service, team, openai_model(meter), currency)] += amount
+                ai = {k[1] for cell in by_service.values() for k in cell if k[1] in AZURE_OPENAI_SERVICES}
+            for labels, cell in by_service.items():
+                for (day, service, team, currency), amount in cell.items():
+                    if window.start <= day <= window.end and service not in ai:
+                        totals[(labels, (day, account, service, team, "", currency))] += amount
                         newest = day if newest is None or day > newest else newest
+            for svc in sorted(ai):
+                by_meter = self._sliced(scope, window, QueryGrouping(type="Dimension", name="Meter"), choices, svc)
+                for labels, cell in by_meter.items():
+                    for (day, meter, team, currency), amount in cell.items():
+                        if window.start <= day <= window.end:
+                            totals[(labels, (day, account, svc, team, openai_model(meter), currency))] += amount
+                            newest = day if newest is None or day > newest else newest
             subscription = subscription_id(scope)
             if subscription is not None:
                 name = self._subscription_name(subscription, window.now)
@@ -373,11 +433,18 @@ class AzureProvider:
                 if len(currencies) > 1:
                     raise SourceError(f"forecast.usage: scopes of {account} forecast in several currencies")
                 # no day left: zero, in the currency the account's costs came in
-                seen = sorted({k[5] for k in totals if k[1] == account})
+                seen = sorted({k[5] for _, k in totals if k[1] == account})
                 currency = currencies.pop() if currencies else (seen[0] if len(seen) == 1 else "USD")
                 total = sum((a for a, _ in parts), Decimal(0))
                 provider_forecasts.append(ProviderForecast(PROVIDER, account, float(total), currency))
-        costs = cost_records(PROVIDER, totals)
+        by_labels: dict[Labels, dict[CostKey, Decimal]] = defaultdict(dict)
+        for (labels, key), amount in totals.items():
+            by_labels[labels][key] = amount
+        costs = [
+            dataclasses.replace(rec, labels=labels) if labels else rec
+            for labels, part in sorted(by_labels.items())
+            for rec in cost_records(PROVIDER, part)
+        ]
         data_through = min(utc_midnight(newest, 1), window.now) if newest is not None else None
         return FetchResult(
             days=days,
