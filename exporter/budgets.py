@@ -42,13 +42,19 @@ class BudgetFigure:
     warning_ratio: float
 
 
-def budget_matches(b: Budget, labels: Sequence[str]) -> bool:
+def budget_matches(b: Budget, labels: Sequence[str], extra_names: Sequence[str] = ()) -> bool:
     """A series (by its cost labels) counts towards ``b``: every ``match`` key given holds, and the team.
 
-    ``match.team`` takes precedence over the budget's own ``team``.
+    ``match.team`` takes precedence over the budget's own ``team``. ``extra_names``: the extra labels
+    (``attribution.labels``) whose values follow the cost labels in ``labels``; ``match`` may name them too.
     """
     provider, account_id, service_name, team, model = labels[:5]
     m = b.match
+    for key, want in (m.model_extra or {}).items():
+        i = extra_names.index(key) if key in extra_names else -1
+        value = labels[5 + i] if 0 <= i < len(labels) - 5 else ""
+        if value not in ([want] if isinstance(want, str) else want):
+            return False
     if m.provider is not None and provider not in m.provider:
         return False
     if m.account_id is not None and account_id not in m.account_id:
@@ -62,7 +68,9 @@ def budget_matches(b: Budget, labels: Sequence[str]) -> bool:
     return not (b.team is not None and team != b.team)
 
 
-def budget_figures(budgets: Iterable[Budget], series: Sequence[SeriesCost]) -> list[BudgetFigure]:
+def budget_figures(
+    budgets: Iterable[Budget], series: Sequence[SeriesCost], extra_names: Sequence[str] = ()
+) -> list[BudgetFigure]:
     """Each budget's month-to-date and forecast: the sums over the series it matches.
 
     A series without a forecast counts with its month-to-date.
@@ -72,7 +80,7 @@ def budget_figures(budgets: Iterable[Budget], series: Sequence[SeriesCost]) -> l
         spent = 0.0
         forecast = 0.0
         for s in series:
-            if budget_matches(b, s.labels):
+            if budget_matches(b, s.labels, extra_names):
                 spent += s.mtd
                 forecast += s.forecast if s.forecast is not None else s.mtd
         figures.append(BudgetFigure(b.name, b.team or "", b.amount_usd, spent, forecast, b.warning_ratio))

@@ -140,6 +140,9 @@ class Attribution(ConfigModel):
 
 
 class BudgetMatch(ConfigModel):
+    # other keys: extra labels of attribution.labels (checked by ``label_errors``, values as here)
+    model_config = {**ConfigModel.model_config, "extra": "allow"}
+
     provider: StrOrList | None = None
     account_id: StrOrList | None = None
     service_name: StrOrList | None = None
@@ -320,6 +323,19 @@ def _duplicates(data: dict[str, Any], errors: list[str]) -> None:
             seen.add(name)
 
 
+def label_errors(cfg: Config) -> list[str]:
+    """Budgets' ``match`` keys beyond the cost labels must be extra labels (``attribution.labels``)."""
+    names = cfg.attribution.label_names
+    out = []
+    for i, b in enumerate(cfg.budgets):
+        for key, value in (b.match.model_extra or {}).items():
+            if key not in names:
+                out.append(f"budgets[{i}].match.{key}: unknown key")
+            elif not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+                out.append(f"budgets[{i}].match.{key}: expected a value or a list of values")
+    return out
+
+
 def guard_errors(cfg: Config, env: dict[str, str]) -> list[str]:
     """What the ``guard:`` section needs of the rest: a token, and an AI source with a write key per rule."""
     g = cfg.guard
@@ -390,6 +406,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
     _duplicates(data, later)
     if cfg is not None:
         later.extend(guard_errors(cfg, env))
+        later.extend(label_errors(cfg))
     # a key whose ${VAR} failed has already its error; what validation says of the half-built value only confuses
     errors.extend(line for line in later if not _under(line, failed))
     if errors or cfg is None:

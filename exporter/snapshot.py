@@ -405,7 +405,9 @@ class SnapshotBuilder:
                     fam.fragments.append(frag)
                     n_series += frag.count(b"\n")
             families.append(fam)
-        budgets = budget_figures(self.config.budgets, [s for v in views.values() for s in v.series])
+        budgets = budget_figures(
+            self.config.budgets, [s for v in views.values() for s in v.series], self.config.attribution.label_names
+        )
         budget_frags = budget_fragments(budgets)
         for fam in families:
             if fam.name in budget_frags:

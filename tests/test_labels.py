@@ -184,3 +184,16 @@ def test_a_version_2_cache_is_migrated_in_place(tmp_path: Path) -> None:
     index = store.query("SELECT sql FROM sqlite_master WHERE name='cost_series'")[0][0]
     assert "model, labels, day" in index
     store.close()
+
+
+def test_budgets_match_extra_labels(tmp_path: Path, focus: Any) -> None:
+    focus.write(tmp_path / "a.csv", _rows(focus))
+    budgets = [
+        {"name": "staging", "amount_usd": 100, "match": {"environment": "staging"}},
+        {"name": "acme", "amount_usd": 100, "match": {"customer_id": ["acme", "other"], "service_name": "S3"}},
+        {"name": "untagged", "amount_usd": 100, "match": {"environment": "", "customer_id": ""}},
+    ]
+    app = App(parse_config(_config(tmp_path, budgets=budgets)), now=lambda: NOW)
+    assert all(o.ok for o in app.refresh_all())
+    spent = {lab["budget"]: v for lab, v in family_samples(app.snapshot.text.decode(), "spend_budget_spent_usd")}
+    assert spent == {"staging": 35.0, "acme": 17.5, "untagged": 4.62}
