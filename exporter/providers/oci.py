@@ -23,12 +23,21 @@ import datetime as dt
 import math
 import os
 from collections import defaultdict
+from decimal import Decimal
 from typing import Any
 
 import oci
 
 from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow
-from exporter.providers.base import ProviderContext, SourceError, Throttled, paginate, utc_midnight
+from exporter.providers.base import (
+    LabelChoice,
+    ProviderContext,
+    SourceError,
+    Throttled,
+    paginate,
+    split_by_labels,
+    utc_midnight,
+)
 from exporter.sources.oci import OciSource
 
 PROVIDER = "oci"
@@ -124,17 +133,28 @@ class OciProvider:
         client = self._client(budget)
         retry_strategy = self._retry_strategy(budget)
         team_tag = self.cfg.team_tag
-        details = oci.usage_api.models.RequestSummarizedUsagesDetails(
-            tenant_id=self.cfg.tenancy_id,
-            time_usage_started=utc_midnight(window.start),
-            time_usage_ended=utc_midnight(window.end, 1),  # exclusive
-            granularity="DAILY",
-            query_type="COST",
-            group_by=list(GROUP_BY),
-            group_by_tag=[oci.usage_api.models.Tag(namespace=team_tag.namespace, key=team_tag.key)]
-            if team_tag
-            else None,
-        )
+        team = [oci.usage_api.models.Tag(namespace=team_tag.namespace, key=team_tag.key)] if team_tag else None
+
+        def fetch_items(group_by_tag: list[Any] | None, flt: Any = None) -> list[Any]:
+            details = oci.usage_api.models.RequestSummarizedUsagesDetails(
+                tenant_id=self.cfg.tenancy_id,
+                time_usage_started=utc_midnight(window.start),
+                time_usage_ended=utc_midnight(window.end, 1),  # exclusive
+                granularity="DAILY",
+                query_type="COST",
+                group_by=list(GROUP_BY),
+                group_by_tag=group_by_tag,
+                filter=flt,
+            )
+            return self._items(client, details, retry_strategy)
+
+        labels = self._label_tags()
+        if not labels:
+            return self._result(window, fetch_items(team))
+        return self._labelled(window, fetch_items, team, labels)
+
+    def _items(self, client: Any, details: Any, retry_strategy: Any) -> list[Any]:
+        """Every page of one request."""
 
         def page(token: str | None) -> tuple[list[Any], str | None]:
             with self.ctx.api_call(OPERATION):
@@ -147,8 +167,69 @@ class OciProvider:
                     raise SourceError("OCI Usage API returned an unexpected body: an item without timeUsageStarted")
             return page_items, response.next_page or None
 
-        items = [item for got in paginate(f"OCI Usage API {OPERATION}", page, max_pages=MAX_PAGES) for item in got]
-        return self._result(window, items)
+        return [item for got in paginate(f"OCI Usage API {OPERATION}", page, max_pages=MAX_PAGES) for item in got]
+
+    # -- extra labels (attribution.labels) ----------------------------------------------------------
+    def _label_tags(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """The extra labels' defined tags, ``namespace.key`` (a key without a namespace is not read on OCI)."""
+        out = []
+        for name, keys in self.ctx.extra_labels:
+            tags = [tuple(k.split(".", 1)) for k in keys if "." in k.strip(".")]
+            if tags:
+                out.append((name, [(ns, key) for ns, key in tags]))
+        return out
+
+    def _labelled(
+        self, window: FetchWindow, fetch_items: Any, team: list[Any] | None, labels: list[tuple[str, list[Any]]]
+    ) -> FetchResult:
+        """The costs split exactly by the extra labels' values: ``groupByTag`` takes one tag (the team's), so each
+        combination of values is one more request filtered on those tags (``split_by_labels``)."""
+        tag = oci.usage_api.models.Tag
+        flt = oci.usage_api.models.Filter
+        choices: list[list[LabelChoice]] = []
+        for name, tags in labels:
+            mine: list[LabelChoice] = []
+            earlier: list[Any] = []
+            for ns, key in tags:
+                values = sorted(
+                    {
+                        str(t.value).strip()
+                        for item in fetch_items([tag(namespace=ns, key=key)])
+                        for t in (item.tags or [])
+                        if _same_tag(t, ns, key) and t.value and str(t.value).strip()
+                    }
+                )
+                for v in values:
+                    mine.append(
+                        (name, v, [flt(operator="AND", tags=[tag(namespace=ns, key=key, value=v)])], list(earlier))
+                    )
+                if values:
+                    earlier.append(flt(operator="OR", tags=[tag(namespace=ns, key=key, value=v) for v in values]))
+            choices.append(mine)
+        whole: list[Any] = []
+
+        def run(exprs: list[Any]) -> dict[tuple[dt.date, str, str | None, str], Decimal]:
+            f = None if not exprs else exprs[0] if len(exprs) == 1 else flt(operator="AND", filters=exprs)
+            items = fetch_items(team, f)
+            if not exprs:
+                whole[:] = items
+            sums: dict[tuple[dt.date, str, str | None, str], Decimal] = defaultdict(Decimal)
+            for c in self._result(window, items, quiet=bool(exprs)).costs:
+                if c.amount == c.amount:  # not the unrated (NaN) ones
+                    sums[(c.day, c.service_name, c.team_tag, c.currency)] += Decimal(repr(c.amount))
+            return sums
+
+        cells = split_by_labels(choices, run)
+        result = self._result(
+            window, whole, quiet=True
+        )  # unrated items, names, data_through: from the unfiltered request
+        result.costs = [c for c in result.costs if c.amount != c.amount]  # keep the unrated (NaN) records
+        result.costs += [
+            CostRecord(day, PROVIDER, self.cfg.tenancy_id, service, float(amount), currency, team_, "", labels_)
+            for labels_, cell in sorted(cells.items())
+            for (day, service, team_, currency), amount in sorted(cell.items(), key=lambda kv: _sort_key(kv[0]))
+        ]
+        return result
 
     def _request(self, client: Any, details: Any, page: str | None, retry_strategy: Any) -> Any:
         try:
@@ -173,7 +254,8 @@ class OciProvider:
         except Exception as e:
             raise SourceError(f"OCI Usage API call failed: {e.__class__.__name__}: {_first_line(e)}") from None
 
-    def _result(self, window: FetchWindow, items: list[Any]) -> FetchResult:
+    def _result(self, window: FetchWindow, items: list[Any], quiet: bool = False) -> FetchResult:
+        """The records of the items; ``quiet``: no warnings (a filtered request of the extra labels' split)."""
         account = self.cfg.tenancy_id
         sums: dict[tuple[dt.date, str, str | None, str], float] = defaultdict(float)
         unrated: list[CostRecord] = []
@@ -206,13 +288,13 @@ class OciProvider:
             ended = getattr(item, "time_usage_ended", None)
             if isinstance(ended, dt.datetime) and (data_through is None or ended > data_through):
                 data_through = ended
-        if unrated:
+        if unrated and not quiet:
             self.ctx.log.warning(
                 "source %s: %d OCI usage items have no computedAmount (not rated yet); skipped",
                 self.ctx.source_name,
                 len(unrated),
             )
-        if blank_currency and not fallback_currency:
+        if blank_currency and not fallback_currency and not quiet:
             self.ctx.log.warning(
                 "source %s: %d OCI usage items have a blank currency; set `currency` on the source to your "
                 "subscription's currency, until then they are skipped",
@@ -242,6 +324,11 @@ class OciProvider:
 
     def close(self) -> None:
         self._auth = None
+
+
+def _same_tag(tag: Any, namespace: str, key: str) -> bool:
+    """Defined-tag namespaces and keys are case-insensitive in OCI."""
+    return (tag.namespace or "").casefold() == namespace.casefold() and (tag.key or "").casefold() == key.casefold()
 
 
 def _sort_key(key: tuple[dt.date, str, str | None, str]) -> tuple[dt.date, str, str, str]:
