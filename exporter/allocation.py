@@ -81,10 +81,12 @@ def split_cents(total: int, weights: dict[str, Fraction]) -> dict[str, int]:
     return shares
 
 
-def pool_of(pools: Sequence[SharedPool], labels: Sequence[str]) -> int | None:
-    """The index of the first pool whose ``match`` selects the series ``labels``; None: in no pool."""
+def pool_of(pools: Sequence[SharedPool], labels: Sequence[str], extra_names: Sequence[str] = ()) -> int | None:
+    """The index of the first pool whose ``match`` selects the series ``labels``; None: in no pool.
+
+    ``extra_names``: the extra labels (``attribution.labels``) whose values follow the cost labels in ``labels``."""
     for i, p in enumerate(pools):
-        if match_holds(p.match, labels):
+        if match_holds(p.match, labels, extra_names=extra_names):
             return i
     return None
 
@@ -119,7 +121,7 @@ def basis(pool: SharedPool, teams: list[str], direct: dict[str, int]) -> dict[st
     return {t: Fraction(1) for t in teams}
 
 
-def allocate(pools: Sequence[SharedPool], series: Sequence[SeriesCost]) -> Allocated:
+def allocate(pools: Sequence[SharedPool], series: Sequence[SeriesCost], extra_names: Sequence[str] = ()) -> Allocated:
     """Split every pool of ``pools`` over the cost ``series`` of every source (unfolded, before the cap).
 
     Month to date splits by this month's direct spend, the previous month by the previous month's.
@@ -129,7 +131,7 @@ def allocate(pools: Sequence[SharedPool], series: Sequence[SeriesCost]) -> Alloc
     direct_usd: dict[str, dict[str, list[float]]] = {p: {} for p in PERIODS}
     pooled: set[tuple[str, ...]] = set()
     for s in series:
-        i = pool_of(pools, s.labels)
+        i = pool_of(pools, s.labels, extra_names)
         if i is not None:
             matched[i] = True
             in_pool[i].append(s)

@@ -97,12 +97,20 @@ def burn_next_at(now: float, interval: float) -> float:
     return aligned if aligned - now >= BURN_MIN_GAP else aligned + 60
 
 
-def _source_hash(src: SourceBase) -> str:
-    """Hash of the settings that change what is fetched (all but the source type's ``FETCH_NEUTRAL`` keys)."""
+def _source_hash(src: SourceBase, config: Config | None = None) -> str:
+    """Hash of the settings that change what is fetched (all but the source type's ``FETCH_NEUTRAL`` keys).
+
+    With extra labels configured (``attribution.labels``), they and the rules' ``labels`` count too: the store
+    holds their values, so a change is a re-fetch (as a changed source); none configured leaves the hash as it was.
+    """
     data = src.model_dump(mode="json", exclude=set(src.FETCH_NEUTRAL))
     # history_days was hashed, at its default of 35, before it became fetch-neutral: hashing that constant
     # keeps the caches written then (their history is fetched, not the whole cache again)
     data["history_days"] = 35
+    if config is not None and config.attribution.labels:
+        a = config.attribution
+        data = {"source": data, "labels": [lab.model_dump(mode="json") for lab in a.labels]}
+        data["rule_labels"] = [[r.match.model_dump(mode="json"), r.labels] for r in a.rules if r.labels]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -128,11 +136,16 @@ class App:
         self.store = store or Store(config.cache_path)
         self.resolver = Resolver(config)
         self._sources = {s.name: s for s in config.sources}
-        self._hashes = {s.name: _source_hash(s) for s in config.sources}
+        self._hashes = {s.name: _source_hash(s, config) for s in config.sources}
         self._provider_names = {s.name: SOURCES[s.type].provider for s in config.sources}
         self._fetchers = {
             s.name: SourceFetcher(
-                s, self.store, now, team_tag_keys=config.attribution.team_tag_keys, cache_path=config.cache_path
+                s,
+                self.store,
+                now,
+                team_tag_keys=config.attribution.team_tag_keys,
+                cache_path=config.cache_path,
+                extra_labels=[(lab.name, lab.tag_keys) for lab in config.attribution.labels],
             )
             for s in config.sources
         }

@@ -25,7 +25,7 @@ BUDGET_FAMILIES = (
 class SeriesCost:
     """One cost series, unfolded (before the cardinality cap): what budgets are computed from."""
 
-    labels: tuple[str, str, str, str, str]  # provider, account_id, service_name, team, model
+    labels: tuple[str, ...]  # provider, account_id, service_name, team, model, then the extra labels' values
     mtd: float
     forecast: float | None
     previous: float | None = None  # the last complete month, where the series had cost then
@@ -52,22 +52,32 @@ class BudgetFigure:
     warning_ratio: float
 
 
-def budget_matches(b: Budget, labels: Sequence[str]) -> bool:
+def budget_matches(b: Budget, labels: Sequence[str], extra_names: Sequence[str] = ()) -> bool:
     """A series (by its cost labels) counts towards ``b``: every ``match`` key given holds, and the team.
 
-    ``match.team`` takes precedence over the budget's own ``team``.
+    ``match.team`` takes precedence over the budget's own ``team``. ``extra_names``: the extra labels
+    (``attribution.labels``) whose values follow the cost labels in ``labels``; ``match`` may name them too.
     """
     m = b.match
-    if not match_holds(m, labels, teams=False):
+    if not match_holds(m, labels, teams=False, extra_names=extra_names):
         return False
     if m.team is not None:
         return labels[3] in m.team
     return not (b.team is not None and labels[3] != b.team)
 
 
-def match_holds(m: BudgetMatch, labels: Sequence[str], teams: bool = True) -> bool:
-    """Every key ``m`` gives holds of a series' cost labels (``teams``: ``m.team`` too); budgets and pools match so."""
-    provider, account_id, service_name, team, model = labels
+def match_holds(m: BudgetMatch, labels: Sequence[str], teams: bool = True, extra_names: Sequence[str] = ()) -> bool:
+    """Every key ``m`` gives holds of a series' cost labels (``teams``: ``m.team`` too); budgets and pools match so.
+
+    ``extra_names``: the extra labels whose values follow the five cost labels in ``labels`` (a series without
+    them reads "" for each).
+    """
+    provider, account_id, service_name, team, model = labels[:5]
+    for key, want in (m.model_extra or {}).items():
+        i = extra_names.index(key) if key in extra_names else -1
+        value = labels[5 + i] if 0 <= i < len(labels) - 5 else ""
+        if value not in ([want] if isinstance(want, str) else want):
+            return False
     if m.provider is not None and provider not in m.provider:
         return False
     if m.account_id is not None and account_id not in m.account_id:
@@ -90,6 +100,7 @@ def budget_figures(
     pooled: Container[tuple[str, ...]] = frozenset(),
     shares: Mapping[str, tuple[float, float]] | None = None,
     key_series: Sequence[KeySeriesCost] = (),
+    extra_names: Sequence[str] = (),
 ) -> list[BudgetFigure]:
     """Each budget's month-to-date and forecast: the sums over the series it matches.
 
@@ -97,7 +108,8 @@ def budget_figures(
     series in a shared-cost pool (``pooled``: their labels) and counts its teams' ``shares`` instead (team →
     (month to date, forecast), from ``exporter.allocation``): the team's allocated spend. A budget with
     ``match.api_key_id`` sums the keys' shares instead; a key's forecast is its share of the forecast of its
-    (provider, account, model).
+    (provider, account, model). ``extra_names``: the extra labels whose values follow the cost labels in a
+    series' ``labels`` (``match`` may name them).
     """
     figures = []
     growth: dict[tuple[str, str, str], tuple[float, float]] | None = None
@@ -109,7 +121,7 @@ def budget_figures(
             if growth is None:
                 growth = _growth(series)
             for k in key_series:
-                if k.api_key_id in keys and budget_matches(b, k.labels):
+                if k.api_key_id in keys and budget_matches(b, k.labels, extra_names):
                     mtd, fc = growth.get((k.labels[0], k.labels[1], k.labels[4]), (0.0, 0.0))
                     spent += k.mtd
                     forecast += k.mtd * fc / mtd if mtd > 0 else k.mtd
@@ -117,7 +129,7 @@ def budget_figures(
             for s in series:
                 if b.include_shared and s.labels in pooled:
                     continue
-                if budget_matches(b, s.labels):
+                if budget_matches(b, s.labels, extra_names):
                     spent += s.mtd
                     forecast += s.forecast if s.forecast is not None else s.mtd
         if b.include_shared and shares:

@@ -11,8 +11,10 @@ import sqlite3
 
 from exporter.cachefile import CacheFileError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # 2: usage and hourly gain cache_write_1h (1-hour prompt-cache writes); a version 1 file is migrated in place
+# 3: cost gains labels (the extra labels of attribution.labels, attribution.encode_labels; '' when none) and
+#    cost_series groups by it; a version 1 or 2 file is migrated in place
 
 CHECK_AFTER_START = frozenset({"cost"})
 """Tables that serving does not read (the snapshot reads ``cost_recent``): after an unclean stop they are checked
@@ -22,20 +24,23 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cost (
     source TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
-    service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL, cost_usd REAL NOT NULL
+    service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL, cost_usd REAL NOT NULL,
+    labels TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS cost_source_day ON cost (source, day);
 -- covers the snapshot's aggregation: rows come out grouped by series, no sort (8x faster at 100k series)
-CREATE INDEX IF NOT EXISTS cost_series ON cost (source, provider, account_id, service_name, team, model, day, cost_usd);
+CREATE INDEX IF NOT EXISTS cost_series
+    ON cost (source, provider, account_id, service_name, team, model, labels, day, cost_usd);
 -- the recent days of cost (from meta.recent_from on), a copy the store keeps equal to cost's: the snapshot reads
 -- these, so that its build reads as many rows with 400 days held as with 70 (docs/performance.md, "History")
 CREATE TABLE IF NOT EXISTS cost_recent (
     source TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
-    service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL, cost_usd REAL NOT NULL
+    service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL, cost_usd REAL NOT NULL,
+    labels TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS cost_recent_day ON cost_recent (source, day);
 CREATE INDEX IF NOT EXISTS cost_recent_series
-    ON cost_recent (source, provider, account_id, service_name, team, model, day, cost_usd);
+    ON cost_recent (source, provider, account_id, service_name, team, model, labels, day, cost_usd);
 -- each source's history (exporter.history): every day from fetched_from on has been fetched; the last try's error
 CREATE TABLE IF NOT EXISTS history (
     source TEXT PRIMARY KEY, fetched_from TEXT, last_attempt REAL, last_error TEXT
@@ -142,6 +147,8 @@ _COLUMNS = _expected_columns()
 
 # columns added since version 1, by table: (name, definition), appended in this order by the migration
 _ADDED = {
+    "cost": [("labels", "TEXT NOT NULL DEFAULT ''")],
+    "cost_recent": [("labels", "TEXT NOT NULL DEFAULT ''")],
     "usage": [("cache_write_1h", "INTEGER NOT NULL DEFAULT 0")],
     "hourly": [("cache_write_1h", "INTEGER NOT NULL DEFAULT 0")],
 }
@@ -172,7 +179,7 @@ def create_tables(conn: sqlite3.Connection) -> None:
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     if row is None:
         conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-    elif row[0] == "1":  # migrated above
+    elif row[0] in ("1", "2"):  # migrated above
         conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
     elif row[0] != str(SCHEMA_VERSION):
         raise CacheFileError(f"schema version {row[0]} is not {SCHEMA_VERSION}")
@@ -180,7 +187,10 @@ def create_tables(conn: sqlite3.Connection) -> None:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """A version 1 cache gets the columns added since, in place and in one transaction (its rows read 0 there).
+    """An older cache gets the columns added since, in place and in one transaction (its rows read 0 or '' there).
+
+    Version 3's ``labels`` of ``cost`` and ``cost_recent`` changes their covering indexes (``cost_series``,
+    ``cost_recent_series``): they are dropped here and made again with the new column by ``_SCHEMA``.
 
     The user's cache is never moved aside for a new column: its history may hold more days than the
     billing APIs still return.
@@ -196,6 +206,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     try:
         for table, name, ddl in missing:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+            if name == "labels":  # the covering index of the table, made again with labels by _SCHEMA
+                conn.execute(f"DROP INDEX IF EXISTS {table}_series")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -218,6 +230,7 @@ def _fill_cost_recent(conn: sqlite3.Connection) -> None:
 def _merge_cost_duplicates(conn: sqlite3.Connection) -> None:
     """A cache written before one-row-per-day-and-series: merge its duplicate rows once."""
     cols = "source, day, provider, account_id, service_name, team, model"
+    # (a cache this old has no extra labels: every row's labels is '', restored by the column's default)
     dup = conn.execute(f"SELECT 1 FROM cost GROUP BY {cols} HAVING COUNT(*) > 1 LIMIT 1").fetchone()
     if not dup:
         return
@@ -225,7 +238,7 @@ def _merge_cost_duplicates(conn: sqlite3.Connection) -> None:
     try:
         conn.execute(f"CREATE TEMP TABLE merged AS SELECT {cols}, SUM(cost_usd) FROM cost GROUP BY {cols}")
         conn.execute("DELETE FROM cost")
-        conn.execute("INSERT INTO cost SELECT * FROM merged")
+        conn.execute(f"INSERT INTO cost ({cols}, cost_usd) SELECT * FROM merged")
         conn.execute("DROP TABLE merged")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -41,7 +41,7 @@ def fold(
     kept = ranked[: max(cap - 1, 0)]
     folded: dict[tuple[str, ...], dict[str, float]] = {}
     for labels, vals in ranked[len(kept) :]:
-        key = (labels[0], OTHER, OTHER, OTHER, OTHER)
+        key = (labels[0], *(OTHER,) * (len(labels) - 1))  # extra labels (attribution.labels) fold too
         acc = folded.setdefault(key, {})
         for k, v in vals.items():
             if k == "spend_cost_daily_baseline_stddev_usd":

@@ -63,14 +63,86 @@ class RuleMatch(ConfigModel):
 class AttributionRule(ConfigModel):
     match: RuleMatch
     team: NonEmptyStr
+    labels: dict[str, str] = {}
+    """Values of extra labels (``attribution.labels``) for the records this rule matches and whose tags lack them."""
+
+
+# target labels Prometheus or common relabelling adds, and the exporter's own labels: an extra label of that name
+# would clash with them (honor_labels off renames it exported_*; on, it overwrites the target's)
+RESERVED_LABELS = {
+    "customer": "a common target label (relabelling); use customer_id",
+    "env": "a common target label (relabelling); use environment",
+    "service": "a common target label (relabelling and the Kubernetes service discovery)",
+    "region": "a common target label (relabelling)",
+    "job": "a target label Prometheus sets",
+    "instance": "a target label Prometheus sets",
+    "provider": "already a label of the cost families",
+    "account_id": "already a label of the cost families",
+    "service_name": "already a label of the cost families",
+    "team": "already a label of the cost families",
+    "model": "already a label of the cost families",
+    "token_type": "already a label of the AI families",
+    "budget": "already a label of the budget families",
+    "source": "already a label of the exporter's families",
+    "le": "reserved by Prometheus for histogram buckets",
+    "quantile": "reserved by Prometheus for summaries",
+}
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def label_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an extra label, or None when it can."""
+    if not LABEL_NAME_RE.match(name):
+        return "not a Prometheus label name (letters, digits and _, not starting with a digit)"
+    if name.startswith("__"):
+        return "names starting with __ are reserved by Prometheus"
+    why = RESERVED_LABELS.get(name)
+    return f"collides with {name!r}: {why}" if why else None
+
+
+class ExtraLabel(ConfigModel):
+    name: str
+    tag_keys: list[NonEmptyStr] = []
+    """Tag (label) keys whose value becomes this label's, the first present wins; empty: only rules set it."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        why = label_name_problem(v)
+        if why:
+            raise ValueError(f"label name {v!r} is rejected: {why}")
+        return v
 
 
 class Attribution(ConfigModel):
     team_tag_keys: list[NonEmptyStr] = ["team", "Team"]
+    labels: list[ExtraLabel] = []
     rules: list[AttributionRule] = []
+
+    @model_validator(mode="after")
+    def _labels_known(self) -> Attribution:
+        names = [lab.name for lab in self.labels]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"labels: {', '.join(dup)} configured more than once")
+        for i, r in enumerate(self.rules):
+            unknown = sorted(set(r.labels) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"rules[{i}].labels: {', '.join(unknown)} not in attribution.labels "
+                    f"(configured: {', '.join(names) or 'none'})"
+                )
+        return self
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(lab.name for lab in self.labels)
 
 
 class BudgetMatch(ConfigModel):
+    # other keys: extra labels of attribution.labels (checked by ``label_errors``, values as here)
+    model_config = {**ConfigModel.model_config, "extra": "allow"}
+
     provider: StrOrList | None = None
     account_id: StrOrList | None = None
     service_name: StrOrList | None = None
@@ -304,6 +376,21 @@ def _duplicates(data: dict[str, Any], errors: list[str]) -> None:
             seen.add(name)
 
 
+def label_errors(cfg: Config) -> list[str]:
+    """Budgets' and pools' ``match`` keys beyond the cost labels must be extra labels (``attribution.labels``)."""
+    names = cfg.attribution.label_names
+    out = []
+    matches = [(f"budgets[{i}]", b.match) for i, b in enumerate(cfg.budgets)]
+    matches += [(f"allocation.shared[{i}]", p.match) for i, p in enumerate(cfg.allocation.shared)]
+    for where, m in matches:
+        for key, value in (m.model_extra or {}).items():
+            if key not in names:
+                out.append(f"{where}.match.{key}: unknown key")
+            elif not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+                out.append(f"{where}.match.{key}: expected a value or a list of values")
+    return out
+
+
 def guard_errors(cfg: Config, env: dict[str, str]) -> list[str]:
     """What the ``guard:`` section needs of the rest: a token, and an AI source with a write key per rule."""
     g = cfg.guard
@@ -413,6 +500,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> Config:
     if cfg is not None:
         later.extend(guard_errors(cfg, env))
         later.extend(allocation_errors(cfg))
+        later.extend(label_errors(cfg))
     # a key whose ${VAR} failed has already its error; what validation says of the half-built value only confuses
     errors.extend(line for line in later if not _under(line, failed))
     if errors or cfg is None:

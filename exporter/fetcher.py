@@ -46,11 +46,13 @@ class SourceFetcher:
         *,
         team_tag_keys: Sequence[str],
         cache_path: str,
+        extra_labels: Sequence[tuple[str, Sequence[str]]] = (),
     ) -> None:
         self.src = src
         self._store = store
         self._now = now
         self._team_tag_keys = team_tag_keys
+        self._extra_labels = [(n, list(k)) for n, k in extra_labels]
         self._cache_path = cache_path
         self._ctx: ProviderContext | None = None
         self._provider: Provider | None = None
@@ -71,6 +73,7 @@ class SourceFetcher:
         ctx = ProviderContext(
             src.name,
             team_tag_keys=list(self._team_tag_keys),
+            extra_labels=self._extra_labels,
             on_call=self._record_call,
             check_cap=self._check_cap,
             logger=logging.getLogger(f"exporter.providers.{getattr(src, 'type', src.name)}"),

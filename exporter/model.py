@@ -32,6 +32,9 @@ class CostRecord:
     currency: str = "USD"
     team_tag: str | None = None  # value of the provider's team tag/label, None if untagged
     model: str = ""
+    # (name, value) of the extra labels (``attribution.labels``) the provider found in the record's tags; a name
+    # missing here is set by ``attribution.rules`` or left empty
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +181,8 @@ def burn_bounds(now: dt.datetime, window_seconds: float, delay_seconds: float) -
     return end - dt.timedelta(seconds=window_seconds), end
 
 
-CostRecordTuple = tuple[dt.date, str, str, str, float, str, "str | None", str]  # a CostRecord, field by field
+# a CostRecord, field by field; its ``labels`` may be left off (no extra label found in tags)
+CostRecordTuple = tuple[Any, ...]
 _COST_LABELS = (1, 2, 3, 6, 7)  # provider, account_id, service_name, team_tag, model
 
 
@@ -238,7 +242,10 @@ def cost_tuples(costs: Sequence[CostRecord]) -> Iterable[CostRecordTuple]:
     """``costs`` as tuples in field order; a ``CostRows`` gives its rows without building records."""
     if isinstance(costs, CostRows):
         return costs.rows
-    return ((c.day, c.provider, c.account_id, c.service_name, c.amount, c.currency, c.team_tag, c.model) for c in costs)
+    return (
+        (c.day, c.provider, c.account_id, c.service_name, c.amount, c.currency, c.team_tag, c.model, c.labels)
+        for c in costs
+    )
 
 
 @dataclass(slots=True)

@@ -14,15 +14,16 @@ from typing import Any
 
 from exporter.attribution import Resolver
 from exporter.model import TOKEN_TYPES, FetchResult, FetchWindow, HourlyUsage, UsageRecord, cost_tuples
-from exporter.store import Replacement
+from exporter.store import Replacement, StoredCostRow
 
 
 def normalise(r: Resolver, window: FetchWindow, result: FetchResult) -> tuple[Replacement, int, Counter[str]]:
     """The store's rows for ``result``, how many cost and usage records they hold, and what was skipped, by reason."""
     skipped: Counter[str] = Counter({k: n for k, n in result.skipped.items() if n > 0})
     lo, hi = window.start, window.end
-    costs = []
-    for day, provider, account_id, service_name, amount, currency, team_tag, model in cost_tuples(result.costs):
+    costs: list[StoredCostRow] = []
+    for t in cost_tuples(result.costs):
+        day, provider, account_id, service_name, amount, currency, team_tag, model = t[:8]
         if not lo <= day <= hi:
             skipped["outside_window"] += 1
             continue
@@ -32,7 +33,8 @@ def normalise(r: Resolver, window: FetchWindow, result: FetchResult) -> tuple[Re
             skipped["not_a_number" if bad else f"no_rate_{(currency or 'blank').upper()[:8]}"] += 1
             continue
         team = r.team(team_tag, provider, account_id, service_name, model)
-        costs.append((day.isoformat(), provider, account_id, service_name, team, model or "", usd))
+        labels = r.labels(t[8] if len(t) > 8 else (), provider, account_id, service_name, model or "")
+        costs.append((day.isoformat(), provider, account_id, service_name, team, model or "", usd, labels))
     usage = []
     for u in result.usage:
         if not lo <= u.day <= hi:

@@ -24,6 +24,7 @@ from typing import Any
 
 from exporter import __version__
 from exporter.allocation import Allocated, allocate, allocation_fragments
+from exporter.attribution import decode_labels
 from exporter.budgets import BudgetFigure, KeySeriesCost, SeriesCost, budget_figures, budget_fragments
 from exporter.cardinality import OTHER, Rows, cost_weight, fold
 from exporter.config import Config
@@ -135,6 +136,9 @@ class SnapshotBuilder:
         self._truncated: dict[str, int] = {}
         self._burn: dict[str, tuple[dict[str, bytes], int]] = {}  # source → burn fragments, series folded
         self._revenue = RevenueFile(config.revenue_file) if config.revenue_file else None
+        # the spend_cost_* families' labels: COST_LABELS, then the extra labels of attribution.labels
+        self.cost_labels = (*COST_LABELS, *config.attribution.label_names)
+        self._decoded: dict[str, tuple[str, ...]] = {}
         apis = sorted({m[1] for m in source_meta.values()})
         self._cached_note = CACHED.format(apis=", ".join(apis) if apis else "the billing APIs")
 
@@ -191,7 +195,7 @@ class SnapshotBuilder:
 
         series = [
             SeriesCost(
-                labels=labels,  # type: ignore[arg-type]
+                labels=labels,  # type: ignore[arg-type]  # COST_LABELS, then the extra labels
                 mtd=vals.get("spend_cost_month_to_date_usd", 0.0),
                 forecast=vals.get("spend_cost_forecast_month_end_usd"),
                 previous=vals.get("spend_cost_previous_month_usd"),
@@ -215,7 +219,7 @@ class SnapshotBuilder:
             "spend_cost_forecast_month_end_usd",
         ):
             frags[fam] = render_samples(
-                fam, COST_LABELS, sorted((lab, rounded(v[fam])) for lab, v in cost_rows if fam in v)
+                fam, self.cost_labels, sorted((lab, rounded(v[fam])) for lab, v in cost_rows if fam in v)
             )
         frags["spend_ai_tokens_month_to_date"] = render_samples(
             "spend_ai_tokens_month_to_date",
@@ -341,8 +345,10 @@ class SnapshotBuilder:
         in_month = d >= dates.month_start
         remaining = remaining_days(d, dates.month_start, dates.days_in_month)
         rows: Rows = []
+        n_extra = len(self.cost_labels) - len(COST_LABELS)
+        decoded = self._decoded
         for r in store.cost_by_series(source, windows):
-            mtd, has_mtd, mtd_complete, daily, bsum, bsq, recent, last7, prev, has_prev = r[5:]
+            mtd, has_mtd, mtd_complete, daily, bsum, bsq, recent, last7, prev, has_prev = r[5:15]
             # every series the source exports has a month-to-date, 0 until this month has cost: the
             # series carries on across 00:00 UTC on the 1st instead of vanishing until new data arrives
             vals: dict[str, float] = {"spend_cost_month_to_date_usd": mtd}
@@ -356,7 +362,15 @@ class SnapshotBuilder:
             if newest is not None and (has_mtd or recent):
                 complete = mtd_complete if in_month else 0.0
                 vals["spend_cost_forecast_month_end_usd"] = month_end(complete, remaining, last7, last_n)
-            rows.append((_truncate(r[:5]), vals))
+            if n_extra:
+                extra = decoded.get(r[15])
+                if extra is None:
+                    extra = decode_labels(r[15], n_extra)
+                    if len(decoded) < 200_000:
+                        decoded[r[15]] = extra
+                rows.append((_truncate((*r[:5], *extra)), vals))
+            else:
+                rows.append((_truncate(r[:5]), vals))
         return rows
 
     def _priced(
@@ -460,12 +474,18 @@ class SnapshotBuilder:
             families.append(fam)
         all_series = [s for v in views.values() for s in v.series]
         key_series = [k for v in views.values() for k in v.key_series]
+        extra = self.config.attribution.label_names
         allocated = self._allocated(all_series, names)
         if allocated is None:
-            budgets = budget_figures(self.config.budgets, all_series, key_series=key_series)
+            budgets = budget_figures(self.config.budgets, all_series, key_series=key_series, extra_names=extra)
         else:
             budgets = budget_figures(
-                self.config.budgets, all_series, allocated.pooled, allocated.shares_by_team(), key_series=key_series
+                self.config.budgets,
+                all_series,
+                allocated.pooled,
+                allocated.shares_by_team(),
+                key_series=key_series,
+                extra_names=extra,
             )
             allocation_frags = allocation_fragments(allocated)
             for fam in families:
@@ -518,7 +538,7 @@ class SnapshotBuilder:
         pools = self.config.allocation.shared
         if not pools:
             return None
-        allocated = allocate(pools, series)
+        allocated = allocate(pools, series, self.config.attribution.label_names)
         if not all(self.store.get_state(s).last_success for s in sources):
             return allocated
         for name in allocated.empty:

@@ -53,7 +53,8 @@ class SourceState:
 
 
 # Rows as the store holds them, without their source: everything normalised (ISO day, team attributed, USD).
-StoredCostRow = tuple[str, str, str, str, str, str, float]  # day, provider, account_id, service_name, team, model, usd
+# day, provider, account_id, service_name, team, model, usd[, labels: the extra labels, attribution.encode_labels]
+StoredCostRow = tuple[str, str, str, str, str, str, float] | tuple[str, str, str, str, str, str, float, str]
 # day (or the hour's unix time in ``hourly``), provider, account_id, service_name, team, model,
 # input, output, cache_read, cache_write, cache_write_1h tokens (model.TOKEN_TYPES), requests
 StoredUsageRow = tuple[Any, ...]
@@ -194,15 +195,16 @@ class Store:
             # one row per day and series (the snapshot's aggregation relies on it): sum what normalises alike
             costs: dict[tuple[Any, ...], float] = {}
             for r in rep.costs:
-                costs[r[:6]] = costs.get(r[:6], 0.0) + r[6]
-            rows = [(source, *k, v) for k, v in costs.items()]
+                k = (*r[:6], r[7] if len(r) > 7 else "")
+                costs[k] = costs.get(k, 0.0) + r[6]
+            rows = [(source, *k[:6], v, k[6]) for k, v in costs.items()]
             c.execute("DELETE FROM cost WHERE source=? AND day BETWEEN ? AND ?", (source, s, e))
-            c.executemany("INSERT INTO cost VALUES (?,?,?,?,?,?,?,?)", rows)
+            c.executemany("INSERT INTO cost VALUES (?,?,?,?,?,?,?,?,?)", rows)
             recent = _recent_from(c)
             if e >= recent:
                 first = max(s, recent)
                 c.execute("DELETE FROM cost_recent WHERE source=? AND day BETWEEN ? AND ?", (source, first, e))
-                c.executemany("INSERT INTO cost_recent VALUES (?,?,?,?,?,?,?,?)", [r for r in rows if r[1] >= recent])
+                c.executemany("INSERT INTO cost_recent VALUES (?,?,?,?,?,?,?,?,?)", [r for r in rows if r[1] >= recent])
             c.execute("DELETE FROM usage WHERE source=? AND day BETWEEN ? AND ?", (source, s, e))
             c.executemany(f"INSERT INTO usage {_USAGE_COLUMNS}", [(source, *r) for r in rep.usage])
             if rep.hourly is not None:
@@ -453,7 +455,8 @@ class Store:
         through ``today`` and whether it has a day there; the sum from ``month_start`` through ``day``;
         the cost of ``day``; the sum and the sum of squares of the daily costs over ``baseline``;
         whether it has a day from the baseline's first through ``day``; the sum over ``recent``;
-        the sum over ``previous_month`` and whether it has a day there.
+        the sum over ``previous_month`` and whether it has a day there; last, the extra labels' values
+        (``attribution.encode_labels``).
         """
         b0, b1 = w.baseline
         p0, p1 = w.previous_month
@@ -474,7 +477,7 @@ class Store:
         return self.query(
             f"""
             WITH per_day AS (
-                SELECT provider, account_id, service_name, team, model, day, cost_usd AS c
+                SELECT provider, account_id, service_name, team, model, labels, day, cost_usd AS c
                 FROM {self._cost_table(min(p0, b0))} WHERE source = :src AND day >= :lower AND day <= :today
             )
             SELECT provider, account_id, service_name, team, model,
@@ -487,9 +490,10 @@ class Store:
                 MAX(day BETWEEN :b0 AND :d),
                 SUM(CASE WHEN day BETWEEN :l0 AND :d THEN c ELSE 0 END),
                 SUM(CASE WHEN day BETWEEN :p0 AND :p1 THEN c ELSE 0 END),
-                MAX(day BETWEEN :p0 AND :p1)
+                MAX(day BETWEEN :p0 AND :p1),
+                labels
             FROM per_day
-            GROUP BY provider, account_id, service_name, team, model
+            GROUP BY provider, account_id, service_name, team, model, labels
             """,
             p,
         )

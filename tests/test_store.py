@@ -392,7 +392,7 @@ def test_cost_by_series_sums_each_window(tmp_path: Path) -> None:
         assert store.cost_days("s", D(2025, 3, 15)) == (D(2025, 3, 14), D(2025, 1, 10))
         assert store.cost_days("other", D(2025, 3, 15)) == (None, None)
         assert store.has_costs("s") and not store.has_costs("other")
-        rows = {r[:5]: r[5:] for r in store.cost_by_series("s", WINDOWS)}
+        rows = {r[:5]: r[5:15] for r in store.cost_by_series("s", WINDOWS)}
         # month to date (with today), has it, through the day, the day, baseline sum and squares,
         # seen from the baseline on, the recent 7 days, the previous month, has it
         assert rows == {a: (15.0, 1, 14.0, 1.0, 28.0, 28.0, 1, 7.0, 28.0, 1), b: (2.0, 1, 2.0, 2.0, 0, 0, 1, 2.0, 0, 0)}
@@ -478,11 +478,11 @@ def test_after_an_unclean_stop_the_history_is_checked_after_start(
     con = sqlite3.connect(path)
     (roots,) = con.execute("SELECT MAX(rootpage) FROM sqlite_master").fetchone()
     rows = [
-        ("s", (D(2024, 2, 1) + i * DAY).isoformat(), "aws", "111", f"svc-{j}", "t", "", 1.0)
+        ("s", (D(2024, 2, 1) + i * DAY).isoformat(), "aws", "111", f"svc-{j}", "t", "", 1.0, "")
         for i in range(400)
         for j in range(10)
     ]
-    con.executemany("INSERT INTO cost VALUES (?,?,?,?,?,?,?,?)", rows)  # only cost grows beyond its root pages
+    con.executemany("INSERT INTO cost VALUES (?,?,?,?,?,?,?,?,?)", rows)  # only cost grows beyond its root pages
     con.execute("UPDATE meta SET value='0' WHERE key='closed_cleanly'")  # as a kill -9 leaves it
     con.commit()
     con.close()

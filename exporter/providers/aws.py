@@ -13,7 +13,9 @@ counted and held to ``max_api_cost_usd_per_day``.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import datetime as dt
+import json
 import re
 import time
 from collections import defaultdict
@@ -26,17 +28,20 @@ import boto3
 from exporter.model import AccountInfo, FetchResult, FetchWindow, ProviderForecast, RawFetch
 from exporter.providers.base import (
     CostKey,
+    LabelChoice,
     ProviderContext,
     RetryPolicy,
     SourceError,
     cost_records,
     paginate,
+    split_by_labels,
     utc_midnight,
 )
 from exporter.providers.boto import boto_call, boto_clients
 from exporter.sources.aws import AwsSource
 
 PROVIDER = "aws"
+Labels = tuple[tuple[str, str], ...]  # the extra labels found for a cell: (name, value)
 CE_REQUEST_COST_USD = 0.01
 ACCOUNT_CACHE = dt.timedelta(days=1)
 BEDROCK_SERVICE = "Amazon Bedrock"
@@ -242,12 +247,18 @@ class AwsProvider:
             params["Filter"] = flt
         self._paged("GetCostAndUsage", ce.get_cost_and_usage, "ResultsByTime", raw, meta, **params)
 
-    def _group_rows(self, raw: RawFetch, account: str, query: str) -> list[tuple[dt.date, list[str], Decimal, str]]:
-        """(day, group keys, amount, unit) of every group in the pages of one account's query."""
+    def _group_rows(
+        self, raw: RawFetch, account: str, query: str, cell: list[Any] | None = None
+    ) -> list[tuple[dt.date, list[str], Decimal, str]]:
+        """(day, group keys, amount, unit) of every group in the pages of one account's query (``cell``: the
+        query filtered on those extra-label expressions, ``_cells``); pages missing for it are an error."""
+        want = _query_meta(account, query, cell)
         out = []
+        found = False
         for page in raw.pages:
-            if page.operation != "GetCostAndUsage" or page.meta != {"account": account, "query": query}:
+            if page.operation != "GetCostAndUsage" or page.meta != want:
                 continue
+            found = True
             for result in page.body["ResultsByTime"]:
                 try:
                     day = dt.date.fromisoformat(result["TimePeriod"]["Start"][:10])
@@ -264,7 +275,86 @@ class AwsProvider:
                     raise SourceError(
                         f"GetCostAndUsage: malformed result in response ({e.__class__.__name__})"
                     ) from None
+        if not found:
+            raise SourceError(f"Cost Explorer pages of the {query} query of account {account} are missing")
         return out
+
+    # -- extra labels (attribution.labels) ----------------------------------------------------------
+    def _tag_values(
+        self, ce: Any, raw: RawFetch, account: str, period: dict[str, str], acct_filter: str | None, key: str
+    ) -> list[str]:
+        """The values tag ``key`` has in the period's cost data (``GetTags``, paid, per page), empty ones left out."""
+        params: dict[str, Any] = {"TimePeriod": period, "TagKey": key}
+        flt = self._filter(acct_filter)
+        if flt is not None:
+            params["Filter"] = flt
+        values: set[str] = set()
+        for page in self._paged("GetTags", ce.get_tags, "Tags", raw, {"account": account, "tag_key": key}, **params):
+            values.update(v for v in page["Tags"] if isinstance(v, str) and v)
+        return sorted(values)
+
+    def _label_choices(
+        self, ce: Any, raw: RawFetch, account: str, period: dict[str, str], acct_filter: str | None
+    ) -> list[list[LabelChoice]]:
+        """For each extra label, its values as (name, value, filter expressions): ``Tags key = value``, and for a
+        second tag key, none of the first key's values (the first key present wins, as everywhere)."""
+        out = []
+        for name, keys in self.ctx.extra_labels:
+            choices: list[LabelChoice] = []
+            earlier: list[dict[str, Any]] = []
+            for key in keys:
+                values = self._tag_values(ce, raw, account, period, acct_filter, key)
+                for v in values:
+                    eq = {"Tags": {"Key": key, "Values": [v], "MatchOptions": ["EQUALS"]}}
+                    choices.append((name, v, [eq, *earlier], []))
+                if values:
+                    earlier.append({"Not": {"Tags": {"Key": key, "Values": values, "MatchOptions": ["EQUALS"]}}})
+            out.append(choices)
+        return out
+
+    def _query_cells(
+        self,
+        ce: Any,
+        raw: RawFetch,
+        account: str,
+        query: str,
+        period: dict[str, str],
+        group_by: list[dict[str, str]],
+        acct_filter: str | None,
+        choices: list[list[LabelChoice]],
+        *extra: dict[str, Any],
+    ) -> None:
+        """Every query ``_cells`` reads, into ``raw``: the query as it is, and once per combination of extra-label
+        values, filtered on them (Cost Explorer groups by two keys at most: the service or usage type, and the
+        team tag)."""
+        done: set[str] = set()
+
+        def run(exprs: list[Any]) -> dict[Any, Decimal]:
+            key = json.dumps(exprs, sort_keys=True)
+            if key not in done:
+                done.add(key)
+                flt = self._filter(acct_filter, *extra, *exprs)
+                self._groups(ce, raw, _query_meta(account, query, exprs), period, group_by, flt)
+            return {}
+
+        split_by_labels(choices, run)
+
+    def _cells(
+        self, raw: RawFetch, account: str, query: str, choices: list[list[LabelChoice]]
+    ) -> dict[Labels, dict[tuple[dt.date, tuple[str, ...], str], Decimal]]:
+        """The query's groups split exactly by the extra labels' values, from the pages ``_query_cells`` kept.
+
+        A cell where a label has none of its tag values is what its "any" query holds beyond the cells with a
+        value there: computed, never guessed (``split_by_labels``).
+        """
+
+        def run(exprs: list[Any]) -> dict[tuple[dt.date, tuple[str, ...], str], Decimal]:
+            sums: dict[tuple[dt.date, tuple[str, ...], str], Decimal] = defaultdict(Decimal)
+            for day, keys, amount, unit in self._group_rows(raw, account, query, exprs):
+                sums[(day, tuple(keys), unit)] += amount
+            return sums
+
+        return split_by_labels(choices, run)
 
     def _team(self, tag_key: str) -> str | None:
         prefix = f"{self.cfg.team_tag_key}$"
@@ -288,21 +378,18 @@ class AwsProvider:
         raw.context = {"targets": [list(t) for t in targets], "names": names}
 
         tag = {"Type": "TAG", "Key": self.cfg.team_tag_key}
+        raw.context["choices"] = {}
         for account_id, acct_filter in targets:
-            by_service = {"account": account_id, "query": "service"}
-            self._groups(
-                ce, raw, by_service, period, [{"Type": "DIMENSION", "Key": "SERVICE"}, tag], self._filter(acct_filter)
-            )
+            choices = self._label_choices(ce, raw, account_id, period, acct_filter)
+            raw.context["choices"][account_id] = choices
+            by_service = [{"Type": "DIMENSION", "Key": "SERVICE"}, tag]
+            self._query_cells(ce, raw, account_id, "service", period, by_service, acct_filter, choices)
             rows = self._group_rows(raw, account_id, "service")
             if self.cfg.bedrock_models and any(keys[0] == BEDROCK_SERVICE for _, keys, _, _ in rows):
                 only_bedrock = {"Dimensions": {"Key": "SERVICE", "Values": [BEDROCK_SERVICE]}}
-                self._groups(
-                    ce,
-                    raw,
-                    {"account": account_id, "query": "bedrock_usage_type"},
-                    period,
-                    [{"Type": "DIMENSION", "Key": "USAGE_TYPE"}, tag],
-                    self._filter(acct_filter, only_bedrock),
+                by_usage = [{"Type": "DIMENSION", "Key": "USAGE_TYPE"}, tag]
+                self._query_cells(
+                    ce, raw, account_id, "bedrock_usage_type", period, by_usage, acct_filter, choices, only_bedrock
                 )
         if self.cfg.forecast and not window.history:
             self._forecasts(ce, window, targets, raw)
@@ -316,30 +403,46 @@ class AwsProvider:
         try:
             targets = [(str(a), None if f is None else str(f)) for a, f in raw.context["targets"]]
             names = {str(a): str(n) for a, n in raw.context["names"].items()}
-        except (KeyError, TypeError, ValueError, AttributeError):
+            choices_of = {
+                str(a): [[(str(c[0]), str(c[1]), list(c[2]), list(c[3])) for c in label] for label in ch]
+                for a, ch in raw.context.get("choices", {}).items()
+            }
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
             raise SourceError("Cost Explorer pages without the accounts they were fetched for") from None
-        totals: dict[CostKey, Decimal] = defaultdict(Decimal)
+        totals: dict[tuple[Labels, CostKey], Decimal] = defaultdict(Decimal)
         newest: dt.date | None = None
         for account_id, _filter in targets:
-            rows = self._group_rows(raw, account_id, "service")
-            bedrock = self.cfg.bedrock_models and any(keys[0] == BEDROCK_SERVICE for _, keys, _, _ in rows)
-            for day, (service, tag_value), amount, unit in rows:
-                if not window.start <= day <= window.end or (bedrock and service == BEDROCK_SERVICE):
-                    continue
-                model = bedrock_edition_model(service)
-                totals[(day, account_id, service, self._team(tag_value), model, unit)] += amount
-                newest = day if newest is None or day > newest else newest
-            if bedrock:
-                for day, (usage_type, tag_value), amount, unit in self._group_rows(
-                    raw, account_id, "bedrock_usage_type"
-                ):
-                    if not window.start <= day <= window.end:
+            choices = choices_of.get(account_id, [])
+            cells = self._cells(raw, account_id, "service", choices)
+            bedrock = self.cfg.bedrock_models and any(
+                keys[0] == BEDROCK_SERVICE for rows in cells.values() for (_, keys, _) in rows
+            )
+            for labels, rows in cells.items():
+                for (day, (service, tag_value), unit), amount in rows.items():
+                    if not window.start <= day <= window.end or (bedrock and service == BEDROCK_SERVICE):
                         continue
-                    key = (day, account_id, BEDROCK_SERVICE, self._team(tag_value), bedrock_model(usage_type), unit)
-                    totals[key] += amount
+                    model = bedrock_edition_model(service)
+                    totals[(labels, (day, account_id, service, self._team(tag_value), model, unit))] += amount
                     newest = day if newest is None or day > newest else newest
+            if bedrock:
+                for labels, rows in self._cells(raw, account_id, "bedrock_usage_type", choices).items():
+                    for (day, (usage_type, tag_value), unit), amount in rows.items():
+                        if not window.start <= day <= window.end:
+                            continue
+                        model = bedrock_model(usage_type)
+                        totals[(labels, (day, account_id, BEDROCK_SERVICE, self._team(tag_value), model, unit))] += (
+                            amount
+                        )
+                        newest = day if newest is None or day > newest else newest
 
-        costs = cost_records(PROVIDER, totals, "USD")
+        by_labels: dict[Labels, dict[CostKey, Decimal]] = defaultdict(dict)
+        for (labels, key), amount in totals.items():
+            by_labels[labels][key] = amount
+        costs = [
+            dataclasses.replace(rec, labels=labels) if labels else rec
+            for labels, part in sorted(by_labels.items())
+            for rec in cost_records(PROVIDER, part, "USD")
+        ]
         forecasts = self._parse_forecasts(window, targets, raw) if self.cfg.forecast and not window.history else None
         data_through = min(utc_midnight(newest, 1), window.now) if newest is not None else None
         return FetchResult(
@@ -415,3 +518,9 @@ def _request(operation: str, params: dict[str, Any]) -> dict[str, Any]:
 def _body(response: dict[str, Any]) -> dict[str, Any]:
     """A boto3 response as kept: the service's data, without the transport's metadata (request id, headers)."""
     return {k: v for k, v in response.items() if k != "ResponseMetadata"}
+
+
+def _query_meta(account: str, query: str, cell: list[Any] | None) -> dict[str, Any]:
+    """How a GetCostAndUsage page is marked in the raw fetch: account, query, and its extra-label filter if any (a
+    source without extra labels keeps the marks it had before them, so that its kept fetches still replay)."""
+    return {"account": account, "query": query, **({"cell": cell} if cell else {})}

@@ -15,9 +15,11 @@ honours those headers itself, a bounded number of times.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import datetime as dt
 import functools
 import ipaddress
+import json
 import os
 import time
 from collections import defaultdict
@@ -63,17 +65,20 @@ from exporter.providers.azure_results import (
 )
 from exporter.providers.base import (
     CostKey,
+    LabelChoice,
     ProviderContext,
     RetryPolicy,
     SourceError,
     Throttled,
     cost_records,
     paginate,
+    split_by_labels,
     utc_midnight,
 )
 from exporter.sources.azure import AzureSource
 
 PROVIDER = "azure"
+Labels = tuple[tuple[str, str], ...]  # the extra labels found for a cell: (name, value)
 CLIENT_TYPE = "spend-exporter"
 """Sent as the ``ClientType`` header: Cost Management keeps a rate-limit bucket per client type."""
 ARM_SCOPE = "https://management.azure.com/.default"
@@ -210,19 +215,37 @@ class AzureProvider:
 
     # -- queries --------------------------------------------------------------------------------
     def _query(
-        self, raw: RawFetch, scope: str, window: FetchWindow, group: QueryGrouping, service: str | None = None
+        self,
+        raw: RawFetch,
+        scope: str,
+        window: FetchWindow,
+        group: QueryGrouping,
+        service: str | None = None,
+        cell: list[Any] | None = None,
+        tag_key: str | None = None,
     ) -> None:
-        """Every page of one scope's query, grouped by ``group`` (and the team tag), into ``raw``."""
+        """Every page of one scope's query, grouped by ``group`` (and the team tag), into ``raw``.
+
+        ``cell``: filtered on these tags too (the extra labels: ``{"tag": key, "values": [...]}`` each);
+        ``tag_key``: grouped by this tag instead of the team's (the extra labels' values)."""
         col = self.cfg.cost_column
         dataset = QueryDataset(
             granularity="Daily",
             aggregation={col: QueryAggregation(name=col, function="Sum")},
-            grouping=[group, QueryGrouping(type="TagKey", name=self.cfg.team_tag_key)],
+            grouping=[group, QueryGrouping(type="TagKey", name=tag_key or self.cfg.team_tag_key)],
         )
+        parts = [
+            QueryFilter(tags=QueryComparisonExpression(name=e["tag"], operator="In", values_property=list(e["values"])))
+            for e in cell or []
+        ]
         if service is not None:
-            dataset.filter = QueryFilter(
-                dimensions=QueryComparisonExpression(name="ServiceName", operator="In", values_property=[service])
+            parts.append(
+                QueryFilter(
+                    dimensions=QueryComparisonExpression(name="ServiceName", operator="In", values_property=[service])
+                )
             )
+        if parts:
+            dataset.filter = parts[0] if len(parts) == 1 else QueryFilter(and_property=parts)
         definition = QueryDefinition(
             type=self.cfg.cost_type,
             timeframe="Custom",
@@ -237,25 +260,36 @@ class AzureProvider:
         def run(params: dict[str, str], **kw: Any) -> Any:
             return self._client.query.usage(path, definition, params=params, **kw, **self._options())
 
-        self._pages(raw, "query.usage", run, scope=scope, group=group.name, service=service)
+        self._pages(raw, "query.usage", run, **_query_meta(scope, group.name, service, cell, tag_key))
 
     def _query_rows(
-        self, raw: RawFetch, scope: str, group: str, service: str | None = None
+        self,
+        raw: RawFetch,
+        scope: str,
+        group: str,
+        service: str | None = None,
+        cell: list[Any] | None = None,
+        tag_key: str | None = None,
     ) -> list[tuple[dt.date, str, str | None, Decimal, str]]:
-        """Rows of (day, group value, team tag, amount, currency) of one scope's query, from its pages."""
+        """Rows of (day, group value, team tag, amount, currency) of one scope's query, from its pages (``cell``,
+        ``tag_key``: as ``_query``; then the tag is that key's value); pages missing for it are an error."""
         col = self.cfg.cost_column
         op = "query.usage"
+        want = _query_meta(scope, group, service, cell, tag_key)
+        tag_key = tag_key or self.cfg.team_tag_key
         out = []
+        found = False
         for page in raw.pages:
-            if page.operation != op or page.meta != {"scope": scope, "group": group, "service": service}:
+            if page.operation != op or page.meta != want:
                 continue
+            found = True
             t = Table(op, page.body)
             if not t.rows:
                 continue
             cost = t.cost_columns(op, col)
             i_group = t.index(op, group)
             i_tagkey, i_tagval = t.maybe("TagKey"), t.maybe("TagValue")
-            i_tagcol = t.maybe(self.cfg.team_tag_key) if i_tagval is None else None
+            i_tagcol = t.maybe(tag_key) if i_tagval is None else None
             if i_tagval is None and i_tagcol is None:
                 raise SourceError(f"{op}: response has no TagValue column")
             for r in t.rows:
@@ -263,14 +297,72 @@ class AzureProvider:
                 if not currency:
                     raise SourceError(f"{op}: malformed row (no currency)")
                 if i_tagval is not None:
-                    key = str(r[i_tagkey] or "") if i_tagkey is not None else self.cfg.team_tag_key
+                    key = str(r[i_tagkey] or "") if i_tagkey is not None else tag_key
                     value = r[i_tagval]
-                    team = str(value) if value and key.lower() == self.cfg.team_tag_key.lower() else None
+                    team = str(value) if value and key.lower() == tag_key.lower() else None
                 else:
                     assert i_tagcol is not None
                     team = str(r[i_tagcol]) if r[i_tagcol] else None
                 out.append((day, str(r[i_group] or ""), team, amount, currency))
+        if not found:
+            raise SourceError(f"{op}: the pages of a query of {scope} are missing")
         return out
+
+    # -- extra labels (attribution.labels) ----------------------------------------------------------
+    def _label_choices(self, raw: RawFetch, scope: str, window: FetchWindow) -> list[list[LabelChoice]]:
+        """For each extra label, its values in the scope: one query grouped by the tag key per key (free, rate
+        limited). Filters have no ``not``, so a second key's value excludes the first key's values by
+        inclusion-exclusion (``split_by_labels``). Expressions are ``{"tag": key, "values": [...]}``."""
+        out = []
+        by_service = QueryGrouping(type="Dimension", name="ServiceName")
+        for name, keys in self.ctx.extra_labels:
+            choices: list[LabelChoice] = []
+            earlier: list[dict[str, Any]] = []
+            for key in keys:
+                self._query(raw, scope, window, by_service, tag_key=key)
+                rows = self._query_rows(raw, scope, "ServiceName", tag_key=key)
+                values = sorted({str(tag).strip() for _, _, tag, _, _ in rows if tag and str(tag).strip()})
+                for v in values:
+                    choices.append((name, v, [{"tag": key, "values": [v]}], list(earlier)))
+                if values:
+                    earlier.append({"tag": key, "values": values})
+            out.append(choices)
+        return out
+
+    def _query_cells(
+        self,
+        raw: RawFetch,
+        scope: str,
+        window: FetchWindow,
+        group: QueryGrouping,
+        choices: list[list[LabelChoice]],
+        service: str | None = None,
+    ) -> None:
+        """Every query ``_cells`` reads, into ``raw``: Cost Management groups by two keys at most (here the service
+        or meter, and the team tag), so each combination of extra-label values is one more filtered query."""
+        done: set[str] = set()
+
+        def run(exprs: list[Any]) -> dict[Any, Decimal]:
+            key = json.dumps(exprs, sort_keys=True)
+            if key not in done:
+                done.add(key)
+                self._query(raw, scope, window, group, service, cell=exprs)
+            return {}
+
+        split_by_labels(choices, run)
+
+    def _cells(
+        self, raw: RawFetch, scope: str, group: str, choices: list[list[LabelChoice]], service: str | None = None
+    ) -> dict[Labels, dict[tuple[dt.date, str, str | None, str], Decimal]]:
+        """The query's groups split exactly by the extra labels' values, from the pages ``_query_cells`` kept."""
+
+        def run(exprs: list[Any]) -> dict[tuple[dt.date, str, str | None, str], Decimal]:
+            sums: dict[tuple[dt.date, str, str | None, str], Decimal] = defaultdict(Decimal)
+            for day, value, team, amount, currency in self._query_rows(raw, scope, group, service, cell=exprs):
+                sums[(day, value, team, currency)] += amount
+            return sums
+
+        return split_by_labels(choices, run)
 
     @staticmethod
     def _forecast_days(window: FetchWindow) -> tuple[dt.date, dt.date]:
@@ -362,12 +454,15 @@ class AzureProvider:
         self._register_token()
         raw = RawFetch()
         names: dict[str, str] = {}
+        choices_of: dict[str, list[list[LabelChoice]]] = {}
         for scope in self.cfg.scopes:
-            self._query(raw, scope, window, QueryGrouping(type="Dimension", name="ServiceName"))
+            choices = choices_of[scope] = self._label_choices(raw, scope, window)
+            self._query_cells(raw, scope, window, QueryGrouping(type="Dimension", name="ServiceName"), choices)
             if self.cfg.openai_models:
                 services = {svc for _, svc, _, _, _ in self._query_rows(raw, scope, "ServiceName")}
                 for svc in sorted(services & set(AZURE_OPENAI_SERVICES)):
-                    self._query(raw, scope, window, QueryGrouping(type="Dimension", name="Meter"), svc)
+                    meter = QueryGrouping(type="Dimension", name="Meter")
+                    self._query_cells(raw, scope, window, meter, choices, svc)
             subscription = subscription_id(scope)
             if subscription is not None:
                 name = self._subscription_name(subscription, window.now)
@@ -376,7 +471,7 @@ class AzureProvider:
             if self.cfg.forecast and not window.history:
                 self._forecast(raw, scope, window)
         # a subscription's name may come from an earlier refresh (no call this time): parse must know it
-        raw.context = {"names": names}
+        raw.context = {"names": names, "choices": choices_of}
         return self.parse(window, raw)
 
     def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
@@ -387,25 +482,34 @@ class AzureProvider:
         names = raw.context.get("names")
         if not isinstance(names, dict):
             raise SourceError("Cost Management pages without the subscription names they were fetched with")
-        totals: dict[CostKey, Decimal] = defaultdict(Decimal)
+        try:
+            choices_of = {
+                str(scope): [[(str(c[0]), str(c[1]), list(c[2]), list(c[3])) for c in label] for label in ch]
+                for scope, ch in raw.context.get("choices", {}).items()
+            }
+        except (TypeError, ValueError, AttributeError, IndexError):
+            raise SourceError("Cost Management pages without the extra labels' values they were fetched with") from None
+        totals: dict[tuple[Labels, CostKey], Decimal] = defaultdict(Decimal)
         newest: dt.date | None = None
         forecasts: dict[str, list[tuple[Decimal, str]]] = defaultdict(list)
         for scope in self.cfg.scopes:
             account = scope_account(scope)
-            rows = self._query_rows(raw, scope, "ServiceName")
+            choices = choices_of.get(scope, [])
+            by_service = self._cells(raw, scope, "ServiceName", choices)
             ai = set()
             if self.cfg.openai_models:
-                ai = {svc for _, svc, _, _, _ in rows if svc in AZURE_OPENAI_SERVICES}
-            detailed = [(svc, self._query_rows(raw, scope, "Meter", svc)) for svc in sorted(ai)]
-            for day, service, team, amount, currency in rows:
-                if window.start <= day <= window.end and service not in ai:
-                    totals[(day, account, service, team, "", currency)] += amount
-                    newest = day if newest is None or day > newest else newest
-            for service, meter_rows in detailed:
-                for day, meter, team, amount, currency in meter_rows:
-                    if window.start <= day <= window.end:
-                        totals[(day, account, service, team, openai_model(meter), currency)] += amount
+                ai = {k[1] for cell in by_service.values() for k in cell if k[1] in AZURE_OPENAI_SERVICES}
+            for labels, cell in by_service.items():
+                for (day, service, team, currency), amount in cell.items():
+                    if window.start <= day <= window.end and service not in ai:
+                        totals[(labels, (day, account, service, team, "", currency))] += amount
                         newest = day if newest is None or day > newest else newest
+            for svc in sorted(ai):
+                for labels, cell in self._cells(raw, scope, "Meter", choices, svc).items():
+                    for (day, meter, team, currency), amount in cell.items():
+                        if window.start <= day <= window.end:
+                            totals[(labels, (day, account, svc, team, openai_model(meter), currency))] += amount
+                            newest = day if newest is None or day > newest else newest
             if self.cfg.forecast and not window.history:
                 forecast = self._forecast_total(raw, scope, window)
                 if forecast is not None:
@@ -419,11 +523,18 @@ class AzureProvider:
                 if len(currencies) > 1:
                     raise SourceError(f"forecast.usage: scopes of {account} forecast in several currencies")
                 # no day left: zero, in the currency the account's costs came in
-                seen = sorted({k[5] for k in totals if k[1] == account})
+                seen = sorted({k[5] for _, k in totals if k[1] == account})
                 currency = currencies.pop() if currencies else (seen[0] if len(seen) == 1 else "USD")
                 total = sum((a for a, _ in parts), Decimal(0))
                 provider_forecasts.append(ProviderForecast(PROVIDER, account, float(total), currency))
-        costs = cost_records(PROVIDER, totals)
+        by_labels: dict[Labels, dict[CostKey, Decimal]] = defaultdict(dict)
+        for (labels, key), amount in totals.items():
+            by_labels[labels][key] = amount
+        costs = [
+            dataclasses.replace(rec, labels=labels) if labels else rec
+            for labels, part in sorted(by_labels.items())
+            for rec in cost_records(PROVIDER, part)
+        ]
         data_through = min(utc_midnight(newest, 1), window.now) if newest is not None else None
         return FetchResult(
             days=days,
@@ -433,6 +544,19 @@ class AzureProvider:
             data_through=data_through,
             raw=raw,
         )
+
+
+def _query_meta(
+    scope: str, group: str, service: str | None, cell: list[Any] | None, tag_key: str | None
+) -> dict[str, Any]:
+    """How a query's page is marked in the raw fetch (a source without extra labels keeps the marks it had before
+    them, so that its kept fetches still replay)."""
+    meta: dict[str, Any] = {"scope": scope, "group": group, "service": service}
+    if cell:
+        meta["cell"] = cell
+    if tag_key:
+        meta["tag_key"] = tag_key
+    return meta
 
 
 def _raw_response(pipeline_response: Any, deserialized: Any, headers: Any) -> tuple[dict[str, Any], Any]:

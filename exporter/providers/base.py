@@ -16,10 +16,11 @@ import itertools
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from exporter.model import CostRecord, FetchResult, FetchWindow, MinuteUsageResult, RawFetch
 
@@ -50,6 +51,7 @@ class Throttled(SourceError):
 
 T = TypeVar("T")
 P = TypeVar("P")
+K = TypeVar("K")
 
 MAX_PAGES = 1000
 """Pages of one listing after which ``paginate`` gives up: a runaway page-token loop is a bug on one side."""
@@ -205,6 +207,72 @@ CallHook = Callable[[str, str, float], None]
 CapCheck = Callable[[float], None]
 
 
+def labels_from_tags(tags: dict[str, Any], extra_labels: list[tuple[str, list[str]]]) -> tuple[tuple[str, str], ...]:
+    """The extra labels found in a record's ``tags`` (key → value; keys compared case-insensitively, as the
+    team tag's): (name, value) for each label one of whose tag keys has a non-empty value."""
+    if not extra_labels or not tags:
+        return ()
+    lowered = {str(k).strip().lower(): v for k, v in tags.items()}
+    out = []
+    for name, keys in extra_labels:
+        for key in keys:
+            v = lowered.get(key.strip().lower())
+            if v is not None and str(v).strip() and str(v).strip().upper() != "NULL":
+                # a JSON escape like "\udcff" decodes to a lone surrogate, which no UTF-8 store accepts
+                out.append((name, str(v).strip().encode("utf-16", "surrogatepass").decode("utf-16", "replace")))
+                break
+    return tuple(out)
+
+
+LabelChoice = tuple[str, str, list[Any], list[Any]]
+"""One value of an extra label for ``split_by_labels``: (label name, value, filter expressions that select it,
+expressions whose cost must be taken out: a second tag key's value counts only where the first key has none)."""
+
+
+def split_by_labels(
+    choices: list[list[LabelChoice]], run: Callable[[list[Any]], Mapping[K, Decimal]]
+) -> dict[tuple[tuple[str, str], ...], dict[K, Decimal]]:
+    """A billing query's groups split exactly by the extra labels' values, for an API that groups by too few keys.
+
+    ``run(exprs)`` is the query filtered on all of ``exprs`` (none: the query as it is), summed by group. Each
+    combination of one value (or "any") per label is queried; a label's "no value" cell is what its "any" query
+    holds beyond the cells with a value, and a choice's ``exclude`` expressions are taken out by
+    inclusion-exclusion: everything is exact arithmetic on the API's own figures, nothing is estimated. A group
+    whose cost all went to finer cells leaves no 0 behind.
+    """
+    combos = list(itertools.product(*[range(-1, len(c)) for c in choices]))  # -1: any (no value)
+
+    def cell_query(combo: tuple[int, ...]) -> dict[K, Decimal]:
+        chosen = [choices[i][j] for i, j in enumerate(combo) if j >= 0]
+        incl = [e for c in chosen for e in c[2]]
+        excl = [e for c in chosen for e in c[3]]
+        out: dict[K, Decimal] = defaultdict(Decimal)
+        for n in range(len(excl) + 1):
+            for subset in itertools.combinations(excl, n):
+                sign = -1 if n % 2 else 1
+                for k, v in run([*incl, *subset]).items():
+                    out[k] += sign * v
+        return out
+
+    exact: dict[tuple[int, ...], dict[K, Decimal]] = {}
+    split: set[K] = set()  # groups a finer cell took cost from
+    for combo in sorted(combos, key=lambda c: -sum(j >= 0 for j in c)):  # the most specific first
+        cell = dict(cell_query(combo))
+        for finer, part in exact.items():
+            if all(j < 0 or j == f for j, f in zip(combo, finer, strict=True)):
+                for k, v in part.items():
+                    cell[k] = cell.get(k, Decimal(0)) - v
+                    split.add(k)
+        exact[combo] = {k: v for k, v in cell.items() if v or k not in split}
+    result: dict[tuple[tuple[str, str], ...], dict[K, Decimal]] = {}
+    for combo, cell in exact.items():
+        labels = tuple((choices[i][j][0], choices[i][j][1]) for i, j in enumerate(combo) if j >= 0)
+        rows = result.setdefault(labels, {})
+        for k, v in cell.items():
+            rows[k] = rows.get(k, Decimal(0)) + v
+    return result
+
+
 class ProviderContext:
     """What the engine gives a provider: its name, settings and accounting hooks."""
 
@@ -213,6 +281,7 @@ class ProviderContext:
         source_name: str,
         *,
         team_tag_keys: list[str] | None = None,
+        extra_labels: list[tuple[str, list[str]]] | None = None,
         on_call: CallHook | None = None,
         check_cap: CapCheck | None = None,
         deadline: Callable[[], float] | None = None,
@@ -223,6 +292,8 @@ class ProviderContext:
         # where a provider may spill temporary files (DuckDB): beside the cache, the one writable place in the image
         self.scratch_dir = scratch_dir
         self.team_tag_keys = list(team_tag_keys or ["team", "Team"])
+        # attribution.labels: (label name, tag keys to read its value from, the first present wins)
+        self.extra_labels = list(extra_labels or [])
         self._on_call = on_call
         self._check_cap = check_cap
         self._deadline = deadline

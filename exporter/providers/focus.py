@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 from exporter.model import AccountInfo, CostRows, FetchResult, FetchWindow, RawFetch
-from exporter.providers.base import ProviderContext, SourceError
+from exporter.providers.base import ProviderContext, SourceError, labels_from_tags
 from exporter.providers.focus_reader import FocusRead, FocusReader
 from exporter.providers.focus_records import add_usage, hourly_records, normalise_provider, usage_records
 from exporter.sources.focus import FocusSource
@@ -56,6 +56,16 @@ class FocusProvider:
         for pattern in self.config.paths:
             out.update(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
         return sorted(out)
+
+    def labels_from_tags(self, tags: str | None) -> tuple[tuple[str, str], ...]:
+        """The extra labels (``attribution.labels``) found in a FOCUS ``Tags`` value (a JSON object)."""
+        if not tags or not self.ctx.extra_labels:
+            return ()
+        try:
+            obj = json.loads(tags)
+        except ValueError:
+            return ()
+        return labels_from_tags(obj, self.ctx.extra_labels) if isinstance(obj, dict) else ()
 
     def team_from_tags(self, tags: str | None) -> str | None:
         if not tags:
@@ -148,7 +158,10 @@ class FocusProvider:
             self.ctx.log.warning(
                 "source %s: %d FOCUS rows have no parsable ChargePeriodStart or cost", self.ctx.source_name, read.bad
             )
-        series = [(normalise_provider(p), a, s, cur, self.team_from_tags(t), m) for p, a, s, cur, t, m in read.series]
+        series = [
+            (normalise_provider(p), a, s, cur, self.team_from_tags(t), m, self.labels_from_tags(t))
+            for p, a, s, cur, t, m in read.series
+        ]
         days = window.days()
         # in CostRecord's field order; a million tuples with no cycles among them: the cyclic GC would only walk
         # them again and again while they are built (a quarter of the time)
@@ -157,9 +170,9 @@ class FocusProvider:
         try:
             costs = CostRows(
                 [
-                    (days[d], p, a, s, amount, cur, t, m)
+                    (days[d], p, a, s, amount, cur, t, m, lab)
                     for d, i, amount in zip(*read.costs, strict=True)
-                    for p, a, s, cur, t, m in (series[i],)
+                    for p, a, s, cur, t, m, lab in (series[i],)
                 ]
             )
         finally:

@@ -76,7 +76,12 @@ def _ts(t: dt.datetime) -> str:
     return f"TIMESTAMP {_sql_str(f'{t.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}')}"
 
 
-def build_query(config: FocusSource, window: FetchWindow, team_tag_keys: list[str]) -> str:
+def build_query(
+    config: FocusSource,
+    window: FetchWindow,
+    team_tag_keys: list[str],
+    extra_labels: list[tuple[str, list[str]]] | None = None,
+) -> str:
     """The aggregation of ``FocusProvider``'s DuckDB engine in Athena SQL.
 
     One row per (day, provider, account, service, team tag, currency, model), split further only on usage
@@ -98,6 +103,13 @@ def build_query(config: FocusSource, window: FetchWindow, team_tag_keys: list[st
         if team_tag_keys
         else "CAST(NULL AS varchar)"
     )
+    # the extra labels (attribution.labels) read from tags: column label_<i>, grouped by, after hour
+    labels = "".join(
+        "COALESCE(" + ", ".join(f"element_at(tags, {_sql_str(k)})" for k in keys) + f") AS label_{i}, "
+        for i, (_, keys) in enumerate(extra_labels or [])
+        if keys
+    )
+    n_labels = sum(1 for _, keys in extra_labels or [] if keys)
     where = [
         f"chargeperiodstart >= {_ts(lo)}",
         f"chargeperiodstart < {_ts(hi)}",
@@ -117,13 +129,14 @@ def build_query(config: FocusSource, window: FetchWindow, team_tag_keys: list[st
         f"CASE WHEN {usage} THEN LOWER(consumedunit) END AS unit, "
         f"CASE WHEN {usage} THEN {token_type} END AS token_type, "
         f"CASE WHEN {hourly} THEN chargeperiodstart END AS hour, "
+        f"{labels}"
         f"CAST(SUM({cost}) AS varchar) AS amount, "
         f"CAST(SUM(CASE WHEN {usage} THEN consumedquantity END) AS varchar) AS quantity, "
         "MAX(COALESCE(subaccountname, billingaccountname)) AS account_name, "
         "MAX(chargeperiodend) AS period_end "
         f'FROM "{config.database}"."{config.table}" '
         f"WHERE {' AND '.join(where)} "
-        "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10"
+        "GROUP BY " + ", ".join(str(i) for i in range(1, 11 + n_labels))
     )
 
 
@@ -159,7 +172,7 @@ class AthenaFocus:
 
     def fetch(self, window: FetchWindow) -> FetchResult:
         client = self._client()
-        query = build_query(self.cfg, window, self.ctx.team_tag_keys)
+        query = build_query(self.cfg, window, self.ctx.team_tag_keys, self.ctx.extra_labels)
         # the scan is billed after the fact: check the cap against the minimum a query costs
         self.ctx.check_cap(scan_cost_usd(1))
         params: dict[str, Any] = {
@@ -228,7 +241,9 @@ class AthenaFocus:
                     str(c.get("Name") or "").lower() for c in rs.get("ResultSetMetadata", {}).get("ColumnInfo", [])
                 ]
                 index.update((n, i) for i, n in enumerate(names))
-                missing = [c for c in self.COLUMNS if c not in index]
+                n_labels = sum(1 for _, keys in self.ctx.extra_labels if keys)
+                wanted = (*self.COLUMNS, *(f"label_{i}" for i in range(n_labels)))
+                missing = [c for c in wanted if c not in index]
                 if missing:
                     raise SourceError(f"Athena GetQueryResults: result has no column {missing[0]!r}")
                 # the first row of a SELECT's first page is the header
@@ -242,10 +257,13 @@ class AthenaFocus:
                 if len(v) < len(index):
                     raise SourceError("Athena GetQueryResults: a row has fewer values than columns")
                 rows.append(v)
-        return self._aggregate(rows, index, window)
+        label_names = [name for name, keys in self.ctx.extra_labels if keys]
+        return self._aggregate(rows, index, window, label_names)
 
     @staticmethod
-    def _aggregate(rows: list[list[str | None]], index: dict[str, int], window: FetchWindow) -> FetchResult:
+    def _aggregate(
+        rows: list[list[str | None]], index: dict[str, int], window: FetchWindow, label_names: list[str] | None = None
+    ) -> FetchResult:
         """The result rows as ``FocusProvider``'s DuckDB engine returns them (usage rows summed back to records)."""
         costs: dict[tuple[Any, ...], float] = {}
         usage: dict[tuple[Any, ...], dict[str, int]] = {}
@@ -269,7 +287,12 @@ class AthenaFocus:
             account_id, service_name, model = col("account_id") or "", col("service_name") or "", col("model") or ""
             series = (provider, account_id, service_name, team.strip() if team and team.strip() else None, model)
             if amount is not None:
-                key = (day, *series, col("currency") or "")
+                labels = tuple(
+                    (name, str(lv).strip())
+                    for i, name in enumerate(label_names or [])
+                    if (lv := col(f"label_{i}")) and str(lv).strip()
+                )
+                key = (day, *series, col("currency") or "", labels)
                 costs[key] = costs.get(key, 0.0) + amount
             unit, token_type = col("unit"), col("token_type") or ""
             if unit and qty is not None:
@@ -295,6 +318,7 @@ class AthenaFocus:
                     currency=k[6],
                     team_tag=k[4],
                     model=k[5],
+                    labels=k[7],
                 )
                 for k, amount in costs.items()
             ],

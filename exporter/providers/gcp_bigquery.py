@@ -50,7 +50,7 @@ AI_SERVICES = ("Vertex AI", "Gemini API")
 THROTTLE_REASONS = {"rateLimitExceeded", "quotaExceeded"}
 T = TypeVar("T")
 
-QUERY = """
+QUERY_TEMPLATE = """
 WITH usage AS (
   SELECT
     DATE(usage_start_time) AS day,
@@ -60,7 +60,7 @@ WITH usage AS (
     COALESCE(
       (SELECT l.value FROM UNNEST(labels) AS l WHERE l.key = @team_key LIMIT 1),
       (SELECT pl.value FROM UNNEST(project.labels) AS pl WHERE pl.key = @team_key LIMIT 1)
-    ) AS team,
+    ) AS team,{label_columns}
     IF(service.description IN UNNEST(@ai_services), sku.description, '') AS sku,
     currency,
     cost,
@@ -76,16 +76,39 @@ SELECT
   account_id,
   ANY_VALUE(account_name) AS account_name,
   service_name,
-  team,
+  team,{label_names}
   sku,
   currency,
   SUM(cost) AS cost,
   SUM(credits) AS credits,
   MAX(usage_end_time) AS usage_end
 FROM usage
-GROUP BY day, account_id, service_name, team, sku, currency
-ORDER BY day, account_id, service_name, team, sku, currency
+GROUP BY day, account_id, service_name, team, {label_group}sku, currency
+ORDER BY day, account_id, service_name, team, {label_group}sku, currency
 """
+
+
+def build_query(table: str, label_keys: list[int]) -> str:
+    """``QUERY`` on ``table``, with a column ``label_<i>`` per extra label (``attribution.labels``): the value of
+    its first label key (``@label_<i>_<j>``) on the resource's labels, else on the project's, in key order."""
+    columns = []
+    for i, n in enumerate(label_keys):
+        parts = [
+            f"(SELECT l.value FROM UNNEST(labels) AS l WHERE l.key = @label_{i}_{j} LIMIT 1),\n      "
+            f"(SELECT pl.value FROM UNNEST(project.labels) AS pl WHERE pl.key = @label_{i}_{j} LIMIT 1)"
+            for j in range(n)
+        ]
+        sep = ",\n      "
+        value = "COALESCE(\n      " + sep.join(parts) + "\n    )" if n else "CAST(NULL AS STRING)"
+        columns.append(f"\n    {value} AS label_{i},")
+    names = "".join(f"\n  label_{i}," for i in range(len(label_keys)))
+    group = "".join(f"label_{i}, " for i in range(len(label_keys)))
+    return QUERY_TEMPLATE.format(table=table, label_columns="".join(columns), label_names=names, label_group=group)
+
+
+QUERY = build_query("{table}", [])
+"""The query without extra labels; ``{table}`` to fill in."""
+
 
 # -- model names from SKU descriptions -------------------------------------------------------
 _FAMILIES = ("gemini", "gemma", "claude", "llama", "mistral", "mixtral", "codestral", "jamba", "imagen", "veo")
@@ -189,6 +212,10 @@ class GcpBigQueryProvider:
         )
         return retry
 
+    def _label_keys(self) -> list[tuple[str, list[str]]]:
+        """The extra labels read from labels (one set by rules only has no column): column ``label_<i>`` each."""
+        return [(name, keys) for name, keys in self.ctx.extra_labels if keys]
+
     def _params(self, window: FetchWindow) -> list[Any]:
         start = utc_midnight(window.start)
         return [
@@ -199,6 +226,11 @@ class GcpBigQueryProvider:
             ),
             bigquery.ScalarQueryParameter("team_key", "STRING", self.cfg.team_label_key),
             bigquery.ArrayQueryParameter("ai_services", "STRING", list(AI_SERVICES)),
+            *(
+                bigquery.ScalarQueryParameter(f"label_{i}_{j}", "STRING", key)
+                for i, (_, keys) in enumerate(self._label_keys())
+                for j, key in enumerate(keys)
+            ),
         ]
 
     def cost_of(self, billed_bytes: int) -> float:
@@ -209,7 +241,7 @@ class GcpBigQueryProvider:
         client = self._bq()
         budget = self.ctx.remaining_seconds(self.cfg.timeout)
         retry = self._retry(budget)
-        sql = QUERY.format(table=self.cfg.table)
+        sql = build_query(self.cfg.table, [len(keys) for _, keys in self._label_keys()])
         params = self._params(window)
 
         def run(config: Any) -> Any:
@@ -304,7 +336,8 @@ class GcpBigQueryProvider:
 
     def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
         """The records of the result rows ``fetch`` kept (live or from the cache); no API call."""
-        sums: dict[tuple[dt.date, str, str, str | None, str, str], float] = defaultdict(float)
+        sums: dict[tuple[Any, ...], float] = defaultdict(float)
+        names_of_labels = [name for name, _ in self._label_keys()]
         names: dict[str, str] = {}
         data_through: dt.datetime | None = None
         try:
@@ -320,6 +353,7 @@ class GcpBigQueryProvider:
                 )
                 i_team, i_currency, i_sku, i_cost = at["team"], at["currency"], at["sku"], at["cost"]
                 i_credits, i_end = at["credits"], at["usage_end"]
+                i_labels = [(name, at[f"label_{i}"]) for i, name in enumerate(names_of_labels)]
                 for row in page.body["rows"]:
                     if len(row) != len(at):
                         raise ValueError("a row does not match the fields")
@@ -330,7 +364,10 @@ class GcpBigQueryProvider:
                     currency = (row[i_currency] or "").strip().upper()
                     model = model_from_sku(row[i_sku])
                     amount = float(row[i_cost] or 0.0) + float(row[i_credits] or 0.0)
-                    sums[(day, account, service, team, model, currency)] += amount
+                    labels = tuple(
+                        (name, str(row[i]).strip()) for name, i in i_labels if row[i] and str(row[i]).strip()
+                    )
+                    sums[(day, account, service, team, model, currency, labels)] += amount
                     if row[i_name]:
                         names[account] = row[i_name]
                     end = _timestamp(row[i_end])
@@ -339,8 +376,8 @@ class GcpBigQueryProvider:
         except (KeyError, TypeError, ValueError) as e:
             raise SourceError(f"BigQuery returned rows of an unexpected shape: {e.__class__.__name__}: {e}") from None
         costs = [
-            CostRecord(day, PROVIDER, account, service, amount, currency, team, model)
-            for (day, account, service, team, model, currency), amount in sorted(
+            CostRecord(day, PROVIDER, account, service, amount, currency, team, model, labels)
+            for (day, account, service, team, model, currency, labels), amount in sorted(
                 sums.items(), key=lambda kv: tuple("" if x is None else str(x) for x in kv[0])
             )
         ]

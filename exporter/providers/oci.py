@@ -20,15 +20,25 @@ Two gaps in the API are handled explicitly:
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 from collections import defaultdict
+from decimal import Decimal
 from typing import Any
 
 import oci
 
 from exporter.model import AccountInfo, CostRecord, FetchResult, FetchWindow, RawFetch
-from exporter.providers.base import ProviderContext, SourceError, Throttled, paginate, utc_midnight
+from exporter.providers.base import (
+    LabelChoice,
+    ProviderContext,
+    SourceError,
+    Throttled,
+    paginate,
+    split_by_labels,
+    utc_midnight,
+)
 from exporter.sources.oci import OciSource
 
 PROVIDER = "oci"
@@ -124,19 +134,41 @@ class OciProvider:
         client = self._client(budget)
         retry_strategy = self._retry_strategy(budget)
         team_tag = self.cfg.team_tag
-        details = oci.usage_api.models.RequestSummarizedUsagesDetails(
-            tenant_id=self.cfg.tenancy_id,
-            time_usage_started=utc_midnight(window.start),
-            time_usage_ended=utc_midnight(window.end, 1),  # exclusive
-            granularity="DAILY",
-            query_type="COST",
-            group_by=list(GROUP_BY),
-            group_by_tag=[oci.usage_api.models.Tag(namespace=team_tag.namespace, key=team_tag.key)]
-            if team_tag
-            else None,
-        )
-
+        team = [oci.usage_api.models.Tag(namespace=team_tag.namespace, key=team_tag.key)] if team_tag else None
         raw = RawFetch()
+
+        def query(group_by_tag: list[Any] | None, flt: Any = None, **meta: Any) -> None:
+            details = oci.usage_api.models.RequestSummarizedUsagesDetails(
+                tenant_id=self.cfg.tenancy_id,
+                time_usage_started=utc_midnight(window.start),
+                time_usage_ended=utc_midnight(window.end, 1),  # exclusive
+                granularity="DAILY",
+                query_type="COST",
+                group_by=list(GROUP_BY),
+                group_by_tag=group_by_tag,
+                filter=flt,
+            )
+            self._pages(client, details, retry_strategy, raw, meta)
+
+        query(team)
+        labels = self._label_tags()
+        if labels:
+            choices = self._label_choices(raw, labels, query)
+            raw.context = {"choices": choices}
+            done: set[str] = set()
+
+            def run(exprs: list[Any]) -> dict[Any, Decimal]:
+                key = json.dumps(exprs, sort_keys=True)
+                if exprs and key not in done:
+                    done.add(key)
+                    query(team, _filter(exprs), cell=exprs)
+                return {}
+
+            split_by_labels(choices, run)
+        return self.parse(window, raw)
+
+    def _pages(self, client: Any, details: Any, retry_strategy: Any, raw: RawFetch, meta: dict[str, Any]) -> None:
+        """Every page of one request into ``raw``, marked with ``meta`` (none: the request by the team's tag)."""
         params = oci.util.to_dict(details)
 
         def page(token: str | None) -> tuple[None, str | None]:
@@ -151,12 +183,48 @@ class OciProvider:
             # the SDK's model as it is; kept, as its own to_dict writes it (timestamps in ISO 8601 UTC): parse reads
             # either, and a refresh without raw_retention converts nothing (to_dict costs 60 µs an item)
             request = {"method": "POST", "operation": f"usage_api:{OPERATION}", "params": params, "page": token}
-            raw.add(OPERATION, request, response.data, as_json=oci.util.to_dict)
+            raw.add(OPERATION, request, response.data, as_json=oci.util.to_dict, **meta)
             return None, response.next_page or None
 
         for _ in paginate(f"OCI Usage API {OPERATION}", page, max_pages=MAX_PAGES):
             pass
-        return self.parse(window, raw)
+
+    # -- extra labels (attribution.labels) ----------------------------------------------------------
+    def _label_tags(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """The extra labels' defined tags, ``namespace.key`` (a key without a namespace is not read on OCI)."""
+        out = []
+        for name, keys in self.ctx.extra_labels:
+            tags = [tuple(k.split(".", 1)) for k in keys if "." in k.strip(".")]
+            if tags:
+                out.append((name, [(ns, key) for ns, key in tags]))
+        return out
+
+    def _label_choices(
+        self, raw: RawFetch, labels: list[tuple[str, list[tuple[str, str]]]], query: Any
+    ) -> list[list[LabelChoice]]:
+        """For each extra label, its values: one request grouped by each of its tags (``groupByTag`` takes one tag,
+        the team's in the others). A value is the filter ``{"op": "AND", "tags": [[namespace, key, value]]}``; a
+        second tag's values exclude the first tag's (inclusion-exclusion, ``split_by_labels``)."""
+        choices: list[list[LabelChoice]] = []
+        for name, tags in labels:
+            mine: list[LabelChoice] = []
+            earlier: list[Any] = []
+            for ns, key in tags:
+                query([oci.usage_api.models.Tag(namespace=ns, key=key)], tag=f"{ns}.{key}")
+                values = sorted(
+                    {
+                        str(_get(t, "value")).strip()
+                        for item in _items(raw, {"tag": f"{ns}.{key}"})
+                        for t in (_get(item, "tags") or [])
+                        if _same_tag(t, ns, key) and _get(t, "value") and str(_get(t, "value")).strip()
+                    }
+                )
+                for v in values:
+                    mine.append((name, v, [{"op": "AND", "tags": [[ns, key, v]]}], list(earlier)))
+                if values:
+                    earlier.append({"op": "OR", "tags": [[ns, key, v] for v in values]})
+            choices.append(mine)
+        return choices
 
     def _request(self, client: Any, details: Any, page: str | None, retry_strategy: Any) -> Any:
         try:
@@ -182,14 +250,41 @@ class OciProvider:
             raise SourceError(f"OCI Usage API call failed: {e.__class__.__name__}: {_first_line(e)}") from None
 
     def parse(self, window: FetchWindow, raw: RawFetch) -> FetchResult:
-        """The records of the pages ``fetch`` kept (live or from the cache); no API call."""
-        try:
-            items = [item for p in raw.pages for item in _get(p.body, "items")]
-        except TypeError:
-            raise SourceError("OCI Usage API returned a malformed or unexpected body: no list of items") from None
-        return self._result(window, raw, items)
+        """The records of the pages ``fetch`` kept (live or from the cache); no API call.
 
-    def _result(self, window: FetchWindow, raw: RawFetch, items: list[Any]) -> FetchResult:
+        With extra labels, the costs split exactly by their values: each combination of values is a request
+        filtered on those tags (``split_by_labels``); unrated items, names and data through come from the
+        unfiltered request."""
+        result = self._result(window, raw, _items(raw, {}))
+        try:
+            choices = [
+                [(str(c[0]), str(c[1]), list(c[2]), list(c[3])) for c in label]
+                for label in raw.context.get("choices", [])
+            ]
+        except (TypeError, ValueError, IndexError):
+            raise SourceError("OCI Usage API pages without the extra labels' values they were fetched with") from None
+        if not choices:
+            return result
+
+        def run(exprs: list[Any]) -> dict[tuple[dt.date, str, str | None, str], Decimal]:
+            items = _items(raw, {"cell": exprs} if exprs else {})
+            sums: dict[tuple[dt.date, str, str | None, str], Decimal] = defaultdict(Decimal)
+            for c in self._result(window, raw, items, quiet=True).costs:
+                if c.amount == c.amount:  # not the unrated (NaN) ones
+                    sums[(c.day, c.service_name, c.team_tag, c.currency)] += Decimal(repr(c.amount))
+            return sums
+
+        cells = split_by_labels(choices, run)
+        result.costs = [c for c in result.costs if c.amount != c.amount]  # keep the unrated (NaN) records
+        result.costs += [
+            CostRecord(day, PROVIDER, self.cfg.tenancy_id, service, float(amount), currency, team_, "", labels_)
+            for labels_, cell in sorted(cells.items())
+            for (day, service, team_, currency), amount in sorted(cell.items(), key=lambda kv: _sort_key(kv[0]))
+        ]
+        return result
+
+    def _result(self, window: FetchWindow, raw: RawFetch, items: list[Any], quiet: bool = False) -> FetchResult:
+        """The records of the items; ``quiet``: no warnings (a filtered request of the extra labels' split)."""
         account = self.cfg.tenancy_id
         sums: dict[tuple[dt.date, str, str | None, str], float] = defaultdict(float)
         unrated: list[CostRecord] = []
@@ -223,13 +318,13 @@ class OciProvider:
             ended = _time(_get(item, "time_usage_ended"))
             if ended is not None and (data_through is None or ended > data_through):
                 data_through = ended
-        if unrated:
+        if unrated and not quiet:
             self.ctx.log.warning(
                 "source %s: %d OCI usage items have no computedAmount (not rated yet); skipped",
                 self.ctx.source_name,
                 len(unrated),
             )
-        if blank_currency and not fallback_currency:
+        if blank_currency and not fallback_currency and not quiet:
             self.ctx.log.warning(
                 "source %s: %d OCI usage items have a blank currency; set `currency` on the source to your "
                 "subscription's currency, until then they are skipped",
@@ -259,6 +354,31 @@ class OciProvider:
 
     def close(self) -> None:
         self._auth = None
+
+
+def _items(raw: RawFetch, meta: dict[str, Any]) -> list[Any]:
+    """The items of the pages of one request (by its ``meta``); none kept for it is an error."""
+    pages = [p for p in raw.pages if p.meta == meta]
+    if not pages:
+        raise SourceError(f"OCI Usage API pages of a request ({meta or 'by team tag'}) are missing")
+    try:
+        return [item for p in pages for item in _get(p.body, "items")]
+    except TypeError:
+        raise SourceError("OCI Usage API returned a malformed or unexpected body: no list of items") from None
+
+
+def _filter(exprs: list[Any]) -> Any:
+    """The request's filter of extra-label expressions (``OciProvider._label_choices``), all of them at once."""
+    tag, flt = oci.usage_api.models.Tag, oci.usage_api.models.Filter
+    parts = [flt(operator=e["op"], tags=[tag(namespace=n, key=k, value=v) for n, k, v in e["tags"]]) for e in exprs]
+    return parts[0] if len(parts) == 1 else flt(operator="AND", filters=parts)
+
+
+def _same_tag(tag: Any, namespace: str, key: str) -> bool:
+    """Defined-tag namespaces and keys are case-insensitive in OCI."""
+    return (_get(tag, "namespace") or "").casefold() == namespace.casefold() and (
+        _get(tag, "key") or ""
+    ).casefold() == key.casefold()
 
 
 def _get(obj: Any, name: str) -> Any:

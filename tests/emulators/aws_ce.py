@@ -9,7 +9,8 @@ endpoint, as with ``endpoint_url`` in the exporter's config.
 Implemented: ``GetCostAndUsage`` (DAILY/MONTHLY, Filter with And/Or/Not over
 Dimensions and Tags, up to two GroupBy keys, tag groups as ``key$value``,
 ``NextPageToken`` pagination with ``page_size`` groups a page),
-``GetDimensionValues`` (with attributes: LINKED_ACCOUNT → description) and
+``GetDimensionValues`` (with attributes: LINKED_ACCOUNT → description), ``GetTags`` (keys, or one
+key's values) and
 ``GetCostForecast`` (mean of the last 7 complete days, per day of the
 period). Errors are JSON 1.1 error bodies with ``__type``; throttling is
 ``LimitExceededException`` with HTTP 400, as Cost Explorer sends it.
@@ -94,7 +95,28 @@ class CostExplorerData:
         raise _validation(f"Dimension {key} is not supported here")
 
     def tag(self, row: CloudRow, key: str) -> str:
-        return (row.team or "") if key in self.tag_keys else ""
+        if key in self.tag_keys:
+            return row.team or ""
+        return row.extra.get(f"tag:{key}", "")
+
+    def tags(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``GetTags``: the tag keys with cost in the period, or with ``TagKey`` the values of that key (an
+        untagged row's empty value left out), ``Filter`` applied, ``NextPageToken`` pages."""
+        start, end = self._period(body)
+        rows = self._filtered(body, start, end)
+        key = body.get("TagKey")
+        if key:
+            values = sorted({v for r in rows if (v := self.tag(r, key))})
+        else:
+            values = sorted({*self.tag_keys, *(k[4:] for r in rows for k in r.extra if k.startswith("tag:"))})
+        search = str(body.get("SearchString") or "")
+        values = [v for v in values if search in v]
+        offset = self._offset(body)
+        page = values[offset : offset + self.page_size]
+        out: dict[str, Any] = {"Tags": page, "ReturnSize": len(page), "TotalSize": len(values)}
+        if offset + self.page_size < len(values):
+            out["NextPageToken"] = self._token(body, offset + self.page_size)
+        return out
 
     def matches(self, expr: Any, row: CloudRow) -> bool:
         if not isinstance(expr, dict):
@@ -444,6 +466,7 @@ class AwsCostExplorerEmulator(Emulator):
             "GetCostAndUsage": self.data.cost_and_usage,
             "GetDimensionValues": self.data.dimension_values,
             "GetCostForecast": self.data.cost_forecast,
+            "GetTags": self.data.tags,
         }
         if not target.startswith(TARGET_PREFIX) or op not in handlers:
             return self._json_error("UnknownOperationException", f"Unknown operation {target}")

@@ -194,7 +194,11 @@ class AzureCostEmulator(Emulator):
 
     @staticmethod
     def _tag(row: CloudRow, key: str) -> str:
-        return (row.team or "") if key.lower() == "team" else ""
+        """Tag keys are case-insensitive in Azure: the team tag, or another (``tag:<key>`` in the row's extra)."""
+        if key.lower() == "team":
+            return row.team or ""
+        tags = {k[4:].lower(): v for k, v in row.extra.items() if k.startswith("tag:")}
+        return tags.get(key.lower(), "")
 
     def _matches(self, flt: Any, row: CloudRow) -> bool:
         if not isinstance(flt, dict):

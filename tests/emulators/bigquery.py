@@ -197,6 +197,10 @@ class BigQueryEmulator(Emulator):
             params = self._params(body)
         except ValueError as e:
             return _error(400, "invalidQuery", str(e), "q")
+        for i in range(len(params["labels"])):
+            if not re.search(rf"UNNEST\(\s*labels\s*\)[^)]*key\s*=\s*@label_{i}_0\b.*\bAS\s+label_{i}\b", sql, re.S):
+                return _error(400, "invalidQuery", f"The query does not return column label_{i} from labels.", "q")
+        columns = COLUMNS + [(f"label_{i}", "STRING") for i in range(len(params["labels"]))]
 
         rows, scanned = self._aggregate(params)
         processed = scanned * self.bytes_per_row
@@ -214,7 +218,7 @@ class BigQueryEmulator(Emulator):
                 200,
                 {
                     "kind": "bigquery#queryResponse",
-                    "schema": self._schema(),
+                    "schema": self._schema(columns),
                     "jobReference": {"projectId": project, "location": location},
                     "totalBytesProcessed": str(processed),
                     "jobComplete": True,
@@ -229,6 +233,7 @@ class BigQueryEmulator(Emulator):
             "query": sql,
             "parameters": body.get("queryParameters", []),
             "rows": rows,
+            "columns": columns,
             "processed": processed,
             "billed": billed,
             "created": created,
@@ -275,6 +280,15 @@ class BigQueryEmulator(Emulator):
                 raise ValueError(f"Query parameter '{name}' has type {got[name][0]}, expected {typ}")
             value = got[name][1]
             out[name] = _parse_ts(value) if typ == "TIMESTAMP" else value
+        # the extra labels (attribution.labels): @label_<i>_<j> is label i's j-th label key, returned as label_<i>
+        labels: dict[int, dict[int, str]] = {}
+        for name, (typ, value) in got.items():
+            m = re.fullmatch(r"label_(\d+)_(\d+)", name or "")
+            if m:
+                if typ != "STRING":
+                    raise ValueError(f"Query parameter '{name}' has type {typ}, expected STRING")
+                labels.setdefault(int(m.group(1)), {})[int(m.group(2))] = value
+        out["labels"] = [[keys[j] for j in sorted(keys)] for _, keys in sorted(labels.items())]
         return out
 
     # -- the data ---------------------------------------------------------------------
@@ -296,7 +310,10 @@ class BigQueryEmulator(Emulator):
                 continue
             team = r.team if params["team_key"] == self.label_key else None
             sku = r.extra.get("sku", "") if r.service_name in ai_services else ""
-            key = (r.day, r.account_id, r.service_name, team, sku, r.currency)
+            extra = tuple(
+                next((r.extra[f"tag:{k}"] for k in keys if r.extra.get(f"tag:{k}")), None) for keys in params["labels"]
+            )
+            key = (r.day, r.account_id, r.service_name, team, sku, r.currency, *extra)
             end = min(start + dt.timedelta(days=1), self.now.replace(minute=0, second=0, microsecond=0))
             agg = sums.setdefault(key, [r.account_name, Decimal(0), Decimal(0), end])
             agg[1] += r.amount
@@ -304,14 +321,14 @@ class BigQueryEmulator(Emulator):
             agg[3] = max(agg[3], end)
         rows = []
         for key in sorted(sums, key=lambda k: tuple("" if x is None else str(x) for x in k)):
-            day, account, service, team, sku, currency = key
+            day, account, service, team, sku, currency = key[:6]
             name, cost, credits, end = sums[key]
-            rows.append([day, account, name, service, team, sku, currency, cost, credits, end])
+            rows.append([day, account, name, service, team, sku, currency, cost, credits, end, *key[6:]])
         return rows, scanned
 
     # -- results ------------------------------------------------------------------------
-    def _schema(self) -> dict[str, Any]:
-        return {"fields": [{"name": n, "type": t, "mode": "NULLABLE"} for n, t in COLUMNS]}
+    def _schema(self, columns: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+        return {"fields": [{"name": n, "type": t, "mode": "NULLABLE"} for n, t in columns or COLUMNS]}
 
     @staticmethod
     def _cell(value: Any, typ: str, int64: bool) -> Any:
@@ -330,10 +347,11 @@ class BigQueryEmulator(Emulator):
         size = self.page_size if max_results is None else min(self.page_size, int(max_results))
         rows = job["rows"]
         chunk = rows[offset : offset + size] if size > 0 else []
-        out: dict[str, Any] = {"schema": self._schema(), "totalRows": str(len(rows))}
+        columns = job.get("columns", COLUMNS)
+        out: dict[str, Any] = {"schema": self._schema(columns), "totalRows": str(len(rows))}
         if chunk:
             out["rows"] = [
-                {"f": [{"v": self._cell(v, t, int64)} for v, (_, t) in zip(r, COLUMNS, strict=True)]} for r in chunk
+                {"f": [{"v": self._cell(v, t, int64)} for v, (_, t) in zip(r, columns, strict=True)]} for r in chunk
             ]
         nxt = offset + len(chunk)
         if size > 0 and nxt < len(rows):
@@ -409,7 +427,7 @@ class BigQueryEmulator(Emulator):
                     "cacheHit": False,
                     "statementType": "SELECT",
                     "totalSlotMs": "1234",
-                    "schema": self._schema(),
+                    "schema": self._schema(job.get("columns")),
                 },
             )
         resource = {

@@ -29,7 +29,9 @@ class CloudRow:
     model: str = ""  # Bedrock / Azure OpenAI / Vertex AI model where the usage names one
     extra: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     """Provider-specific detail: aws ``record_type`` and ``usage_type``; gcp ``sku`` and
-    ``credit`` (a negative Decimal string); oci ``compartment``; azure ``meter``."""
+    ``credit`` (a negative Decimal string); oci ``compartment``; azure ``meter``; and on every cloud
+    ``tag:<key>`` for tags (labels) other than the team's (``environment`` on every row, ``customer`` on
+    some: the extra labels' tests)."""
 
 
 ACCOUNTS = {
@@ -69,6 +71,14 @@ SERVICES = {
 TEAMS = ["search", "payments", None]
 
 
+def extra_tags(service_index: int, team_index: int) -> dict[str, str]:
+    """Tags beside the team's on a generated row: an environment always, a customer on some rows."""
+    tags = {"tag:environment": "prod" if service_index % 2 == 0 else "staging"}
+    if team_index == 0:
+        tags["tag:customer"] = "acme" if service_index < 2 else "globex"
+    return tags
+
+
 @dataclass
 class Dataset:
     today: dt.date
@@ -98,6 +108,7 @@ def build_dataset(today: dt.date, days: int = 70, seed: int = 7) -> Dataset:
                         if day == today:
                             amount *= 0.4  # the day is not over
                         ex = dict(extra)
+                        ex.update(extra_tags(si, ti))
                         if provider == "aws":
                             ex["record_type"] = "Usage"
                         if provider == "gcp" and d % 10 == 0:

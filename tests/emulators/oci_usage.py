@@ -192,7 +192,11 @@ class OciUsageEmulator(Emulator):
         if tag is not None and (not tag.get("namespace") or not tag.get("key")):
             return _error(400, "InvalidParameter", "groupByTag needs a namespace and a key.")
 
-        items = self._aggregate(start.date(), end.date(), group_by, tag)
+        flt = body.get("filter")
+        try:
+            items = self._aggregate(start.date(), end.date(), group_by, tag, flt)
+        except (ValueError, KeyError) as e:
+            return _error(400, "InvalidParameter", f"Invalid filter: {e}")
         offset = 0
         token = request.q("page")
         if token:
@@ -215,19 +219,30 @@ class OciUsageEmulator(Emulator):
 
     # -- the data -------------------------------------------------------------------------
     def _tag_value(self, row: CloudRow, tag: dict[str, Any]) -> str | None:
-        same = (
-            str(tag["namespace"]).casefold() == self.tag_namespace.casefold()
-            and str(tag["key"]).casefold() == self.tag_key.casefold()
-        )
-        return row.team if same else None
+        """The team tag, or another defined tag of the same namespace (``tag:<key>`` in the row's extra)."""
+        if str(tag["namespace"]).casefold() != self.tag_namespace.casefold():
+            return None
+        if str(tag["key"]).casefold() == self.tag_key.casefold():
+            return row.team
+        others = {k[4:].casefold(): v for k, v in row.extra.items() if k.startswith("tag:")}
+        return others.get(str(tag["key"]).casefold())
+
+    def _matches(self, flt: Any, row: CloudRow) -> bool:
+        """A request's ``filter``: ``operator`` AND or OR over its ``dimensions``, ``tags`` and nested ``filters``."""
+        if not isinstance(flt, dict) or flt.get("operator") not in ("AND", "OR"):
+            raise ValueError("filter.operator must be AND or OR here (NOT is not modelled)")
+        results = [GROUP_BY_DIMENSIONS[d["key"]](row) == d["value"] for d in flt.get("dimensions") or []]
+        results += [self._tag_value(row, t) == t.get("value") for t in flt.get("tags") or []]
+        results += [self._matches(f, row) for f in flt.get("filters") or []]
+        return all(results) if flt["operator"] == "AND" else any(results)
 
     def _aggregate(
-        self, start: dt.date, end: dt.date, group_by: list[str], tag: dict[str, Any] | None
+        self, start: dt.date, end: dt.date, group_by: list[str], tag: dict[str, Any] | None, flt: Any = None
     ) -> list[dict[str, Any]]:
         sums: dict[tuple[Any, ...], Decimal] = defaultdict(Decimal)
         currencies: dict[tuple[Any, ...], str] = {}
         for r in self.dataset.rows("oci"):
-            if not start <= r.day < end:
+            if not start <= r.day < end or (flt is not None and not self._matches(flt, r)):
                 continue
             dims = tuple(GROUP_BY_DIMENSIONS[g](r) for g in group_by)
             tag_value = self._tag_value(r, tag) if tag is not None else None

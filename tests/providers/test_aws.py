@@ -537,3 +537,64 @@ def test_shared_pools_split_the_datasets_cost_to_the_cent(
             assert_allocation(text, items, POOLS, period)
     finally:
         app.close()
+
+
+# -- extra labels (attribution.labels) ------------------------------------------------------------------------
+
+
+def test_extra_labels_split_exactly_and_reach_the_metrics(
+    emu: AwsCostExplorerEmulator, dataset: Dataset, tmp_path: Path
+) -> None:
+    """Two labels from tags (one with two tag keys): every cell to the cent, and the requests counted are the
+    ones docs/providers/aws.md says: one GetTags per tag key and (values + 1) x (values + 1) queries, twice with
+    Bedrock, per account."""
+    from exporter.app import build_app
+
+    cfg = parse_config(
+        {
+            "cache_path": str(tmp_path / "cache.sqlite"),
+            "attribution": {
+                "labels": [
+                    {"name": "environment", "tag_keys": ["env", "environment"]},
+                    {"name": "customer_id", "tag_keys": ["customer"]},
+                ],
+            },
+            "sources": [
+                {"name": "aws", "type": "aws", "endpoint_url": emu.url, "forecast": False, "timeout": "20s"},
+            ],
+        }
+    )
+    month = FetchWindow(TODAY.replace(day=1), TODAY, NOW)
+    want: dict[tuple[str, str, str, str, str], Decimal] = defaultdict(Decimal)
+    for r in dataset.rows("aws"):
+        if month.start <= r.day <= month.end and r.extra.get("record_type") not in ("Credit", "Refund"):
+            env, customer = r.extra.get("tag:environment", ""), r.extra.get("tag:customer", "")
+            want[(CALLER, r.service_name, r.team or "unallocated", env, customer)] += r.amount
+    app = build_app(cfg, now=lambda: NOW)
+    try:
+        assert all(o.ok for o in app.refresh_all())
+        got: dict[tuple[str, str, str, str, str], Decimal] = defaultdict(Decimal)
+        for labels, v in series(app.exposition(), "spend_cost_month_to_date_usd").items():
+            d = dict(labels)
+            got[(d["account_id"], d["service_name"], d["team"], d["environment"], d["customer_id"])] += Decimal(str(v))
+        assert_to_the_cent(dict(got), dict(want))
+    finally:
+        app.close()
+    ops = Counter(emu.operations())
+    # env has no values, environment 2 (prod, staging), customer 2 (acme, globex): 3 x 3 cells, Bedrock too
+    assert ops["GetTags"] == 3
+    assert ops["GetCostAndUsage"] >= 2 * 9
+    tags = emu.bodies("GetTags")
+    assert [b["TagKey"] for b in tags] == ["env", "environment", "customer"]
+    first_pages = [b for b in emu.bodies("GetCostAndUsage") if "NextPageToken" not in b]
+    assert len(first_pages) == 2 * 9
+    acme = {"Tags": {"Key": "customer", "Values": ["acme"], "MatchOptions": ["EQUALS"]}}
+    # acme x (any, prod, staging), twice with Bedrock
+    assert sum(acme in b["Filter"].get("And", []) for b in first_pages) == 2 * 3
+
+
+def test_without_extra_labels_no_more_requests(emu: AwsCostExplorerEmulator) -> None:
+    provider(emu.url).fetch(WINDOW)
+    assert "GetTags" not in emu.operations()
+    first_pages = [b for b in emu.bodies("GetCostAndUsage") if "NextPageToken" not in b]
+    assert [b["GroupBy"][0]["Key"] for b in first_pages] == ["SERVICE", "USAGE_TYPE"]  # as before: no slices

@@ -429,3 +429,35 @@ def test_end_to_end_metrics_and_api_cost(athena: AthenaEmulator, tmp_path: Path)
     assert tokens == {"input": 1100.0, "output": 200.0, "cache_read": 50.0, "cache_write": 0.0}
     assert 'spend_ai_requests_month_to_date{provider="openai",account_id="proj_a"' in text
     assert 'model="gpt-4o"' in text
+
+
+def test_extra_labels_are_columns_of_the_query(athena: AthenaEmulator) -> None:
+    """attribution.labels: one more column per label, from the tags map, grouped by; its values on the records."""
+    columns = [*athena_columns(), "label_0", "label_1"]
+    athena.seed(
+        [
+            (*ROWS[0], "prod", "acme"),
+            (*ROWS[0][:6], "", None, None, None, "2.25", None, "prod", ROWS[0][-1], "staging", None),
+            (*ROWS[0][:6], "", None, None, None, "1.00", None, "prod", ROWS[0][-1], None, None),
+        ],
+        columns=columns,
+    )
+    labels = [("environment", ["env", "environment"]), ("customer_id", ["customer"]), ("cost_center", [])]
+    ctx = ProviderContext("athena", on_call=Calls().on_call, extra_labels=labels)
+    result = FocusProvider(source(athena.url), ctx).fetch(WINDOW)
+    got = {c.labels: c.amount for c in result.costs}
+    assert got == {
+        (("environment", "prod"), ("customer_id", "acme")): 120.50,
+        (("environment", "staging"),): 2.25,
+        (): 1.00,
+    }
+    (query,) = _queries(athena.url)
+    assert "COALESCE(element_at(tags, 'env'), element_at(tags, 'environment')) AS label_0" in query
+    assert "COALESCE(element_at(tags, 'customer')) AS label_1" in query and "label_2" not in query
+    assert query.endswith("GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")
+
+
+def athena_columns() -> list[str]:
+    from tests.emulators.athena import COLUMNS
+
+    return list(COLUMNS)

@@ -22,7 +22,7 @@ from exporter.sources.gcp_bigquery import GcpBigQuerySource
 from tests.emulators.bigquery import BigQueryEmulator
 from tests.emulators.dataset import Dataset, build_dataset
 from tests.emulators.server import Fault
-from tests.helpers import Calls, series
+from tests.helpers import Calls, assert_to_the_cent, series
 
 TODAY = dt.date(2024, 5, 20)
 NOW = dt.datetime(2024, 5, 20, 12, 0, tzinfo=dt.UTC)
@@ -394,3 +394,30 @@ def test_metrics_equal_the_dataset_then_keep_last_good_data_while_the_api_fails(
         assert series(text, "spend_cost_month_to_date_usd") == mtd
     finally:
         app.close()
+
+
+# --------------------------------------------------------------------------- extra labels
+
+
+def test_extra_labels_from_the_labels_array_to_the_cent(emulator: BigQueryEmulator) -> None:
+    calls = Calls()
+    labels = [("environment", ["env", "environment"]), ("customer_id", ["customer"]), ("cost_center", [])]
+    p = GcpBigQueryProvider(source(emulator), ProviderContext("gcp", on_call=calls, extra_labels=labels))
+    result = p.fetch(WINDOW)
+    want: dict[tuple[str, str, str, str], Decimal] = defaultdict(Decimal)
+    for r in emulator.dataset.rows("gcp"):
+        if WINDOW.start <= r.day <= WINDOW.end:
+            key = (r.account_id, r.service_name, r.extra.get("tag:environment", ""), r.extra.get("tag:customer", ""))
+            want[key] += r.amount + Decimal(r.extra.get("credit", "0"))
+    got: dict[tuple[str, str, str, str], Decimal] = defaultdict(Decimal)
+    for c in result.costs:
+        d = dict(c.labels)
+        assert "cost_center" not in d  # set by rules only: no column
+        got[(c.account_id, c.service_name, d.get("environment", ""), d.get("customer_id", ""))] += Decimal(
+            str(c.amount)
+        )
+    assert_to_the_cent(dict(got), dict(want))
+    # one query, as without labels: the labels are more columns of it
+    (job,) = emulator.jobs.values()
+    assert "@label_0_1" in job["query"] and "AS label_1" in job["query"] and "label_2" not in job["query"]
+    p.close()

@@ -402,3 +402,30 @@ def test_unrated_and_blank_currency_items_are_counted_by_the_engine(
         assert n_nan > 0 and n_blank > 0
     finally:
         app.close()
+
+
+# --------------------------------------------------------------------------- extra labels
+
+
+def test_extra_labels_from_defined_tags_to_the_cent(emulator: OciUsageEmulator, oci_key: OciKey) -> None:
+    """Defined tags (namespace.key): groupByTag takes one tag, so each value is a filtered request, split exactly;
+    a key without a namespace is not read on OCI (rules only)."""
+    calls = Calls()
+    labels = [("environment", ["Ops.env", "Ops.environment"]), ("customer_id", ["Ops.customer"]), ("x", ["plain"])]
+    ctx = ProviderContext("oci", on_call=calls, extra_labels=labels)
+    result = OciProvider(source(emulator, oci_key), ctx).fetch(WINDOW)
+    want: dict[tuple[dt.date, str, str | None, str, str], Decimal] = defaultdict(Decimal)
+    for r in emulator.dataset.rows("oci"):
+        if WINDOW.start <= r.day <= WINDOW.end:
+            env, customer = r.extra.get("tag:environment", ""), r.extra.get("tag:customer", "")
+            want[(r.day, r.service_name, r.team, env, customer)] += r.amount
+    got: dict[tuple[dt.date, str, str | None, str, str], Decimal] = defaultdict(Decimal)
+    for c in result.costs:
+        d = dict(c.labels)
+        assert "x" not in d
+        got[(c.day, c.service_name, c.team_tag, d.get("environment", ""), d.get("customer_id", ""))] += Decimal(
+            str(c.amount)
+        )
+    assert {k: v.quantize(CENT) for k, v in got.items()} == dict(want)
+    # 3 requests for the values (env has none), then (2 + 1) x (2 + 1) for the cells
+    assert calls.op_counts()["RequestSummarizedUsages"] >= 3 + 9
