@@ -457,6 +457,23 @@ def test_the_subtree_pasted_into_another_config(tmp_path: Path) -> None:
         amtool_route(cfg, labels, receiver)
 
 
+def test_the_commands_in_the_routing_docs_print_what_they_say() -> None:
+    """Each `$ amtool ...` line of docs/alert-routing.md, run from the repository's root, succeeds and prints the
+    line the page shows under it (if any)."""
+    lines = (ROOT / "docs" / "alert-routing.md").read_text().splitlines()
+    ran = 0
+    for i, line in enumerate(lines):
+        if not line.startswith("$ amtool "):
+            continue
+        res = run(tool("amtool"), *line.removeprefix("$ amtool ").split())
+        assert res.returncode == 0, f"{line}: {res.stdout}{res.stderr}"
+        shown = lines[i + 1]
+        if not shown.startswith(("$ ", "```")):
+            assert res.stdout.strip() == shown, line
+        ran += 1
+    assert ran >= 5
+
+
 def test_the_guard_route_comes_first_and_continues() -> None:
     first = spend_route()["routes"][0]
     assert first["receiver"] == "spend-guard" and first["continue"] is True
