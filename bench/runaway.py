@@ -209,7 +209,8 @@ def bound() -> dict[str, Any]:
     (multiple,) = re.findall(r"> (\d+) \* spend_cost_daily_baseline_usd / 24", expr)
     (floor,) = re.findall(r"and spend_ai_burn_rate_usd_per_hour > (\d+)", expr)
     for_ = _seconds(rule.get("for", "0s"))
-    am = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())["route"]
+    # spend-exporter's route: the subtree (prometheus/alertmanager/spend-routes.yml) pasted first under the root
+    am = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())["route"]["routes"][0]
     team_wait = _seconds(am["group_wait"])
     guard_wait = max(
         (_seconds(r.get("group_wait", am["group_wait"])) for r in am["routes"] if r.get("receiver") == "spend-guard"),
@@ -442,12 +443,12 @@ def observe(
             for n in receiver.all():
                 if (
                     n.kind == "pagerduty"
-                    and keys.get(n.body.get("routing_key")) == f"{team}-pager"
+                    and keys.get(n.body.get("routing_key")) == f"spend-{team}-pager"
                     and n.body.get("event_action") == "trigger"
                     and "SpendAIBurnRateHigh" in n.text
                 ):
                     tl.paged = n.at
-                    say(f"{dt.datetime.fromtimestamp(n.at, UTC):%H:%M:%S} paged ({team}-pager)")
+                    say(f"{dt.datetime.fromtimestamp(n.at, UTC):%H:%M:%S} paged (spend-{team}-pager)")
         if tl.write is None and emu.writes:
             tl.writes = [
                 {"at": w.time, "method": w.method, "path": w.path, "body": w.body, "key": w.key} for w in emu.writes

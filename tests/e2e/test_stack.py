@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -72,6 +73,8 @@ ENV = {
     "SPEND_E2E_GUARD_TOKEN": GUARD_TOKEN,
 }
 RUNAWAY_TEAM = "search"  # Labs is attributed to a team with a pager and no budget of its own
+# Every runbook_url is this + "#" + the alert's name in lower case (prometheus/runbook_base.py).
+RUNBOOK_BASE = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Runbook"]
 GUARD_RULE = {
     "name": "stop-openai-runaway",
     "match": {"alertname": "SpendAIBurnRateHigh", "provider": "openai"},
@@ -395,57 +398,40 @@ def test_only_urls_secret_files_and_intervals_are_overridden(tmp_path: Path) -> 
 # --------------------------------------------------------------------------- alerts
 
 
-def _pd_for(stack: Stack, receiver: str, alertname: str, budget: str) -> list[dict[str, Any]]:
-    def pred(b: dict[str, Any]) -> bool:
-        d = b["payload"]["custom_details"]
-        return bool(
-            stack.routing_keys.get(b["routing_key"]) == receiver
-            and b["event_action"] == "trigger"
-            and d["alertname"] == alertname
-            and d["budget"] == budget
-        )
-
-    return stack.receiver.find("pagerduty", pred)
-
-
 def _labels_of(detail: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in detail.split())
 
 
-def test_budget_exceeded_pages_the_owning_team(stack: Stack) -> None:
-    # the demo sizes data-platform (team data) at 110% of its limit
-    events = stack.wait(
-        "SpendBudgetExceeded for data-platform at data-pager",
-        lambda: _pd_for(stack, "data-pager", "SpendBudgetExceeded", "data-platform"),
+def test_budget_exceeded_reaches_the_teams_chat_and_pages_nobody(stack: Stack) -> None:
+    # the demo sizes data-platform (team data) at 110% of its limit; money already spent is a ticket, not a page
+    msgs = stack.wait(
+        "SpendBudgetExceeded for data-platform in #data-spend",
+        lambda: _slack(stack, "#data-spend", "SpendBudgetExceeded data-platform"),
     )
-    ev = events[0]
-    labels = _labels_of(ev["payload"]["custom_details"]["labels"])
-    assert labels == {
-        "alertname": "SpendBudgetExceeded",
-        "budget": "data-platform",
-        "team": "data",
-        "severity": "critical",
-        "job": "spend-exporter",
-        "instance": stack.exporter.removeprefix("http://"),
-    }
-    assert ev["payload"]["severity"] == "critical"
-    assert ev["payload"]["summary"] == (
-        "SpendBudgetExceeded data-platform (team data): A budget's month-to-date spend has reached its limit."
-    )
+    att = msgs[0]["attachments"][0]
+    assert att["title"] == "[FIRING:1] SpendBudgetExceeded data-platform (team data)"
     assert re.fullmatch(
         r"Budget data-platform \(team data\) has spent \$3\d{3}\.\d\d this month, "
         r"against its \$3000\.00 limit \(1\d\d%\)\.\n",
-        ev["payload"]["custom_details"]["alerts"],
-    ), ev["payload"]["custom_details"]["alerts"]
-    assert ev["links"][0]["href"].endswith("docs/runbook.md#spendbudgetexceeded")
-    # nobody else was paged for it
+        att["text"],
+    ), att["text"]
+    assert att["title_link"] == f"{RUNBOOK_BASE}#spendbudgetexceeded"
+    # nobody was paged for it, and no other chat had it
     for n in stack.receiver.all():
         if "data-platform" in n.text and "SpendBudgetExceeded" in n.text:
-            assert n.kind == "pagerduty" and stack.routing_keys[n.body["routing_key"]] == "data-pager"
+            assert n.kind == "slack" and n.body["channel"] == "#data-spend", f"{n.kind} {n.text}"
     # Alertmanager agrees on the route
     groups = get_json(
-        f"{stack.alertmanager}/api/v2/alerts/groups?" + urllib.parse.urlencode({"receiver": "data-pager"})
+        f"{stack.alertmanager}/api/v2/alerts/groups?" + urllib.parse.urlencode({"receiver": "spend-data-chat"})
     )
+    labels = {
+        "alertname": "SpendBudgetExceeded",
+        "budget": "data-platform",
+        "team": "data",
+        "severity": "warning",
+        "job": "spend-exporter",
+        "instance": stack.exporter.removeprefix("http://"),
+    }
     assert any(a["labels"] == labels for g in groups for a in g["alerts"])
 
 
@@ -461,7 +447,7 @@ def test_budget_warning_reaches_the_teams_chat(stack: Stack) -> None:
     )
     att = msgs[0]["attachments"][0]
     assert att["title"] == "[FIRING:1] SpendBudgetWarning ai-platform (team ml-platform)"
-    assert att["title_link"].endswith("docs/runbook.md#spendbudgetwarning")
+    assert att["title_link"] == f"{RUNBOOK_BASE}#spendbudgetwarning"
     assert re.fullmatch(
         r"Budget ai-platform \(team ml-platform\) has spent \$4\d{3}\.\d\d this month"
         r" of its \$5000\.00 limit \(8\d%\)\.\n",
@@ -508,8 +494,8 @@ def test_exceeded_inhibits_the_warning_for_the_same_budget(stack: Stack) -> None
     would send it, is suppressed while SpendBudgetExceeded fires; the same warning for another budget of the
     same team, sent with it, is delivered."""
     stack.wait(
-        "SpendBudgetExceeded for data-platform at data-pager",
-        lambda: _pd_for(stack, "data-pager", "SpendBudgetExceeded", "data-platform"),
+        "SpendBudgetExceeded for data-platform in #data-spend",
+        lambda: _slack(stack, "#data-spend", "SpendBudgetExceeded data-platform"),
     )
     post_json(
         f"{stack.alertmanager}/api/v2/alerts",
@@ -534,16 +520,19 @@ def test_exceeded_inhibits_the_warning_for_the_same_budget(stack: Stack) -> None
         assert not ("SpendBudgetWarning" in n.text and "data-platform" in n.text), f"delivered: {n.kind} {n.text}"
 
 
-def test_unrouted_team_reaches_the_generic_webhook(stack: Stack) -> None:
-    post_json(f"{stack.alertmanager}/api/v2/alerts", [_alert("SpendBudgetExceeded", "lab", "not-a-team", "critical")])
-    got = stack.wait(
-        "the generic webhook",
-        lambda: stack.receiver.find(
-            "webhook", lambda b: b["commonLabels"].get("team") == "not-a-team" and b["receiver"] == "spend-webhook"
-        ),
+def test_unrouted_team_reaches_the_fallback(stack: Stack) -> None:
+    """A team spend-routes.yml does not list reaches FinOps (the fallback) by severity; a listed team's tag in
+    another case reaches that team."""
+    post_json(
+        f"{stack.alertmanager}/api/v2/alerts",
+        [
+            _alert("SpendBudgetWarning", "lab", "not-a-team", "warning"),
+            _alert("SpendBudgetWarning", "search-lab", "Search", "warning"),
+        ],
     )
-    assert got[0]["receiver"] == "spend-webhook"
-    assert got[0]["alerts"][0]["labels"]["budget"] == "lab"
+    got = stack.wait("the fallback's chat", lambda: _slack(stack, "#finops-alerts", "SpendBudgetWarning lab"))
+    assert got[0]["attachments"][0]["title"] == "[FIRING:1] SpendBudgetWarning lab (team not-a-team)"
+    stack.wait("the team's chat", lambda: _slack(stack, "#search-spend", "SpendBudgetWarning search-lab"))
 
 
 # --------------------------------------------------------------------------- the runaway and the guard
@@ -591,9 +580,14 @@ def test_runaway_pages_the_team_and_the_guard_sets_one_rate_limit(stack: Stack) 
         return bool(d["alertname"] == "SpendAIBurnRateHigh" and b["event_action"] == "trigger")
 
     (event, *_) = stack.wait("the team's page", lambda: stack.receiver.find("pagerduty", page))
-    assert stack.routing_keys[event["routing_key"]] == f"{RUNAWAY_TEAM}-pager"
+    assert stack.routing_keys[event["routing_key"]] == f"spend-{RUNAWAY_TEAM}-pager"
     labels = _labels_of(event["payload"]["custom_details"]["labels"])
     assert (labels["provider"], labels["account_id"], labels["model"]) == ("openai", LABS, GPT4O)
+    assert event["payload"]["severity"] == "critical"
+    assert event["payload"]["summary"] == (
+        f"SpendAIBurnRateHigh (team {RUNAWAY_TEAM}): AI API spend is running far above its usual hourly rate."
+    )
+    assert event["links"][0]["href"] == f"{RUNBOOK_BASE}#spendaiburnratehigh"
     # exactly one write, with the write key, for the alert's project and model
     (write,) = [w for w in stack.emulator.writes if w.method == "POST"]
     assert (write.path, write.body, write.key) == (RATE_LIMIT_PATH, GUARD_RULE["params"], "write")
