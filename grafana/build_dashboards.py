@@ -104,6 +104,9 @@ def stat(title: str, description: str, expr: str, unit: str = USD, decimals: int
         "textMode": "value",
         "justifyMode": "auto",
         "orientation": "auto",
+        "wideLayout": True,
+        "showPercentChange": False,
+        "percentChangeColorMode": "standard",
     }
     return p
 
@@ -127,6 +130,7 @@ def timeseries(
             "calcs": ["lastNotNull"],
             "sortBy": "Last *",
             "sortDesc": True,
+            "showLegend": True,
         },
         "tooltip": {"mode": "multi", "sort": "desc"},
     }
@@ -157,6 +161,10 @@ def bargauge(
         "valueMode": "color",
         "namePlacement": "left",
         "sizing": "auto",
+        "minVizWidth": 8,
+        "minVizHeight": 16,
+        "maxVizHeight": 300,
+        "legend": {"showLegend": False, "displayMode": "list", "placement": "bottom", "calcs": []},
         "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
     }
     return p
@@ -191,7 +199,12 @@ def table(
             "options": {"excludeByName": {k: True for k in ["Time", "job", "instance", *(hide or [])]}},
         },
     ]
-    p["options"] = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}}
+    p["options"] = {
+        "showHeader": True,
+        "cellHeight": "sm",
+        "frameIndex": 0,
+        "footer": {"show": False, "reducer": [], "countRows": False},
+    }
     if sort:
         p["options"]["sortBy"] = [{"displayName": sort, "desc": not ascending}]
     return p
@@ -231,6 +244,8 @@ def monthly_bars(title: str, description: str, expr: str, legend: str) -> Panel:
         "barWidth": 0.9,
         "xTickLabelRotation": 0,
         "xTickLabelSpacing": 0,
+        "xTickLabelMaxLength": 0,
+        "fullHighlight": False,
         "legend": {"displayMode": "table", "placement": "right", "calcs": ["mean"], "showLegend": True},
         "tooltip": {"mode": "multi", "sort": "desc"},
     }
@@ -302,7 +317,6 @@ def _datasource_var() -> dict[str, Any]:
         "type": "datasource",
         "query": "prometheus",
         "regex": "",
-        "current": {},
         "hide": 0,
         "includeAll": False,
         "multi": False,
@@ -318,7 +332,6 @@ def _query_var(name: str, label: str, metric: str, selector: str = "") -> dict[s
         "label": label,
         "type": "query",
         "datasource": DS,
-        "definition": q,
         "query": q,  # the classic string form, which every Grafana version reads
         "refresh": 2,  # on time range change: new teams and models appear without a reload
         "includeAll": True,
@@ -1224,6 +1237,8 @@ def exporter() -> dict[str, Any]:
 # Unallocated share: SpendUnallocatedHigh's threshold (prometheus/rules/spend-alerts.yml) turns the panels orange.
 UNALLOCATED_STEPS: list[tuple[float | None, str]] = [(None, "green"), (0.2, "orange")]
 # An empty extra label (a cost without the tag) shown as such rather than as a blank legend.
+# label_replace arguments naming the series without ``label`` "(untagged)": for the Environments and Customers rows
+# that come with attribution.labels.
 UNTAGGED = '"{label}", "(untagged)", "{label}", ""'
 
 
@@ -1234,8 +1249,6 @@ def allocation() -> dict[str, Any]:
     f_team = 'team=~"$team"'
     f_key = 'provider=~"$provider", model=~"$model"'
     key_cost = f"sum by (provider, account_id, api_key_id, model) (spend_ai_key_cost_month_to_date_usd{{{f_key}}})"
-    untagged = UNTAGGED.format(label="environment")
-    env = f"label_replace(sum by (environment) (spend_cost_month_to_date_usd{{{F}}}), {untagged})"
     panels = [
         (row("Teams and shared costs"), 24, 1),
         (

@@ -684,8 +684,8 @@ def _variable_queries() -> list[tuple[str, str, str]]:
     for dash in load_dashboards().values():
         for v in dash["templating"]["list"]:
             if v["type"] == "query":
-                m = re.fullmatch(r"label_values\((.+), (\w+)\)", v["definition"])
-                assert m, v["definition"]
+                m = re.fullmatch(r"label_values\((.+), (\w+)\)", v["query"])
+                assert m, v["query"]
                 out.append((f"{dash['uid']}/{v['name']}", substitute(m.group(1)), m.group(2)))
     return out
 
