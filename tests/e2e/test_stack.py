@@ -654,6 +654,10 @@ def prometheus_has_history(stack: Stack) -> Stack:
             stack.query('count_over_time(up{job="spend-exporter"}[1m]) >= 5')
             and stack.query("count_over_time(budget:spend_budget_used:ratio[1m]) >= 3")
             and stack.query("count_over_time(spend_guard_action_active[1m]) >= 2")
+            # the queries that look back (LIVE_OFFSET, 5s) need the cost families scraped for longer than that:
+            # they appear with the exporter's first refresh, after the first scrapes of `up`
+            and stack.query("count_over_time(spend_cost_daily_usd[1m]) >= 8")
+            and stack.query("count_over_time(spend_cost_month_to_date_usd[1m]) >= 8")
         ),
     )
     return stack
