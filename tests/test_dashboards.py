@@ -6,6 +6,7 @@ Running every panel's query against a real Prometheus is in tests/e2e/test_stack
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import re
 import subprocess
@@ -136,11 +137,14 @@ def _definitions(kind: str) -> dict[str, Any]:
     return dict(json.loads((SCHEMAS / f"{kind}.schema.json").read_text())["definitions"])
 
 
-def test_the_schema_is_grafanas_for_the_grafana_we_run() -> None:
+def test_the_schema_and_the_builders_are_for_the_grafana_we_run() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     image = compose["services"]["grafana"]["image"]
     version = (SCHEMAS / "VERSION").read_text()
-    assert image == f"grafana/grafana:{version.split()[1].rstrip(',')}", (image, version)
+    grafana = version.split()[1].rstrip(",")
+    assert image == f"grafana/grafana:{grafana}", (image, version)
+    # and the builders grafana/build_dashboards.py uses are the SDK's build for that Grafana (pyproject.toml)
+    assert importlib.metadata.version("grafana-foundation-sdk").endswith(f"!{grafana}")
     assert set(PANEL_SCHEMAS) == {p["type"] for d in DASHES.values() for p in panels(d)} - {"row"}
 
 
