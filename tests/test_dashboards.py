@@ -5,6 +5,9 @@ Running every panel's query against a real Prometheus is in tests/e2e/test_stack
 
 from __future__ import annotations
 
+import copy
+import importlib.metadata
+import json
 import re
 import subprocess
 import sys
@@ -13,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from jsonschema import Draft7Validator
 
 from tests.e2e.stack import DASHBOARDS, ROOT, dashboard_queries, load_builder, load_dashboards, panels, tool
 
@@ -69,7 +73,6 @@ def test_datasource_variable_first_then_chained_label_values(uid: str) -> None:
         assert v["type"] == "query"
         assert v["datasource"] == DS_REF
         q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
-        assert q == v["definition"]
         assert q.startswith("label_values(") and q.rstrip(")").endswith(f", {name}")
         assert v["includeAll"] and v["multi"] and v["allValue"] == ".*"
         return str(q)
@@ -78,6 +81,124 @@ def test_datasource_variable_first_then_chained_label_values(uid: str) -> None:
     assert 'provider=~"$provider"' in query("team")
     model = query("model")
     assert 'provider=~"$provider"' in model and 'team=~"$team"' in model
+
+
+# --------------------------------------------------------------------------- Grafana's schema
+
+# Grafana's own types for the Grafana the dashboards target (@grafana/schema, generated from its CUE kinds) as JSON
+# Schema: the dashboard, and the options and custom field config of each panel type. grafana/dashboard_schema.sh
+# writes them; tests/data/grafana-schema/VERSION says from which versions.
+SCHEMAS = ROOT / "tests" / "data" / "grafana-schema"
+
+
+def _validator(name: str, definition: str | None = None) -> Draft7Validator:
+    schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
+    if definition:
+        schema = {**schema, "$ref": f"#/definitions/{definition}"}
+    Draft7Validator.check_schema(schema)
+    return Draft7Validator(schema)
+
+
+DASHBOARD_SCHEMA = _validator("dashboard")
+PANEL_SCHEMAS = {p.name.removesuffix(".schema.json") for p in SCHEMAS.glob("*.schema.json")} - {"dashboard"}
+
+
+def _leaves(errors: Any) -> list[Any]:
+    """The errors themselves, or for an ``anyOf`` (a panel or a row) the ones of each alternative."""
+    return [leaf for e in errors for leaf in (_leaves(e.context) if e.context else [e])]
+
+
+def schema_errors(dash: dict[str, Any]) -> list[str]:
+    """Where ``dash`` breaks Grafana's schema: the dashboard's, then each panel's options and custom field config
+    against its panel type's (a panel type without a stored schema is an error: add it to the script)."""
+
+    def fmt(where: str, errors: Any) -> list[str]:
+        return [f"{where}{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in _leaves(errors)]
+
+    out = fmt("", DASHBOARD_SCHEMA.iter_errors(dash))
+    for p in panels(dash):
+        kind = p.get("type")
+        if kind == "row":
+            continue
+        where = f"panel {p.get('title')!r} ({kind}) "
+        if kind not in PANEL_SCHEMAS:
+            out.append(f"{where}: no schema for panel type {kind!r} (grafana/dashboard_schema.sh)")
+            continue
+        out += fmt(where + "options/", _validator(kind, "Options").iter_errors(p.get("options", {})))
+        custom = p.get("fieldConfig", {}).get("defaults", {}).get("custom")
+        if custom is not None:
+            fc = _validator(kind, "FieldConfig") if "FieldConfig" in _definitions(kind) else None
+            assert fc, f"{where}: custom field config, but {kind} has none"
+            out += fmt(where + "fieldConfig/defaults/custom/", fc.iter_errors(custom))
+    return out
+
+
+def _definitions(kind: str) -> dict[str, Any]:
+    return dict(json.loads((SCHEMAS / f"{kind}.schema.json").read_text())["definitions"])
+
+
+def test_the_schema_and_the_builders_are_for_the_grafana_we_run() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    image = compose["services"]["grafana"]["image"]
+    version = (SCHEMAS / "VERSION").read_text()
+    grafana = version.split()[1].rstrip(",")
+    assert image == f"grafana/grafana:{grafana}", (image, version)
+    # and the builders grafana/build_dashboards.py uses are the SDK's build for that Grafana (pyproject.toml)
+    assert importlib.metadata.version("grafana-foundation-sdk").endswith(f"!{grafana}")
+    assert set(PANEL_SCHEMAS) == {p["type"] for d in DASHES.values() for p in panels(d)} - {"row"}
+
+
+@pytest.mark.parametrize("uid", sorted(EXPECTED))
+def test_dashboard_validates_against_grafanas_schema(uid: str) -> None:
+    assert schema_errors(by_uid()[uid]) == []
+
+
+def _break_grid(d: dict[str, Any]) -> None:
+    d["panels"][0]["gridPos"]["w"] = "12"
+
+
+def _unknown_panel_field(d: dict[str, Any]) -> None:
+    d["panels"][0]["gridpos"] = d["panels"][0].pop("gridPos")
+
+
+def _bad_stat_option(d: dict[str, Any]) -> None:
+    next(p for p in panels(d) if p["type"] == "stat")["options"]["colorMode"] = "blue"
+
+
+def _bad_draw_style(d: dict[str, Any]) -> None:
+    next(p for p in panels(d) if p["type"] == "timeseries")["fieldConfig"]["defaults"]["custom"]["drawStyle"] = "dots"
+
+
+def _missing_table_option(d: dict[str, Any]) -> None:
+    del next(p for p in panels(d) if p["type"] == "table")["options"]["frameIndex"]
+
+
+def _bad_variable(d: dict[str, Any]) -> None:
+    d["templating"]["list"][1]["type"] = "label_values"
+
+
+def _unknown_panel_type(d: dict[str, Any]) -> None:
+    next(p for p in panels(d) if p["type"] == "stat")["type"] = "singlestat"
+
+
+@pytest.mark.parametrize(
+    ("breakage", "error"),
+    [
+        (_break_grid, "panels/0/gridPos/w: '12' is not of type 'number'"),
+        (_unknown_panel_field, "panels/0: Additional properties are not allowed ('gridpos' was unexpected)"),
+        (_bad_stat_option, "options/colorMode: 'blue' is not one of"),
+        (_bad_draw_style, "custom/drawStyle: 'dots' is not one of"),
+        (_missing_table_option, "options/: 'frameIndex' is a required property"),
+        (_bad_variable, "templating/list/1/type: 'label_values' is not one of"),
+        (_unknown_panel_type, "no schema for panel type 'singlestat'"),
+    ],
+)
+def test_the_schema_rejects_a_broken_dashboard(breakage: Any, error: str) -> None:
+    dash = copy.deepcopy(by_uid()["spend-overview"])
+    assert schema_errors(dash) == []
+    breakage(dash)
+    errors = schema_errors(dash)
+    assert any(error in e for e in errors), errors
 
 
 def _walk(node: Any, path: str = "") -> list[tuple[str, Any]]:

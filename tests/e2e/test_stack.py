@@ -648,6 +648,10 @@ def prometheus_has_history(stack: Stack) -> Stack:
             stack.query('count_over_time(up{job="spend-exporter"}[1m]) >= 5')
             and stack.query("count_over_time(budget:spend_budget_used:ratio[1m]) >= 3")
             and stack.query("count_over_time(spend_guard_action_active[1m]) >= 2")
+            # the queries that look back (LIVE_OFFSET, 5s) need the cost families scraped for longer than that:
+            # they appear with the exporter's first refresh, after the first scrapes of `up`
+            and stack.query("count_over_time(spend_cost_daily_usd[1m]) >= 8")
+            and stack.query("count_over_time(spend_cost_month_to_date_usd[1m]) >= 8")
         ),
     )
     return stack
@@ -678,8 +682,8 @@ def _variable_queries() -> list[tuple[str, str, str]]:
     for dash in load_dashboards().values():
         for v in dash["templating"]["list"]:
             if v["type"] == "query":
-                m = re.fullmatch(r"label_values\((.+), (\w+)\)", v["definition"])
-                assert m, v["definition"]
+                m = re.fullmatch(r"label_values\((.+), (\w+)\)", v["query"])
+                assert m, v["query"]
                 out.append((f"{dash['uid']}/{v['name']}", substitute(m.group(1)), m.group(2)))
     return out
 
