@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.request
 import zlib
+from collections import Counter
 from pathlib import Path
 
 BROWSER = "chromium-headless-shell"
@@ -80,6 +81,11 @@ def pixels(path: Path) -> tuple[int, int, list[bytes]]:
     for y in range(height):
         kind = raw[y * (stride + 1)]
         line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        if kind == 0 or (kind == 2 and line.count(0) == stride):  # as it is, or the row above again (most rows)
+            line = line if kind == 0 else bytearray(prev)
+            prev = line
+            rows.append(bytes(line) if bpp == 3 else bytes(v for j, v in enumerate(line) if j % 4 != 3))
+            continue
         for i in range(stride):
             a = line[i - bpp] if i >= bpp else 0
             b = prev[i]
@@ -99,15 +105,12 @@ def pixels(path: Path) -> tuple[int, int, list[bytes]]:
     return width, height, rows
 
 
-def colours(path: Path) -> dict[tuple[int, int, int], int]:
-    """How many pixels of each RGB colour the PNG has."""
-    _, _, rows = pixels(path)
-    out: dict[tuple[int, int, int], int] = {}
+def colours(rows: list[bytes]) -> dict[tuple[int, int, int], int]:
+    """How many pixels of each RGB colour there are in ``rows`` (of ``pixels``)."""
+    out: Counter[tuple[int, int, int]] = Counter()
     for row in rows:
-        for i in range(0, len(row), 3):
-            rgb = (row[i], row[i + 1], row[i + 2])
-            out[rgb] = out.get(rgb, 0) + 1
-    return out
+        out.update(zip(row[0::3], row[1::3], row[2::3], strict=True))
+    return dict(out)
 
 
 def _free_port() -> int:

@@ -246,7 +246,7 @@ def test_the_page_in_headless_chromium(server: Server, tmp_path: Path) -> None:
     png = screenshot.screenshot(f"http://127.0.0.1:{server.port}/", tmp_path / "landing.png")
     width, height, rows = screenshot.pixels(png)
     assert (width, height) == screenshot.SIZE
-    seen = screenshot.colours(png)
+    seen = screenshot.colours(rows)
     # each highlighted row is painted: a row's cells are at least 800 px wide and 20 px high
     for state, rgb in ROW_COLOURS.items():
         assert seen.get(rgb, 0) > 800 * 20, (state, seen.get(rgb, 0))
