@@ -25,7 +25,7 @@ SHIFTED_DATES := 2027-03-01T00:30:00 2028-02-29T12:00:00 2026-12-31T23:59:00
 FAKETIME_LIB = $(firstword $(wildcard /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1))
 
 .DEFAULT_GOAL := help
-.PHONY: help run demo-data test test-latest test-dates lock lint typecheck unit test-deps promtool-deps bench clean
+.PHONY: help run demo-data screenshot test test-latest test-dates lock lint typecheck unit test-deps promtool-deps bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,14 +47,21 @@ demo-data: $(STAMP) ## write the synthetic FOCUS demo files (newest day: yesterd
 run: demo-data ## the demo: serve /metrics on :9877 over the synthetic FOCUS data
 	$(VENV)/bin/spend-exporter run --config.file examples/demo-config.yml
 
-test-deps: ## install prometheus, promtool, alertmanager, amtool and libfaketime (Debian) when missing
+SCREENSHOT ?= docs/landing-page.png
+screenshot: demo-data test-deps ## the demo's landing page / in headless Chromium, as a PNG (SCREENSHOT=docs/landing-page.png)
+	$(PY) -m tests.screenshot --config.file examples/demo-config.yml --out $(SCREENSHOT)
+
+# chromium-headless-shell: the landing page's screenshot test (tests/test_landing.py); about 96 MB to download
+# with chromium-common, 290 MB installed.
+test-deps: ## install prometheus, promtool, alertmanager, amtool, libfaketime and headless Chromium (Debian) when missing
 	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null || \
 	    ! { command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null; } || \
-	    [ -z "$(FAKETIME_LIB)" ]; then \
+	    [ -z "$(FAKETIME_LIB)" ] || ! command -v chromium-headless-shell >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      prometheus prometheus-alertmanager faketime >/dev/null; \
-	  else echo "missing and not root: install the Debian packages prometheus, prometheus-alertmanager and faketime"; fi; \
+	      prometheus prometheus-alertmanager faketime chromium-headless-shell >/dev/null; \
+	  else echo "missing and not root: install the Debian packages prometheus, prometheus-alertmanager," \
+	    "faketime and chromium-headless-shell"; fi; \
 	fi
 
 promtool-deps: test-deps

@@ -395,8 +395,11 @@ def guard_errors(cfg: Config, env: dict[str, str]) -> list[str]:
     """What the ``guard:`` section needs of the rest: a token, and an AI source with a write key per rule."""
     g = cfg.guard
     out: list[str] = []
-    if g.rules and not g.token_env:
-        out.append("guard.token_env: required key is missing: the guard endpoint takes no request without a token")
+    if g.rules and not g.token_env and not g.token_file:
+        out.append(
+            "guard.token_env: required key is missing: the guard endpoint takes no request without a token "
+            "(or give guard.token_file)"
+        )
     if g.mode == "enforce" and g.token_env and not env.get(g.token_env, "").strip():
         out.append(f"guard.token_env: environment variable {g.token_env} is not set: enforce mode needs the token")
     seen: set[str] = set()
@@ -534,13 +537,24 @@ def _hide_env_values(errors: list[str], written: Any, env: dict[str, str]) -> li
 def file_errors(cfg: Config) -> list[str]:
     """The files the configuration names that cannot be read now: checked when the exporter starts and by
     ``check`` (not by ``parse_config``: a config is valid before the files it names are written)."""
-    if cfg.revenue_file is None:
-        return []
-    try:
-        with open(cfg.revenue_file, "rb"):
-            return []
-    except OSError as e:
-        return [f"revenue_file: cannot read {cfg.revenue_file!r}: {e.strerror or e.__class__.__name__}"]
+    out = []
+    if cfg.revenue_file is not None:
+        try:
+            with open(cfg.revenue_file, "rb"):
+                pass
+        except OSError as e:
+            out.append(f"revenue_file: cannot read {cfg.revenue_file!r}: {e.strerror or e.__class__.__name__}")
+    g = cfg.guard
+    if g.mode == "enforce" and g.token_file is not None:
+        # as token_env: a dry run refuses requests until the file is there; enforce mode needs the token at start
+        try:
+            with open(g.token_file, encoding="utf-8") as f:
+                if not f.read(4096).strip():
+                    out.append(f"guard.token_file: {g.token_file!r} is empty: enforce mode needs the token")
+        except (OSError, UnicodeDecodeError) as e:
+            why = getattr(e, "strerror", None) or e.__class__.__name__
+            out.append(f"guard.token_file: cannot read {g.token_file!r}: {why}: enforce mode needs the token")
+    return out
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> tuple[Config, dict[str, Any]]:

@@ -126,21 +126,32 @@ class Guard:
 
     # -- the endpoint --------------------------------------------------------------------
     def authorised(self, header: str | None) -> bool:
-        """``Authorization: Bearer <token>`` with the token in ``token_env`` (read now: a rotated token applies
-        at once). Without a token configured and set, nothing is authorised."""
-        token = os.environ.get(self.cfg.token_env or "", "").strip() if self.cfg.token_env else ""
+        """``Authorization: Bearer <token>`` with the token in ``token_env`` or ``token_file`` (read now: a rotated
+        token applies at once). Without a token configured and set, nothing is authorised."""
+        token, missing = self._token()
         if not token:
             if not self._warned_no_token:
                 self._warned_no_token = True
-                log.warning(
-                    "guard: a request to /-/guard/alertmanager was refused: no token (guard.token_env%s)",
-                    f" {self.cfg.token_env} is not set" if self.cfg.token_env else " is not configured",
-                )
+                log.warning("guard: a request to /-/guard/alertmanager was refused: no token (%s)", missing)
             return False
         scheme, _, presented = (header or "").strip().partition(" ")
         if scheme.lower() != "bearer":
             return False
         return hmac.compare_digest(presented.strip().encode(), token.encode())
+
+    def _token(self) -> tuple[str, str]:
+        """The bearer token (empty if there is none), and why there is none."""
+        if self.cfg.token_file:
+            try:
+                with open(self.cfg.token_file, encoding="utf-8") as f:
+                    token = f.read(4096).strip()
+            except (OSError, UnicodeDecodeError) as e:
+                why = getattr(e, "strerror", None) or e.__class__.__name__
+                return "", f"guard.token_file {self.cfg.token_file!r} cannot be read: {why}"
+            return token, f"guard.token_file {self.cfg.token_file!r} is empty"
+        if self.cfg.token_env:
+            return os.environ.get(self.cfg.token_env, "").strip(), f"guard.token_env {self.cfg.token_env} is not set"
+        return "", "guard.token_env is not configured"
 
     def receive(self, alerts: list[Alert]) -> list[dict[str, Any]]:
         """Record an action for each firing alert and matching rule; queue those that run. Returns at once."""

@@ -92,6 +92,14 @@ class GuardConfig(ConfigModel):
     mode: Literal["dry_run", "enforce"] = "dry_run"
     token_env: EnvName | None = None
     """The variable holding the bearer token Alertmanager sends; without it every request gets 401."""
+    token_file: NonEmptyStr | None = None
+    """Or a file holding it (as Alertmanager's ``credentials_file``): a mounted secret, read at each request."""
     max_actions_per_day: Annotated[int, Field(ge=0, le=1000)] = 5
     rules: list[GuardRule] = []
     """Checked against the sources and the environment by ``exporter.config`` (``guard_errors``)."""
+
+    @model_validator(mode="after")
+    def _one_token(self) -> GuardConfig:
+        if self.token_env is not None and self.token_file is not None:
+            raise ValueError("give token_env or token_file, not both")
+        return self

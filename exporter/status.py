@@ -10,7 +10,15 @@ import json
 from typing import Any
 
 from exporter.app import App
+from exporter.budgets import BudgetFigure
+from exporter.exposition import rounded
 from exporter.snapshot import Snapshot
+
+BUDGET_STATES = ("exceeded", "warning", "forecast_exceeded", "ok")
+"""A budget's ``state`` in ``/status``, worst first; each is the condition of one alert of
+prometheus/rules/spend-alerts.yml on the same figures: ``SpendBudgetExceeded`` (spent reached the limit),
+``SpendBudgetWarning`` (spent reached ``warning_ratio`` of it), ``SpendBudgetForecastExceeded`` (the month-end
+forecast is above the limit)."""
 
 
 def status_report(app: App) -> dict[str, Any]:
@@ -52,6 +60,7 @@ def status_report(app: App) -> dict[str, Any]:
         if burn is not None:
             sources[-1]["burn"] = burn
     return {
+        "now": _iso(now.timestamp()),
         "ready": app.ready(),
         "cache": {"path": app.store.path, "persistent": app.store.persistent, "problem": app.store.problem},
         "snapshot": {
@@ -80,9 +89,24 @@ def budgets_status(snap: Snapshot) -> list[dict[str, Any]]:
             "spent_usd": round(b.spent_usd, 2),
             "used_ratio": round(b.spent_usd / b.amount_usd, 4),
             "warning_ratio": b.warning_ratio,
+            "forecast_usd": round(b.forecast_usd, 2),
+            "forecast_ratio": round(b.forecast_usd / b.amount_usd, 4),
+            "state": budget_state(b),
         }
         for b in snap.budgets
     ]
+
+
+def budget_state(b: BudgetFigure) -> str:
+    """Which of ``BUDGET_STATES`` the budget is in, from the figures ``/metrics`` serves (so the alerts agree)."""
+    spent, forecast = rounded(b.spent_usd), rounded(b.forecast_usd)
+    if spent >= b.amount_usd:
+        return "exceeded"
+    if spent >= b.amount_usd * b.warning_ratio:
+        return "warning"
+    if forecast > b.amount_usd:
+        return "forecast_exceeded"
+    return "ok"
 
 
 def _iso(ts: float | None) -> str | None:

@@ -11,7 +11,6 @@ instead (``GUARD_PATH``).
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import socket
@@ -27,6 +26,7 @@ from exporter import __version__, spendapi
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from exporter.guard import MAX_PAYLOAD as MAX_GUARD_BODY
 from exporter.guard import PayloadError, parse_payload
+from exporter.landing import landing_page
 from exporter.status import status_report
 from exporter.webconfig import Authenticator, WebConfig, WebConfigError, WebConfigWatcher, make_ssl_context
 
@@ -375,38 +375,6 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(500, b"The guard could not record the actions\n", "text/plain; charset=utf-8")
             return
         self._reply(200, json.dumps({"actions": actions}).encode() + b"\n", "application/json")
-
-
-def landing_page(app: Any) -> str:
-    st = status_report(app)
-    e = html.escape
-    rows = "".join(
-        f"<tr><td>{e(s['name'])}</td><td>{e(s['type'])}</td>"
-        f"<td class={'up' if s['up'] else 'down'}>{'up' if s['up'] else 'down'}</td>"
-        f"<td>{e(s['last_success'] or 'never')}</td><td>{e(s['next_refresh'] or '')}</td>"
-        f"<td>{s['month_to_date_usd']:,.2f}</td><td>{e(s['last_error'] or '')}"
-        f"{' (paid-call cap reached for today)' if s['paid_call_cap_reached'] else ''}</td></tr>"
-        for s in st["sources"]
-    )
-    budgets = "".join(
-        f"<tr><td>{e(b['name'])}</td><td>{e(b['team'])}</td><td>{b['spent_usd']:,.2f}</td>"
-        f"<td>{b['amount_usd']:,.2f}</td><td>{b['used_ratio'] * 100:.1f}%</td></tr>"
-        for b in st["budgets"]
-    )
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>spend-exporter</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.up{{color:#070}}.down{{color:#b00}}</style></head>
-<body><h1>spend-exporter {e(__version__)}</h1>
-<p><a href="/metrics">Metrics</a> · <a href="/status">Status (JSON)</a> · <a href="/config">Config (redacted)</a>
-· <a href="/-/ready">Ready</a></p>
-<h2>Sources</h2>
-<table><tr><th>source</th><th>type</th><th>status</th><th>last success</th><th>next refresh</th>
-<th>month to date (USD)</th><th>last error</th></tr>{rows}</table>
-<h2>Budgets</h2>
-<table><tr><th>budget</th><th>team</th><th>spent (USD)</th><th>limit (USD)</th><th>used</th></tr>{budgets}</table>
-</body></html>
-"""
 
 
 def serve(app: Any, host: str, port: int, web_config_path: str | None, config_redacted: dict[str, Any]) -> Server:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter.web import GUARD_PATH
 from tests.clock import FIXED_NOW, fixed_clock_env
 from tests.e2e.stack import ROOT
 
@@ -166,6 +168,68 @@ def test_alertmanager_finds_its_templates_and_secrets() -> None:
         assert list((ROOT / targets[directory]).glob(pattern.rsplit("/", 1)[1]))
     secret_dir = str(PurePosixPath(am["global"]["slack_api_url_file"]).parent)
     assert targets[secret_dir] == "./prometheus/alertmanager-secrets"
+
+
+def _committed_only_readme(directory: Path, name: str) -> None:
+    """``directory`` holds secrets that are never committed: its .gitignore ignores everything but itself and the
+    README, and the README says what ``name`` holds."""
+    ignore = [line.strip() for line in (directory / ".gitignore").read_text().splitlines() if line.strip()]
+    assert ignore[0] == "*" and set(ignore[1:]) <= {"!.gitignore", "!README.md"}, ignore
+    assert f"`{name}`" in (directory / "README.md").read_text(), f"{directory}/README.md does not describe {name}"
+
+
+def _host_path(service: str, path: PurePosixPath) -> tuple[str, bool]:
+    """The repository path a container path of ``service`` is bind-mounted from, and whether read-only."""
+    for source, target, ro in mounts(service):
+        if source.startswith(".") and path.is_relative_to(target):
+            return str(PurePosixPath(source) / path.relative_to(target)), ro
+    raise AssertionError(f"{service}: nothing of the repository is mounted at {path}")
+
+
+def test_the_guard_receiver_reaches_the_exporter_with_a_token_from_a_file() -> None:
+    """docs/guard.md: Alertmanager's spend-guard receiver posts to the exporter's guard path with a bearer token
+    from a file; the exporter reads its token from a file too (guard.token_file), in dry run. Both files are
+    mounted read-only from directories whose secrets are never committed."""
+    am = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())
+    hooks = [
+        w
+        for r in am["receivers"]
+        for w in r.get("webhook_configs", [])
+        if urllib.parse.urlsplit(w["url"]).path == GUARD_PATH
+    ]
+    assert len(hooks) == 1, hooks
+    (hook,) = hooks
+    url = urllib.parse.urlsplit(hook["url"])
+    demo = yaml.safe_load((ROOT / "examples" / "demo-config.yml").read_text())
+    assert (url.scheme, url.hostname) == ("http", "exporter") and "exporter" in SERVICES
+    assert str(url.port) == demo["listen_address"].rpartition(":")[2]
+    assert hook["send_resolved"] is False, "a resolved alert undoes nothing"
+    auth = hook["http_config"]["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer" and "credentials" not in auth
+    am_file, am_ro = _host_path("alertmanager", PurePosixPath(auth["credentials_file"]))
+    assert am_ro
+
+    guard = demo["guard"]
+    assert guard.get("mode", "dry_run") == "dry_run", "the demo's guard changes nothing"
+    assert "token_env" not in guard
+    token = PurePosixPath(guard["token_file"])
+    exporter_file, exporter_ro = _host_path("exporter", token if token.is_absolute() else _workdir() / token)
+    assert exporter_ro
+    # make run reads the same relative path from the repository's root
+    assert not token.is_absolute() and PurePosixPath(exporter_file) == PurePosixPath(".") / token
+
+    # one token name, each container its own directory (the exporter does not see Alertmanager's other secrets)
+    assert PurePosixPath(am_file).name == PurePosixPath(exporter_file).name
+    am_dir, exporter_dir = (PurePosixPath(f).parent for f in (am_file, exporter_file))
+    assert am_dir != exporter_dir
+    assert str(exporter_dir) not in {s for s, _, _ in mounts("alertmanager")}
+    assert str(am_dir) not in {s for s, _, _ in mounts("exporter")}
+    for d in (am_dir, exporter_dir):
+        _committed_only_readme(ROOT / d, PurePosixPath(am_file).name)
+    # the recipe in the exporter's README writes the token into both files
+    readme = (ROOT / exporter_dir / "README.md").read_text()
+    for f in (am_file, exporter_file):
+        assert f"> {PurePosixPath(f)}" in readme, f
 
 
 def test_grafana_is_provisioned() -> None:

@@ -222,6 +222,32 @@ def test_without_the_token_in_the_environment_everything_gets_401(
     app.close()
 
 
+def test_the_token_from_a_file_is_read_at_each_request(
+    tmp_path: Path, openai_emu: OpenAIAdminEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``token_file`` (a mounted secret, as docker-compose.yml mounts it): missing means 401 with a warning that
+    names the file, never the token; written (with a newline, as ``echo`` leaves it) it opens the path; rotated,
+    the old token is refused at once."""
+    token_file = tmp_path / "secrets" / "spend-guard-token"
+    app = make_app(config(tmp_path, openai_emu, token_env=None, token_file=str(token_file)))
+    with running(app) as server, caplog.at_level(logging.WARNING, logger="exporter.guard"):
+        assert post(server, payload())[0] == 401
+        assert f"no token (guard.token_file '{token_file}' cannot be read: No such file or directory)" in caplog.text
+        token_file.parent.mkdir()
+        token_file.write_text("")
+        assert post(server, payload(), token="")[0] == 401
+        token_file.write_text(TOKEN + "\n")
+        assert post(server, payload(), token="wrong-" + TOKEN)[0] == 401
+        assert post(server, payload())[0] == 200
+        token_file.write_text("rotated-" + TOKEN)
+        assert post(server, payload(alert("aa11bb22cc33dd44")))[0] == 401
+        assert post(server, payload(alert("aa11bb22cc33dd44")), token="rotated-" + TOKEN)[0] == 200
+    app.guard.wait()
+    assert [r["result"] for r in rows(app)] == ["dry_run", "dry_run"]
+    assert TOKEN not in caplog.text
+    app.close()
+
+
 @pytest.mark.parametrize(
     "body",
     [

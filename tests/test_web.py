@@ -236,6 +236,10 @@ def test_health_ready_status(plain: Server, app: App) -> None:
             "spent_usd": 1500.0,
             "used_ratio": 0.75,
             "warning_ratio": 0.8,
+            # 1,500 through the 15th plus 16 days at 100
+            "forecast_usd": 3100.0,
+            "forecast_ratio": 1.55,
+            "state": "forecast_exceeded",
         }
     ]
     assert st["snapshot"]["bytes"] == len(app.snapshot.text)
