@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from exporter.attribution import decode_labels
 from exporter.metrics import COST_LABELS
 from exporter.store import QueryInterrupted, Store
 
@@ -35,6 +36,9 @@ GRANULARITIES = ("day", "month")
 MAX_DAYS = 800
 # rows in one answer: about 15 MB of JSON (docs/performance.md, "The spend API", for the memory it takes)
 MAX_ROWS = 100_000
+EXTRA_LABEL_ROWS = 20
+"""Grouped by an extra label, the cache's rows group by every extra label at once: read up to this many times
+``MAX_ROWS`` of them before summing (the answer's own limit is still ``MAX_ROWS``)."""
 # one query at a time (two cores: a second would only slow the first); another waits this long, then gets a 503.
 # A query stops after QUERY_SECONDS too: the caps bound the rows answered, not the rows read (docs/performance.md:
 # any group_by over 400 days of a 100k-series cache, 6.5M rows, takes 12-15 s on two busy cores, up to 56 s on two
@@ -84,8 +88,9 @@ class Query:
     sources: list[str]
 
     @classmethod
-    def parse(cls, query: str, today: dt.date, configured: Sequence[str]) -> Query:
-        """The query string's parameters, checked; ``BadParameter`` names the first wrong one."""
+    def parse(cls, query: str, today: dt.date, configured: Sequence[str], extra: Sequence[str] = ()) -> Query:
+        """The query string's parameters, checked; ``BadParameter`` names the first wrong one. ``extra``: the
+        extra labels (``attribution.labels``), which ``group_by`` may name beside the cost labels."""
         try:
             pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=_MAX_FIELDS)
         except ValueError:
@@ -110,7 +115,7 @@ class Query:
             raise BadParameter(
                 "granularity", f"granularity: {granularity[:40]!r} is not one of {', '.join(GRANULARITIES)}"
             )
-        group_by = _names("group_by", seen.get("group_by", ""), COST_LABELS, "a cost label")
+        group_by = _names("group_by", seen.get("group_by", ""), (*COST_LABELS, *extra), "a cost label")
         sources = _names("source", seen["source"], configured, "a configured source") if "source" in seen else []
         if "source" in seen and not sources:
             raise BadParameter("source", "source: empty (leave it out for every source)")
@@ -118,26 +123,37 @@ class Query:
 
 
 def answer(
-    store: Store, query: str, today: dt.date, configured: Sequence[str], clock: Callable[[], float] = time.monotonic
+    store: Store,
+    query: str,
+    today: dt.date,
+    configured: Sequence[str],
+    clock: Callable[[], float] = time.monotonic,
+    extra: Sequence[str] = (),
 ) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body) for ``GET /api/v1/spend?<query>``; ``today`` is the UTC date of the engine's
-    clock, ``configured`` the sources' names. ``clock`` (monotonic seconds) bounds the wait and the query."""
+    clock, ``configured`` the sources' names. ``clock`` (monotonic seconds) bounds the wait and the query.
+    ``extra``: the extra labels (``attribution.labels``) in their order, which ``group_by`` may name too."""
     try:
-        q = Query.parse(query, today, configured)
+        q = Query.parse(query, today, configured, extra)
     except BadParameter as e:
         return 400, {"error": str(e), "parameter": e.parameter}
     if not _queries.acquire(timeout=QUERY_SECONDS):
         return 503, {"error": "another spend query is running; try again shortly"}
     try:
+        wanted_extra = [c for c in q.group_by if c not in COST_LABELS]
+        columns = [c for c in q.group_by if c in COST_LABELS] + (["labels"] if wanted_extra else [])
         rows = store.spend(
             q.sources,
             q.first,
             q.last,
-            q.group_by,
+            columns,
             monthly=q.granularity == "month",
-            limit=MAX_ROWS + 1,
+            # by extra labels the cache's rows group by all of them at once, then sum up here
+            limit=(MAX_ROWS + 1) * (EXTRA_LABEL_ROWS if wanted_extra else 1),
             deadline=clock() + QUERY_SECONDS,
         )
+        if wanted_extra:
+            rows = _by_extra_labels(rows, columns, q.group_by, extra)
     except QueryInterrupted:
         return 503, {"error": f"the query ran over {QUERY_SECONDS:g} s: narrow group_by or the range (from, to)"}
     except Exception:
@@ -160,6 +176,21 @@ def answer(
         "group_by": labels,
         "rows": [{"date": r[0], **dict(zip(labels, r[1:-1], strict=True)), "cost_usd": usd(r[-1])} for r in rows],
     }
+
+
+def _by_extra_labels(
+    rows: list[tuple[Any, ...]], columns: list[str], group_by: list[str], extra: Sequence[str]
+) -> list[tuple[Any, ...]]:
+    """Rows of ``columns`` (the cost labels asked for, then the encoded ``labels``) summed by ``group_by``'s
+    labels in its order, sorted as the store sorts (date, then the values)."""
+    sums: dict[tuple[Any, ...], int] = {}
+    i_labels = len(columns)  # after the date and the cost labels
+    for r in rows:
+        values = dict(zip(columns[:-1], r[1:i_labels], strict=True))
+        values.update(zip(extra, decode_labels(r[i_labels], len(extra)), strict=True))
+        key = (r[0], *(values[c] for c in group_by))
+        sums[key] = sums.get(key, 0) + int(r[-1])
+    return [(*k, v) for k, v in sorted(sums.items())]
 
 
 def usd(nano: int) -> float:

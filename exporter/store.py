@@ -609,10 +609,10 @@ class Store:
         deadline: float | None = None,
     ) -> list[tuple[Any, ...]]:
         """Cost per billing date of ``sources`` from ``first`` through ``last``, summed over everything but
-        ``group_by`` (cost columns: ``SPEND_COLUMNS``): rows of the date (ISO day, or ``YYYY-MM`` when
-        ``monthly``), the ``group_by`` values in that order, and the sum as an integer of nano-dollars (1e-9 USD:
-        each stored amount rounded once, then summed exactly, so no float drift). Sorted by date, then by the
-        values in order; the first ``limit`` rows at most.
+        ``group_by`` (cost columns: ``SPEND_COLUMNS``, or ``labels``, the extra labels encoded): rows of the date
+        (ISO day, or ``YYYY-MM`` when ``monthly``), the ``group_by`` values in that order, and the sum as an
+        integer of nano-dollars (1e-9 USD: each stored amount rounded once, then summed exactly, so no float
+        drift). Sorted by date, then by the values in order; the first ``limit`` rows at most.
 
         Read one calendar month at a time (through the index on day), in one read transaction
         (``CacheFile.read_aside``: a connection of its own, so a long read holds up neither refreshes nor snapshot
@@ -620,7 +620,7 @@ class Store:
         over 800 days of a 6.5M-row cache: 3 s, not the 22 s of one statement over the range; docs/performance.md).
         ``deadline`` (``time.monotonic()``) stops it with ``QueryInterrupted``."""
         cols = list(group_by)
-        bad = [c for c in cols if c not in SPEND_COLUMNS]
+        bad = [c for c in cols if c not in (*SPEND_COLUMNS, "labels")]
         if bad or len(set(cols)) != len(cols):
             raise ValueError(f"not cost columns (or given twice): {cols}")
         names = sorted(set(sources))

@@ -331,7 +331,13 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(200, json.dumps(self.server.app_config_redacted, indent=2).encode() + b"\n", "application/json")
         elif path == spendapi.PATH:
             query = self.path.split("?", 1)[1] if "?" in self.path else ""
-            code, answer = spendapi.answer(app.store, query, app.now().date(), app.source_names())
+            code, answer = spendapi.answer(
+                app.store,
+                query,
+                app.now().date(),
+                app.source_names(),
+                extra=app.config.attribution.label_names,
+            )
             self._reply(code, json.dumps(answer).encode() + b"\n", "application/json")
         else:
             self._reply(404, b"Not found\n", "text/plain; charset=utf-8")

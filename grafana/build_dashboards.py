@@ -1257,12 +1257,14 @@ UNTAGGED = '"{label}", "(untagged)", "{label}", ""'
 
 
 def allocation() -> dm.Dashboard:
-    """Who spends it (docs/allocation.md): direct and shared cost per team, the pools, the unallocated share and
-    AI spend per API key. Cost by environment and the customers' cost and margin need the extra labels
-    (``attribution.labels``, not built yet): their panels come with them."""
+    """Who spends it (docs/allocation.md): direct and shared cost per team, the pools, the unallocated share,
+    cost by environment, customers' cost and margin (the extra labels of ``attribution.labels``), and AI spend
+    per API key."""
     f_team = 'team=~"$team"'
     f_key = 'provider=~"$provider", model=~"$model"'
     key_cost = f"sum by (provider, account_id, api_key_id, model) (spend_ai_key_cost_month_to_date_usd{{{f_key}}})"
+    untagged = UNTAGGED.format(label="environment")
+    env = f"label_replace(sum by (environment) (spend_cost_month_to_date_usd{{{F}}}), {untagged})"
     panels: list[Item] = [
         (row("Teams and shared costs"), 24, 1),
         (
@@ -1353,6 +1355,79 @@ def allocation() -> dm.Dashboard:
             9,
             8,
         ),
+        (row("Environments"), 24, 1),
+        (
+            bargauge(
+                "Month to date by environment",
+                "Spend this month by the environment label (attribution.labels, from the env or environment "
+                "tag): what staging and development cost beside production.",
+                env,
+                "{{environment}}",
+            ),
+            12,
+            9,
+        ),
+        (
+            table(
+                "Cost by environment and service, month to date",
+                "The 30 most expensive services of each environment this month: the staging and development "
+                "ones are the candidates to stop at night and at weekends.",
+                [
+                    (
+                        "label_replace(topk by (environment) (30, sum by (environment, provider, account_id, "
+                        f"service_name, team) (spend_cost_month_to_date_usd{{{F}}})), {untagged})",
+                        "Month to date",
+                        USD,
+                    )
+                ],
+                sort="Month to date",
+            ),
+            12,
+            9,
+        ),
+        (row("Customers"), 24, 1),
+        (
+            table(
+                "Customers by margin, negative first",
+                "Revenue (revenue_file) against cost per customer (the customer_id label). Margin: the month's "
+                "revenue less the month-end forecast cost (a month-to-date cost against a whole month's revenue "
+                "would flatter every customer early in the month). A customer with cost and no revenue has a "
+                "margin of minus its cost.",
+                [
+                    ("customer_id:spend_gross_margin_usd:revenue_minus_forecast", "Margin", USD),
+                    ("customer_id:spend_gross_margin:ratio", "Margin %", "percentunit"),
+                    ("customer_id:spend_customer_revenue_monthly_usd:sum", "Revenue", USD),
+                    ("customer_id:spend_cost_month_to_date_usd:sum", "Cost, month to date", USD),
+                    ("customer_id:spend_cost_forecast_month_end_usd:sum", "Cost, month-end forecast", USD),
+                ],
+                sort="Margin",
+                ascending=True,
+            ),
+            24,
+            10,
+        ),
+        (
+            bargauge(
+                "Customers by cost, month to date",
+                "The 20 customers that cost most this month (costs tagged with a customer only).",
+                "topk(20, customer_id:spend_cost_month_to_date_usd:sum)",
+                "{{customer_id}}",
+            ),
+            12,
+            10,
+        ),
+        (
+            bargauge(
+                "Negative margins",
+                "Customers forecast to cost more this month than they pay, by the loss (month-end forecast cost "
+                "less revenue), largest first.",
+                "sort_desc(-(customer_id:spend_gross_margin_usd:revenue_minus_forecast < 0))",
+                "{{customer_id}}",
+                thresholds=[(None, "red")],
+            ),
+            12,
+            10,
+        ),
         (row("AI API keys"), 24, 1),
         (
             table(
@@ -1387,8 +1462,8 @@ def allocation() -> dm.Dashboard:
     return dashboard(
         "spend-allocation",
         "Spend / Allocation",
-        "Who spends it: each team's direct and shared cost, the shared-cost pools, the unallocated share and AI "
-        "spend per API key.",
+        "Who spends it: each team's direct and shared cost, the shared-cost pools, the unallocated share, cost by "
+        "environment, customers by cost and margin, and AI spend per API key.",
         spend_variables(),
         panels,
     )

@@ -486,3 +486,74 @@ def test_a_cache_that_cannot_be_read_is_a_500_without_detail(tmp_path: Path) -> 
 )
 def test_rounding_to_the_micro_dollar_is_half_even(nano: int, usd: float) -> None:
     assert spendapi.usd(nano) == usd
+
+
+# --------------------------------------------------------------------------- extra labels (attribution.labels)
+
+
+def test_group_by_extra_labels_sums_the_dataset(tmp_path: Path, focus: Any) -> None:
+    """``group_by`` may name the extra labels, alone or with cost labels: each sum is the dataset's to the cent
+    (the cache groups by all extra labels at once; the answer sums them up by those asked)."""
+    rnd = random.Random(5)
+    rows: list[dict[str, Any]] = []
+    want: dict[tuple[str, ...], Decimal] = defaultdict(Decimal)
+    day = dt.date(2026, 10, 1)
+    while day <= TODAY:
+        for env in ("prod", "staging", None):
+            for customer in ("acme", "globex", None):
+                for team in ("search", None):
+                    amount = Decimal(rnd.randint(1, 90_000)) / 100
+                    tags = {k: v for k, v in (("team", team), ("env", env), ("customer", customer)) if v}
+                    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+                    rows.append(
+                        {
+                            "ChargePeriodStart": start,
+                            "ChargePeriodEnd": start + dt.timedelta(days=1),
+                            "ProviderName": "AWS",
+                            "ServiceName": "Amazon EC2",
+                            "BilledCost": amount,
+                            "BillingCurrency": "USD",
+                            "Tags": json.dumps(tags),
+                            "x_Model": "",
+                        }
+                    )
+                    want[(day.isoformat()[:7], env or "")] += amount
+                    want[("team+customer", day.isoformat(), team or "unallocated", customer or "")] += amount
+        day += dt.timedelta(days=1)
+    focus.write(tmp_path / "exports" / "a.csv", rows)
+    cfg = parse_config(
+        {
+            "cache_path": str(tmp_path / "cache.sqlite"),
+            "attribution": {
+                "labels": [
+                    {"name": "environment", "tag_keys": ["env"]},
+                    {"name": "customer_id", "tag_keys": ["customer"]},
+                ]
+            },
+            "sources": [
+                {"name": "focus", "type": "focus", "paths": [str(tmp_path / "exports" / "*.csv")], "history_days": 60}
+            ],
+        }
+    )
+    app = build_app(cfg, now=lambda: FIXED_NOW)
+    try:
+        assert all(o.ok for o in app.refresh_all(history=True))
+        with running(app) as s:
+            monthly = spend(s, "from=2026-10-01&to=2026-11-20&granularity=month&group_by=environment")
+            assert monthly["group_by"] == ["environment"]
+            assert_equal_sums(
+                {(r["date"], r["environment"]): Decimal(repr(r["cost_usd"])) for r in monthly["rows"]},
+                {k: v for k, v in want.items() if len(k) == 2},
+            )
+            daily = spend(s, "from=2026-10-01&to=2026-11-20&group_by=team,customer_id")
+            assert all(list(r) == ["date", "team", "customer_id", "cost_usd"] for r in daily["rows"])
+            order = [(r["date"], r["team"], r["customer_id"]) for r in daily["rows"]]
+            assert order == sorted(order)
+            assert_equal_sums(
+                {("team+customer", *k): Decimal(repr(r["cost_usd"])) for r in daily["rows"] for k in [order.pop(0)]},
+                {k: v for k, v in want.items() if len(k) == 4},
+            )
+            status, _, body = request(s, "/api/v1/spend?group_by=region")
+            assert status == 400 and json.loads(body)["parameter"] == "group_by"
+    finally:
+        app.close()

@@ -299,6 +299,19 @@ def test_issue_panels_are_present() -> None:
     assert {"Cache", "Records skipped by the last refresh", "Label values truncated, per hour"} <= titles[
         "spend-exporter"
     ]
+    # issue 16: each team's direct and shared cost, the pools, the unallocated share over time, the staging waste,
+    # customers by cost and margin (negative first), per-key AI spend
+    assert {
+        "Teams: direct and shared cost, month to date",
+        "Shared-cost pools, month to date",
+        "Unallocated share over time",
+        "Month to date by environment",
+        "Cost by environment and service, month to date",
+        "Customers by margin, negative first",
+        "Customers by cost, month to date",
+        "Negative margins",
+        "AI spend by API key, month to date",
+    } <= titles["spend-allocation"]
 
 
 def test_cache_stat_says_file_or_memory() -> None:
