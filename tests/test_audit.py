@@ -129,10 +129,24 @@ def requests_made(emus: dict[str, Any]) -> dict[str, int]:
 # --------------------------------------------------------------------------- recompute
 
 
+LABELS = [  # attribution.labels: Cost Explorer's cells are filtered queries, kept page by page and split again
+    {"name": "environment", "tag_keys": ["env", "environment"]},
+    {"name": "customer_id", "tag_keys": ["customer"]},
+]
+OCI_LABELS = [  # OCI reads defined tags, Namespace.key
+    {"name": "environment", "tag_keys": ["Ops.env", "Ops.environment"]},
+    {"name": "customer_id", "tag_keys": ["Ops.customer"]},
+]
+
+
+@pytest.mark.parametrize("labels", [False, True], ids=["team", "extra-labels"])
 def test_recompute_restores_every_record_byte_identical_with_no_api_call(
-    emulators: dict[str, Any], ai: AIDataset, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    emulators: dict[str, Any], ai: AIDataset, tmp_path: Path, capsys: pytest.CaptureFixture[str], labels: bool
 ) -> None:
     data = settings(tmp_path, emulators, ai)
+    if labels:
+        data["attribution"]["labels"] = LABELS
+        data["sources"][2]["max_api_cost_usd_per_day"] = 10  # a request per label cell, two accounts, two refreshes
     cfg = parse_config(data, env={})
     clock = Clock(NOW)
     app = build_app(cfg, now=clock)
@@ -162,6 +176,9 @@ def test_recompute_restores_every_record_byte_identical_with_no_api_call(
     assert requests_made(emulators) == calls  # not one request to any API
     assert table_rows(cache, RECORD_TABLES) == before
     assert table_rows(cache, RAW_TABLES) == kept
+    if labels:  # the split reached the records: values of both labels, from the pages alone
+        assert {"prod", "staging"} <= {json.loads(r[8])[0] for r in before["cost"] if r[8]}
+        assert {json.loads(r[8])[1] for r in before["cost"] if r[8]} - {""}
 
 
 def test_recompute_applies_the_attribution_rules_of_today(
@@ -380,9 +397,14 @@ def test_nothing_is_kept_when_retention_is_off(emulators: dict[str, Any], ai: AI
     assert not any(table_rows(data["cache_path"], RAW_TABLES).values())
 
 
-def refresh_then_recompute(tmp_path: Path, data: dict[str, Any], emu: Any) -> tuple[list[str], dict[str, Any]]:
+def refresh_then_recompute(
+    tmp_path: Path, data: dict[str, Any], emu: Any, labels: bool = False
+) -> tuple[list[str], dict[str, Any]]:
     """One refresh at NOW, the records deleted, ``recompute``: the operations kept; the records before (asserted
-    equal to those after, with no request to ``emu``)."""
+    equal to those after, with no request to ``emu``). ``labels``: with ``attribution.labels`` (``LABELS``), whose
+    values must reach the records."""
+    if labels:
+        data["attribution"] = {"labels": OCI_LABELS if data["sources"][0]["type"] == "oci" else LABELS}
     app = build_app(parse_config(data, env={}), now=lambda: NOW)
     try:
         assert all(o.ok for o in app.refresh_all())
@@ -400,10 +422,14 @@ def refresh_then_recompute(tmp_path: Path, data: dict[str, Any], emu: Any) -> tu
     assert cli.main(["recompute", "--config.file", write_config(tmp_path, data)]) == 0
     assert len(emu.requests) == calls
     assert table_rows(data["cache_path"], RECORD_TABLES) == before
+    if labels:  # the split reached the records: values of both labels, from the pages alone
+        assert {json.loads(r[8])[0] for r in before["cost"] if r[8]} - {""}
+        assert {json.loads(r[8])[1] for r in before["cost"] if r[8]} - {""}
     return ops, before
 
 
-def test_recompute_from_oci_usage_pages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("labels", [False, True], ids=["team", "extra-labels"])
+def test_recompute_from_oci_usage_pages(tmp_path: Path, capsys: pytest.CaptureFixture[str], labels: bool) -> None:
     """OCI: each RequestSummarizedUsages page as the SDK's to_dict writes its model, parsed again."""
     from tests.emulators.oci_usage import OciUsageEmulator
     from tests.helpers import write_oci_key
@@ -427,14 +453,15 @@ def test_recompute_from_oci_usage_pages(tmp_path: Path, capsys: pytest.CaptureFi
                 }
             ],
         }
-        ops, before = refresh_then_recompute(tmp_path, data, emu)
+        ops, before = refresh_then_recompute(tmp_path, data, emu, labels)
     assert len(ops) > 1 and set(ops) == {"RequestSummarizedUsages"}
     assert {r[4] for r in before["cost"]} - {"unallocated"}  # team tags came through the pages
     assert "oci: rebuilt from its pages" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("labels", [False, True], ids=["team", "extra-labels"])
 def test_recompute_from_cost_management_pages(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], labels: bool
 ) -> None:
     """Azure: each query.usage / forecast.usage response's JSON (the SDK's cls hook), parsed again; the ARM
     token the requests carried is nowhere in the cache."""
@@ -462,7 +489,7 @@ def test_recompute_from_cost_management_pages(
                 }
             ],
         }
-        ops, before = refresh_then_recompute(tmp_path, data, emu)
+        ops, before = refresh_then_recompute(tmp_path, data, emu, labels)
     assert {"query.usage", "forecast.usage"} <= set(ops) and len(ops) > len(scopes) * 2
     assert before["forecasts"]
     assert "azure: rebuilt from its pages" in capsys.readouterr().out
@@ -473,7 +500,8 @@ def test_recompute_from_cost_management_pages(
     assert texts and not [t for t in texts if token.encode() in t or b"Bearer" in t]
 
 
-def test_recompute_from_bigquery_result_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("labels", [False, True], ids=["team", "extra-labels"])
+def test_recompute_from_bigquery_result_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str], labels: bool) -> None:
     """The GCP billing export: the query and its result rows are kept, page by page, and parsed again."""
     from tests.emulators.bigquery import BigQueryEmulator
 
@@ -492,6 +520,8 @@ def test_recompute_from_bigquery_result_rows(tmp_path: Path, capsys: pytest.Capt
                 }
             ],
         }
+        if labels:
+            data["attribution"] = {"labels": LABELS}
         app = build_app(parse_config(data, env={}), now=lambda: NOW)
         try:
             assert all(o.ok for o in app.refresh_all())
@@ -515,6 +545,8 @@ def test_recompute_from_bigquery_result_rows(tmp_path: Path, capsys: pytest.Capt
         assert len(emu.requests) == calls
     assert "gcp: rebuilt from its pages" in capsys.readouterr().out
     assert table_rows(data["cache_path"], RECORD_TABLES) == before
+    if labels:  # the label columns were kept with the rows
+        assert {json.loads(r[8])[0] for r in before["cost"] if r[8]} - {""}
 
 
 def test_focus_files_are_kept_as_their_names_sizes_and_hashes(
