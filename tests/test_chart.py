@@ -14,7 +14,9 @@ import datetime as dt
 import http.client
 import json
 import re
+import shutil
 import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -284,6 +286,7 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"dashboards": {"labels": {"grafana_dashboard": 1}}}, "/dashboards/labels/grafana_dashboard"),
     ({"alertmanagerConfig": {"teams": {"search": {"pager": {"name": "x"}}}}}, "/alertmanagerConfig/teams/search"),
     ({"alertmanagerConfig": {"teams": {"search": {"sms": {}}}}}, "/alertmanagerConfig/teams/search"),
+    ({"alertmanagerConfig": {"teams": {"search": {}}}}, "/alertmanagerConfig/teams/search"),
     ({"runbookBaseURL": "docs/runbook.md"}, "/runbookBaseURL"),
     ({"service": {"port": 70000}}, "/service/port"),
     ({"probes": {"liveness": {"periodSeconds": 0}}}, "/probes/liveness/periodSeconds"),
@@ -528,10 +531,103 @@ def test_alertmanager_config_routes_by_team_then_severity(chart: helm.Chart) -> 
     assert by_team.keys() == teams.keys()
     for team, r in by_team.items():
         assert r["matchers"] == [{"name": "team", "matchType": "=", "value": team}]
-        assert r["receiver"] == f"{team}-chat"
-        assert r["routes"] == [
-            {"matchers": [{"name": "severity", "matchType": "=", "value": "critical"}], "receiver": f"{team}-pager"}
-        ]
-        for kind in ("pager", "chat"):
-            name = f"{team}-{kind}"
-            assert receivers[name] == {"name": name, **teams[team].get(kind, {})}
+        kinds = [k for k in ("pager", "chat") if k in teams[team]]
+        assert r["receiver"] == f"{team}-{kinds[-1]}"
+        if kinds == ["pager", "chat"]:
+            critical = [{"name": "severity", "matchType": "=", "value": "critical"}]
+            assert r["routes"] == [{"matchers": critical, "receiver": f"{team}-pager"}]
+        else:
+            assert "routes" not in r
+        for kind in kinds:
+            assert receivers.pop(f"{team}-{kind}") == {"name": f"{team}-{kind}", **teams[team][kind]}
+    assert receivers.keys() == {"spend-fallback"}
+
+
+# --------------------------------------------------------------------------- the AlertmanagerConfig, through amtool
+
+# kube-prometheus-stack 88.5.3's default Alertmanager config (values.yaml alertmanager.config, the commit named in
+# tests/data/kube-prometheus-stack-selectors.yaml), less its inhibitions and templates: the root under which the
+# operator puts each AlertmanagerConfig's route.
+KPS_ROOT = {
+    "route": {
+        "receiver": "null",
+        "group_by": ["namespace"],
+        "routes": [{"receiver": "null", "matchers": ['alertname = "Watchdog"']}],
+    },
+    "receivers": [{"name": "null"}],
+}
+
+
+def operator_alertmanager_yml(am: dict[str, Any], enforce_namespace: bool) -> dict[str, Any]:
+    """The Alertmanager config the Prometheus Operator (v0.93, pkg/alertmanager/amcfg.go: AddAlertmanagerConfigs,
+    convertRoute, makeNamespacedString, the namespace and continueToNextRoute enforcers) makes of one
+    AlertmanagerConfig: its route under the root with `continue: true` (and namespace="<its namespace>" unless the
+    matcher strategy is None, or OnNamespaceExceptForAlertmanagerNamespace in the Alertmanager's namespace), every
+    receiver named <namespace>/<name>/<receiver>. A port of the routing part only: the receivers are left empty,
+    which amtool's routing test does not need."""
+    prefix = f"{am['metadata']['namespace']}/{am['metadata']['name']}/"
+    names = {"groupBy": "group_by", "groupWait": "group_wait", "groupInterval": "group_interval"}
+    names |= {"repeatInterval": "repeat_interval", "continue": "continue"}
+
+    def route(r: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"receiver": prefix + r["receiver"]} if r.get("receiver") else {}
+        out |= {names[k]: v for k, v in r.items() if k in names}
+        if r.get("matchers"):
+            out["matchers"] = [f"{m['name']}{m.get('matchType', '=')}{json.dumps(m['value'])}" for m in r["matchers"]]
+        if r.get("routes"):
+            out["routes"] = [route(child) for child in r["routes"]]
+        return out
+
+    top = route(am["spec"]["route"])
+    if enforce_namespace:
+        top.setdefault("matchers", []).append(f'namespace="{am["metadata"]["namespace"]}"')
+    top["continue"] = True
+    cfg = copy.deepcopy(KPS_ROOT)
+    cfg["route"]["routes"].insert(0, top)
+    cfg["receivers"] += [{"name": prefix + r["name"]} for r in am["spec"]["receivers"]]
+    return cfg
+
+
+def amtool_routes(config: Path, labels: dict[str, str]) -> str:
+    out = subprocess.run(
+        ["amtool", "config", "routes", "test", f"--config.file={config}", *(f"{k}={v}" for k, v in labels.items())],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool missing: make test-deps")
+def test_alertmanager_config_routing_through_amtool(chart: helm.Chart, tmp_path: Path) -> None:
+    am = one(render(chart, example("alertmanager-config.yaml")), "AlertmanagerConfig")
+    p = f"{NAMESPACE}/{am['metadata']['name']}/"
+    ns = {"namespace": NAMESPACE}
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(yaml.safe_dump(operator_alertmanager_yml(am, enforce_namespace=True)))
+    check = subprocess.run(["amtool", "check-config", str(config)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    crit, warn = {"severity": "critical", **ns}, {"severity": "warning", **ns}
+    cases = [
+        ({"alertname": "SpendBudgetExceeded", "team": "search", **crit}, p + "search-pager"),
+        ({"alertname": "SpendBudgetWarning", "team": "search", **warn}, p + "search-chat"),
+        ({"alertname": "SpendSourceDown", "severity": "info", "team": "search", **ns}, p + "search-chat"),
+        # a team with a chat receiver only: its critical alerts go there too
+        ({"alertname": "SpendBudgetExceeded", "team": "ml-platform", **crit}, p + "ml-platform-chat"),
+        # a team not listed, differently spelled, none, unallocated: the fallback
+        ({"alertname": "SpendBudgetExceeded", "team": "frontend", **crit}, p + "spend-fallback"),
+        ({"alertname": "SpendBudgetExceeded", "team": "Search", **crit}, p + "spend-fallback"),
+        ({"alertname": "SpendSourceDown", **warn}, p + "spend-fallback"),
+        ({"alertname": "SpendBudgetWarning", "team": "unallocated", **warn}, p + "spend-fallback"),
+        # other alerts of the namespace are not spend-exporter's to route
+        ({"alertname": "KubePodCrashLooping", "team": "search", **warn}, "null"),
+        # with the default OnNamespace strategy, an alert without a namespace label never reaches this config ...
+        ({"alertname": "SpendExporterDown", "severity": "critical"}, "null"),
+    ]
+    for labels, receiver in cases:
+        assert amtool_routes(config, labels) == receiver, labels
+    # ... which is why docs/deploying.md asks for OnNamespaceExceptForAlertmanagerNamespace (with the chart in the
+    # Alertmanager's namespace) or None: then the operator adds no namespace matcher
+    config.write_text(yaml.safe_dump(operator_alertmanager_yml(am, enforce_namespace=False)))
+    assert amtool_routes(config, {"alertname": "SpendExporterDown", "severity": "critical"}) == p + "spend-fallback"
