@@ -631,3 +631,33 @@ def test_alertmanager_config_routing_through_amtool(chart: helm.Chart, tmp_path:
     # Alertmanager's namespace) or None: then the operator adds no namespace matcher
     config.write_text(yaml.safe_dump(operator_alertmanager_yml(am, enforce_namespace=False)))
     assert amtool_routes(config, {"alertname": "SpendExporterDown", "severity": "critical"}) == p + "spend-fallback"
+
+
+# --------------------------------------------------------------------------- the chart's README
+
+
+def _leaves(values: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in values.items():
+        path = f"{prefix}{k}"
+        # maps a user fills in are values of their own; so are maps of settings passed through as a whole
+        if isinstance(v, dict) and v and path not in ("config", "resources", "podSecurityContext", "securityContext"):
+            if path in ("probes.liveness", "probes.readiness", "dashboards.labels"):
+                out.append(path)
+            else:
+                out += _leaves(v, path + ".")
+        else:
+            out.append(path)
+    return out
+
+
+def test_readme_documents_every_value_and_example() -> None:
+    text = (CHART / "README.md").read_text()
+    table = "\n".join(line for line in text.splitlines() if line.startswith("| `"))
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    for leaf in _leaves(defaults):
+        assert f"`{leaf}`" in table, f"{leaf} is not in the README's values table"
+    for p in EXAMPLES.glob("*.yaml"):
+        assert f"(examples/{p.name})" in text, f"examples/{p.name} is not in the README"
+    for link in re.findall(r"\]\((?!https?:)([^)#]+)", text):
+        assert (CHART / link).exists(), link
