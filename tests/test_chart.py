@@ -17,6 +17,7 @@ import re
 import shutil
 import ssl
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,11 @@ EVERYTHING: dict[str, Any] = {
                 "chat": {"slackConfigs": [{"apiURL": {"name": "spend-alerting", "key": "slack"}, "channel": "#s"}]},
             }
         },
-        "fallback": {
-            "name": "spend-fallback",
-            "receiver": {"webhookConfigs": [{"url": "https://hooks.example.com/x"}]},
+        "fallback": {"name": "spend-finops", "chat": {"webhookConfigs": [{"url": "https://hooks.example.com/x"}]}},
+        "guard": {
+            "enabled": True,
+            "tokenSecret": {"name": "spend-alerting"},
+            "tlsConfig": {"insecureSkipVerify": True},
         },
     },
     "networkPolicy": {
@@ -287,6 +290,8 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"alertmanagerConfig": {"teams": {"search": {"pager": {"name": "x"}}}}}, "/alertmanagerConfig/teams/search"),
     ({"alertmanagerConfig": {"teams": {"search": {"sms": {}}}}}, "/alertmanagerConfig/teams/search"),
     ({"alertmanagerConfig": {"teams": {"search": {}}}}, "/alertmanagerConfig/teams/search"),
+    ({"alertmanagerConfig": {"fallback": {"name": "spend-finops", "receiver": {}}}}, "/alertmanagerConfig/fallback"),
+    ({"alertmanagerConfig": {"guard": {"enabled": True}}}, "/alertmanagerConfig/guard"),
     ({"runbookBaseURL": "docs/runbook.md"}, "/runbookBaseURL"),
     ({"service": {"port": 70000}}, "/service/port"),
     ({"probes": {"liveness": {"periodSeconds": 0}}}, "/probes/liveness/periodSeconds"),
@@ -310,6 +315,9 @@ def shipped_runbook_base() -> str:
     """The text before '#' of the first runbook_url in spend-alerts.yml (as the chart's template derives it)."""
     m = re.search(r"runbook_url:\s*([^#\s]+)", (ROOT / "prometheus" / "rules" / "spend-alerts.yml").read_text())
     assert m, "spend-alerts.yml has no runbook_url"
+    # where the project keeps the one setting ([project.urls] Runbook), the rules were built from it
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("urls", {})
+    assert urls.get("Runbook", m.group(1)) == m.group(1)
     return m.group(1)
 
 
@@ -520,27 +528,44 @@ def test_kube_prometheus_stack_example_is_picked_up_by_its_default_selectors(cha
 
 
 def test_alertmanager_config_routes_by_team_then_severity(chart: helm.Chart) -> None:
-    am = one(render(chart, example("alertmanager-config.yaml")), "AlertmanagerConfig")
+    values = example("alertmanager-config.yaml")
+    am = one(render(chart, values), "AlertmanagerConfig")
     validate(am)
     assert selects(KPS["alertmanager"]["alertmanagerConfigSelector"], am["metadata"]["labels"])
     route = am["spec"]["route"]
-    assert route["receiver"] == "spend-fallback"
+    assert route["receiver"] == "spend-finops-chat"
+    assert route["matchers"] == [{"name": "alertname", "matchType": "=~", "value": "Spend.+"}]
     receivers = {r["name"]: r for r in am["spec"]["receivers"]}
-    teams = example("alertmanager-config.yaml")["alertmanagerConfig"]["teams"]
-    by_team = {r["matchers"][0]["value"]: r for r in route["routes"]}
-    assert by_team.keys() == teams.keys()
-    for team, r in by_team.items():
-        assert r["matchers"] == [{"name": "team", "matchType": "=", "value": team}]
+    teams = values["alertmanagerConfig"]["teams"]
+    guard, *by_team, fallback = route["routes"]
+    assert guard["receiver"] == "spend-guard" and guard["continue"] is True
+    (hook,) = receivers.pop("spend-guard")["webhookConfigs"]
+    assert hook["url"] == f"http://spend-spend-exporter.{NAMESPACE}.svc:9877/-/guard/alertmanager"
+    assert hook["httpConfig"]["authorization"]["credentials"] == {"name": "spend-alerting", "key": "guard-token"}
+    critical = [{"name": "severity", "matchType": "=", "value": "critical"}]
+    assert fallback == {
+        "receiver": "spend-finops-chat",
+        "routes": [{"matchers": critical, "receiver": "spend-finops-pager"}],
+    }
+    for team, r in zip(sorted(teams), by_team, strict=True):
+        ((m),) = r["matchers"]
+        assert (m["name"], m["matchType"]) == ("team", "=~")
+        # Alertmanager anchors the regular expression, as fullmatch does
+        assert re.fullmatch(m["value"], team) and re.fullmatch(m["value"], team.upper())
+        assert not re.fullmatch(m["value"], team + "s") and not re.fullmatch(m["value"], "x" + team)
+    for team, r in zip(sorted(teams), by_team, strict=True):
         kinds = [k for k in ("pager", "chat") if k in teams[team]]
-        assert r["receiver"] == f"{team}-{kinds[-1]}"
+        assert r["receiver"] == f"spend-{team}-{kinds[-1]}"
         if kinds == ["pager", "chat"]:
-            critical = [{"name": "severity", "matchType": "=", "value": "critical"}]
-            assert r["routes"] == [{"matchers": critical, "receiver": f"{team}-pager"}]
+            assert r["routes"] == [{"matchers": critical, "receiver": f"spend-{team}-pager"}]
         else:
             assert "routes" not in r
         for kind in kinds:
-            assert receivers.pop(f"{team}-{kind}") == {"name": f"{team}-{kind}", **teams[team][kind]}
-    assert receivers.keys() == {"spend-fallback"}
+            assert receivers.pop(f"spend-{team}-{kind}") == {"name": f"spend-{team}-{kind}", **teams[team][kind]}
+    fallback_values = values["alertmanagerConfig"]["fallback"]
+    for kind in ("pager", "chat"):
+        assert receivers.pop(f"spend-finops-{kind}") == {"name": f"spend-finops-{kind}", **fallback_values[kind]}
+    assert not receivers
 
 
 # --------------------------------------------------------------------------- the AlertmanagerConfig, through amtool
@@ -609,17 +634,22 @@ def test_alertmanager_config_routing_through_amtool(chart: helm.Chart, tmp_path:
     check = subprocess.run(["amtool", "check-config", str(config)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
     crit, warn = {"severity": "critical", **ns}, {"severity": "warning", **ns}
+    guard = p + "spend-guard,"
     cases = [
-        ({"alertname": "SpendBudgetExceeded", "team": "search", **crit}, p + "search-pager"),
-        ({"alertname": "SpendBudgetWarning", "team": "search", **warn}, p + "search-chat"),
-        ({"alertname": "SpendSourceDown", "severity": "info", "team": "search", **ns}, p + "search-chat"),
+        ({"alertname": "SpendAIBurnRateHigh", "team": "search", **crit}, guard + p + "spend-search-pager"),
+        ({"alertname": "SpendBudgetExceeded", "team": "search", **warn}, guard + p + "spend-search-chat"),
+        ({"alertname": "SpendBudgetWarning", "team": "search", **warn}, p + "spend-search-chat"),
+        ({"alertname": "SpendSourceDown", "severity": "info", "team": "search", **ns}, p + "spend-search-chat"),
+        # case-insensitive, as the shipped subtree
+        ({"alertname": "SpendBudgetWarning", "team": "Search", **warn}, p + "spend-search-chat"),
         # a team with a chat receiver only: its critical alerts go there too
-        ({"alertname": "SpendBudgetExceeded", "team": "ml-platform", **crit}, p + "ml-platform-chat"),
-        # a team not listed, differently spelled, none, unallocated: the fallback
-        ({"alertname": "SpendBudgetExceeded", "team": "frontend", **crit}, p + "spend-fallback"),
-        ({"alertname": "SpendBudgetExceeded", "team": "Search", **crit}, p + "spend-fallback"),
-        ({"alertname": "SpendSourceDown", **warn}, p + "spend-fallback"),
-        ({"alertname": "SpendBudgetWarning", "team": "unallocated", **warn}, p + "spend-fallback"),
+        ({"alertname": "SpendAIHourlyCostHigh", "team": "ml-platform", **crit}, p + "spend-ml-platform-chat"),
+        # a team not listed, none, unallocated: the fallback, by severity
+        ({"alertname": "SpendAIHourlyCostHigh", "team": "frontend", **crit}, p + "spend-finops-pager"),
+        ({"alertname": "SpendBudgetWarning", "team": "frontend", **warn}, p + "spend-finops-chat"),
+        ({"alertname": "SpendBudgetExceeded", "team": "searchers", **warn}, guard + p + "spend-finops-chat"),
+        ({"alertname": "SpendSourceDown", **warn}, p + "spend-finops-chat"),
+        ({"alertname": "SpendBudgetWarning", "team": "unallocated", **warn}, p + "spend-finops-chat"),
         # other alerts of the namespace are not spend-exporter's to route
         ({"alertname": "KubePodCrashLooping", "team": "search", **warn}, "null"),
         # with the default OnNamespace strategy, an alert without a namespace label never reaches this config ...
@@ -630,7 +660,7 @@ def test_alertmanager_config_routing_through_amtool(chart: helm.Chart, tmp_path:
     # ... which is why docs/deploying.md asks for OnNamespaceExceptForAlertmanagerNamespace (with the chart in the
     # Alertmanager's namespace) or None: then the operator adds no namespace matcher
     config.write_text(yaml.safe_dump(operator_alertmanager_yml(am, enforce_namespace=False)))
-    assert amtool_routes(config, {"alertname": "SpendExporterDown", "severity": "critical"}) == p + "spend-fallback"
+    assert amtool_routes(config, {"alertname": "SpendExporterDown", "severity": "critical"}) == p + "spend-finops-pager"
 
 
 # --------------------------------------------------------------------------- the chart's README
