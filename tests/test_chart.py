@@ -349,6 +349,16 @@ def test_runbook_base_url_replaces_the_shipped_base(chart: helm.Chart) -> None:
     assert base not in json.dumps(rule)
 
 
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing: make test-deps")
+def test_prometheus_rule_spec_passes_promtool(chart: helm.Chart, tmp_path: Path) -> None:
+    """What the operator hands Prometheus (spec.groups as a rule file) is a valid rule file."""
+    values = {"prometheusRule": {"enabled": True}, "runbookBaseURL": "https://wiki.example.com/spend/runbook"}
+    rule = one(render(chart, values), "PrometheusRule")
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    res = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_dashboard_configmaps_equal_the_shipped_files(chart: helm.Chart) -> None:
     assert DASHBOARDS, "no grafana/dashboards/*.json"
     docs = [d for d in render(chart, {"dashboards": {"enabled": True}}) if d["kind"] == "ConfigMap"]
