@@ -354,11 +354,12 @@ class Backfill:
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
-def target_labels(pairs: Iterable[str]) -> dict[str, str]:
-    """``--label NAME=VALUE`` options: the other labels the live scrape adds (Kubernetes: namespace, pod, ...)."""
+def target_labels(pairs: Iterable[str], extra: Iterable[str] = ()) -> dict[str, str]:
+    """``--label NAME=VALUE`` options: the other labels the live scrape adds (Kubernetes: namespace, pod, ...).
+    ``extra``: the extra labels of ``attribution.labels``, which the cost families carry already."""
     from exporter.metrics import BUDGET_LABELS, COST_LABELS, SOURCE_LABELS
 
-    taken = {"job", "instance", "token_type", "account_name", *COST_LABELS, *BUDGET_LABELS, *SOURCE_LABELS}
+    taken = {"job", "instance", "token_type", "account_name", *COST_LABELS, *BUDGET_LABELS, *SOURCE_LABELS, *extra}
     out: dict[str, str] = {}
     for pair in pairs:
         name, eq, value = pair.partition("=")

@@ -497,7 +497,7 @@ def cmd_backfill(config: Config, args: argparse.Namespace, now: Callable[[], dt.
         return EXIT_CONFIG
     args.job, args.instance = args.job or DEFAULT_JOB, args.instance or DEFAULT_INSTANCE
     try:
-        labels = target_labels(args.label)
+        labels = target_labels(args.label, config.attribution.label_names)
     except ValueError as e:
         print(f"error: --label: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -377,6 +377,13 @@ def test_bad_flags_exit_2_naming_the_flag(
     assert message in capsys.readouterr().err
 
 
+def test_a_label_of_attribution_labels_is_not_a_target_label() -> None:
+    """The cost families carry the extra labels already: a --label of the same name would overwrite them."""
+    assert target_labels(["environment=prod"]) == {"environment": "prod"}
+    with pytest.raises(ValueError, match="'environment': the exporter's own label"):
+        target_labels(["environment=prod"], ["environment", "customer_id"])
+
+
 # --------------------------------------------------------------------------- an AI source: tokens, requests, ratio
 
 OPENAI_ENV = "OPENAI_ADMIN_KEY_BACKFILL_TEST"

@@ -13,7 +13,6 @@ counted and held to ``max_api_cost_usd_per_day``.
 from __future__ import annotations
 
 import calendar
-import dataclasses
 import datetime as dt
 import json
 import re
@@ -29,10 +28,11 @@ from exporter.model import AccountInfo, FetchResult, FetchWindow, ProviderForeca
 from exporter.providers.base import (
     CostKey,
     LabelChoice,
+    Labels,
     ProviderContext,
     RetryPolicy,
     SourceError,
-    cost_records,
+    labelled_cost_records,
     paginate,
     split_by_labels,
     utc_midnight,
@@ -41,7 +41,6 @@ from exporter.providers.boto import boto_call, boto_clients
 from exporter.sources.aws import AwsSource
 
 PROVIDER = "aws"
-Labels = tuple[tuple[str, str], ...]  # the extra labels found for a cell: (name, value)
 CE_REQUEST_COST_USD = 0.01
 ACCOUNT_CACHE = dt.timedelta(days=1)
 BEDROCK_SERVICE = "Amazon Bedrock"
@@ -435,14 +434,7 @@ class AwsProvider:
                         )
                         newest = day if newest is None or day > newest else newest
 
-        by_labels: dict[Labels, dict[CostKey, Decimal]] = defaultdict(dict)
-        for (labels, key), amount in totals.items():
-            by_labels[labels][key] = amount
-        costs = [
-            dataclasses.replace(rec, labels=labels) if labels else rec
-            for labels, part in sorted(by_labels.items())
-            for rec in cost_records(PROVIDER, part, "USD")
-        ]
+        costs = labelled_cost_records(PROVIDER, totals, "USD")
         forecasts = self._parse_forecasts(window, targets, raw) if self.cfg.forecast and not window.history else None
         data_through = min(utc_midnight(newest, 1), window.now) if newest is not None else None
         return FetchResult(

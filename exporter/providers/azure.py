@@ -15,7 +15,6 @@ honours those headers itself, a bounded number of times.
 from __future__ import annotations
 
 import calendar
-import dataclasses
 import datetime as dt
 import functools
 import ipaddress
@@ -66,11 +65,12 @@ from exporter.providers.azure_results import (
 from exporter.providers.base import (
     CostKey,
     LabelChoice,
+    Labels,
     ProviderContext,
     RetryPolicy,
     SourceError,
     Throttled,
-    cost_records,
+    labelled_cost_records,
     paginate,
     split_by_labels,
     utc_midnight,
@@ -78,7 +78,6 @@ from exporter.providers.base import (
 from exporter.sources.azure import AzureSource
 
 PROVIDER = "azure"
-Labels = tuple[tuple[str, str], ...]  # the extra labels found for a cell: (name, value)
 CLIENT_TYPE = "spend-exporter"
 """Sent as the ``ClientType`` header: Cost Management keeps a rate-limit bucket per client type."""
 ARM_SCOPE = "https://management.azure.com/.default"
@@ -527,14 +526,7 @@ class AzureProvider:
                 currency = currencies.pop() if currencies else (seen[0] if len(seen) == 1 else "USD")
                 total = sum((a for a, _ in parts), Decimal(0))
                 provider_forecasts.append(ProviderForecast(PROVIDER, account, float(total), currency))
-        by_labels: dict[Labels, dict[CostKey, Decimal]] = defaultdict(dict)
-        for (labels, key), amount in totals.items():
-            by_labels[labels][key] = amount
-        costs = [
-            dataclasses.replace(rec, labels=labels) if labels else rec
-            for labels, part in sorted(by_labels.items())
-            for rec in cost_records(PROVIDER, part)
-        ]
+        costs = labelled_cost_records(PROVIDER, totals)
         data_through = min(utc_midnight(newest, 1), window.now) if newest is not None else None
         return FetchResult(
             days=days,

@@ -10,6 +10,7 @@ the engine can count requests, their cost and the daily paid-call cap.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import email.utils
 import itertools
@@ -130,6 +131,25 @@ def cost_records(provider: str, totals: Mapping[CostKey, Decimal], default_curre
         for (day, account, service, team, model, currency), amount in sorted(
             totals.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or "", kv[0][4], kv[0][5])
         )
+    ]
+
+
+Labels = tuple[tuple[str, str], ...]
+"""The extra labels (``attribution.labels``) a record's tags or a label cell gave: (name, value)."""
+
+
+def labelled_cost_records(
+    provider: str, totals: Mapping[tuple[Labels, CostKey], Decimal], default_currency: str = ""
+) -> list[CostRecord]:
+    """``cost_records`` of costs summed by extra labels and ``CostKey`` (``split_by_labels``' cells), each record
+    with its labels; by labels, then in key order."""
+    by_labels: dict[Labels, dict[CostKey, Decimal]] = defaultdict(dict)
+    for (labels, key), amount in totals.items():
+        by_labels[labels][key] = amount
+    return [
+        dataclasses.replace(rec, labels=labels) if labels else rec
+        for labels, part in sorted(by_labels.items())
+        for rec in cost_records(provider, part, default_currency)
     ]
 
 
