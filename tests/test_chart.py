@@ -321,8 +321,12 @@ def shipped_runbook_base() -> str:
     return m.group(1)
 
 
-def shipped_groups() -> list[dict[str, Any]]:
-    return [g for p in RULES for g in yaml.safe_load(p.read_text())["groups"]]
+def shipped_groups(namespace: str | None = None) -> list[dict[str, Any]]:
+    """The groups of the shipped rule files; ``namespace``: every alert labelled with it (alertNamespaceLabel)."""
+    groups = [g for p in RULES for g in yaml.safe_load(p.read_text())["groups"]]
+    for r in (r for g in groups for r in g["rules"] if namespace is not None and "alert" in r):
+        r["labels"] = {**r.get("labels", {}), "namespace": namespace}
+    return groups
 
 
 def test_the_chart_links_the_shipped_files_not_copies() -> None:
@@ -333,8 +337,22 @@ def test_the_chart_links_the_shipped_files_not_copies() -> None:
 
 def test_prometheus_rule_equals_the_shipped_rule_files(chart: helm.Chart) -> None:
     assert RULES, "no prometheus/rules/*.yml"
-    rule = one(render(chart, {"prometheusRule": {"enabled": True}}), "PrometheusRule")
+    rule = one(render(chart, {"prometheusRule": {"enabled": True, "alertNamespaceLabel": False}}), "PrometheusRule")
     assert rule["spec"]["groups"] == shipped_groups()
+    validate(rule)
+
+
+def test_every_alert_carries_the_release_namespace(chart: helm.Chart) -> None:
+    """By default (alertNamespaceLabel) the shipped rules plus one label on each alert, nothing else: the
+    AlertmanagerConfig's route, which the operator restricts to its namespace, takes every spend alert."""
+    rule = one(render(chart, {"prometheusRule": {"enabled": True}}), "PrometheusRule")
+    assert rule["spec"]["groups"] == shipped_groups(NAMESPACE)
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert {"SpendExporterDown", "SpendUnallocatedHigh"} <= {r["alert"] for r in alerts}
+    assert all(r["labels"]["namespace"] == NAMESPACE for r in alerts)
+    assert all(
+        "namespace" not in r.get("labels", {}) for g in rule["spec"]["groups"] for r in g["rules"] if "record" in r
+    )
     validate(rule)
 
 
@@ -342,7 +360,7 @@ def test_runbook_base_url_replaces_the_shipped_base(chart: helm.Chart) -> None:
     base = shipped_runbook_base()
     new = "https://git.example.com/platform/spend-exporter/-/blob/main/docs/runbook.md"
     rule = one(render(chart, {"prometheusRule": {"enabled": True}, "runbookBaseURL": new}), "PrometheusRule")
-    expected = yaml.safe_load(json.dumps(shipped_groups()).replace(base, new))
+    expected = yaml.safe_load(json.dumps(shipped_groups(NAMESPACE)).replace(base, new))
     assert rule["spec"]["groups"] == expected
     urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
     assert urls and all(u.startswith(new + "#") for u in urls)
@@ -667,8 +685,13 @@ def test_alertmanager_config_routing_through_amtool(chart: helm.Chart, tmp_path:
     ]
     for labels, receiver in cases:
         assert amtool_routes(config, labels) == receiver, labels
-    # ... which is why docs/deploying.md asks for OnNamespaceExceptForAlertmanagerNamespace (with the chart in the
-    # Alertmanager's namespace) or None: then the operator adds no namespace matcher
+    # ... so the chart's PrometheusRule gives every alert its namespace (alertNamespaceLabel, on by default): the
+    # labels of the rendered rule itself, as Prometheus would add them to the alert
+    rule = one(render(chart, {"prometheusRule": {"enabled": True}}), "PrometheusRule")
+    down = next(r for g in rule["spec"]["groups"] for r in g["rules"] if r.get("alert") == "SpendExporterDown")
+    assert amtool_routes(config, {"alertname": "SpendExporterDown", **down["labels"]}) == p + "spend-finops-pager"
+    # without it: OnNamespaceExceptForAlertmanagerNamespace (with the chart in the Alertmanager's namespace) or None,
+    # and the operator adds no namespace matcher
     config.write_text(yaml.safe_dump(operator_alertmanager_yml(am, enforce_namespace=False)))
     assert amtool_routes(config, {"alertname": "SpendExporterDown", "severity": "critical"}) == p + "spend-finops-pager"
 
