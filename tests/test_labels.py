@@ -174,15 +174,26 @@ def test_a_version_2_cache_is_migrated_in_place(tmp_path: Path) -> None:
         );
         CREATE INDEX cost_series ON cost (source, provider, account_id, service_name, team, model, day, cost_usd);
         INSERT INTO cost VALUES ('s', '2025-03-01', 'aws', '1', 'EC2', 'search', '', 12.34);
+        -- the history's 70-day copy, as version 2 had it since issue 15
+        INSERT INTO meta VALUES ('recent_from', '2025-02-01');
+        CREATE TABLE cost_recent (
+            source TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, account_id TEXT NOT NULL,
+            service_name TEXT NOT NULL, team TEXT NOT NULL, model TEXT NOT NULL, cost_usd REAL NOT NULL
+        );
+        CREATE INDEX cost_recent_series
+            ON cost_recent (source, provider, account_id, service_name, team, model, day, cost_usd);
+        INSERT INTO cost_recent VALUES ('s', '2025-03-01', 'aws', '1', 'EC2', 'search', '', 12.34);
         """
     )
     conn.commit()
     conn.close()
     store = Store(path)
     assert store.query("SELECT value FROM meta WHERE key='schema_version'") == [(str(SCHEMA_VERSION),)]
-    assert store.query("SELECT cost_usd, labels FROM cost") == [(12.34, "")]
-    index = store.query("SELECT sql FROM sqlite_master WHERE name='cost_series'")[0][0]
-    assert "model, labels, day" in index
+    for table in ("cost", "cost_recent"):
+        assert store.query(f"SELECT cost_usd, labels FROM {table}") == [(12.34, "")]
+        index = store.query(f"SELECT sql FROM sqlite_master WHERE name='{table}_series'")[0][0]
+        assert "model, labels, day" in index
+    assert store.query("SELECT value FROM meta WHERE key='recent_from'") == [("2025-02-01",)]
     store.close()
 
 
