@@ -75,6 +75,10 @@ RESERVED_LABELS = {
     "service": "a common target label (relabelling and the Kubernetes service discovery)",
     "region": "a common target label (relabelling)",
     "job": "a target label Prometheus sets",
+    "namespace": "a target label the Prometheus Operator's ServiceMonitor sets (and the chart's alerts carry)",
+    "pod": "a target label the Prometheus Operator's ServiceMonitor sets",
+    "container": "a target label the Prometheus Operator's ServiceMonitor sets",
+    "endpoint": "a target label the Prometheus Operator's ServiceMonitor sets",
     "instance": "a target label Prometheus sets",
     "provider": "already a label of the cost families",
     "account_id": "already a label of the cost families",
@@ -188,8 +192,11 @@ class SharedPool(ConfigModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> SharedPool:
-        if not any(getattr(self.match, f) for f in ("provider", "account_id", "service_name", "team", "model")):
-            raise ValueError("match needs at least one of provider, account_id, service_name, team, model")
+        given = any(getattr(self.match, f) for f in ("provider", "account_id", "service_name", "team", "model"))
+        if not given and not self.match.model_extra:
+            raise ValueError(
+                "match needs at least one of provider, account_id, service_name, team, model or an extra label"
+            )
         if self.split == "weights" and not self.weights:
             raise ValueError("split: weights needs weights (team: number)")
         if self.split != "weights" and self.weights is not None:

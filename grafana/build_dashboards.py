@@ -41,6 +41,9 @@ TAGS = ["spend", "spend-exporter", "finops"]
 
 # Label filters for the chained variables.
 F = 'provider=~"$provider", team=~"$team", model=~"$model"'
+# an AI family's series against the cost families': the AI families have no extra labels (attribution.labels), so
+# the cost side is summed over them and matched on these, as SpendAIBurnRateHigh does
+AI_SERIES = "job, instance, provider, account_id, service_name, team, model"
 F_AI = F + ', model!=""'
 F_BUDGET = 'team=~"$team"'
 # The exporter's own families label `provider` with the source's type (`focus`, `aws`, ...), not the billed
@@ -810,7 +813,9 @@ def burn_rate_panel() -> ts.Panel:
         [
             (rate, "{{provider}} {{account_id}} {{model}}"),
             (
-                f"clamp_min(4 * spend_cost_daily_baseline_usd{{{F}}} / 24, 20) and {rate}\nor {rate} * 0 + 20",
+                f"{rate} * 0\n+ on ({AI_SERIES}) group_left ()\n"
+                f"clamp_min(4 * sum by ({AI_SERIES}) (spend_cost_daily_baseline_usd{{{F}}}) / 24, 20)\n"
+                f"or {rate} * 0 + 20",
                 "{{provider}} {{account_id}} {{model}} alert threshold",
             ),
         ],
@@ -977,7 +982,8 @@ def ai() -> dm.Dashboard:
                 "see Burn rate by model.",
                 [
                     (
-                        f"spend_ai_cost_last_hour_usd{{{F}}}\n/ (spend_cost_daily_baseline_usd{{{F}}} / 24)",
+                        f"spend_ai_cost_last_hour_usd{{{F}}}\n/ on ({AI_SERIES}) group_left ()\n"
+                        f"(sum by ({AI_SERIES}) (spend_cost_daily_baseline_usd{{{F}}}) / 24)",
                         "{{provider}} {{account_id}} {{model}}",
                     )
                 ],

@@ -156,7 +156,8 @@ def test_bad_pools_name_their_key() -> None:
         "allocation.shared[0]: weights is only for split: weights (this pool's split is even)"
     ]
     assert config_errors([{"name": "p", "match": {}}]) == [
-        "allocation.shared[0]: match needs at least one of provider, account_id, service_name, team, model"
+        "allocation.shared[0]: match needs at least one of provider, account_id, service_name, team, model or an "
+        "extra label"
     ]
     assert config_errors([{"name": "p", "match": {"team": "x"}}, {"name": "p", "match": {"team": "y"}}]) == [
         "allocation.shared[1].name: duplicate pool name 'p'"

@@ -376,13 +376,16 @@ def test_burn_rate_panel_draws_the_alerts_threshold() -> None:
     """The dashed line is the threshold SpendAIBurnRateHigh uses: the same multiple of the hourly baseline and the
     same floor, so the panel cannot drift from the rule."""
     expr = " ".join(_alert_expr("SpendAIBurnRateHigh").split())
-    (multiple,) = re.findall(r"spend_ai_burn_rate_usd_per_hour > (\d+) \* spend_cost_daily_baseline_usd / 24", expr)
+    (multiple,) = re.findall(r"group_left (\d+) \* sum by \([a-z_, ]+\) \(spend_cost_daily_baseline_usd\) / 24", expr)
     (floor,) = re.findall(r"and spend_ai_burn_rate_usd_per_hour > (\d+)", expr)
     (panel,) = [p for p in panels(by_uid()["spend-ai"]) if p["title"] == "Burn rate by model"]
     rate, threshold = (t["expr"] for t in panel["targets"])
     assert rate.startswith("spend_ai_burn_rate_usd_per_hour{")
-    assert threshold.startswith(f"clamp_min({multiple} * spend_cost_daily_baseline_usd{{")
-    assert f"/ 24, {floor}) and " in threshold and threshold.endswith(f" * 0 + {floor}")
+    assert f"clamp_min({multiple} * sum by (" in threshold and "(spend_cost_daily_baseline_usd{" in threshold
+    assert f"/ 24, {floor})\nor " in threshold and threshold.endswith(f" * 0 + {floor}")
+    # matched as the alert matches: on the cost labels (and the target), the baseline summed over the extra labels
+    (on,) = re.findall(r"on \(([a-z_, ]+)\) group_left", expr)
+    assert f"on ({on}) group_left ()" in threshold and f"sum by ({on})" in threshold
     assert f"{multiple}x its hourly baseline" in panel["description"] and f"${floor} an hour" in panel["description"]
 
 

@@ -208,3 +208,25 @@ def test_budgets_match_extra_labels(tmp_path: Path, focus: Any) -> None:
     assert all(o.ok for o in app.refresh_all())
     spent = {lab["budget"]: v for lab, v in family_samples(app.snapshot.text.decode(), "spend_budget_spent_usd")}
     assert spent == {"staging": 35.0, "acme": 17.5, "untagged": 4.62}
+
+
+def test_a_pool_may_match_an_extra_label_alone(tmp_path: Path, focus: Any) -> None:
+    """``allocation.shared[].match: {environment: staging}``: the staging cost ($2.50 a day of EC2, March 1-14:
+    $35.00) is the pool, split evenly between search and web to the cent; an unknown extra key is a config error."""
+    focus.write(tmp_path / "a.csv", _rows(focus))
+    pool = {"name": "staging", "match": {"environment": "staging"}, "split": "even", "to_teams": ["search", "web"]}
+    app = App(parse_config(_config(tmp_path, allocation={"shared": [pool]})), now=lambda: NOW)
+    assert all(o.ok for o in app.refresh_all())
+    shares = {
+        lab["team"]: Decimal(str(v))
+        for lab, v in family_samples(app.snapshot.text.decode(), "spend_cost_shared_month_to_date_usd")
+    }
+    assert shares == {"search": Decimal("17.50"), "web": Decimal("17.50")}
+    app.close()
+    bad = {**pool, "match": {"stage": "staging"}}
+    try:
+        parse_config(_config(tmp_path, allocation={"shared": [bad]}))
+    except Exception as e:  # ConfigError: every problem, each naming its key
+        assert "allocation.shared[0].match.stage: unknown key" in str(e)
+    else:
+        raise AssertionError("an unknown match key was accepted")
