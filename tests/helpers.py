@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 import threading
+import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -275,3 +278,21 @@ def assert_allocation(text: str, items: dict[CostKey, Decimal], pools: list[dict
     allocated = sum(got_direct.values(), Decimal(0)) + sum((v for s in shares.values() for v in s.values()), Decimal(0))
     # each pool is rounded to the cent once: the allocated totals are the dataset's within half a cent per pool
     assert abs(allocated - sum(items.values(), Decimal(0))) <= CENT / 2 * len(pools), "every dollar once"
+
+
+def wait_ready(url: str, proc: subprocess.Popen[Any], seconds: float, poll: float = 0.2) -> str | None:
+    """Poll ``url``/-/ready (the exporter's, Prometheus's) until it answers 200: None; else why not (``proc``
+    exited, or ``seconds`` passed)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            return f"exited {proc.returncode}"
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
+                if r.status == 200:
+                    return None
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return f"not ready within {seconds:g} s"
+        time.sleep(poll)

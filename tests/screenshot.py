@@ -27,6 +27,8 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+from tests.helpers import wait_ready
+
 BROWSER = "chromium-headless-shell"
 SIZE = (1280, 760)
 
@@ -131,20 +133,10 @@ def main() -> int:
     proc = subprocess.Popen([*exporter, "--web.listen-address", f"127.0.0.1:{port}"])
     try:
         deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                print(f"the exporter exited {proc.returncode}", file=sys.stderr)
-                return 1
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                print("the exporter was not ready within 120 s", file=sys.stderr)
-                return 1
-            time.sleep(0.3)
+        why = wait_ready(f"http://127.0.0.1:{port}", proc, 120, poll=0.3)
+        if why is not None:
+            print(f"the exporter: {why}", file=sys.stderr)
+            return 1
         # the history's backfill runs after the first refresh: wait for it, so the picture shows a steady state
         while time.monotonic() < deadline:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
@@ -22,6 +21,7 @@ import yaml
 from exporter.web import GUARD_PATH
 from tests.clock import FIXED_NOW, fixed_clock_env
 from tests.e2e.stack import ROOT
+from tests.helpers import wait_ready
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
@@ -455,17 +455,8 @@ def test_the_exporter_writes_only_to_its_cache_volume(tmp_path: Path, focus: Any
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work, env=env,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "not ready"
-            time.sleep(0.2)
+        why = wait_ready(f"http://127.0.0.1:{port}", proc, 60)
+        assert why is None, f"{why}: {proc.communicate()[1] if proc.poll() is not None else ''}"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             assert b"spend_cost_month_to_date_usd" in r.read()
     finally:

@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import wait_ready
+
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 
@@ -336,17 +338,9 @@ def prometheus_on(tsdb: Path, retention: str = "100y") -> Iterator[str]:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail(f"Prometheus did not start:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.1)
+        why = wait_ready(url, proc, 60, poll=0.1)
+        if why is not None:
+            pytest.fail(f"Prometheus did not start ({why}):\n{log.read_text(errors='replace')[-3000:]}")
         yield url
     finally:
         stop_processes([proc])
