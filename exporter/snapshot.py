@@ -476,22 +476,19 @@ class SnapshotBuilder:
         key_series = [k for v in views.values() for k in v.key_series]
         extra = self.config.attribution.label_names
         allocated = self._allocated(all_series, names)
-        if allocated is None:
-            budgets = budget_figures(self.config.budgets, all_series, key_series=key_series, extra_names=extra)
-        else:
-            budgets = budget_figures(
-                self.config.budgets,
-                all_series,
-                allocated.pooled,
-                allocated.shares_by_team(),
-                key_series=key_series,
-                extra_names=extra,
-            )
-            allocation_frags = allocation_fragments(allocated)
-            for fam in families:
-                if fam.name in allocation_frags:
-                    fam.fragments = [allocation_frags[fam.name]]
-                    n_series += allocation_frags[fam.name].count(b"\n")
+        budgets = budget_figures(
+            self.config.budgets,
+            all_series,
+            allocated.pooled,
+            allocated.shares_by_team(),
+            key_series=key_series,
+            extra_names=extra,
+        )
+        allocation_frags = allocation_fragments(allocated)
+        for fam in families:
+            if fam.name in allocation_frags:
+                fam.fragments = [allocation_frags[fam.name]]
+                n_series += allocation_frags[fam.name].count(b"\n")
         budget_frags = budget_fragments(budgets)
         for fam in families:
             if fam.name in budget_frags:
@@ -532,14 +529,13 @@ class SnapshotBuilder:
             _families=families,
         )
 
-    def _allocated(self, series: list[SeriesCost], sources: list[str]) -> Allocated | None:
-        """The shared-cost pools split over ``series`` (None without pools). A pool that takes no series is logged
-        once (its shares read 0), once every source has refreshed: before, its line items may be yet to come."""
+    def _allocated(self, series: list[SeriesCost], sources: list[str]) -> Allocated:
+        """The shared-cost pools split over ``series``; without pools, every team's spend is direct (the allocated
+        total's recording rule and the allocation dashboard read it). A pool that takes no series is logged once
+        (its shares read 0), once every source has refreshed: before, its line items may be yet to come."""
         pools = self.config.allocation.shared
-        if not pools:
-            return None
         allocated = allocate(pools, series, self.config.attribution.label_names)
-        if not all(self.store.get_state(s).last_success for s in sources):
+        if not pools or not all(self.store.get_state(s).last_success for s in sources):
             return allocated
         for name in allocated.empty:
             if name not in self._empty_pools_logged:

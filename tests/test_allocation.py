@@ -266,3 +266,32 @@ def test_focus_pools_and_shares_equal_the_files_to_the_cent(app: App, caplog: py
     search_shares = sum(v for (_, team), v in shared.items() if team == "search")
     assert spent["search-allocated"] == pytest.approx(98.0 + search_shares, abs=1e-6)
     assert search_shares > 0
+
+
+def test_without_pools_every_teams_spend_is_direct(tmp_path: Path, focus: Any) -> None:
+    """No allocation.shared: spend_cost_direct_* is each team's whole cost to the cent (the allocated total's rule
+    and the dashboard's team table read it), and the shared families have no samples."""
+    day = dt.date(2026, 11, 3)
+    rows = [
+        focus.daily(day, "10.01", ServiceName="EC2", Tags='{"team": "search"}'),
+        focus.daily(day, "2.50", ServiceName="S3", Tags='{"team": "search"}'),
+        focus.daily(day, "0.33", ServiceName="Lambda", Tags="{}"),
+    ]
+    focus.write(tmp_path / "a.csv", rows)
+    cfg = parse_config(
+        {
+            "cache_path": str(tmp_path / "cache.sqlite"),
+            "sources": [{"name": "f", "type": "focus", "paths": [str(tmp_path / "*.csv")]}],
+        }
+    )
+    app = build_app(cfg, now=lambda: dt.datetime(2026, 11, 4, 12, tzinfo=dt.UTC))
+    try:
+        assert all(o.ok for o in app.refresh_all())
+        text = app.exposition()
+        direct = {
+            dict(k)["team"]: Decimal(repr(v)) for k, v in series(text, "spend_cost_direct_month_to_date_usd").items()
+        }
+        assert direct == {"search": Decimal("12.51"), "unallocated": Decimal("0.33")}
+        assert not series(text, "spend_cost_shared_month_to_date_usd")
+    finally:
+        app.close()
