@@ -13,10 +13,12 @@ token type, in USD per 1M tokens.
 
 What a unit price is, for tokens that arrive already summed by hour or by day:
 
-- the standard tier: no batch or priority price variant (the usage buckets
-  do not say which requests were batched; ``spend_ai_price_ratio`` shows how far
-  the bill is below the list price), and the base tier of a long-context price
-  (a bucket's sum cannot tell which of its requests crossed the threshold);
+- the standard tier: no batch or priority price variant, and the base tier of a
+  long-context price: the usage buckets the providers ask for are not broken out
+  by service tier or context window (the APIs could: OpenAI's ``batch`` and
+  ``service_tier``, Anthropic's ``service_tier`` and ``context_window`` group-bys;
+  not asked for yet), so a bucket's sum cannot tell them apart;
+  ``spend_ai_price_ratio`` shows how far the bill is from the list price;
 - ``cache_write`` is a 5-minute cache write (or the only kind a provider has),
   ``cache_write_1h`` a 1-hour one, each at its own rate;
 - the price in force at the time given to ``load`` (a start-dated change is
