@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from exporter.config import Config
 from exporter.exposition import Family, escape_label_value
-from exporter.metrics import EXPORTER_FAMILIES, GUARD_FAMILIES
+from exporter.metrics import EXPORTER_FAMILIES, GUARD_FAMILIES, SERIES_COST_FAMILIES
 from exporter.pricing import PriceTable
 from exporter.snapshot import SnapshotBuilder
 from exporter.sources import SOURCES
@@ -38,12 +38,7 @@ DEFAULT_JOB = "spend-exporter"  # the scrape job of prometheus/prometheus.yml (a
 DEFAULT_INSTANCE = "exporter:9877"  # the target of that job in the shipped docker-compose stack
 
 BACKFILLED = (
-    "spend_cost_month_to_date_usd",
-    "spend_cost_daily_usd",
-    "spend_cost_daily_baseline_usd",
-    "spend_cost_daily_baseline_stddev_usd",
-    "spend_cost_previous_month_usd",
-    "spend_cost_forecast_month_end_usd",
+    *SERIES_COST_FAMILIES,
     "spend_ai_tokens_month_to_date",
     "spend_ai_requests_month_to_date",
     "spend_ai_price_ratio",

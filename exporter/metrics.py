@@ -16,6 +16,15 @@ COST_LABELS = ("provider", "account_id", "service_name", "team", "model")
 BUDGET_LABELS = ("budget", "team")
 SOURCE_LABELS = ("source", "provider")
 KEY_LABELS = ("provider", "account_id", "api_key_id", "model")
+SERIES_COST_FAMILIES = (
+    "spend_cost_month_to_date_usd",
+    "spend_cost_daily_usd",
+    "spend_cost_daily_baseline_usd",
+    "spend_cost_daily_baseline_stddev_usd",
+    "spend_cost_previous_month_usd",
+    "spend_cost_forecast_month_end_usd",
+)
+"""The families of cost by series (``COST_LABELS``, then the extra labels of ``attribution.labels``)."""
 
 # appended to the HELP of the cost families (``FAMILIES``), naming the billing APIs configured
 CACHED = "Cached: refreshed in the background from {apis}, never at scrape time."

@@ -50,6 +50,7 @@ from exporter.metrics import (
     GUARD_RESULTS,
     KEY_LABELS,
     NOT_FROM_BILLING,
+    SERIES_COST_FAMILIES,
     SOURCE_LABELS,
 )
 from exporter.model import TOKEN_TYPES
@@ -210,14 +211,7 @@ class SnapshotBuilder:
         overflow = over1 + over2 + over3 + over4
 
         frags: dict[str, bytes] = {}
-        for fam in (
-            "spend_cost_month_to_date_usd",
-            "spend_cost_daily_usd",
-            "spend_cost_daily_baseline_usd",
-            "spend_cost_daily_baseline_stddev_usd",
-            "spend_cost_previous_month_usd",
-            "spend_cost_forecast_month_end_usd",
-        ):
+        for fam in SERIES_COST_FAMILIES:
             frags[fam] = render_samples(
                 fam, self.cost_labels, sorted((lab, rounded(v[fam])) for lab, v in cost_rows if fam in v)
             )
