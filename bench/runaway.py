@@ -50,7 +50,7 @@ from typing import Any
 import yaml
 
 from bench.common import PY, ROOT, free_port, median, save, wait_http
-from tests.e2e.stack import RUNAWAY_AFTER, RUNAWAY_BEFORE, stop_processes
+from tests.e2e.stack import RUNAWAY_AFTER, RUNAWAY_BEFORE, alertmanager_argv, prometheus_argv, stop_processes
 
 UTC = dt.UTC
 MINUTE = dt.timedelta(minutes=1)
@@ -320,17 +320,7 @@ def realtime_one(args: argparse.Namespace, tmp: Path, idx: int, t0: dt.datetime,
             )
             (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(am_cfg, sort_keys=False))
             am_port = free_port()
-            start(
-                "alertmanager",
-                [
-                    alertmanager_bin,
-                    f"--config.file={am_dir / 'alertmanager.yml'}",
-                    f"--storage.path={am_dir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{am_port}",
-                    "--cluster.listen-address=",
-                ],
-                am_dir,
-            )
+            start("alertmanager", alertmanager_argv(alertmanager_bin, am_dir, am_port), am_dir)
             # prometheus: the shipped prometheus.yml and rules
             prom_dir = tmp / "prometheus"
             prom_dir.mkdir()
@@ -340,16 +330,7 @@ def realtime_one(args: argparse.Namespace, tmp: Path, idx: int, t0: dt.datetime,
                     prometheus_config(f"127.0.0.1:{exp_port}", f"127.0.0.1:{am_port}", f"127.0.0.1:{prom_port}")
                 )
             )
-            start(
-                "prometheus",
-                [
-                    prometheus_bin,
-                    f"--config.file={prom_dir / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={prom_dir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                ],
-                prom_dir,
-            )
+            start("prometheus", prometheus_argv(prometheus_bin, prom_dir, prom_port), prom_dir)
             wait_http(am_port, "/-/ready", timeout=60)
             wait_http(prom_port, "/-/ready", timeout=60)
             prom, am = f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}"

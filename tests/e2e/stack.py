@@ -318,6 +318,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def alertmanager_argv(binary: str, workdir: Path, port: int) -> list[str]:
+    """Alertmanager on ``workdir``/alertmanager.yml, its data beside it, on loopback only."""
+    return [
+        binary,
+        f"--config.file={workdir / 'alertmanager.yml'}",
+        f"--storage.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",  # no gossip port: a single instance on loopback only
+    ]
+
+
+def prometheus_argv(binary: str, workdir: Path, port: int, *flags: str) -> list[str]:
+    """Prometheus on ``workdir``/prometheus.yml, its TSDB beside it, on loopback, with ``flags``."""
+    return [
+        binary,
+        f"--config.file={workdir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        *flags,
+    ]
+
+
 @contextlib.contextmanager
 def prometheus_on(tsdb: Path, retention: str = "100y") -> Iterator[str]:
     """A real Prometheus serving the blocks in ``tsdb`` and scraping nothing; its URL. Retention counts back from

@@ -47,10 +47,12 @@ from tests.e2e.stack import (
     ROOT,
     Query,
     Receiver,
+    alertmanager_argv,
     alertmanager_config,
     dashboard_queries,
     load_dashboards,
     post,
+    prometheus_argv,
     runaway_emulator,
     stop_processes,
     strip_keys,
@@ -331,17 +333,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(am_cfg, sort_keys=False))
         am_port = free_port()
-        start(
-            "alertmanager",
-            [
-                alertmanager_bin,
-                f"--config.file={am_dir / 'alertmanager.yml'}",
-                f"--storage.path={am_dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{am_port}",
-                "--cluster.listen-address=",  # no gossip port: a single instance on loopback only
-            ],
-            am_dir,
-        )
+        start("alertmanager", alertmanager_argv(alertmanager_bin, am_dir, am_port), am_dir)
         alertmanager = f"http://127.0.0.1:{am_port}"
 
         # prometheus with our rules, evaluating and scraping every second
@@ -362,13 +354,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wait_for("the exporter to be ready", lambda: http_ok(f"{exporter}/-/ready"), logs)
         start(
             "prometheus",
-            [
-                prometheus_bin,
-                f"--config.file={prom_dir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={prom_dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-                "--rules.alert.resend-delay=1s",
-            ],
+            prometheus_argv(prometheus_bin, prom_dir, prom_port, "--rules.alert.resend-delay=1s"),
             prom_dir,
         )
         prometheus = f"http://127.0.0.1:{prom_port}"
