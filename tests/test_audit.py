@@ -520,33 +520,15 @@ def test_recompute_from_bigquery_result_rows(tmp_path: Path, capsys: pytest.Capt
                 }
             ],
         }
-        if labels:
-            data["attribution"] = {"labels": LABELS}
-        app = build_app(parse_config(data, env={}), now=lambda: NOW)
-        try:
-            assert all(o.ok for o in app.refresh_all())
-        finally:
-            app.close()
-        before = table_rows(data["cache_path"], RECORD_TABLES)
-        assert before["cost"] and before["accounts"]
-        conn = sqlite3.connect(data["cache_path"])
-        ops = [r[0] for r in conn.execute("SELECT operation FROM raw_pages ORDER BY seq")]
-        first = json.loads(zlib.decompress(conn.execute("SELECT body FROM raw_pages WHERE seq=0").fetchone()[0]))
-        request = json.loads(conn.execute("SELECT request FROM raw_pages WHERE seq=0").fetchone()[0])
-        with conn:
-            for t in RECORD_TABLES:
-                conn.execute(f"DELETE FROM {t}")
-        conn.close()
-        assert ops[0] == "jobs.query" and len(ops) > 1 and set(ops[1:]) == {"jobs.getQueryResults"}
-        assert dt.date.fromisoformat(first["rows"][0][first["fields"].index("day")])
-        assert "gcp_billing_export" in request["params"]["query"]
-        calls = len(emu.requests)
-        assert cli.main(["recompute", "--config.file", write_config(tmp_path, data)]) == 0
-        assert len(emu.requests) == calls
+        ops, _ = refresh_then_recompute(tmp_path, data, emu, labels)
     assert "gcp: rebuilt from its pages" in capsys.readouterr().out
-    assert table_rows(data["cache_path"], RECORD_TABLES) == before
-    if labels:  # the label columns were kept with the rows
-        assert {json.loads(r[8])[0] for r in before["cost"] if r[8]} - {""}
+    conn = sqlite3.connect(data["cache_path"])
+    first = json.loads(zlib.decompress(conn.execute("SELECT body FROM raw_pages WHERE seq=0").fetchone()[0]))
+    request = json.loads(conn.execute("SELECT request FROM raw_pages WHERE seq=0").fetchone()[0])
+    conn.close()
+    assert ops[0] == "jobs.query" and len(ops) > 1 and set(ops[1:]) == {"jobs.getQueryResults"}
+    assert dt.date.fromisoformat(first["rows"][0][first["fields"].index("day")])
+    assert "gcp_billing_export" in request["params"]["query"]
 
 
 def test_focus_files_are_kept_as_their_names_sizes_and_hashes(
