@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import stat
 import subprocess
 import threading
@@ -129,6 +130,26 @@ class FetchHarness(Calls):
             return p.fetch(self.window if window is None else window)  # type: ignore[no-any-return]
         finally:
             p.close()
+
+
+def check_key_list_failure_spares_the_refresh(h: FetchHarness, caplog: pytest.LogCaptureFixture, fault: Any) -> None:
+    """An AI source (openai, anthropic) whose key list fails with ``fault`` (an admin key without that permission):
+    key names are not worth a refresh, so the failure is logged once and counted, and costs, usage and usage by
+    key are stored as usual, refresh after refresh."""
+    whole = h.fetch()
+    h.emu.inject(fault)  # type: ignore[attr-defined]
+    provider = h.provider()  # the engine keeps one provider per source across refreshes
+    try:
+        with caplog.at_level(logging.WARNING):
+            first = provider.fetch(h.window)
+            second = provider.fetch(h.window)
+    finally:
+        provider.close()
+    assert first.api_keys == second.api_keys == [] and whole.api_keys
+    assert first.costs == whole.costs and first.key_usage == whole.key_usage
+    assert len([r for r in caplog.records if "API key names not refreshed" in r.getMessage()]) == 1
+    assert "HTTP 403" in caplog.text
+    assert any(status != "success" for op, status, _ in h.calls if "api_keys" in op)
 
 
 @contextmanager

@@ -41,7 +41,7 @@ from tests.emulators.ai_dataset import (
 from tests.emulators.openai_admin import DEFAULT_ADMIN_KEY, OpenAIAdminEmulator
 from tests.emulators.scenario import Scenario, runaway_schedule
 from tests.emulators.server import Fault
-from tests.helpers import FetchHarness, family_samples
+from tests.helpers import FetchHarness, check_key_list_failure_spares_the_refresh, family_samples
 
 NOW = dt.datetime(2026, 11, 22, 9, 41, 7, tzinfo=dt.UTC)
 MONTH_START = dt.date(2026, 11, 1)
@@ -617,22 +617,7 @@ def test_key_names_follow_pages(h: Harness) -> None:
 def test_a_key_list_that_fails_leaves_the_names_out_not_the_refresh(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Key names are not worth a refresh: a key list refused (an admin key without that permission) is logged once
-    and counted; costs, usage and usage by key are stored as usual."""
-    whole = h.fetch()
-    h.emu.inject(Fault("403", times=-1, path_contains="/api_keys"))
-    provider = h.provider()  # the engine keeps one provider per source across refreshes
-    try:
-        with caplog.at_level(logging.WARNING):
-            first = provider.fetch(WINDOW)
-            second = provider.fetch(WINDOW)
-    finally:
-        provider.close()
-    assert first.api_keys == second.api_keys == [] and whole.api_keys
-    assert first.costs == whole.costs and first.key_usage == whole.key_usage
-    assert len([r for r in caplog.records if "API key names not refreshed" in r.getMessage()]) == 1
-    assert "HTTP 403" in caplog.text
-    assert any(status != "success" for op, status, _ in h.calls if "api_keys" in op)
+    check_key_list_failure_spares_the_refresh(h, caplog, Fault("403", times=-1, path_contains="/api_keys"))
 
 
 def test_key_costs_equal_the_dataset_and_add_up_to_the_billed_cost(h: Harness, ds: AIDataset, tmp_path: Path) -> None:
