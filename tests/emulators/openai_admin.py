@@ -94,6 +94,17 @@ class BadRequest(Exception):
         self.param = param
 
 
+def _list_limit(request: Request) -> int:
+    """``limit`` of the admin lists (projects, a project's keys): 20 by default, 1 to 100."""
+    try:
+        limit = int(request.q("limit") or 20)
+    except ValueError:
+        raise BadRequest("limit must be an integer.", "limit") from None
+    if not 1 <= limit <= 100:
+        raise BadRequest("limit must be between 1 and 100.", "limit")
+    return limit
+
+
 def _error(status: int, message: str, type_: str, code: str | None = None, param: str | None = None) -> Response:
     return Response(status, {"error": {"message": message, "type": type_, "param": param, "code": code}})
 
@@ -355,12 +366,7 @@ class OpenAIAdminEmulator(RecordsWrites, ServesAIDataset, Emulator):
 
     # -- projects --------------------------------------------------------------------
     def _projects(self, request: Request) -> dict[str, Any]:
-        try:
-            limit = int(request.q("limit") or 20)
-        except ValueError:
-            raise BadRequest("limit must be an integer.", "limit") from None
-        if not 1 <= limit <= 100:
-            raise BadRequest("limit must be between 1 and 100.", "limit")
+        limit = _list_limit(request)
         include_archived = (request.q("include_archived") or "false").lower() == "true"
         created = int((self.dataset.now - dt.timedelta(days=400)).timestamp())
         projects = [
@@ -384,12 +390,7 @@ class OpenAIAdminEmulator(RecordsWrites, ServesAIDataset, Emulator):
     def _project_api_keys(self, request: Request, project: str) -> Response:
         if project not in {a.id for a in self.dataset.accounts["openai"]}:
             return _error(404, f"No such project: {project}", "invalid_request_error")
-        try:
-            limit = int(request.q("limit") or 20)
-        except ValueError:
-            raise BadRequest("limit must be an integer.", "limit") from None
-        if not 1 <= limit <= 100:
-            raise BadRequest("limit must be between 1 and 100.", "limit")
+        limit = _list_limit(request)
         if (request.q("owner_project_access") or "any") not in ("active", "inactive", "any"):
             raise BadRequest("owner_project_access must be one of active, inactive, any.", "owner_project_access")
         created = int((self.dataset.now - dt.timedelta(days=300)).timestamp())
