@@ -184,6 +184,18 @@ class AIUsageRow:
             "cache_write_1h": self.cache_write_1h,
         }
 
+    @property
+    def billed(self) -> dict[str, int]:
+        """By the billing prices' token types (``BILLING_PRICES``): cache writes as ``cache_write_5m`` and
+        ``cache_write_1h``."""
+        return {
+            "input": self.input,
+            "output": self.output,
+            "cache_read": self.cache_read,
+            "cache_write_5m": self.cache_write_5m,
+            "cache_write_1h": self.cache_write_1h,
+        }
+
     def scaled(self, factor: int) -> AIUsageRow:
         return dataclasses.replace(
             self,
@@ -306,13 +318,7 @@ class AIDataset:
     def _costs(self) -> list[AICostRow]:
         tokens: dict[tuple[dt.date, str, str | None, str, str, str], int] = defaultdict(int)
         for r in self.usage:
-            for billed, n in (
-                ("input", r.input),
-                ("output", r.output),
-                ("cache_read", r.cache_read),
-                ("cache_write_5m", r.cache_write_5m),
-                ("cache_write_1h", r.cache_write_1h),
-            ):
+            for billed, n in r.billed.items():
                 if n:
                     tokens[(r.day, r.provider, r.account_id, r.model, r.endpoint, billed)] += n
         out: list[AICostRow] = []
@@ -387,13 +393,7 @@ class AIDataset:
             if acct != account_id or r.model != model or not start <= r.day <= end:
                 continue
             prices = BILLING_PRICES[model]
-            for billed, n in (
-                ("input", r.input),
-                ("output", r.output),
-                ("cache_read", r.cache_read),
-                ("cache_write_5m", r.cache_write_5m),
-                ("cache_write_1h", r.cache_write_1h),
-            ):
+            for billed, n in r.billed.items():
                 if n:
                     total += Decimal(n) * prices[billed] / MILLION
         return total
@@ -410,13 +410,7 @@ class AIDataset:
                 continue
             prices = BILLING_PRICES[r.model]
             discount = self.discounts.get((provider, r.account_id), Decimal(1))
-            for billed, n in (
-                ("input", r.input),
-                ("output", r.output),
-                ("cache_read", r.cache_read),
-                ("cache_write_5m", r.cache_write_5m),
-                ("cache_write_1h", r.cache_write_1h),
-            ):
+            for billed, n in r.billed.items():
                 if n:
                     out[r.model] += Decimal(n) * prices[billed] / MILLION * discount
         return dict(out)
