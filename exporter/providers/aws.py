@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
-import json
 import re
 import time
 from collections import defaultdict
@@ -32,8 +31,10 @@ from exporter.providers.base import (
     ProviderContext,
     RetryPolicy,
     SourceError,
+    choices_from_context,
     labelled_cost_records,
     paginate,
+    query_cells,
     split_by_labels,
     utc_midnight,
 )
@@ -326,17 +327,12 @@ class AwsProvider:
         """Every query ``_cells`` reads, into ``raw``: the query as it is, and once per combination of extra-label
         values, filtered on them (Cost Explorer groups by two keys at most: the service or usage type, and the
         team tag)."""
-        done: set[str] = set()
 
-        def run(exprs: list[Any]) -> dict[Any, Decimal]:
-            key = json.dumps(exprs, sort_keys=True)
-            if key not in done:
-                done.add(key)
-                flt = self._filter(acct_filter, *extra, *exprs)
-                self._groups(ce, raw, _query_meta(account, query, exprs), period, group_by, flt)
-            return {}
+        def run(exprs: list[Any]) -> None:
+            flt = self._filter(acct_filter, *extra, *exprs)
+            self._groups(ce, raw, _query_meta(account, query, exprs), period, group_by, flt)
 
-        split_by_labels(choices, run)
+        query_cells(choices, run)
 
     def _cells(
         self, raw: RawFetch, account: str, query: str, choices: list[list[LabelChoice]]
@@ -402,10 +398,7 @@ class AwsProvider:
         try:
             targets = [(str(a), None if f is None else str(f)) for a, f in raw.context["targets"]]
             names = {str(a): str(n) for a, n in raw.context["names"].items()}
-            choices_of = {
-                str(a): [[(str(c[0]), str(c[1]), list(c[2]), list(c[3])) for c in label] for label in ch]
-                for a, ch in raw.context.get("choices", {}).items()
-            }
+            choices_of = {str(a): choices_from_context(ch) for a, ch in raw.context.get("choices", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError, IndexError):
             raise SourceError("Cost Explorer pages without the accounts they were fetched for") from None
         totals: dict[tuple[Labels, CostKey], Decimal] = defaultdict(Decimal)

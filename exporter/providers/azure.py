@@ -18,7 +18,6 @@ import calendar
 import datetime as dt
 import functools
 import ipaddress
-import json
 import os
 import time
 from collections import defaultdict
@@ -70,8 +69,10 @@ from exporter.providers.base import (
     RetryPolicy,
     SourceError,
     Throttled,
+    choices_from_context,
     labelled_cost_records,
     paginate,
+    query_cells,
     split_by_labels,
     utc_midnight,
 )
@@ -339,16 +340,7 @@ class AzureProvider:
     ) -> None:
         """Every query ``_cells`` reads, into ``raw``: Cost Management groups by two keys at most (here the service
         or meter, and the team tag), so each combination of extra-label values is one more filtered query."""
-        done: set[str] = set()
-
-        def run(exprs: list[Any]) -> dict[Any, Decimal]:
-            key = json.dumps(exprs, sort_keys=True)
-            if key not in done:
-                done.add(key)
-                self._query(raw, scope, window, group, service, cell=exprs)
-            return {}
-
-        split_by_labels(choices, run)
+        query_cells(choices, lambda exprs: self._query(raw, scope, window, group, service, cell=exprs))
 
     def _cells(
         self, raw: RawFetch, scope: str, group: str, choices: list[list[LabelChoice]], service: str | None = None
@@ -482,10 +474,7 @@ class AzureProvider:
         if not isinstance(names, dict):
             raise SourceError("Cost Management pages without the subscription names they were fetched with")
         try:
-            choices_of = {
-                str(scope): [[(str(c[0]), str(c[1]), list(c[2]), list(c[3])) for c in label] for label in ch]
-                for scope, ch in raw.context.get("choices", {}).items()
-            }
+            choices_of = {str(scope): choices_from_context(ch) for scope, ch in raw.context.get("choices", {}).items()}
         except (TypeError, ValueError, AttributeError, IndexError):
             raise SourceError("Cost Management pages without the extra labels' values they were fetched with") from None
         totals: dict[tuple[Labels, CostKey], Decimal] = defaultdict(Decimal)

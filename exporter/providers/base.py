@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import email.utils
 import itertools
+import json
 import logging
 import threading
 import time
@@ -291,6 +292,27 @@ def split_by_labels(
         for k, v in cell.items():
             rows[k] = rows.get(k, Decimal(0)) + v
     return result
+
+
+def query_cells(choices: list[list[LabelChoice]], query: Callable[[list[Any]], None]) -> None:
+    """Run each filtered query ``split_by_labels`` reads for ``choices`` once (``[]``: the query unfiltered):
+    ``query(exprs)`` keeps its pages in the raw fetch, and ``parse`` runs ``split_by_labels`` over them."""
+    done: set[str] = set()
+
+    def run(exprs: list[Any]) -> dict[Any, Decimal]:
+        key = json.dumps(exprs, sort_keys=True)
+        if key not in done:
+            done.add(key)
+            query(exprs)
+        return {}
+
+    split_by_labels(choices, run)
+
+
+def choices_from_context(kept: Any) -> list[list[LabelChoice]]:
+    """The extra labels' choices as a raw fetch's context keeps them (JSON: tuples become lists); a malformed one
+    raises ``TypeError``, ``ValueError`` or ``IndexError``."""
+    return [[(str(c[0]), str(c[1]), list(c[2]), list(c[3])) for c in label] for label in kept]
 
 
 class ProviderContext:

@@ -20,7 +20,6 @@ Two gaps in the API are handled explicitly:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import os
 from collections import defaultdict
@@ -35,7 +34,9 @@ from exporter.providers.base import (
     ProviderContext,
     SourceError,
     Throttled,
+    choices_from_context,
     paginate,
+    query_cells,
     split_by_labels,
     utc_midnight,
 )
@@ -155,16 +156,12 @@ class OciProvider:
         if labels:
             choices = self._label_choices(raw, labels, query)
             raw.context = {"choices": choices}
-            done: set[str] = set()
 
-            def run(exprs: list[Any]) -> dict[Any, Decimal]:
-                key = json.dumps(exprs, sort_keys=True)
-                if exprs and key not in done:
-                    done.add(key)
+            def run(exprs: list[Any]) -> None:
+                if exprs:  # the unfiltered request is the team's, made above
                     query(team, _filter(exprs), cell=exprs)
-                return {}
 
-            split_by_labels(choices, run)
+            query_cells(choices, run)
         return self.parse(window, raw)
 
     def _pages(self, client: Any, details: Any, retry_strategy: Any, raw: RawFetch, meta: dict[str, Any]) -> None:
@@ -257,10 +254,7 @@ class OciProvider:
         unfiltered request."""
         result = self._result(window, raw, _items(raw, {}))
         try:
-            choices = [
-                [(str(c[0]), str(c[1]), list(c[2]), list(c[3])) for c in label]
-                for label in raw.context.get("choices", [])
-            ]
+            choices = choices_from_context(raw.context.get("choices", []))
         except (TypeError, ValueError, IndexError):
             raise SourceError("OCI Usage API pages without the extra labels' values they were fetched with") from None
         if not choices:
