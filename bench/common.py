@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -199,3 +200,26 @@ def save(name: str, result: dict[str, Any]) -> Path:
     p.write_text(json.dumps(result, indent=2) + "\n")
     print(f"  -> {p.relative_to(ROOT)}")
     return p
+
+
+COST_COLUMNS = "source, day, provider, account_id, service_name, team, model, cost_usd, labels"  # the cache's cost
+
+
+def repeat_cost_back(con: sqlite3.Connection, target: dt.date, include_newest: bool = True) -> None:
+    """Fill ``cost`` back to ``target``: the days it holds (the newest only with ``include_newest``: a newest day
+    may be partial) copied further back again and again, shifted by whole spans of them, none before ``target``.
+    The caller commits (and refreshes ``cost_recent`` if it reads it)."""
+    lo, hi = con.execute("SELECT MIN(day), MAX(day) FROM cost").fetchone()
+    first, newest = dt.date.fromisoformat(lo), dt.date.fromisoformat(hi)
+    last = newest if include_newest else newest - dt.timedelta(days=1)
+    span = (last - first).days + 1
+    con.execute("CREATE TEMP TABLE tpl AS SELECT * FROM cost WHERE day <= ?", (last.isoformat(),))
+    copied = COST_COLUMNS.replace(" day,", " date(day, ?),")
+    shift = span
+    while first - dt.timedelta(days=shift - span) > target:
+        con.execute(
+            f"INSERT INTO cost ({COST_COLUMNS}) SELECT {copied} FROM tpl WHERE date(day, ?) >= ?",
+            (f"-{shift} days", f"-{shift} days", target.isoformat()),
+        )
+        shift += span
+    con.execute("DROP TABLE tpl")

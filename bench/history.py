@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from bench.common import DATA, PY, ROOT, free_port, median, save, scale_data
+from bench.common import DATA, PY, ROOT, free_port, median, repeat_cost_back, save, scale_data
 
 RECENT_DAYS = 70  # exporter.history.RECENT_DAYS, not imported: the bench measures the code, not its constants
 
@@ -40,19 +40,7 @@ def _extend(path: Path, days: int, today: dt.date) -> int:
     Store(path).close()  # a cache from before cost_recent gets it here
     c = sqlite3.connect(path)
     try:
-        lo, hi = c.execute("SELECT MIN(day), MAX(day) FROM cost").fetchone()
-        first, newest = dt.date.fromisoformat(lo), dt.date.fromisoformat(hi)
-        span = (newest - first).days  # complete days held: first .. newest - 1
-        target = today - dt.timedelta(days=days)
-        c.execute("CREATE TEMP TABLE tpl AS SELECT * FROM cost WHERE day < ?", (newest.isoformat(),))
-        shift = span
-        while first - dt.timedelta(days=shift - span) > target:
-            c.execute(
-                "INSERT INTO cost SELECT source, date(day, ?), provider, account_id, service_name, team, model, "
-                "cost_usd FROM tpl WHERE date(day, ?) >= ?",
-                (f"-{shift} days", f"-{shift} days", target.isoformat()),
-            )
-            shift += span
+        repeat_cost_back(c, today - dt.timedelta(days=days), include_newest=False)  # complete days only
         recent = (today - dt.timedelta(days=RECENT_DAYS)).isoformat()
         c.execute("DELETE FROM cost_recent")
         c.execute("INSERT INTO cost_recent SELECT * FROM cost WHERE day >= ?", (recent,))

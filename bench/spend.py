@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import config_dict, median, pct
+from bench.common import config_dict, median, pct, repeat_cost_back
 from exporter import spendapi
 from exporter.app import build_app
 from exporter.config import parse_config
@@ -34,16 +34,9 @@ def fill_history(src: Path, dst: Path, days: int) -> None:
         if Path(str(src) + suffix).exists():
             shutil.copyfile(str(src) + suffix, str(dst) + suffix)
     con = sqlite3.connect(dst, isolation_level=None)
-    newest, oldest = con.execute("SELECT MAX(day), MIN(day) FROM cost").fetchone()
-    held = (dt.date.fromisoformat(newest) - dt.date.fromisoformat(oldest)).days + 1
-    first = (dt.date.fromisoformat(newest) - dt.timedelta(days=days - 1)).isoformat()
+    (newest,) = con.execute("SELECT MAX(day) FROM cost").fetchone()
     con.execute("BEGIN")
-    for k in range(1, days // held + 1):
-        con.execute(
-            "INSERT INTO cost SELECT source, date(day, ?), provider, account_id, service_name, team, model, cost_usd "
-            "FROM cost WHERE day >= ? AND date(day, ?) >= ?",
-            (f"-{k * held} days", oldest, f"-{k * held} days", first),
-        )
+    repeat_cost_back(con, dt.date.fromisoformat(newest) - dt.timedelta(days=days - 1))
     con.execute("COMMIT")
     n, d = con.execute("SELECT COUNT(*), COUNT(DISTINCT day) FROM cost").fetchone()
     con.close()
